@@ -1,0 +1,184 @@
+"""The one table of activations shared by models, conserved quantities, actions and tests.
+
+An elementwise entry carries σ, σ' and A(x) = ∫₀ˣ σ(t)/σ'(t) dt, the V-term of the
+conserved quantity Q = ½Tr[UᵀU] − Σ A(V_aj) of Eq. 48 (where σ' = 0, e.g. ReLU for
+x < 0, σ/σ' is taken as 0: those entries never move under gradient flow).
+Adding an activation is one entry in ``_REGISTRY``; every test iterates over it.
+
+The radial rescaling activation σ(z) = f(‖z‖) z (Example 5, Prop. 15) acts on whole
+vectors, not entries, and lives in :func:`radial_rescaling`.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, Sequence, Union
+
+import torch
+
+from .validation import check_choice
+
+Tensor = torch.Tensor
+
+
+@dataclass(frozen=True)
+class Activation:
+    """An elementwise activation with what Eq. 48 and Eq. 47 need of it."""
+
+    name: str
+    sigma: Callable[[Tensor], Tensor]
+    dsigma: Callable[[Tensor], Tensor]  # σ'
+    integral: Callable[[Tensor], Tensor]  # A(x) = ∫₀ˣ σ/σ' dt (Eq. 48)
+    homogeneity: float | None = None  # α with σ(cx) = c^α σ(x), c > 0 (Example 3); None if not homogeneous
+    gaussian_mean_integral: Callable[[float], float] | None = None  # E[A(x)] for x ~ N(0, s²), argument s²
+
+    def __call__(self, z: Tensor) -> Tensor:
+        return self.sigma(z)
+
+    def __repr__(self) -> str:
+        return f"Activation({self.name!r})"
+
+
+def identity() -> Activation:
+    """σ(x) = x: linear nets (Example 2); σ/σ' = x, A = x²/2."""
+    return Activation("identity", lambda z: z, torch.ones_like, lambda z: 0.5 * z * z,
+                      homogeneity=1.0, gaussian_mean_integral=lambda s2: 0.5 * s2)
+
+
+def relu() -> Activation:
+    """σ(x) = max(x, 0); σ/σ' = x on x > 0, A = relu(x)²/2."""
+    return Activation("relu", torch.relu, lambda z: (z > 0).to(z.dtype),
+                      lambda z: 0.5 * torch.relu(z) ** 2,
+                      homogeneity=1.0, gaussian_mean_integral=lambda s2: 0.25 * s2)
+
+
+def leaky_relu(slope: float = 0.01) -> Activation:
+    """σ(x) = x for x > 0, slope·x otherwise (torch's convention, Example 4); σ/σ' = x, A = x²/2."""
+    if not slope > 0:
+        raise ValueError(f"slope={slope!r} must be > 0 (slope 0 is 'relu')")
+    return Activation(f"leaky_relu({slope:g})",
+                      lambda z: torch.where(z > 0, z, slope * z),
+                      lambda z: torch.where(z > 0, torch.ones_like(z), torch.full_like(z, slope)),
+                      lambda z: 0.5 * z * z,
+                      homogeneity=1.0, gaussian_mean_integral=lambda s2: 0.5 * s2)
+
+
+def repu(power: float = 2.0) -> Activation:
+    """Rectified power unit σ(x) = relu(x)^p, p ≥ 1: α = p homogeneous; σ/σ' = x/p, A = relu(x)²/(2p)."""
+    if not power >= 1:
+        raise ValueError(f"power={power!r} must be >= 1")
+    return Activation(f"repu({power:g})",
+                      lambda z: torch.relu(z) ** power,
+                      lambda z: power * torch.relu(z) ** (power - 1) * (z > 0).to(z.dtype),
+                      lambda z: torch.relu(z) ** 2 / (2 * power),
+                      homogeneity=float(power), gaussian_mean_integral=lambda s2: s2 / (4 * power))
+
+
+def tanh() -> Activation:
+    """σ = tanh; σ/σ' = sinh x cosh x, A = sinh²(x)/2 (the reference uses cosh², i.e. 2A + const)."""
+    return Activation("tanh", torch.tanh, lambda z: 1 - torch.tanh(z) ** 2,
+                      lambda z: 0.5 * torch.sinh(z) ** 2,
+                      # E[sinh² x]/2 = (E[cosh 2x] − 1)/4 = (e^{2s²} − 1)/4
+                      gaussian_mean_integral=lambda s2: (math.exp(2 * s2) - 1) / 4)
+
+
+def sigmoid() -> Activation:
+    """σ = 1/(1+e⁻ˣ); σ/σ' = 1 + eˣ, A = x + eˣ − 1 (zero at 0)."""
+    return Activation("sigmoid", torch.sigmoid,
+                      lambda z: torch.sigmoid(z) * (1 - torch.sigmoid(z)),
+                      lambda z: z + torch.expm1(z),
+                      gaussian_mean_integral=lambda s2: math.expm1(s2 / 2))
+
+
+_REGISTRY: dict[str, Callable[..., Activation]] = {
+    "identity": identity,
+    "relu": relu,
+    "leaky_relu": leaky_relu,
+    "repu": repu,
+    "tanh": tanh,
+    "sigmoid": sigmoid,
+}
+
+#: Names accepted by :func:`get_activation`; the paper's four (Fig. 3, 5, 6, 9) come first.
+PAPER_ACTIVATIONS = ("identity", "relu", "tanh", "sigmoid")
+ACTIVATIONS = tuple(_REGISTRY)
+
+
+class MixedActivation:
+    """One activation per configuration along the leading batch dimension.
+
+    Lets one batched tensor hold, e.g., the 4 activations × 3 learning rates of Fig. 3:
+    configuration b uses ``members[b]``. Same interface as :class:`Activation`.
+    """
+
+    def __init__(self, members: Sequence[Activation]):
+        self.members = tuple(members)
+        names = [a.name for a in self.members]
+        self.name = "mixed(" + ",".join(names) + ")"
+        unique: dict[str, list[int]] = {}
+        for b, a in enumerate(self.members):
+            unique.setdefault(a.name, []).append(b)
+        self._groups = [(self.members[idx[0]], torch.tensor(idx)) for idx in unique.values()]
+        order = torch.cat([idx for _, idx in self._groups])
+        self._inverse = torch.argsort(order)
+        alphas = {a.homogeneity for a in self.members}
+        self.homogeneity = alphas.pop() if len(alphas) == 1 else None
+
+    def __len__(self) -> int:
+        return len(self.members)
+
+    def __repr__(self) -> str:
+        return f"MixedActivation({[a.name for a in self.members]})"
+
+    def _apply(self, attribute: str, z: Tensor) -> Tensor:
+        if z.ndim == 0 or z.shape[0] != len(self.members):
+            raise ValueError(f"{self.name} needs a leading batch dimension of {len(self.members)} "
+                             f"configurations, got a tensor of shape {tuple(z.shape)}")
+        if len(self._groups) == 1:
+            return getattr(self.members[0], attribute)(z)
+        parts = [getattr(act, attribute)(z[idx.to(z.device)]) for act, idx in self._groups]
+        return torch.cat(parts)[self._inverse.to(z.device)]
+
+    def sigma(self, z: Tensor) -> Tensor:
+        return self._apply("sigma", z)
+
+    def dsigma(self, z: Tensor) -> Tensor:
+        return self._apply("dsigma", z)
+
+    def integral(self, z: Tensor) -> Tensor:
+        return self._apply("integral", z)
+
+    __call__ = sigma
+
+
+ActivationLike = Union[str, Activation, MixedActivation, Sequence[Union[str, Activation]]]
+
+
+def get_activation(spec: ActivationLike, **options) -> Activation | MixedActivation:
+    """Look up an activation by name (``options`` go to its factory, e.g. ``slope=0.1``).
+
+    A sequence of names gives a :class:`MixedActivation`, one per batch configuration.
+    """
+    if isinstance(spec, (Activation, MixedActivation)):
+        return spec
+    if isinstance(spec, str):
+        check_choice("activation", spec, _REGISTRY)
+        return _REGISTRY[spec](**options)
+    if isinstance(spec, (list, tuple)) and len(spec) > 0:
+        return MixedActivation([get_activation(s, **options) for s in spec])
+    raise TypeError(f"activation must be a name ({', '.join(ACTIVATIONS)}), an Activation "
+                    f"or a non-empty sequence of them, got {spec!r}")
+
+
+def inverse_square(r: Tensor) -> Tensor:
+    """f(r) = r⁻², the paper's radial rescaling example (Prop. 15): σ(z) = z/‖z‖²."""
+    return r ** -2
+
+
+def radial_rescaling(z: Tensor, f: Callable[[Tensor], Tensor] = inverse_square, dim: int = -2) -> Tensor:
+    """σ(z) = f(‖z‖) z, the norm taken along ``dim`` (Example 5).
+
+    With ``dim=-2`` each column of Z = VᵀX (one sample's hidden vector) is rescaled: this σ
+    commutes with O(h). With ``dim=-1`` each row of Vᵀ is rescaled: the g of Prop. 14 / Fig. 7.
+    """
+    return f(torch.linalg.vector_norm(z, dim=dim, keepdim=True)) * z

@@ -1,0 +1,240 @@
+"""The paper's models, with the loss as a pure function of the parameters.
+
+Parameters are plain tuples of tensors so that ``torch.func`` (Hessians, Jacobians) and
+the batched training loop see the same function. Every tensor may carry leading batch
+dimensions: configuration b of a batched run is ``tuple(p[b] for p in params)``.
+
+Notation (SPEC): F(X) = U σ(VᵀX) with U ∈ R^{m×h}, V ∈ R^{n×h}, X ∈ R^{n×k}, Y ∈ R^{m×k}.
+The paper's appendix writes V ∈ R^{h×n}; its group actions V ↦ gV read V ↦ V gᵀ here.
+``X=None`` means whitened input X = I_n (the setting of Eq. 48 and Figs. 3–9).
+"""
+from __future__ import annotations
+
+import contextlib
+import warnings
+from typing import Callable, Sequence
+
+import torch
+
+from .activations import Activation, ActivationLike, get_activation, inverse_square, radial_rescaling
+from .validation import check_choice
+
+Tensor = torch.Tensor
+Params = tuple[Tensor, ...]
+
+#: How the squared error is reduced over the output entries of one configuration.
+REDUCTIONS = {
+    "mean": None,  # mean over the m·k entries (the training loss of Figs. 3, 6, 7, 9)
+    "sum": 2.0,  # ‖Y − F‖²_F (the Hessian loss of Fig. 9)
+    "half_sum": 1.0,  # ½‖Y − F‖²_F (Prop. 14–16, App. G.1)
+}
+
+
+def squared_error(F: Tensor, Y: Tensor, reduction: str) -> Tensor:
+    """Squared error reduced over the last two dimensions (one value per configuration)."""
+    sq = (F - Y) ** 2
+    if reduction == "mean":
+        return sq.mean(dim=(-2, -1))
+    total = sq.sum(dim=(-2, -1))
+    return total if reduction == "sum" else 0.5 * total
+
+
+def _residual_scale(reduction: str, F: Tensor) -> float:
+    """d(loss)/dF = scale · (F − Y)."""
+    scale = REDUCTIONS[reduction]
+    return 2.0 / (F.shape[-2] * F.shape[-1]) if scale is None else scale
+
+
+def flatten(params: Params) -> Tensor:
+    """Concatenate a parameter tuple into one vector."""
+    return torch.cat([p.reshape(-1) for p in params])
+
+
+def unflatten(vector: Tensor, like: Params) -> Params:
+    """Inverse of :func:`flatten`: split a vector into tensors shaped like ``like``."""
+    sizes = [p.numel() for p in like]
+    if vector.numel() != sum(sizes):
+        raise ValueError(f"vector has {vector.numel()} entries but the parameters need {sum(sizes)}")
+    return tuple(chunk.reshape(p.shape) for chunk, p in zip(torch.split(vector, sizes), like))
+
+
+
+@contextlib.contextmanager
+def quiet_forward_mode():
+    """Silence the FutureWarning that torch's own forward-mode decompositions print on first use."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*torch.jit.script.*", category=FutureWarning)
+        yield
+
+
+def jvp(f, primals: tuple, tangents: tuple):
+    """``torch.func.jvp`` under :func:`quiet_forward_mode`."""
+    with quiet_forward_mode():
+        return torch.func.jvp(f, primals, tangents)
+
+
+class Model:
+    """A loss that is a pure function of a parameter tuple; subclasses define ``forward``."""
+
+    n_params: int  # tensors in the parameter tuple (None: any)
+
+    def __init__(self, reduction: str = "mean"):
+        self.reduction = check_choice("reduction", reduction, REDUCTIONS)
+
+    def forward(self, params: Params, X: Tensor | None) -> Tensor:
+        raise NotImplementedError
+
+    def __call__(self, params: Params, X: Tensor | None = None) -> Tensor:
+        return self.forward(params, X)
+
+    def loss(self, params: Params, X: Tensor | None, Y: Tensor) -> Tensor:
+        """Loss of each configuration: shape = the parameters' batch shape."""
+        F = self.forward(params, X)
+        if F.shape[-2:] != Y.shape[-2:]:
+            raise ValueError(f"Y has shape {tuple(Y.shape)} but the model outputs {tuple(F.shape)}")
+        return squared_error(F, Y, self.reduction)
+
+    def loss_and_grad(self, params: Params, X: Tensor | None, Y: Tensor) -> tuple[Tensor, Params]:
+        """(loss per configuration, gradient tuple), by ``torch.func.grad``.
+
+        Configurations are independent, so the gradient of the summed loss is each one's own.
+        """
+
+        def total(p):
+            loss = self.loss(p, X, Y)
+            return loss.sum(), loss
+
+        grads, loss = torch.func.grad(total, has_aux=True)(tuple(params))
+        return loss, grads
+
+    def loss_function(self, X: Tensor | None, Y: Tensor) -> Callable[[Params], Tensor]:
+        """θ ↦ L(θ) on fixed data: the pure function that ``hessian`` and ``torch.func`` take."""
+        return lambda params: self.loss(params, X, Y)
+
+
+def _check_two_layer(U: Tensor, V: Tensor, X: Tensor | None) -> None:
+    if U.ndim < 2 or V.ndim < 2:
+        raise ValueError(f"U and V must be matrices (..., m, h) and (..., n, h); got {tuple(U.shape)}, {tuple(V.shape)}")
+    if U.shape[-1] != V.shape[-1]:
+        raise ValueError(f"hidden widths differ: U is {tuple(U.shape)} (h={U.shape[-1]}) "
+                         f"but V is {tuple(V.shape)} (h={V.shape[-1]}); expected U (..., m, h), V (..., n, h)")
+    if X is not None and X.shape[-2] != V.shape[-2]:
+        raise ValueError(f"X has {X.shape[-2]} rows but V is {tuple(V.shape)}: X must be (n, k) with n={V.shape[-2]}")
+
+
+class TwoLayerNet(Model):
+    """F(X) = U σ(VᵀX) with an elementwise σ from the activation table (Example 1).
+
+    ``activation`` may be a list: one activation per configuration of a batched run.
+    """
+
+    n_params = 2
+
+    def __init__(self, activation: ActivationLike = "identity", reduction: str = "mean"):
+        super().__init__(reduction)
+        self.activation = get_activation(activation)
+
+    def __repr__(self) -> str:
+        return f"TwoLayerNet(activation={self.activation.name!r}, reduction={self.reduction!r})"
+
+    def preactivation(self, params: Params, X: Tensor | None) -> Tensor:
+        """Z = VᵀX, shape (..., h, k)."""
+        U, V = params
+        _check_two_layer(U, V, X)
+        return V.mT if X is None else V.mT @ X
+
+    def forward(self, params: Params, X: Tensor | None = None) -> Tensor:
+        return params[0] @ self.activation.sigma(self.preactivation(params, X))  # (..., m, k)
+
+    def loss_and_grad(self, params: Params, X: Tensor | None, Y: Tensor) -> tuple[Tensor, Params]:
+        """Closed-form gradient: ∂L/∂U = G σ(Z)ᵀ, ∂L/∂V = X [(UᵀG) ⊙ σ'(Z)]ᵀ, G = ∂L/∂F."""
+        U, V = params
+        Z = self.preactivation(params, X)  # (..., h, k)
+        S = self.activation.sigma(Z)
+        F = U @ S  # (..., m, k)
+        if F.shape[-2:] != Y.shape[-2:]:
+            raise ValueError(f"Y has shape {tuple(Y.shape)} but the model outputs {tuple(F.shape)}")
+        R = F - Y
+        loss = squared_error(F, Y, self.reduction)
+        G = _residual_scale(self.reduction, F) * R
+        grad_U = G @ S.mT  # (..., m, h)
+        grad_Z = (U.mT @ G) * self.activation.dsigma(Z)  # (..., h, k)
+        grad_V = grad_Z.mT if X is None else X @ grad_Z.mT  # (..., n, h)
+        return loss, (grad_U, grad_V)
+
+
+RADIAL_AXES = {"neuron": -1, "hidden": -2}
+
+
+class TwoLayerRadialNet(Model):
+    """F(X) = U σ(VᵀX) with the radial rescaling σ(z) = f(‖z‖) z, default f(r) = r⁻².
+
+    ``over="neuron"`` rescales each row of VᵀX (for X = I: each neuron's incoming weights),
+    the g of Prop. 14–16 and Fig. 7, whose symmetry is the per-neuron rescaling (U, V) ↦ (Uc, Vc).
+    ``over="hidden"`` rescales each sample's hidden vector (each column of VᵀX), the
+    radial activation of Example 5, which commutes with O(h) (Example 10, Eq. 22, Eq. 30).
+    """
+
+    n_params = 2
+
+    def __init__(self, f: Callable[[Tensor], Tensor] = inverse_square, over: str = "neuron",
+                 reduction: str = "half_sum"):
+        super().__init__(reduction)
+        self.over = check_choice("over", over, RADIAL_AXES)
+        self.f = f
+
+    def __repr__(self) -> str:
+        return f"TwoLayerRadialNet(over={self.over!r}, reduction={self.reduction!r})"
+
+    def forward(self, params: Params, X: Tensor | None = None) -> Tensor:
+        U, V = params
+        _check_two_layer(U, V, X)
+        Z = V.mT if X is None else V.mT @ X
+        return U @ radial_rescaling(Z, self.f, dim=RADIAL_AXES[self.over])
+
+
+class MLP(Model):
+    """Bias-free multilayer perceptron F(X) = W_L σ(W_{L−1} ⋯ σ(W_1 X)) (App. B.1).
+
+    Parameters are (W_1, …, W_L) with W_i ∈ R^{n_i × n_{i−1}} (the paper's multilayer
+    convention); ``activations`` is one name for every hidden layer or one per hidden layer.
+    Note the two-layer special case reads (V ᵀ, U) = (W_1, W_2).
+    """
+
+    n_params = None
+
+    def __init__(self, activations: ActivationLike = "relu", reduction: str = "mean"):
+        super().__init__(reduction)
+        if isinstance(activations, (str, Activation)):
+            self._shared = get_activation(activations)
+            self.activations = None
+        else:
+            self._shared = None
+            self.activations = tuple(get_activation(a) for a in activations)
+
+    def __repr__(self) -> str:
+        names = self._shared.name if self._shared else [a.name for a in self.activations]
+        return f"MLP(activations={names!r}, reduction={self.reduction!r})"
+
+    def hidden_activations(self, depth: int):
+        """The activation after each of the first ``depth − 1`` layers."""
+        if self._shared is not None:
+            return (self._shared,) * (depth - 1)
+        if len(self.activations) != depth - 1:
+            raise ValueError(f"{depth} weight matrices need {depth - 1} hidden activations, "
+                             f"got {len(self.activations)}")
+        return self.activations
+
+    def forward(self, params: Params, X: Tensor | None = None) -> Tensor:
+        if len(params) < 1:
+            raise ValueError("an MLP needs at least one weight matrix")
+        for i in range(1, len(params)):
+            if params[i].shape[-1] != params[i - 1].shape[-2]:
+                raise ValueError(f"W_{i + 1} is {tuple(params[i].shape)} but W_{i} is {tuple(params[i - 1].shape)}: "
+                                 f"W_i must be (n_i, n_(i-1))")
+        if X is not None and X.shape[-2] != params[0].shape[-1]:
+            raise ValueError(f"X has {X.shape[-2]} rows but W_1 is {tuple(params[0].shape)}")
+        H = params[0] if X is None else params[0] @ X
+        for W, act in zip(params[1:], self.hidden_activations(len(params))):
+            H = W @ act.sigma(H)
+        return H

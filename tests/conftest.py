@@ -1,0 +1,46 @@
+"""Shared helpers: seeded random problems in float64 (the checks are about formulas, not round-off)."""
+import pytest
+import torch
+
+import symmetry as S
+
+DTYPE = torch.float64
+#: (m, h, n) shapes the propositions are checked on: wide, narrow, square, h > m + n
+SHAPES = [(3, 4, 5), (5, 3, 2), (4, 4, 4), (2, 7, 3)]
+SEEDS = [0, 1]
+
+
+def generator(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def randn(*shape, seed: int = 0, scale: float = 1.0) -> torch.Tensor:
+    return scale * torch.randn(*shape, generator=generator(seed), dtype=DTYPE)
+
+
+def two_layer_problem(m, h, n, seed=0, k=None, std=0.7, batch=()):
+    """(U, V), X, Y; X = None (whitened) unless a batch size k is given."""
+    U, V = S.gaussian_init(m, h, n, std=std, batch=batch, seed=seed, dtype=DTYPE)
+    X = None if k is None else randn(n, k, seed=seed + 100)
+    Y = randn(*batch, m, n if k is None else k, seed=seed + 200)
+    return (U, V), X, Y
+
+
+def grad_of(model, params, X, Y):
+    """∇L by plain autograd, independent of the models' closed forms."""
+    params = tuple(p.detach().clone().requires_grad_(True) for p in params)
+    loss = model.loss(params, X, Y).sum()
+    return torch.autograd.grad(loss, params)
+
+
+def inner(a, b) -> float:
+    return float(sum((x * y).sum() for x, y in zip(a, b)))
+
+
+def norm(a) -> float:
+    return float(sum((x * x).sum() for x in a)) ** 0.5
+
+
+@pytest.fixture(autouse=True)
+def _deterministic():
+    torch.manual_seed(0)

@@ -1,0 +1,93 @@
+"""Models: closed-form gradients agree with autograd; batching is per configuration; shapes are checked."""
+import pytest
+import torch
+
+import symmetry as S
+from symmetry.models import REDUCTIONS, Model
+
+from conftest import DTYPE, SHAPES, grad_of, randn, two_layer_problem
+
+
+@pytest.mark.parametrize("name", S.ACTIVATIONS)
+@pytest.mark.parametrize("reduction", sorted(REDUCTIONS))
+@pytest.mark.parametrize("k", [None, 6])
+def test_closed_form_gradient_matches_autograd(name, reduction, k):
+    net = S.TwoLayerNet(name, reduction=reduction)
+    params, X, Y = two_layer_problem(4, 5, 3, seed=1, k=k, batch=(2,))
+    loss, grads = net.loss_and_grad(params, X, Y)
+    torch.testing.assert_close(loss, net.loss(params, X, Y), rtol=1e-14, atol=1e-14)
+    for g, ref in zip(grads, grad_of(net, params, X, Y)):
+        torch.testing.assert_close(g, ref, rtol=1e-12, atol=1e-12)
+    # and the generic torch.func path of the base class
+    _, generic = Model.loss_and_grad(net, params, X, Y)
+    for g, ref in zip(grads, generic):
+        torch.testing.assert_close(g, ref, rtol=1e-12, atol=1e-12)
+
+
+def test_mean_reduction_is_the_mean_over_entries():
+    net = S.TwoLayerNet("tanh")
+    params, X, Y = two_layer_problem(5, 50, 10, seed=0)
+    F = net(params, X)
+    assert torch.isclose(net.loss(params, X, Y), ((Y - F) ** 2).sum() / (5 * 10))
+    assert torch.isclose(S.TwoLayerNet("tanh", "sum").loss(params, X, Y), torch.linalg.matrix_norm(Y - F) ** 2)
+
+
+def test_batched_forward_is_per_configuration():
+    net = S.TwoLayerNet(["identity", "relu", "tanh"])
+    params, X, Y = two_layer_problem(3, 4, 5, seed=2, batch=(3,))
+    F = net(params, X)
+    for b, name in enumerate(["identity", "relu", "tanh"]):
+        single = S.TwoLayerNet(name)((params[0][b], params[1][b]), X)
+        torch.testing.assert_close(F[b], single, rtol=1e-14, atol=1e-14)
+
+
+def test_two_layer_mlp_is_the_two_layer_net():
+    """The MLP's (W_1, W_2) is (Vᵀ, U)."""
+    (U, V), X, Y = two_layer_problem(3, 6, 4, seed=3, k=5)
+    torch.testing.assert_close(S.MLP("tanh")((V.mT, U), X), S.TwoLayerNet("tanh")((U, V), X))
+
+
+def test_mlp_layers_and_activations():
+    Ws = (randn(5, 3), randn(4, 5, seed=1), randn(2, 4, seed=2))
+    X = randn(3, 7, seed=3)
+    expected = Ws[2] @ torch.tanh(Ws[1] @ torch.relu(Ws[0] @ X))
+    torch.testing.assert_close(S.MLP(["relu", "tanh"])(Ws, X), expected)
+    with pytest.raises(ValueError, match="3 weight matrices need 2 hidden activations"):
+        S.MLP(["relu"])(Ws, X)
+    with pytest.raises(ValueError, match="W_2 is"):
+        S.MLP("relu")((Ws[0], Ws[2]), X)
+
+
+def test_radial_net_prop14_form():
+    """g(Vᵀ) rescales each row of Vᵀ by its norm⁻² (Prop. 15's h(r) = r⁻²)."""
+    U, V = randn(3, 4), randn(5, 4, seed=1)
+    rows = V.mT / (V.mT.norm(dim=1, keepdim=True) ** 2)
+    torch.testing.assert_close(S.TwoLayerRadialNet()((U, V)), U @ rows)
+    cols = V.mT / (V.mT.norm(dim=0, keepdim=True) ** 2)
+    torch.testing.assert_close(S.TwoLayerRadialNet(over="hidden")((U, V)), U @ cols)
+
+
+@pytest.mark.parametrize("m,h,n", SHAPES)
+def test_loss_function_is_pure(m, h, n):
+    """model.loss_function(X, Y) is a function of the parameters only: torch.func can take it."""
+    net = S.TwoLayerNet("sigmoid")
+    params, X, Y = two_layer_problem(m, h, n, k=3)
+    grads = torch.func.grad(net.loss_function(X, Y))(params)
+    for g, ref in zip(grads, grad_of(net, params, X, Y)):
+        torch.testing.assert_close(g, ref)
+
+
+def test_shape_errors_name_the_problem():
+    net = S.TwoLayerNet("relu")
+    with pytest.raises(ValueError, match=r"hidden widths differ.*h=4.*h=5"):
+        net((randn(3, 4), randn(2, 5)))
+    with pytest.raises(ValueError, match="X has 3 rows.*n=2"):
+        net((randn(3, 4), randn(2, 4)), randn(3, 6))
+    with pytest.raises(ValueError, match="Y has shape"):
+        net.loss((randn(3, 4), randn(2, 4)), None, randn(3, 5))
+    with pytest.raises(ValueError, match="Y has shape"):
+        net.loss_and_grad((randn(3, 4), randn(2, 4)), None, randn(3, 5))
+    with pytest.raises(ValueError, match="reduction='avg'.*half_sum, mean, sum"):
+        S.TwoLayerNet("relu", reduction="avg")
+    with pytest.raises(ValueError, match="over='rows'.*hidden, neuron"):
+        S.TwoLayerRadialNet(over="rows")
