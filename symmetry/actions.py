@@ -134,9 +134,10 @@ def nonlinear_pi(g: Tensor, Z: Tensor, activation: ActivationLike, on_rank_defic
             if on_rank_deficient == "raise":
                 raise ValueError(msg)
             warnings.warn(msg, RankDeficiencyWarning, stacklevel=2)
-    # gelsd (SVD-based) gives the minimum-norm solution even when rank-deficient; CUDA only has gels
-    driver = "gelsd" if A.device.type == "cpu" else None
-    return torch.linalg.lstsq(A.mT, B.mT, driver=driver).solution.mT  # (..., h, h)
+    # gelsd (SVD-based) gives the minimum-norm solution even when rank-deficient or k < h; CUDA's
+    # only driver (gels) needs full column rank, so the small (h, h) solve always runs on the CPU
+    solution = torch.linalg.lstsq(A.mT.cpu(), B.mT.cpu(), driver="gelsd").solution
+    return solution.mT.to(Z.device)  # (..., h, h)
 
 
 def nonlinear_action(g: Tensor, params: Params, X: Tensor | None, activation: ActivationLike,

@@ -192,6 +192,25 @@ class TwoLayerRadialNet(Model):
         Z = V.mT if X is None else V.mT @ X
         return U @ radial_rescaling(Z, self.f, dim=RADIAL_AXES[self.over])
 
+    def loss_and_grad(self, params: Params, X: Tensor | None, Y: Tensor) -> tuple[Tensor, Params]:
+        """Closed form for f(r) = r⁻²: ∂σ/∂z = I/r² − 2zzᵀ/r⁴ along the rescaled axis; autograd otherwise."""
+        if self.f is not inverse_square:
+            return super().loss_and_grad(params, X, Y)
+        U, V = params
+        _check_two_layer(U, V, X)
+        dim = RADIAL_AXES[self.over]
+        Z = V.mT if X is None else V.mT @ X  # (..., h, k)
+        inv_r2 = 1 / (Z * Z).sum(dim=dim, keepdim=True)
+        S = Z * inv_r2
+        F = U @ S
+        if F.shape[-2:] != Y.shape[-2:]:
+            raise ValueError(f"Y has shape {tuple(Y.shape)} but the model outputs {tuple(F.shape)}")
+        G = _residual_scale(self.reduction, F) * (F - Y)
+        grad_S = U.mT @ G  # (..., h, k)
+        grad_Z = grad_S * inv_r2 - 2 * Z * inv_r2 ** 2 * (Z * grad_S).sum(dim=dim, keepdim=True)
+        grad_V = grad_Z.mT if X is None else X @ grad_Z.mT
+        return squared_error(F, Y, self.reduction), (G @ S.mT, grad_V)
+
 
 class MLP(Model):
     """Bias-free multilayer perceptron F(X) = W_L σ(W_{L−1} ⋯ σ(W_1 X)) (App. B.1).

@@ -129,3 +129,18 @@ def test_gradient_flow_gives_up_instead_of_hanging():
     params, X, Y = two_layer_problem(3, 5, 4, seed=8, k=6, std=0.6)
     with pytest.raises(RuntimeError, match="max_evaluations=2000"):
         S.gradient_flow(net, params, X, Y, [0.0, 1.0], max_evaluations=2000)
+
+
+def test_gradient_flow_matches_a_closed_form_solution():
+    """Balanced 1-D net u = v, L = ½(1 − uv)²: w = u² solves ẇ = 2w(1 − w), a logistic curve.
+
+    Checks the flow's clock, not just what it conserves: a 0.1 % error in speed would show.
+    """
+    net = S.TwoLayerNet("identity", reduction="half_sum")
+    w0 = 0.05
+    u0 = torch.tensor([[w0 ** 0.5]], dtype=DTYPE)
+    times = torch.tensor([0.0, 0.5, 1.0, 2.0, 4.0], dtype=DTYPE)
+    flow = S.gradient_flow(net, (u0, u0.clone()), None, torch.ones(1, 1, dtype=DTYPE), times,
+                           observables={"w": lambda p: p[0][0, 0] * p[1][0, 0]})
+    exact = 1 / (1 + (1 / w0 - 1) * torch.exp(-2 * times))
+    torch.testing.assert_close(flow.observables["w"], exact, rtol=1e-9, atol=1e-10)

@@ -91,3 +91,19 @@ def test_shape_errors_name_the_problem():
         S.TwoLayerNet("relu", reduction="avg")
     with pytest.raises(ValueError, match="over='rows'.*hidden, neuron"):
         S.TwoLayerRadialNet(over="rows")
+
+
+@pytest.mark.parametrize("over", ["neuron", "hidden"])
+@pytest.mark.parametrize("reduction", sorted(REDUCTIONS))
+@pytest.mark.parametrize("k", [None, 6])
+def test_radial_closed_form_gradient_matches_autograd(over, reduction, k):
+    net = S.TwoLayerRadialNet(over=over, reduction=reduction)
+    params, X, Y = two_layer_problem(4, 5, 3, seed=4, k=k, batch=(2,))
+    loss, grads = net.loss_and_grad(params, X, Y)
+    torch.testing.assert_close(loss, net.loss(params, X, Y), rtol=1e-14, atol=1e-14)
+    for g, ref in zip(grads, grad_of(net, params, X, Y)):
+        torch.testing.assert_close(g, ref, rtol=1e-11, atol=1e-11)
+    # a user-supplied f takes the autograd path
+    cubic = S.TwoLayerRadialNet(f=lambda r: r ** -3, over=over, reduction=reduction)
+    for g, ref in zip(cubic.loss_and_grad(params, X, Y)[1], grad_of(cubic, params, X, Y)):
+        torch.testing.assert_close(g, ref, rtol=1e-11, atol=1e-11)

@@ -1,0 +1,208 @@
+"""What every figure script shares: the CLI, atomic PDF/PNG/JSON output, provenance, resumable caching.
+
+Scripts stay short: settings (a dataclass) → run → save → plot. This module never imports
+matplotlib at import time; :func:`save_figure` loads it (with the Agg backend) when called.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+import symmetry as S
+
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+def add_common_arguments(parser: argparse.ArgumentParser, default_out: str = "figures", dtype: bool = True) -> None:
+    """--device, --seed, --out, --quick, --dtype (where the script trains in one precision), --no-resume."""
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where tensors live")
+    parser.add_argument("--seed", type=int, default=0, help="seed of every random draw")
+    parser.add_argument("--out", default=default_out, help="directory for NAME.pdf, NAME.png, NAME.json")
+    parser.add_argument("--quick", action="store_true", help="a few hundred steps and small sizes (tests, a first look)")
+    if dtype:
+        parser.add_argument("--dtype", default="float32", choices=sorted(DTYPES), help="training precision")
+    parser.add_argument("--no-resume", dest="resume", action="store_false",
+                        help="recompute even if finished runs with the same settings are cached under OUT/.cache")
+
+
+def resolve_device(name: str) -> torch.device:
+    """A torch.device, with a clear error when CUDA was asked for and is not there."""
+    if name == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: no CUDA device is available (torch.cuda.is_available() is False)")
+    return torch.device(name)
+
+
+def _git_commit() -> str | None:
+    try:
+        root = Path(__file__).resolve().parents[1]
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=5)
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def environment(device: torch.device | str = "cpu") -> dict[str, Any]:
+    """Versions, git commit and hardware: saved beside every result."""
+    import numpy
+    import scipy
+
+    from . import __version__
+
+    device = torch.device(device)
+    info = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "numpy": numpy.__version__,
+        "scipy": scipy.__version__,
+        "symmetry": __version__,
+        "git_commit": _git_commit(),
+        "platform": platform.platform(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "device": str(device),
+    }
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    return info
+
+
+def _atomic_write(path: Path, write: Callable[[str], None]) -> None:
+    """Write to a temporary file in the same directory, then rename: a reader never sees half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def to_jsonable(value: Any) -> Any:
+    """Tensors → lists, non-finite floats → null, dataclasses → dicts: JSON a reader can load anywhere."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return to_jsonable(dataclasses.asdict(value))
+    if isinstance(value, torch.Tensor):
+        return to_jsonable(value.detach().cpu().tolist())
+    if isinstance(value, dict):
+        return {str(k): to_jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_jsonable(v) for v in value]
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, (torch.dtype, torch.device, Path)):
+        return str(value)
+    return value
+
+
+def write_json(path: str | Path, payload: Any) -> None:
+    """Atomic, indented JSON."""
+    text = json.dumps(to_jsonable(payload), indent=1, allow_nan=False)
+    _atomic_write(Path(path), lambda tmp: Path(tmp).write_text(text + "\n"))
+
+
+def save_figure(fig, out: str | Path, name: str) -> list[Path]:
+    """NAME.pdf and NAME.png side by side, each written atomically."""
+    paths = []
+    for ext, kwargs in (("pdf", {}), ("png", {"dpi": 150})):
+        path = Path(out) / f"{name}.{ext}"
+        _atomic_write(path, lambda tmp, ext=ext, kwargs=kwargs: fig.savefig(tmp, format=ext, bbox_inches="tight", **kwargs))
+        paths.append(path)
+    return paths
+
+
+def pyplot():
+    """matplotlib.pyplot on the Agg backend (no display needed), imported on first use."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def settings_hash(settings: Any) -> str:
+    """A short hash of the settings: cached results are reused only for identical settings."""
+    text = json.dumps(to_jsonable(settings), sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def cached(out: str | Path, name: str, settings: Any, compute: Callable[[], dict], resume: bool = True) -> dict:
+    """Run ``compute()`` once per settings: its result (a dict of tensors and numbers) is saved under
+    OUT/.cache and reloaded on a rerun, so an interrupted figure resumes at the last finished part."""
+    path = Path(out) / ".cache" / f"{name}-{settings_hash(settings)}.pt"
+    if resume and path.exists():
+        return torch.load(path, weights_only=True)
+    result = compute()
+    _atomic_write(path, lambda tmp: torch.save(result, tmp))
+    return result
+
+
+class Stopwatch:
+    """Wall time of a block, in seconds."""
+
+    def __enter__(self):
+        self.start = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc):
+        self.seconds = time.perf_counter() - self.start
+
+
+def finish(out: str | Path, name: str, settings: Any, results: dict, wall_seconds: float, fig=None,
+           device: torch.device | str = "cpu") -> dict:
+    """Write NAME.json (settings, environment, wall time, results) and, if given, NAME.pdf/png."""
+    payload = {"figure": name, "settings": settings, "environment": environment(device),
+               "wall_time_s": round(wall_seconds, 2), "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+               **results}
+    write_json(Path(out) / f"{name}.json", payload)
+    if fig is not None:
+        save_figure(fig, out, name)
+    return payload
+
+
+def train_two_layer(m: int, n: int, h: int, configs: list[tuple[str, float, float]], steps: int, *, seed: int,
+                    dtype: str = "float32", device: str = "cpu", record_every: int = 100,
+                    description: str = "gradient descent") -> dict:
+    """The synthetic experiment of Figs. 3, 6, 9: GD on F = Uσ(Vᵀ) (whitened input, MSE) for a list
+    of configurations (activation, lr, init_std), all stepped together in one batched tensor.
+
+    Every configuration starts from the same standard-normal draw (``seed``) times its init_std
+    and fits the same target Y ~ N(0, 1) (``seed + 1``), so configurations differ only in what
+    they name. Q (Eq. 48) and Q̃ (App. D.2) are evaluated in float64 every ``record_every`` steps.
+    Returns tensors ``steps`` (T,), ``loss`` (T, B), ``Q``, ``Q_tilde`` (T, B), ``final_params``.
+    """
+    B = len(configs)
+    net = S.TwoLayerNet([a for a, _, _ in configs])
+    U0, V0 = S.gaussian_init(m, h, n, std=1.0, seed=seed, dtype=torch.float64)
+    std = torch.tensor([s for _, _, s in configs], dtype=torch.float64).reshape(B, 1, 1)
+    init64 = ((std * U0).to(device), (std * V0).to(device))
+    Y = torch.randn(m, n, generator=torch.Generator().manual_seed(seed + 1), dtype=torch.float64)
+    params = tuple(p.to(DTYPES[dtype]) for p in init64)
+
+    def as64(p):
+        return tuple(x.double() for x in p)
+
+    run = S.gradient_descent(
+        net, params, None, Y.to(params[0]), torch.tensor([lr for _, lr, _ in configs]), steps,
+        record_every=record_every, progress=True, description=description,
+        labels=[f"{a}, lr={lr:g}, std={s:g}, {dtype}" for a, lr, s in configs],
+        observables={"Q": lambda p: S.conserved_Q(as64(p), net.activation),
+                     "Q_tilde": lambda p: S.normalized_Q(as64(p), net.activation, init64)})
+    return {"steps": run.times, "loss": run.loss.double().cpu(), "Q": run.observables["Q"].cpu(),
+            "Q_tilde": run.observables["Q_tilde"].cpu(), "final_params": tuple(p.cpu() for p in run.params)}
