@@ -86,6 +86,7 @@ def _atomic_write(path: Path, write: Callable[[str], None]) -> None:
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, 0o644)  # mkstemp makes files private; results are for everyone to read
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -185,7 +186,7 @@ def train_two_layer(m: int, n: int, h: int, configs: list[tuple[str, float, floa
     Every configuration starts from the same standard-normal draw (``seed``) times its init_std
     and fits the same target Y ~ N(0, 1) (``seed + 1``), so configurations differ only in what
     they name. Q (Eq. 48) and Q̃ (App. D.2) are evaluated in float64 every ``record_every`` steps.
-    Returns tensors ``steps`` (T,), ``loss`` (T, B), ``Q``, ``Q_tilde`` (T, B), ``final_params``.
+    Returns tensors ``steps`` (T,), ``loss`` (T, B), ``Q``, ``Q_tilde`` (T, B), ``final_params``, ``Y``.
     """
     B = len(configs)
     net = S.TwoLayerNet([a for a, _, _ in configs])
@@ -205,4 +206,4 @@ def train_two_layer(m: int, n: int, h: int, configs: list[tuple[str, float, floa
         observables={"Q": lambda p: S.conserved_Q(as64(p), net.activation),
                      "Q_tilde": lambda p: S.normalized_Q(as64(p), net.activation, init64)})
     return {"steps": run.times, "loss": run.loss.double().cpu(), "Q": run.observables["Q"].cpu(),
-            "Q_tilde": run.observables["Q_tilde"].cpu(), "final_params": tuple(p.cpu() for p in run.params)}
+            "Q_tilde": run.observables["Q_tilde"].cpu(), "final_params": tuple(p.cpu() for p in run.params), "Y": Y}

@@ -27,8 +27,11 @@ def test_reproduce_demo_claims_hold(capsys):
         assert r["loss_end"] < r["loss_start"]
 
 
-def test_reproduce_main_prints_the_table(capsys):
+def test_reproduce_main_prints_the_table(capsys, tmp_path):
     reproduce = load("reproduce")
-    assert reproduce.main(["--seed", "1", "--steps", "200"]) == 0
+    assert reproduce.main(["--seed", "1", "--steps", "200", "--quick", "--out", str(tmp_path),
+                           "--only", "Q_sharpness_1d", "Q_distribution"]) == 0
     out = capsys.readouterr().out
-    assert "Q conserved under gradient flow" in out and "yes" in out and "NO" not in out
+    assert "Q conserved under gradient flow" in out and "App. G.1: λ_max = √(Q²+4)" in out
+    assert "NO" not in out
+    assert (tmp_path / "Q_sharpness_1d.json").exists() and (tmp_path / "Q_distribution.png").exists()

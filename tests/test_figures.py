@@ -1,0 +1,124 @@
+"""Every figure script's --quick run, into a temporary directory: files written, JSON complete and finite,
+and the claims that must hold even in quick mode."""
+import importlib.util
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def load(name):
+    spec = importlib.util.spec_from_file_location(name, ROOT / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def run_quick(name, tmp_path, *extra):
+    payload = load(name).main(["--quick", "--out", str(tmp_path), *extra])
+    for ext in ("pdf", "png", "json"):
+        assert (tmp_path / f"{name}.{ext}").stat().st_size > 0
+    on_disk = json.loads((tmp_path / f"{name}.json").read_text())
+    for key in ("settings", "environment", "wall_time_s"):
+        assert key in on_disk
+    assert on_disk["settings"]["quick"] is True
+    assert not list(tmp_path.glob(".*.json")) and not list(tmp_path.glob(".*.png"))  # no temp files left
+    return on_disk
+
+
+def finite_numbers(value):
+    if isinstance(value, dict):
+        return all(finite_numbers(v) for v in value.values())
+    if isinstance(value, list):
+        return all(finite_numbers(v) for v in value)
+    return not isinstance(value, float) or math.isfinite(value)
+
+
+def test_fig3_dynamics(tmp_path):
+    r = run_quick("Q_dynamics_elementwise", tmp_path)
+    assert set(r["per_activation"]) == {"identity", "relu", "tanh", "sigmoid"}
+    for by_lr in r["per_activation"].values():
+        assert set(by_lr) == {"lr=0.1", "lr=0.01", "lr=0.001"}
+        for v in by_lr.values():
+            assert {"float32", "float64"} <= set(v)
+            assert {"max_abs_dQ_tilde", "final_loss"} <= set(v["float64"])
+    assert all(g["float64"] for g in r["dQ_grows_with_lr"].values())  # Prop. 13 even in 400 steps
+    assert finite_numbers(r)
+
+
+def test_fig45_distribution(tmp_path):
+    r = run_quick("Q_distribution", tmp_path)
+    assert r["claim_mean_matches_eq47"]
+    for d in r["distributions"]:
+        assert {"mean", "std", "predicted_mean", "convention", "activation", "m", "h", "n"} <= set(d)
+    assert finite_numbers(r)
+
+
+def test_fig6_convergence(tmp_path):
+    r = run_quick("Q_convergence_elementwise", tmp_path)
+    for runs in r["per_activation"].values():
+        assert len(runs) == 3
+        for x in runs:
+            assert {"Q0", "steps_to_converge", "final_loss"} <= set(x)
+            assert 0 <= x["steps_to_converge"] <= r["settings"]["sigmoid_steps"]
+    # Q₀ scales with the init: std² ratios of 100 between runs
+    Q = sorted(abs(x["Q0"]) for x in r["per_activation"]["identity"])
+    assert Q[2] > 50 * Q[1] > 2500 * Q[0]
+    assert finite_numbers(r)
+
+
+def test_fig7_radial(tmp_path):
+    r = run_quick("Q_convergence_radial", tmp_path)
+    for v in r["per_dtype"].values():
+        assert v["total_bound_violations"] == 0
+        for x in v["per_Q0"]:
+            assert {"Q0", "steps_to_1e-6", "bound_violations"} <= set(x)
+    assert finite_numbers(r)
+
+
+def test_sharpness_1d(tmp_path):
+    r = run_quick("Q_sharpness_1d", tmp_path)
+    for t in r["trajectories"]:
+        assert abs(t["lambda_max_measured"] - t["lambda_max_formula"]) < 1e-4
+        assert abs(t["lambda_max_measured_unhalved_loss"] - t["lambda_max_eq77_as_printed"]) < 1e-4
+        assert {"Q", "lambda_max_measured", "lambda_max_formula"} <= set(t)
+    assert r["flattest_Q"] == 0.0
+
+
+def test_fig9_hessian(tmp_path):
+    r = run_quick("Q_hessian_eigenvalues", tmp_path)
+    for runs in r["per_activation"].values():
+        for x in runs:
+            assert {"Q0", "n_near_zero", "median_nonzero", "max"} <= set(x)
+            assert x["n_near_zero"] <= x["n_parameters"]
+    assert r["runs_with_D_minus_mn_near_zero"] >= 1
+    assert finite_numbers(r)
+
+
+def test_rerun_resumes_from_the_cache(tmp_path):
+    first = run_quick("Q_convergence_elementwise", tmp_path)
+    assert list((tmp_path / ".cache").glob("Q_convergence_elementwise-*.pt"))
+    second = run_quick("Q_convergence_elementwise", tmp_path)
+    assert second["per_activation"] == first["per_activation"]
+    assert second["wall_time_s"] <= first["wall_time_s"] + 0.5
+
+
+def test_bad_flags_are_refused(tmp_path, capsys):
+    module = load("Q_distribution")
+    with pytest.raises(SystemExit):
+        module.main(["--device", "tpu", "--out", str(tmp_path)])
+    assert "invalid choice: 'tpu'" in capsys.readouterr().err
+
+
+def test_divergence_stops_with_the_configuration_named(tmp_path):
+    """A NaN loss stops a script with a message naming the configuration."""
+    import symmetry as S
+    from symmetry import experiment as E
+
+    with pytest.raises(S.DivergenceError, match=r"identity, lr=1000"):
+        E.train_two_layer(3, 4, 5, [("identity", 1000.0, 1.0)], 200, seed=0, record_every=10)
