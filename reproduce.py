@@ -4,7 +4,7 @@ First a 6-second check that every figure's Q axis rests on: on the net of Fig. 3
 stays constant under gradient flow (adaptive ODE solver) and drifts under gradient descent by an
 amount proportional to the step size. Then each figure script runs at the paper's settings and
 writes figures/NAME.{pdf,png,json}; the table at the end reads its claims back from the JSON.
-Runtime: about 6 min on a 2-core CPU (--quick: under a minute).
+Runtime: about 5 min on a 2-core CPU (--quick: under a minute).
 Usage: python reproduce.py [--device cpu|cuda] [--seed 0] [--out figures] [--quick] [--only NAME ...]
 """
 from __future__ import annotations
@@ -151,6 +151,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name}: {time.perf_counter() - started:.0f} s -> {args.out}/{name}.{{pdf,png,json}}", flush=True)
         table += figure_claims(name, payload)
 
+    from symmetry.experiment import peak_memory_mb
+
+    print(f"peak memory of this process: {peak_memory_mb():.0f} MB")
     width = max(len(c) for c, _, _ in table)
     print(f"\n{'claim':<{width}}  {'holds':<5}  measured")
     for claim, measured, holds in table:

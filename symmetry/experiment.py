@@ -165,12 +165,19 @@ class Stopwatch:
         self.seconds = time.perf_counter() - self.start
 
 
+def peak_memory_mb() -> float:
+    """Peak resident memory of this process so far, in MB (Linux reports KiB)."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def finish(out: str | Path, name: str, settings: Any, results: dict, wall_seconds: float, fig=None,
            device: torch.device | str = "cpu") -> dict:
     """Write NAME.json (settings, environment, wall time, results) and, if given, NAME.pdf/png."""
     payload = {"figure": name, "settings": settings, "environment": environment(device),
-               "wall_time_s": round(wall_seconds, 2), "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
-               **results}
+               "wall_time_s": round(wall_seconds, 2), "peak_memory_mb_of_process": round(peak_memory_mb(), 1),
+               "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]), **results}
     write_json(Path(out) / f"{name}.json", payload)
     if fig is not None:
         save_figure(fig, out, name)
@@ -207,3 +214,12 @@ def train_two_layer(m: int, n: int, h: int, configs: list[tuple[str, float, floa
                      "Q_tilde": lambda p: S.normalized_Q(as64(p), net.activation, init64)})
     return {"steps": run.times, "loss": run.loss.double().cpu(), "Q": run.observables["Q"].cpu(),
             "Q_tilde": run.observables["Q_tilde"].cpu(), "final_params": tuple(p.cpu() for p in run.params), "Y": Y}
+
+
+def run_script(main: Callable[[], Any]) -> None:
+    """Entry point of a figure script: a diverging run ends with its message and exit status 1, no traceback."""
+    try:
+        main()
+    except S.DivergenceError as error:
+        print(f"error: {error}", file=sys.stderr)
+        raise SystemExit(1) from None

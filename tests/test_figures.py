@@ -122,3 +122,17 @@ def test_divergence_stops_with_the_configuration_named(tmp_path):
 
     with pytest.raises(S.DivergenceError, match=r"identity, lr=1000"):
         E.train_two_layer(3, 4, 5, [("identity", 1000.0, 1.0)], 200, seed=0, record_every=10)
+
+
+def test_script_exits_cleanly_on_divergence(tmp_path):
+    """Run as a program, a diverging script prints the configuration and exits 1 without a traceback."""
+    import subprocess
+
+    code = ("import sys; sys.argv=['Q_convergence_elementwise.py','--quick','--out',sys.argv[1]];"
+            "import Q_convergence_elementwise as f; from symmetry import experiment as E;"
+            "f.quick=lambda cfg: f.Settings(lr=1e4, steps=50, sigmoid_steps=50, record_every=5);"
+            "E.run_script(f.main)")
+    proc = subprocess.run([sys.executable, "-c", code, str(tmp_path)], cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 1
+    assert "error: loss became" in proc.stderr and "lr=10000" in proc.stderr
+    assert "Traceback" not in proc.stderr
