@@ -54,9 +54,7 @@ def steps_to_converge(steps: torch.Tensor, loss: torch.Tensor, fraction: float) 
 
 
 def run(cfg: Settings, out: str, resume: bool) -> list[dict]:
-    groups: dict[int, list[str]] = {}
-    for a in cfg.activations:
-        groups.setdefault(cfg.sigmoid_steps if a == "sigmoid" else cfg.steps, []).append(a)
+    groups = E.step_budgets(cfg.activations, cfg.steps, cfg.sigmoid_steps)
     rows = []
     for steps, acts in groups.items():
         configs = [(a, cfg.lr, s) for a in acts for s in cfg.init_stds]

@@ -46,9 +46,7 @@ def quick(cfg: Settings) -> Settings:
 def run(cfg: Settings, out: str, resume: bool) -> dict:
     """{(activation, lr, dtype): {"steps", "loss", "dQ_tilde"}} for every configuration."""
     curves = {}
-    groups = {}
-    for a in cfg.activations:
-        groups.setdefault(cfg.sigmoid_steps if a == "sigmoid" else cfg.steps, []).append(a)
+    groups = E.step_budgets(cfg.activations, cfg.steps, cfg.sigmoid_steps)
     for dtype in cfg.dtypes:
         for steps, acts in groups.items():
             part = {"cfg": cfg, "dtype": dtype, "activations": acts, "steps": steps}

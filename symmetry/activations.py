@@ -31,9 +31,15 @@ class Activation:
     integral: Callable[[Tensor], Tensor]  # A(x) = ∫₀ˣ σ/σ' dt (Eq. 48)
     homogeneity: float | None = None  # α with σ(cx) = c^α σ(x), c > 0 (Example 3); None if not homogeneous
     gaussian_mean_integral: Callable[[float], float] | None = None  # E[A(x)] for x ~ N(0, s²), argument s²
+    dsigma_from_output: Callable[[Tensor], Tensor] | None = None  # σ' written in s = σ(z), when cheaper
 
     def __call__(self, z: Tensor) -> Tensor:
         return self.sigma(z)
+
+    def sigma_and_dsigma(self, z: Tensor) -> tuple[Tensor, Tensor]:
+        """(σ(z), σ'(z)) in one pass, reusing σ(z) where the table says how (the training loop's hot path)."""
+        s = self.sigma(z)
+        return s, (self.dsigma(z) if self.dsigma_from_output is None else self.dsigma_from_output(s))
 
     def __repr__(self) -> str:
         return f"Activation({self.name!r})"
@@ -49,7 +55,8 @@ def relu() -> Activation:
     """σ(x) = max(x, 0); σ/σ' = x on x > 0, A = relu(x)²/2."""
     return Activation("relu", torch.relu, lambda z: (z > 0).to(z.dtype),
                       lambda z: 0.5 * torch.relu(z) ** 2,
-                      homogeneity=1.0, gaussian_mean_integral=lambda s2: 0.25 * s2)
+                      homogeneity=1.0, gaussian_mean_integral=lambda s2: 0.25 * s2,
+                      dsigma_from_output=torch.sign)  # s = relu(z) ≥ 0: sign(s) = 1 exactly where z > 0
 
 
 def leaky_relu(slope: float = 0.01) -> Activation:
@@ -79,7 +86,8 @@ def tanh() -> Activation:
     return Activation("tanh", torch.tanh, lambda z: 1 - torch.tanh(z) ** 2,
                       lambda z: 0.5 * torch.sinh(z) ** 2,
                       # E[sinh² x]/2 = (E[cosh 2x] − 1)/4 = (e^{2s²} − 1)/4
-                      gaussian_mean_integral=lambda s2: (math.exp(2 * s2) - 1) / 4)
+                      gaussian_mean_integral=lambda s2: (math.exp(2 * s2) - 1) / 4,
+                      dsigma_from_output=lambda s: 1 - s * s)
 
 
 def sigmoid() -> Activation:
@@ -87,7 +95,8 @@ def sigmoid() -> Activation:
     return Activation("sigmoid", torch.sigmoid,
                       lambda z: torch.sigmoid(z) * (1 - torch.sigmoid(z)),
                       lambda z: z + torch.expm1(z),
-                      gaussian_mean_integral=lambda s2: math.expm1(s2 / 2))
+                      gaussian_mean_integral=lambda s2: math.expm1(s2 / 2),
+                      dsigma_from_output=lambda s: torch.addcmul(s, s, s, value=-1))  # s − s²
 
 
 _REGISTRY: dict[str, Callable[..., Activation]] = {
@@ -135,10 +144,13 @@ class MixedActivation:
     def __repr__(self) -> str:
         return f"MixedActivation({[a.name for a in self.members]})"
 
-    def _apply(self, attribute: str, z: Tensor) -> Tensor:
+    def _check_batch(self, z: Tensor) -> None:
         if z.ndim == 0 or z.shape[0] != len(self.members):
             raise ValueError(f"{self.name} needs a leading batch dimension of {len(self.members)} "
                              f"configurations, got a tensor of shape {tuple(z.shape)}")
+
+    def _apply(self, attribute: str, z: Tensor) -> Tensor:
+        self._check_batch(z)
         if len(self._groups) == 1:
             return getattr(self.members[0], attribute)(z)
         if self._slices is not None:
@@ -148,6 +160,15 @@ class MixedActivation:
 
     def sigma(self, z: Tensor) -> Tensor:
         return self._apply("sigma", z)
+
+    def sigma_and_dsigma(self, z: Tensor) -> tuple[Tensor, Tensor]:
+        self._check_batch(z)
+        if len(self._groups) == 1:
+            return self.members[0].sigma_and_dsigma(z)
+        if self._slices is not None:
+            pairs = [act.sigma_and_dsigma(z[start:stop]) for start, stop, act in self._slices]
+            return torch.cat([p[0] for p in pairs]), torch.cat([p[1] for p in pairs])
+        return self.sigma(z), self.dsigma(z)
 
     def dsigma(self, z: Tensor) -> Tensor:
         return self._apply("dsigma", z)

@@ -112,11 +112,11 @@ def gradient_descent(model, params: Params, X: Tensor | None, Y: Tensor, lr, ste
 
     with torch.no_grad():
         for t in tqdm(range(steps), desc=description, disable=not progress, mininterval=0.5):
-            loss, grads = model.loss_and_grad(params, X, Y)
             if t % record_every == 0:
+                loss = model.loss(params, X, Y)
                 _check_finite_loss(loss, f"step {t}", labels)
                 record(t, loss, params)
-            params = tuple(p - eta * g for p, g in zip(params, grads))
+            model.descent_step(params, X, Y, eta)  # in place on our own copies
         loss = model.loss(params, X, Y)
         _check_finite_loss(loss, f"step {steps}", labels)
         record(steps, loss, params)

@@ -184,6 +184,14 @@ def finish(out: str | Path, name: str, settings: Any, results: dict, wall_second
     return payload
 
 
+def step_budgets(activations, steps: int, sigmoid_steps: int) -> dict[int, list[str]]:
+    """Activations grouped by step budget: the paper trains sigmoid nets twice as long (Figs. 3, 6, 9)."""
+    groups: dict[int, list[str]] = {}
+    for a in activations:
+        groups.setdefault(sigmoid_steps if a == "sigmoid" else steps, []).append(a)
+    return groups
+
+
 def train_two_layer(m: int, n: int, h: int, configs: list[tuple[str, float, float]], steps: int, *, seed: int,
                     dtype: str = "float32", device: str = "cpu", record_every: int = 100,
                     description: str = "gradient descent") -> dict:

@@ -107,3 +107,32 @@ def test_radial_closed_form_gradient_matches_autograd(over, reduction, k):
     cubic = S.TwoLayerRadialNet(f=lambda r: r ** -3, over=over, reduction=reduction)
     for g, ref in zip(cubic.loss_and_grad(params, X, Y)[1], grad_of(cubic, params, X, Y)):
         torch.testing.assert_close(g, ref, rtol=1e-11, atol=1e-11)
+
+
+@pytest.mark.parametrize("k", [None, 6])
+def test_fused_descent_step_is_one_gradient_step(k):
+    """descent_step (the loop's in-place hot path) = θ − η ∇L with the closed-form/autograd gradient."""
+    models = [S.TwoLayerNet(list(S.ACTIVATIONS)), S.TwoLayerNet(["tanh", "relu", "tanh", "sigmoid", "repu", "identity"]),
+              S.TwoLayerRadialNet(reduction="sum"), S.TwoLayerNet("sigmoid", reduction="half_sum")]
+    for net in models:
+        params, X, Y = two_layer_problem(4, 5, 3, seed=5, k=k, batch=(6,))
+        lr = torch.linspace(0.01, 0.3, 6, dtype=DTYPE).reshape(6, 1, 1)
+        expected = [p - lr * g for p, g in zip(params, grad_of(net, params, X, Y))]
+        stepped = tuple(p.clone() for p in params)
+        net.descent_step(stepped, X, Y, lr)
+        for a, b in zip(stepped, expected):
+            torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
+    single = tuple(p[0].clone() for p in params)
+    S.TwoLayerNet("tanh").descent_step(single, X, Y[0], 0.1)
+    for a, b in zip(single, (p[0] - 0.1 * g for p, g in zip(params, grad_of(S.TwoLayerNet("tanh"), tuple(p[0] for p in params), X, Y[0])))):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("name", S.ACTIVATIONS)
+def test_sigma_and_dsigma_agree_with_the_table(name):
+    act = S.get_activation(name)
+    z = randn(200, seed=8, scale=2.0)
+    z = z[z.abs() > 1e-6]
+    s, d = act.sigma_and_dsigma(z)
+    torch.testing.assert_close(s, act.sigma(z), rtol=0, atol=0)
+    torch.testing.assert_close(d, act.dsigma(z), rtol=1e-12, atol=1e-14)
