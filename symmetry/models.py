@@ -182,9 +182,16 @@ class TwoLayerNet(Model):
             grad_U, grad_Z = R @ S.mT, U.mT @ R
         grad_Z.mul_(D)  # ∂L/∂Z up to the residual scale, taken before U changes
         scale = _residual_scale(self.reduction, R)
-        U.addcmul_(lr, grad_U, value=-scale) if isinstance(lr, Tensor) else U.add_(grad_U, alpha=-scale * lr)
-        grad_V = grad_Z.mT if X is None else X @ grad_Z.mT
-        V.addcmul_(lr, grad_V, value=-scale) if isinstance(lr, Tensor) else V.add_(grad_V, alpha=-scale * lr)
+        _descend(U, grad_U, lr, scale)
+        _descend(V, grad_Z.mT if X is None else X @ grad_Z.mT, lr, scale)
+
+
+def _descend(p: Tensor, grad: Tensor, lr: Tensor | float, scale: float) -> None:
+    """p ← p − lr·scale·grad in one in-place op (lr: a number or one value per configuration)."""
+    if isinstance(lr, Tensor):
+        p.addcmul_(lr, grad, value=-scale)
+    else:
+        p.add_(grad, alpha=-scale * lr)
 
 
 RADIAL_AXES = {"neuron": -1, "hidden": -2}

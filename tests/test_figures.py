@@ -136,3 +136,12 @@ def test_script_exits_cleanly_on_divergence(tmp_path):
     assert proc.returncode == 1
     assert "error: loss became" in proc.stderr and "lr=10000" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_fixed_seed_gives_the_same_numbers(tmp_path):
+    """Two fresh runs (no cache) with one seed agree exactly; another seed does not."""
+    a = run_quick("Q_hessian_eigenvalues", tmp_path / "a", "--no-resume")
+    b = run_quick("Q_hessian_eigenvalues", tmp_path / "b", "--no-resume")
+    c = run_quick("Q_hessian_eigenvalues", tmp_path / "c", "--no-resume", "--seed", "1")
+    assert a["per_activation"] == b["per_activation"]
+    assert a["per_activation"] != c["per_activation"]
