@@ -27,19 +27,22 @@ def steps_for(activation: str, fraction: float) -> int:
 
 
 def plain_sgd(activation: str, lr: float, steps: int, U0, V0, Y) -> list[float]:
-    """One configuration, torch.optim.SGD, autograd, loss and Q every step (.item() each step)."""
-    net = S.TwoLayerNet(activation)
+    """One configuration, torch.optim.SGD, autograd, loss and Q every step (.item() each step).
+
+    Plain torch, as the authors' scripts are: none of this library's input checks in the loop.
+    """
+    act = S.get_activation(activation)
     U, V = U0.clone().requires_grad_(True), V0.clone().requires_grad_(True)
     opt = torch.optim.SGD([U, V], lr=lr)
     losses, Qs = [], []
     for _ in range(steps):
         opt.zero_grad()
-        loss = net.loss((U, V), None, Y)
+        loss = ((Y - U @ act.sigma(V.T)) ** 2).mean()
         loss.backward()
         opt.step()
         losses.append(loss.item())
         with torch.no_grad():
-            Qs.append(S.conserved_Q((U, V), activation).item())
+            Qs.append((0.5 * (U * U).sum() - act.integral(V).sum()).item())
     return losses
 
 
