@@ -112,12 +112,15 @@ def _representation_inverse(g: Tensor, alpha: float) -> Tensor:
 ON_RANK_DEFICIENT = ("raise", "warn", "ignore")
 
 
-def nonlinear_pi(g: Tensor, Z: Tensor, activation: ActivationLike, on_rank_deficient: str = "warn") -> Tensor:
+def nonlinear_pi(g: Tensor, Z: Tensor, activation: ActivationLike, on_rank_deficient: str = "warn",
+                 rcond: float | None = None) -> Tensor:
     """π(g, Z) = σ(Z) σ(gZ)⁺ (Eq. 15), as the least-squares solution of π σ(gZ) = σ(Z).
 
     Z is (..., h, k). ``torch.linalg.lstsq`` returns the minimum-norm solution, which is
     σ(Z)σ(gZ)⁺ without forming the pseudo-inverse. If σ(gZ) has rank < min(h, k), π is no
     longer a representation: ``on_rank_deficient`` says whether to raise, warn or ignore.
+    ``rcond`` regularises an ill-conditioned σ(gZ): singular values below rcond × the largest
+    are treated as zero (a truncated pseudo-inverse), so π stays finite.
     """
     check_choice("on_rank_deficient", on_rank_deficient, ON_RANK_DEFICIENT)
     act = get_activation(activation)
@@ -136,7 +139,7 @@ def nonlinear_pi(g: Tensor, Z: Tensor, activation: ActivationLike, on_rank_defic
             warnings.warn(msg, RankDeficiencyWarning, stacklevel=2)
     # gelsd (SVD-based) gives the minimum-norm solution even when rank-deficient or k < h; CUDA's
     # only driver (gels) needs full column rank, so the small (h, h) solve always runs on the CPU
-    solution = torch.linalg.lstsq(A.mT.cpu(), B.mT.cpu(), driver="gelsd").solution
+    solution = torch.linalg.lstsq(A.mT.cpu(), B.mT.cpu(), rcond=rcond, driver="gelsd").solution
     return solution.mT.to(Z.device)  # (..., h, h)
 
 
