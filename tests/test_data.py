@@ -1,0 +1,62 @@
+"""CIFAR-10 loading through the ImageFolder path on a tiny dataset the test writes; errors name the fix."""
+import tarfile
+
+import pytest
+import torch
+from PIL import Image
+
+from symmetry.data import load_cifar10, to_model_input
+
+CLASSES = ["airplane", "bird", "cat"]
+
+
+def write_tree(root, per_class=(4, 2), seed=0):
+    g = torch.Generator().manual_seed(seed)
+    pixels = {}
+    for split, count in zip(("train", "test"), per_class):
+        for c in CLASSES:
+            (root / split / c).mkdir(parents=True)
+            for i in range(count):
+                array = torch.randint(0, 256, (32, 32, 3), generator=g, dtype=torch.uint8)
+                Image.fromarray(array.numpy()).save(root / split / c / f"{i:04d}.png")  # lossless
+                pixels[(split, c, i)] = array
+    return pixels
+
+
+def test_folder_tree_loads_and_is_cached(tmp_path):
+    pixels = write_tree(tmp_path / "cifar")
+    data = load_cifar10(tmp_path / "cifar")
+    assert data["classes"] == CLASSES
+    assert data["train_x"].shape == (12, 3, 32, 32) and data["train_x"].dtype == torch.uint8
+    assert data["test_x"].shape == (6, 3, 32, 32)
+    assert data["train_y"].tolist() == [0] * 4 + [1] * 4 + [2] * 4
+    assert torch.equal(data["train_x"][5], pixels[("train", "bird", 1)].permute(2, 0, 1))
+    assert (tmp_path / "cifar" / ".cache" / "cifar10-folder.pt").exists()
+    for image in (tmp_path / "cifar" / "train" / "cat").iterdir():  # the second load reads the cache only
+        image.unlink()
+    again = load_cifar10(tmp_path / "cifar")
+    assert torch.equal(again["train_x"], data["train_x"])
+    x = to_model_input(data["test_x"])
+    assert x.dtype == torch.float32 and x.min() >= -0.5 and x.max() <= 0.5
+
+
+def test_archive_is_extracted_once(tmp_path):
+    write_tree(tmp_path / "src" / "cifar10-jpeg", per_class=(2, 1))
+    archive = tmp_path / "cifar10-jpeg.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(tmp_path / "src" / "cifar10-jpeg", arcname="cifar10-jpeg")
+    data = load_cifar10(archive, extract_to=tmp_path / "work")
+    assert data["train_x"].shape == (6, 3, 32, 32)
+    assert (tmp_path / "work" / "cifar10-jpeg-extracted").is_dir()
+    assert torch.equal(load_cifar10(archive, extract_to=tmp_path / "work")["test_y"], data["test_y"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cifar10-jpeg.tar.gz", "src", "work"]  # nothing beside it
+
+
+def test_missing_data_says_where_it_looked(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_cifar10(tmp_path / "nowhere")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match=r"looked for an ImageFolder tree .*train/<class>.*cifar-10-batches-py"):
+        load_cifar10(tmp_path / "empty")
+    with pytest.raises(ValueError, match="source='hub'.*auto, folder, torchvision"):
+        load_cifar10(tmp_path / "empty", source="hub")
