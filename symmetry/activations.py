@@ -28,7 +28,7 @@ class Activation:
     name: str
     sigma: Callable[[Tensor], Tensor]
     dsigma: Callable[[Tensor], Tensor]  # σ'
-    integral: Callable[[Tensor], Tensor]  # A(x) = ∫₀ˣ σ/σ' dt (Eq. 48)
+    integral: Callable[[Tensor], Tensor] | None  # A(x) = ∫₀ˣ σ/σ' dt (Eq. 48); None where it has no closed form
     homogeneity: float | None = None  # α with σ(cx) = c^α σ(x), c > 0 (Example 3); None if not homogeneous
     gaussian_mean_integral: Callable[[float], float] | None = None  # E[A(x)] for x ~ N(0, s²), argument s²
     dsigma_from_output: Callable[[Tensor], Tensor] | None = None  # σ' written in s = σ(z), when cheaper

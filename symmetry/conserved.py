@@ -20,6 +20,8 @@ def Q_terms(params: Params, activation: ActivationLike) -> tuple[Tensor, Tensor]
     """The two terms of Eq. 48 per neuron: (½‖u_i‖², Σ_a A(V_ai)), each of shape (..., h)."""
     U, V = check_params("params", params, 2)
     act = get_activation(activation)
+    if getattr(act, "integral", True) is None:
+        raise ValueError(f"activation {act.name!r} has no ∫σ/σ' in the table: Eq. 48 is not available for it")
     return 0.5 * (U * U).sum(dim=-2), act.integral(V).sum(dim=-2)
 
 

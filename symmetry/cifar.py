@@ -1,0 +1,117 @@
+"""The CIFAR-10 model of App. H and what the ensemble notebook does with it: train once, then
+evaluate every (mode, num_g, ε) ensemble on cached hidden features.
+
+Model: Conv2d(3→32, 3×3, same) → LeakyReLU → MaxPool 2 → Flatten → Linear(8192→h) → σ → Linear(h→10),
+ending in logits (the reference applied softmax before a cross-entropy that applies it again).
+The group action acts on the last two linear layers, around σ.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .activations import Activation, ActivationLike, get_activation
+from .ensemble import ENSEMBLE_MODES, GroupActionEnsemble, mean_probability, vote
+
+Tensor = torch.Tensor
+
+
+def squared_leaky_relu(slope: float = 0.1, linear: float = 0.01) -> Activation:
+    """σ(x) = LeakyReLU_slope(x)² + linear·x, the ensemble experiment's activation (Fig. 10).
+
+    Not elementwise-conservation material (σ' vanishes at x = −linear/(2·slope²)), so no ∫σ/σ'.
+    """
+    def sigma(z):
+        return torch.where(z > 0, z, slope * z) ** 2 + linear * z
+
+    def dsigma(z):
+        return torch.where(z > 0, 2 * z, 2 * slope * slope * z) + linear
+
+    return Activation(f"squared_leaky_relu({slope:g})", sigma, dsigma, integral=None)
+
+
+class CifarNet(nn.Module):
+    """App. H's classifier; ``hidden_preactivation`` is the z that the group action transforms."""
+
+    def __init__(self, hidden: int = 16, activation: ActivationLike | None = None):
+        super().__init__()
+        self.activation = squared_leaky_relu() if activation is None else get_activation(activation)
+        self.body = nn.Sequential(nn.Conv2d(3, 32, 3, padding=1), nn.LeakyReLU(), nn.MaxPool2d(2), nn.Flatten(),
+                                  nn.Linear(32 * 16 * 16, hidden))
+        self.head = nn.Linear(hidden, 10)
+
+    def hidden_preactivation(self, x: Tensor) -> Tensor:
+        return self.body(x)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.activation.sigma(self.body(x)))
+
+
+def make_model(seed: int, hidden: int = 16, activation: ActivationLike | None = None) -> CifarNet:
+    """A CifarNet whose initial weights depend only on ``seed`` (the global RNG is left as it was)."""
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        return CifarNet(hidden, activation)
+
+
+def train_classifier(model: nn.Module, x: Tensor, y: Tensor, epochs: int = 10, batch_size: int = 32,
+                     seed: int = 0, progress: bool = True) -> list[float]:
+    """Adam (default settings) on the cross-entropy of the logits; returns the mean loss of each epoch."""
+    from tqdm.auto import tqdm
+
+    opt = torch.optim.Adam(model.parameters())
+    generator = torch.Generator().manual_seed(seed)
+    history = []
+    model.train()
+    for epoch in range(epochs):
+        order = torch.randperm(len(x), generator=generator)
+        total = 0.0
+        for start in tqdm(range(0, len(x), batch_size), desc=f"epoch {epoch + 1}/{epochs}", disable=not progress,
+                          leave=False, mininterval=1.0):
+            idx = order[start:start + batch_size]
+            loss = F.cross_entropy(model(x[idx]), y[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            total += loss.item() * len(idx)
+        history.append(total / len(x))
+        if not math.isfinite(history[-1]):
+            raise FloatingPointError(f"training loss became {history[-1]} in epoch {epoch + 1}")
+    model.eval()
+    return history
+
+
+@torch.no_grad()
+def ensemble_grid(model: CifarNet, fit_x: Tensor, eval_x: Tensor, eval_y: Tensor, num_gs, epsilons,
+                  modes=ENSEMBLE_MODES, seed: int = 0) -> dict:
+    """Accuracy (vote and mean-probability readouts) and test loss of every ensemble cell, one trained model.
+
+    The hidden features are computed once; each cell only refits the last two layers' transformation.
+    ``fit_x`` supplies num_g batches of h held-out images (so at least max(num_gs)·h of them).
+    """
+    h = model.head.in_features
+    z_fit, z_eval = model.hidden_preactivation(fit_x), model.hidden_preactivation(eval_x)
+    if len(z_fit) < max(num_gs) * h:
+        raise ValueError(f"fit_x has {len(z_fit)} images; num_g={max(num_gs)} batches of h={h} need {max(num_gs) * h}")
+    single_logits = model.head(model.activation.sigma(z_eval))
+    result = {"single_accuracy": float((single_logits.argmax(-1) == eval_y).float().mean()),
+              "single_loss": float(F.cross_entropy(single_logits, eval_y)),
+              "num_gs": list(num_gs), "epsilons": list(epsilons), "modes": {}}
+    for mode in modes:
+        acc = torch.zeros(len(num_gs), len(epsilons))
+        acc_mean = torch.zeros_like(acc)
+        loss = torch.zeros_like(acc)
+        for i, num_g in enumerate(num_gs):
+            batches = z_fit[: num_g * h].reshape(num_g, h, h)
+            for j, eps in enumerate(epsilons):
+                layer = GroupActionEnsemble(model.activation, mode, epsilon=eps, num_g=num_g, seed=seed).fit(batches)
+                logits = model.head(layer(z_eval))  # (num_g, N, 10)
+                probability = mean_probability(logits)
+                acc[i, j] = (vote(logits) == eval_y).float().mean()
+                acc_mean[i, j] = (probability.argmax(-1) == eval_y).float().mean()
+                loss[i, j] = F.nll_loss(torch.log(probability.clamp_min(1e-12)), eval_y)
+        result["modes"][mode] = {"vote_accuracy": acc, "mean_probability_accuracy": acc_mean, "test_loss": loss}
+    return result
