@@ -115,3 +115,55 @@ def ensemble_grid(model: CifarNet, fit_x: Tensor, eval_x: Tensor, eval_y: Tensor
                 loss[i, j] = F.nll_loss(torch.log(probability.clamp_min(1e-12)), eval_y)
         result["modes"][mode] = {"vote_accuracy": acc, "mean_probability_accuracy": acc_mean, "test_loss": loss}
     return result
+
+
+class EnsembleClassifier(nn.Module):
+    """A CifarNet whose last two layers are replaced by a fitted ensemble; returns log mean probabilities.
+
+    Cross-entropy on this output is the negative log-likelihood of the members' mean probability
+    (log_softmax leaves log-probabilities unchanged), so an attack's gradient goes through the whole
+    ensemble: the adaptive threat model of the adversarial notebook.
+    """
+
+    def __init__(self, model: CifarNet, layer: GroupActionEnsemble):
+        super().__init__()
+        self.model, self.layer = model, layer
+
+    def member_logits(self, x: Tensor) -> Tensor:
+        return self.model.head(self.layer(self.model.hidden_preactivation(x)))  # (num_g, B, 10)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.log(mean_probability(self.member_logits(x)).clamp_min(1e-12))
+
+    @torch.no_grad()
+    def predict(self, x: Tensor) -> Tensor:
+        """The paper's readout: the mode of the members' argmax."""
+        return vote(self.member_logits(x))
+
+
+def art_classifier(module: nn.Module):
+    """An adversarial-robustness-toolbox wrapper; inputs live in [−0.5, 0.5], so attacks clip there."""
+    from art.estimators.classification import PyTorchClassifier
+
+    return PyTorchClassifier(model=module, loss=nn.CrossEntropyLoss(), input_shape=(3, 32, 32), nb_classes=10,
+                             clip_values=(-0.5, 0.5))
+
+
+def attack(classifier, x: Tensor, method: str, radius: float, step: float | None = None, iterations: int = 1,
+           random_start: bool = False, seed: int = 0) -> Tensor:
+    """Adversarial images from ART: ``fgsm`` (one signed-gradient step of size ``radius``) or ``pgd``
+    (``iterations`` steps of ``step``, projected on the L∞ ball of ``radius``); 0 iterations or radius 0 = x."""
+    import numpy as np
+    from art.attacks.evasion import FastGradientMethod, ProjectedGradientDescent
+
+    if radius == 0 or iterations == 0:
+        return x.clone()
+    if method == "fgsm":
+        crafted = FastGradientMethod(classifier, norm=np.inf, eps=radius).generate(x.numpy())
+    elif method == "pgd":
+        np.random.seed(seed)  # ART draws its random start from numpy's global generator
+        crafted = ProjectedGradientDescent(classifier, norm=np.inf, eps=radius, eps_step=step, max_iter=iterations,
+                                           num_random_init=int(random_start), verbose=False).generate(x.numpy())
+    else:
+        raise ValueError(f"method={method!r} is not allowed; choose one of fgsm, pgd")
+    return torch.from_numpy(crafted)

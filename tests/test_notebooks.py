@@ -49,3 +49,23 @@ def test_ensemble_notebook_quick(tmp_path):
         assert len(diff) == 2 and len(diff[0]) == 3
         assert all(v is not None for row in diff for v in row)  # finite everywhere (null would mean NaN)
         assert abs(diff[0][-1]) <= 1 / 64 + 1e-9  # ε = 1e-4: the ensemble is the single model
+
+
+def test_adversarial_notebook_quick(tmp_path):
+    data = tiny_cifar(tmp_path / "cifar")
+    out = tmp_path / "figures"
+    run_notebook("adversarial_CIFAR", f'DATA = "{data}"\nOUT = "{out}"\nSEEDS = [0]\nNUM_G = 4\nEPSILON = 10.0\n'
+                 "FGSM_STRENGTHS = [0, 0.012]\nPGD_ITERATIONS = [0, 1]\nSTRONG_ITERATIONS = [0, 2]\n"
+                 "EPOCHS = 1\nN_EVAL = 64\nQUICK = True", tmp_path)
+    result = json.loads((out / "adversarial_CIFAR.json").read_text())
+    assert (out / "adversarial_CIFAR.png").exists() and (out / "adversarial_CIFAR.pdf").exists()
+    assert result["settings"]["clip_values"] == [-0.5, 0.5]
+    for threat in ("transfer", "adaptive"):
+        for name_attack in ("fgsm", "pgd", "pgd_8_255"):
+            curves = result["summary"][threat][name_attack]
+            assert set(curves) == {"original", "group", "inverse", "permutation"}
+            for curve in curves.values():
+                assert all(0 <= v <= 1 for v in curve["mean"])
+    # strength 0 is the clean accuracy, the same under both threat models
+    for name in ("original", "group"):
+        assert result["summary"]["transfer"]["fgsm"][name]["mean"][0] == result["summary"]["adaptive"]["fgsm"][name]["mean"][0]
