@@ -167,3 +167,20 @@ def attack(classifier, x: Tensor, method: str, radius: float, step: float | None
     else:
         raise ValueError(f"method={method!r} is not allowed; choose one of fgsm, pgd")
     return torch.from_numpy(crafted)
+
+
+def experiment_splits(data: dict, n_eval: int, n_fit: int, train_fraction: float = 0.8, seed: int = 0) -> dict:
+    """The images both notebooks use: a random ``train_fraction`` of the training split to train on, and from
+    the test split (shuffled once: folders are sorted by class) ``n_eval`` images to score and the next
+    ``n_fit`` to fit π(g, H) on. Inputs as x/255 − 0.5."""
+    from .data import to_model_input
+
+    if n_eval + n_fit > len(data["test_y"]):
+        raise ValueError(f"n_eval + n_fit = {n_eval + n_fit} exceeds the {len(data['test_y'])} test images")
+    generator = torch.Generator().manual_seed(seed)
+    train_idx = torch.randperm(len(data["train_y"]), generator=generator)[: int(train_fraction * len(data["train_y"]))]
+    test_idx = torch.randperm(len(data["test_y"]), generator=generator)
+    eval_idx, fit_idx = test_idx[:n_eval], test_idx[n_eval:n_eval + n_fit]
+    return {"x_train": to_model_input(data["train_x"][train_idx]), "y_train": data["train_y"][train_idx],
+            "x_eval": to_model_input(data["test_x"][eval_idx]), "y_eval": data["test_y"][eval_idx],
+            "x_fit": to_model_input(data["test_x"][fit_idx])}

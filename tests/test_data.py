@@ -60,3 +60,19 @@ def test_missing_data_says_where_it_looked(tmp_path):
         load_cifar10(tmp_path / "empty")
     with pytest.raises(ValueError, match="source='hub'.*auto, folder, torchvision"):
         load_cifar10(tmp_path / "empty", source="hub")
+
+
+def test_experiment_splits_are_disjoint_and_seeded(tmp_path):
+    from symmetry.cifar import experiment_splits
+
+    write_tree(tmp_path / "cifar", per_class=(10, 8))
+    data = load_cifar10(tmp_path / "cifar")
+    s = experiment_splits(data, n_eval=10, n_fit=12)
+    assert len(s["x_train"]) == 24 and len(s["x_eval"]) == 10 and len(s["x_fit"]) == 12
+    assert s["x_eval"].min() >= -0.5 and s["x_eval"].max() <= 0.5
+    # evaluation and fitting images are different test images
+    eval_rows = {tuple(x.flatten()[:20].tolist()) for x in s["x_eval"]}
+    assert not eval_rows & {tuple(x.flatten()[:20].tolist()) for x in s["x_fit"]}
+    assert torch.equal(experiment_splits(data, 10, 12)["x_fit"], s["x_fit"])
+    with pytest.raises(ValueError, match="exceeds the 24 test images"):
+        experiment_splits(data, n_eval=20, n_fit=12)
