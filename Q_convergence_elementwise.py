@@ -9,7 +9,6 @@ Runtime: about 1 min on a 2-core CPU.
 """
 from __future__ import annotations
 
-import argparse
 from dataclasses import dataclass
 
 import torch
@@ -89,12 +88,7 @@ def plot(rows: list[dict], cfg: Settings):
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    E.add_common_arguments(parser)
-    args = parser.parse_args(argv)
-    E.resolve_device(args.device)
-    cfg = Settings(seed=args.seed, device=args.device, dtype=args.dtype)
-    cfg = quick(cfg) if args.quick else cfg
+    args, cfg = E.settings_from_cli(__doc__, Settings, quick, argv)
     with E.Stopwatch() as clock:
         rows = run(cfg, args.out, args.resume)
     fig = plot(rows, cfg)

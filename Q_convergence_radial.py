@@ -10,7 +10,6 @@ Runtime: about 1.5 min on a 2-core CPU (float32 and float64).
 """
 from __future__ import annotations
 
-import argparse
 from dataclasses import dataclass
 
 import torch
@@ -102,12 +101,7 @@ def plot(rows: list[dict], steps: torch.Tensor, dtype: str):
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    E.add_common_arguments(parser, dtype=False)  # runs both precisions
-    args = parser.parse_args(argv)
-    E.resolve_device(args.device)
-    cfg = Settings(seed=args.seed, device=args.device)
-    cfg = quick(cfg) if args.quick else cfg
+    args, cfg = E.settings_from_cli(__doc__, Settings, quick, argv, dtype=False)  # runs both precisions
     keep = ("mu", "Q0", "lambda", "lambda_drift", "steps_to_1e-6", "final_relative_loss", "bound_violations",
             "max_excess_over_bound")
     per_dtype, fig = {}, None

@@ -8,7 +8,6 @@ Runtime: about 5 s on a 2-core CPU (no training).
 """
 from __future__ import annotations
 
-import argparse
 import math
 from dataclasses import dataclass
 
@@ -89,12 +88,7 @@ def plot(rows: list[dict], cfg: Settings):
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    E.add_common_arguments(parser, dtype=False)  # float64 throughout: no training
-    args = parser.parse_args(argv)
-    E.resolve_device(args.device)
-    cfg = Settings(seed=args.seed, device=args.device)
-    cfg = quick(cfg) if args.quick else cfg
+    args, cfg = E.settings_from_cli(__doc__, Settings, quick, argv, dtype=False)  # float64 throughout: no training
     with E.Stopwatch() as clock:
         rows = run(cfg)
     fig = plot(rows, cfg)

@@ -11,7 +11,6 @@ Runtime: about 2 min on a 2-core CPU (both precisions).
 """
 from __future__ import annotations
 
-import argparse
 import math
 from dataclasses import dataclass
 
@@ -111,12 +110,7 @@ def plot(curves: dict, cfg: Settings):
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    E.add_common_arguments(parser, dtype=False)  # runs both precisions
-    args = parser.parse_args(argv)
-    E.resolve_device(args.device)
-    cfg = Settings(seed=args.seed, device=args.device)
-    cfg = quick(cfg) if args.quick else cfg
+    args, cfg = E.settings_from_cli(__doc__, Settings, quick, argv, dtype=False)  # runs both precisions
     with E.Stopwatch() as clock:
         curves = run(cfg, args.out, args.resume)
     fig = plot(curves, cfg)

@@ -62,9 +62,7 @@ def main(argv=None) -> dict:
     plain = time.perf_counter() - started
 
     started = time.perf_counter()
-    groups = {}
-    for a in S.PAPER_ACTIVATIONS:
-        groups.setdefault(steps_for(a, args.fraction), []).append(a)
+    groups = E.step_budgets(S.PAPER_ACTIVATIONS, steps_for("identity", args.fraction), steps_for("sigmoid", args.fraction))
     for steps, acts in groups.items():
         E.train_two_layer(M, N, H, [(a, lr, STD) for a in acts for lr in LRS], steps, seed=0, dtype="float32",
                           record_every=100, description=f"batched, {steps} steps")

@@ -14,12 +14,11 @@ import argparse
 import time
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from symmetry import experiment as E
-from symmetry.cifar import art_classifier, attack, make_model, train_classifier
-from symmetry.data import load_cifar10, to_model_input
+from symmetry.cifar import art_classifier, attack, experiment_splits, make_model, train_classifier
+from symmetry.data import load_cifar10
 from symmetry.ensemble import GroupActionEnsemble
 
 H, NUM_G, EPSILON = 16, 120, 20.0
@@ -44,12 +43,8 @@ def main(argv=None) -> dict:
     args = parser.parse_args(argv)
     started = time.perf_counter()
     data = load_cifar10(args.data)
-    split = torch.Generator().manual_seed(0)
-    train_idx = torch.randperm(len(data["train_y"]), generator=split)[: int(0.8 * len(data["train_y"]))]
-    test_idx = torch.randperm(len(data["test_y"]), generator=split)
-    x, y = to_model_input(data["train_x"][train_idx]), data["train_y"][train_idx]
-    x_eval, y_eval = to_model_input(data["test_x"][test_idx[:1000]]), data["test_y"][test_idx[:1000]]
-    x_fit = to_model_input(data["test_x"][test_idx[1000 : 1000 + NUM_G * H]])
+    splits = experiment_splits(data, n_eval=1000, n_fit=NUM_G * H)  # the notebooks' images
+    x, y, x_eval, y_eval, x_fit = (splits[k] for k in ("x_train", "y_train", "x_eval", "y_eval", "x_fit"))
 
     ours = make_model(0, hidden=H)
     train_classifier(ours, x, y, epochs=args.epochs, seed=0)

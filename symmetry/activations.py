@@ -133,8 +133,8 @@ class MixedActivation:
         # configurations of one activation side by side: slice views instead of gathers (fewer ops per step)
         self._slices = None
         if all(idx.tolist() == list(range(idx[0], idx[0] + len(idx))) for _, idx in self._groups):
-            self._slices = sorted(((int(idx[0]), int(idx[0]) + len(idx), act) for act, idx in self._groups),
-                                  key=lambda t: t[0])
+            # groups are in order of first appearance, so these ranges tile 0 … B in order
+            self._slices = [(int(idx[0]), int(idx[0]) + len(idx), act) for act, idx in self._groups]
         alphas = {a.homogeneity for a in self.members}
         self.homogeneity = alphas.pop() if len(alphas) == 1 else None
 

@@ -38,6 +38,20 @@ def add_common_arguments(parser: argparse.ArgumentParser, default_out: str = "fi
                         help="recompute even if finished runs with the same settings are cached under OUT/.cache")
 
 
+def settings_from_cli(doc: str, settings_cls, quick: Callable[[Any], Any], argv: list[str] | None,
+                      dtype: bool = True) -> tuple[argparse.Namespace, Any]:
+    """Parse a figure script's flags and build its Settings (``quick(cfg)`` under --quick).
+
+    ``dtype=False`` for scripts that fix their own precision(s) and so take no --dtype flag.
+    """
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    add_common_arguments(parser, dtype=dtype)
+    args = parser.parse_args(argv)
+    resolve_device(args.device)
+    cfg = settings_cls(seed=args.seed, device=args.device, **({"dtype": args.dtype} if dtype else {}))
+    return args, (quick(cfg) if args.quick else cfg)
+
+
 def resolve_device(name: str) -> torch.device:
     """A torch.device, with a clear error when CUDA was asked for and is not there."""
     if name == "cuda" and not torch.cuda.is_available():
