@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import warnings
-from typing import Callable, Sequence
+from typing import Callable
 
 import torch
 

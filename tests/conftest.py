@@ -1,4 +1,8 @@
 """Shared helpers: seeded random problems in float64 (the checks are about formulas, not round-off)."""
+import importlib.util
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -8,6 +12,18 @@ DTYPE = torch.float64
 #: (m, h, n) shapes the propositions are checked on: wide, narrow, square, h > m + n
 SHAPES = [(3, 4, 5), (5, 3, 2), (4, 4, 4), (2, 7, 3)]
 SEEDS = [0, 1]
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def load_script(name: str):
+    """Import a top-level script (reproduce.py, a figure script) by file name."""
+    spec = importlib.util.spec_from_file_location(name, ROOT / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up here
+    spec.loader.exec_module(module)
+    return module
 
 
 def generator(seed: int) -> torch.Generator:

@@ -4,7 +4,7 @@ import torch
 
 import symmetry as S
 
-from conftest import DTYPE, randn, two_layer_problem
+from conftest import DTYPE, two_layer_problem
 
 ACTS = list(S.PAPER_ACTIVATIONS)
 LRS = [0.1, 0.01, 0.001]

@@ -1,26 +1,17 @@
 """Every figure script's --quick run, into a temporary directory: files written, JSON complete and finite,
 and the claims that must hold even in quick mode."""
-import importlib.util
 import json
 import math
 import sys
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def load(name):
-    spec = importlib.util.spec_from_file_location(name, ROOT / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
+from conftest import ROOT, load_script as load
 
 
 def run_quick(name, tmp_path, *extra):
     payload = load(name).main(["--quick", "--out", str(tmp_path), *extra])
+    assert payload["figure"] == name
     for ext in ("pdf", "png", "json"):
         assert (tmp_path / f"{name}.{ext}").stat().st_size > 0
     on_disk = json.loads((tmp_path / f"{name}.json").read_text())

@@ -1,5 +1,4 @@
 """Hessians: exact matrix, eigenvalues, Hessian-vector products and Lanczos top-k."""
-import math
 
 import pytest
 import torch

@@ -3,12 +3,12 @@ import json
 from pathlib import Path
 
 import nbformat
-import pytest
 import torch
 from nbclient import NotebookClient
 from PIL import Image
 
-ROOT = Path(__file__).resolve().parents[1]
+from conftest import ROOT
+
 CLASSES = [f"class{i}" for i in range(10)]
 
 

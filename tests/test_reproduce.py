@@ -1,17 +1,5 @@
 """The README's main command: reproduce.py runs, prints its claim table, and every claim holds."""
-import importlib.util
-import sys
-from pathlib import Path
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def load(name):
-    spec = importlib.util.spec_from_file_location(name, ROOT / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # dataclasses look their module up here
-    spec.loader.exec_module(module)
-    return module
+from conftest import load_script as load
 
 
 def test_reproduce_demo_claims_hold(capsys):
