@@ -210,3 +210,25 @@ def radial_rescaling(z: Tensor, f: Callable[[Tensor], Tensor] = inverse_square, 
     commutes with O(h). With ``dim=-1`` each row of Vᵀ is rescaled: the g of Prop. 14 / Fig. 7.
     """
     return f(torch.linalg.vector_norm(z, dim=dim, keepdim=True)) * z
+
+
+# Not in ``_REGISTRY``: every table entry is checked by every test (Prop. 8's nonlinear action needs an
+# invertible σ, which x² is not), so the two activations that only Gluch & Urbanke use live beside it.
+
+def polynomial(power: int = 2) -> Activation:
+    """σ(x) = xᵖ, integer p ≥ 1: p-homogeneous for c > 0 (Gluch & Urbanke Sec. 4.2); σ/σ' = x/p, A = x²/(2p)."""
+    if not (isinstance(power, int) and power >= 1):
+        raise ValueError(f"power={power!r} must be an integer >= 1")
+    return Activation(f"polynomial({power})", lambda z: z ** power,
+                      lambda z: power * z ** (power - 1) if power > 1 else torch.ones_like(z),
+                      lambda z: z * z / (2 * power),
+                      homogeneity=float(power), gaussian_mean_integral=lambda s2: s2 / (2 * power))
+
+
+def swish(z: Tensor, beta: Tensor | float = 1.0) -> Tensor:
+    """Swish σ_β(x) = x·sigmoid(βx) (Ramachandran et al.); σ_β(cx) = c·σ_{cβ}(x) (G&U Observation 1).
+
+    A function rather than a table entry: with a trainable β (G&U Sec. 4.3) β is a parameter of the
+    model (:class:`symmetry.models.SwishMLP`), not of the activation.
+    """
+    return z * torch.sigmoid(beta * z)

@@ -94,3 +94,110 @@ def angular_momentum(params: Params, velocities: Params) -> Tensor:
     B = U.mT @ dU + V.mT @ dV
     return B - B.mT
 
+
+
+# ---------------------------------------------------------------------------------------------
+# Gluch & Urbanke, "Noether: the more things change, the more stay the same" (G&U below): what
+# survives beyond gradient flow, for θ̈ + b(t)θ̇ = −∇L (their Eq. 22): Newtonian dynamics ND (b = 0),
+# Nesterov's flow NAGF (b = 3/t), and gradient flow GF (θ̇ = −∇L).
+#
+# Each scaling-type symmetry gives a bilinear form f(a, b) of two parameter tuples with f(∇L, θ) = 0.
+# Then f(θ, θ) is the balance that GF conserves, and along θ̈ + bθ̇ = −∇L
+#     d/dt [w(t) f(θ̇, θ)] = w(t) f(θ̇, θ̇),   w = exp∫b (ND: w = 1; NAGF: w = t³),
+# so the Noether charge w f(θ̇, θ) − ∫ w f(θ̇, θ̇) dt is conserved (G&U Eq. 17, 30, 41, 47) — the
+# ∫ runs along the trajectory (:func:`noether_charge`). Sign convention: outer layer minus inner,
+# as in :func:`homogeneous_imbalance`.
+# ---------------------------------------------------------------------------------------------
+
+def _alphas(alpha, n: int) -> list[float]:
+    if isinstance(alpha, (int, float)):
+        return [float(alpha)] * n
+    alpha = [float(a) for a in alpha]
+    if len(alpha) != n:
+        raise ValueError(f"alpha needs one degree per hidden layer ({n}), got {len(alpha)}")
+    return alpha
+
+
+def _pair(a: Params, b: Params | None) -> tuple[Params, Params]:
+    a = check_params("a", a)
+    b = a if b is None else check_params("b", b, len(a))
+    return a, b
+
+
+def _frobenius(x: Tensor, y: Tensor) -> Tensor:
+    return (x * y).sum(dim=(-2, -1))
+
+
+def layer_balance(a: Params, b: Params | None = None, alpha: float | list = 1.0) -> Tensor:
+    """α_i⟨a_{i+1}, b_{i+1}⟩ − ⟨a_i, b_i⟩ per hidden layer i, shape (..., L − 1) (G&U Eq. 29–31, Table 2).
+
+    With b = a = θ = (W_1, …, W_L): the layer balance α‖W_{i+1}‖²_F − ‖W_i‖²_F, conserved by GF when σ_i
+    is α-homogeneous (Eq. 31; α = 1: ReLU, LeakyReLU, Du et al. 2018). With (θ̇, θ) it is half its rate,
+    with (θ̇, θ̇) the kinetic term ‖Ẇ‖² of Eq. 30. ``alpha``: one degree, or one per hidden layer.
+    """
+    a, b = _pair(a, b)
+    alphas = _alphas(alpha, len(a) - 1)
+    terms = [alphas[i] * _frobenius(a[i + 1], b[i + 1]) - _frobenius(a[i], b[i]) for i in range(len(a) - 1)]
+    return torch.stack(terms, dim=-1)
+
+
+def balance_matrix(a: Params, b: Params | None = None) -> list[Tensor]:
+    """b_{i+1}ᵀ a_{i+1} − a_i b_iᵀ (n_i × n_i) for each hidden layer i of a linear MLP (G&U Eq. 39–43).
+
+    With b = a = θ: the balance matrix W_{i+1}ᵀW_{i+1} − W_iW_iᵀ, conserved by GF (Eq. 42; minus
+    :func:`layer_imbalances`). With (θ̇, θ): W_{i+1}ᵀẆ_{i+1} − Ẇ_iW_iᵀ, which GF keeps at 0 and whose
+    derivative under ND is the kinetic matrix (θ̇, θ̇) = Ẇ_{i+1}ᵀẆ_{i+1} − Ẇ_iẆ_iᵀ (Eq. 41, 43).
+    """
+    a, b = _pair(a, b)
+    return [b[i + 1].mT @ a[i + 1] - a[i] @ b[i].mT for i in range(len(a) - 1)]
+
+
+def swish_balance(a: Params, b: Params | None = None) -> Tensor:
+    """⟨a_{W_{i+1}}, b_{W_{i+1}}⟩ + ⟨a_{β_i}, b_{β_i}⟩ − ⟨a_{W_i}, b_{W_i}⟩ per Swish layer (G&U Sec. 4.3).
+
+    Parameters (W_1, β_1, …, W_L) of :class:`symmetry.models.SwishMLP`. With b = a = θ:
+    ‖W_{i+1}‖² + ‖β_i‖² − ‖W_i‖², conserved by GF (trainable β, Table 2). Shape (..., L − 1).
+    """
+    a, b = _pair(a, b)
+    terms = [_frobenius(a[k + 2], b[k + 2]) + _frobenius(a[k + 1], b[k + 1]) - _frobenius(a[k], b[k])
+             for k in range(0, len(a) - 2, 2)]
+    return torch.stack(terms, dim=-1)
+
+
+def data_angular_momentum(params: Params, velocities: Params) -> Tensor:
+    """J = W_1ᵀẆ_1 − Ẇ_1ᵀW_1 (n_0 × n_0, antisymmetric): G&U Eq. 47–48 for rotation-symmetric data.
+
+    Conserved by ND; t³J by NAGF; J = 0 along GF. For linear regression w ∈ R³ (W_1 = wᵀ, one row)
+    J holds the angular momentum w × ẇ of Eq. 45–46: see :func:`angular_momentum_vector`.
+    """
+    W, dW = params[0], velocities[0]
+    return W.mT @ dW - dW.mT @ W
+
+
+def angular_momentum_vector(J: Tensor) -> Tensor:
+    """(J₂₃, J₃₁, J₁₂): the vector w × ẇ from the 3 × 3 antisymmetric J of :func:`data_angular_momentum`."""
+    return torch.stack([J[..., 1, 2], J[..., 2, 0], J[..., 0, 1]], dim=-1)
+
+
+def hamiltonian(loss: Tensor, velocities: Params) -> Tensor:
+    """H = ½‖θ̇‖² + L(θ): conserved by ND (time symmetry, G&U Sec. 7); non-increasing under NAGF (Eq. 35)."""
+    return loss + 0.5 * sum((v * v).sum(dim=(-2, -1)) for v in velocities)
+
+
+def noether_charge(rate: Tensor, kinetic_integral: Tensor, weight: float | Tensor = 1.0) -> Tensor:
+    """w(t)·f(θ̇, θ) − ∫₀ᵗ w f(θ̇, θ̇) ds: the conserved form of G&U Eq. 30 / 41 (ND: w = 1; NAGF: w = t³).
+
+    ``rate`` = f(θ̇, θ) and ``kinetic_integral`` = the path integral, from the trajectory
+    (:func:`symmetry.noether.flow` integrates it with the ODE; the discrete steppers sum it).
+    """
+    return weight * rate - kinetic_integral
+
+
+def nd_balance_bound(initial_loss: Tensor | float, t: Tensor | float, alpha: float = 1.0,
+                     min_loss: Tensor | float = 0.0) -> Tensor | float:
+    """|Δ balance| ≤ 2·max(1, α)·(L(θ₀) − min L)·t² along ND from rest (G&U Eq. 33–34).
+
+    From ½‖θ̇‖² + L = L(θ₀) (Hamiltonian, θ̇(0) = 0): |d²/dt² balance| = 2|α‖Ẇ_{i+1}‖² − ‖Ẇ_i‖²|
+    ≤ 2 max(1, α)‖θ̇‖² ≤ 4 max(1, α)(L(θ₀) − min L); integrate twice. α = 1, min L = 0 is Eq. 34.
+    """
+    return 2 * max(1.0, float(alpha)) * (initial_loss - min_loss) * t ** 2

@@ -288,3 +288,72 @@ class MLP(Model):
         for W, act in zip(params[1:], self.hidden_activations(len(params))):
             H = W @ act.sigma(H)
         return H
+
+
+class MLPClassifier(MLP):
+    """:class:`MLP` trained with the mean negative log-likelihood of a softmax over its outputs.
+
+    The loss of Gluch & Urbanke's experiments (Sec. 4.1). F(X) is (..., C, k) for C classes
+    and k samples; ``Y`` holds the k integer labels.
+    """
+
+    def loss(self, params: Params, X: Tensor | None, Y: Tensor) -> Tensor:
+        F = self.forward(params, X)  # (..., C, k)
+        if Y.dtype not in (torch.int64, torch.int32) or Y.shape[-1] != F.shape[-1]:
+            raise ValueError(f"Y must hold {F.shape[-1]} integer labels, got shape {tuple(Y.shape)}, dtype {Y.dtype}")
+        log_p = torch.log_softmax(F, dim=-2)
+        labels = Y.to(torch.int64).expand(*F.shape[:-2], F.shape[-1]).unsqueeze(-2)  # (..., 1, k)
+        return -log_p.gather(-2, labels).squeeze(-2).mean(dim=-1)
+
+    def accuracy(self, params: Params, X: Tensor, Y: Tensor) -> Tensor:
+        """Fraction of samples whose largest output is the label."""
+        return (self.forward(params, X).argmax(dim=-2) == Y).to(X.dtype).mean(dim=-1)
+
+
+class SwishMLP(Model):
+    """Bias-free MLP with Swish σ_β(x) = x·sigmoid(βx) and one trainable β per hidden neuron (G&U Sec. 4.3).
+
+    Parameters are (W_1, β_1, W_2, β_2, …, W_L): W_i ∈ R^{n_i × n_{i−1}}, β_i ∈ R^{n_i × 1}
+    (a column, so every parameter is a matrix). Its symmetry: neuron j of layer i scaled by c,
+    (w_j, β_j, u_j) ↦ (c w_j, β_j / c, u_j / c) with u_j column j of W_{i+1}.
+    """
+
+    n_params = None
+
+    def __init__(self, reduction: str = "mean"):
+        super().__init__(reduction)
+
+    def __repr__(self) -> str:
+        return f"SwishMLP(reduction={self.reduction!r})"
+
+    def forward(self, params: Params, X: Tensor | None = None) -> Tensor:
+        from .activations import swish
+
+        if len(params) % 2 != 1:
+            raise ValueError(f"SwishMLP parameters are (W_1, β_1, …, W_L): an odd count, got {len(params)}")
+        H = params[0] if X is None else params[0] @ X
+        for beta, W in zip(params[1::2], params[2::2]):
+            if beta.shape[-2:] != (H.shape[-2], 1):
+                raise ValueError(f"β must be ({H.shape[-2]}, 1) for a layer of width {H.shape[-2]}, got {tuple(beta.shape)}")
+            H = W @ swish(H, beta)
+        return H
+
+
+class PotentialModel(Model):
+    """A loss given as a plain function of the parameters (the data are inside it; X and Y are ignored).
+
+    For losses that are not a network's error on a finite sample, e.g. the rotation-invariant
+    losses of Gluch & Urbanke Sec. 6.
+    """
+
+    n_params = None
+
+    def __init__(self, potential: Callable[[Params], Tensor], name: str = "potential"):
+        super().__init__("mean")
+        self.potential, self.name = potential, name
+
+    def __repr__(self) -> str:
+        return f"PotentialModel({self.name})"
+
+    def loss(self, params: Params, X: Tensor | None = None, Y: Tensor | None = None) -> Tensor:
+        return self.potential(tuple(params))
