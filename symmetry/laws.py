@@ -256,6 +256,15 @@ class VectorFields:
     variables: tuple[str, ...]
     description: str
     function: Callable[[Tensor], Tensor] | None = None
+    #: weights (K, fields) ↦ the K combined fields θ ↦ weights @ fields(θ), when that has a
+    #: cheaper form (for a model, the gradient fields of the combined cotangents)
+    combination: Callable[[Tensor], Field] | None = None
+
+    def combine(self, weights: Tensor) -> Field:
+        """θ ↦ ``weights`` @ fields(θ): K linear combinations of the fields."""
+        if self.combination is not None:
+            return self.combination(weights)
+        return lambda theta: weights @ self.fields(theta)
 
     def random_point(self, generator: torch.Generator | None = None, dtype=torch.float64) -> Tensor:
         return torch.randn(self.D, generator=generator, dtype=dtype)
@@ -292,7 +301,7 @@ def vector_fields(model: Factorization | VectorFields, seed: int = 0) -> VectorF
     cotangents = torch.eye(N, dtype=torch.float64) if N <= model.D else torch.randn(model.D, N, generator=gen,
                                                                                   dtype=torch.float64)
     return VectorFields(gradient_fields(model, cotangents), model.D, tuple(model.variable_names()),
-                        model.description, model.phi)
+                        model.description, model.phi, lambda weights: gradient_fields(model, weights @ cotangents))
 
 
 def random_polynomial_fields(D: int, count: int, degree: int, seed: int = 0) -> VectorFields:
@@ -415,48 +424,104 @@ def _bracket_fields(B: Field, G: Field, p: Tensor, q: Tensor, chunk: int | None)
     return fields
 
 
-def _dimension_at(vf: VectorFields, theta: Tensor, rtol: float, max_level: int) -> tuple[_Span, list[int], int]:
+def _combined_bracket_terms(B: Callable[[Tensor], Field], G: Callable[[Tensor], Field], X: Tensor, Y: Tensor,
+                            theta: Tensor) -> tuple[Tensor, Tensor]:
+    """The two terms of [X_j·B, Y_j·G] = ∂(X_j·B)(Y_j·G) − ∂(Y_j·G)(X_j·B) for every row j, where
+    ``B(weights)`` and ``G(weights)`` make the combined fields."""
+    bx, gy = B(X)(theta), G(Y)(theta)
+    d1 = torch.func.vmap(lambda x, v: torch.func.jvp(lambda t: B(x[None])(t)[0], (theta,), (v,))[1])(X, gy)
+    d2 = torch.func.vmap(lambda y, v: torch.func.jvp(lambda t: G(y[None])(t)[0], (theta,), (v,))[1])(Y, bx)
+    return d1, d2
+
+
+def _combined_brackets(B: Callable[[Tensor], Field], G: Callable[[Tensor], Field], X: Tensor,
+                       Y: Tensor) -> Callable[[Tensor], Field]:
+    """The combination maker of the fields [X_j·B, Y_j·G] (one per row j)."""
+    def fields(theta: Tensor) -> Tensor:
+        d1, d2 = _combined_bracket_terms(B, G, X, Y, theta)
+        return d1 - d2
+    return lambda weights: (lambda theta: weights @ fields(theta))
+
+
+@dataclass
+class _Family:
+    """``rows`` fields, known through ``combine``: weights (K, rows) ↦ θ ↦ the K combined fields."""
+
+    rows: int
+    combine: Callable[[Tensor], Field]
+
+    def fields(self, dtype=torch.float64) -> Field:
+        return self.combine(torch.eye(self.rows, dtype=dtype))
+
+
+def _plain(F: Field, rows: int) -> _Family:
+    return _Family(rows, lambda weights: (lambda theta: weights @ F(theta)))
+
+
+def _dimension_at(vf: VectorFields, theta: Tensor, rtol: float, max_level: int,
+                  random_combinations: bool = True) -> tuple[_Span, list[int], int]:
     """ALGO 2 at one point: grow a pointwise basis of right-nested brackets level by level.
 
     At a generic θ a field whose value lies in the span of the others' values stays in their
     span on a neighbourhood, with smooth coefficients, so its brackets add nothing new
     ([w, Σ c_j b_j] = Σ c_j [w, b_j] + (∂c_j·w) b_j): keeping only fields that raise the
-    pointwise rank is exact. So W_φ(θ) is represented by a basis of generator fields G, and
-    level k+1 brackets G with the fields that were new at level k, all in one batched call.
+    pointwise rank is exact. So W_φ(θ) is represented by a basis G of generator fields, and
+    level k+1 brackets G with the fields B that were new at level k, in one batched call.
+    When there are more pairs (b, g) than directions left to find, random combinations
+    [X_j·B, Y_j·G] are bracketed instead: rank-one weights span every weight matrix, so
+    generic ones span the same space as all pairs once they outnumber the directions left.
     """
     D = vf.D
     span = _Span(D)
     values = vf.fields(theta)
-    kept = torch.tensor(span.add(values.T, rtol), dtype=torch.long)
-
-    def G(t: Tensor) -> Tensor:  # (|G|, D): fields whose values at θ are a basis of W_φ(θ)
-        return vf.fields(t)[kept]
-
+    kept = span.add(values.T, rtol)
     n_gen = len(kept)
+    if n_gen == 0:  # every field vanishes at θ: nothing to bracket
+        return span, [0], 0
+    select = torch.eye(values.shape[0], dtype=values.dtype)[kept]
+    G = _Family(n_gen, lambda weights: vf.combine(weights @ select))
     # vmap chunk: a JVP of G holds about |G|·(size of φ) numbers per tangent; keep a chunk near 2·10⁷
     work = n_gen * (vf.function(theta).numel() if vf.function is not None else values.numel())
     chunk = max(1, int(2e7 // max(1, work)))
+    gen = torch.Generator().manual_seed(0)
     dims = [span.dim]
     B, first = G, True
     while span.dim < D and len(dims) < max_level:
-        dB_G, dG_B = _bracket_tables(B, G, theta, chunk)
-        candidates = dB_G - dG_B  # (|B|, |G|, D)
-        scales = dB_G.norm(dim=-1) + dG_B.norm(dim=-1)
-        p, q = torch.meshgrid(torch.arange(candidates.shape[0]), torch.arange(n_gen), indexing="ij")
-        # at level 2 both sides are generators: [g_p, g_q] for p < q only (antisymmetry)
-        mask = (p < q) if first else torch.ones_like(p, dtype=torch.bool)
-        p, q = p[mask], q[mask]
-        new = span.add(candidates[p, q].T, rtol, scales[p, q])
-        dims.append(span.dim)
-        if not new:
-            break
-        B, first = _bracket_fields(B, G, p[new], q[new], chunk), False
+        budget = D - span.dim + 8
+        if random_combinations and (B.rows * (B.rows - 1) // 2 if first else B.rows * n_gen) > budget:
+            X = torch.randn(budget, B.rows, generator=gen, dtype=theta.dtype)
+            Y = torch.randn(budget, n_gen, generator=gen, dtype=theta.dtype)
+            d1, d2 = _combined_bracket_terms(B.combine, G.combine, X, Y, theta)
+            new = span.add((d1 - d2).T, rtol, d1.norm(dim=-1) + d2.norm(dim=-1))
+            dims.append(span.dim)
+            if not new:
+                break
+            B = _Family(len(new), _combined_brackets(B.combine, G.combine, X[new], Y[new]))
+        else:
+            Gf, Bf = G.fields(theta.dtype), B.fields(theta.dtype)
+            if first:  # B = G: one table T[q, p] = ∂g_p g_q serves both terms
+                T = torch.func.vmap(lambda g, F=Gf: torch.func.jvp(F, (theta,), (g,))[1], chunk_size=chunk)(Gf(theta))
+                dB_G, dG_B = T.transpose(0, 1), T
+            else:
+                dB_G, dG_B = _bracket_tables(Bf, Gf, theta, chunk)
+            candidates = dB_G - dG_B  # (|B|, |G|, D): [b_p, g_q]
+            scales = dB_G.norm(dim=-1) + dG_B.norm(dim=-1)
+            p, q = torch.meshgrid(torch.arange(B.rows), torch.arange(n_gen), indexing="ij")
+            # at level 2 both sides are generators: [g_p, g_q] for p < q only (antisymmetry)
+            mask = (p < q) if first else torch.ones_like(p, dtype=torch.bool)
+            p, q = p[mask], q[mask]
+            new = span.add(candidates[p, q].T, rtol, scales[p, q])
+            dims.append(span.dim)
+            if not new:
+                break
+            B = _plain(_bracket_fields(Bf, Gf, p[new], q[new], chunk), len(new))
+        first = False
     return span, dims, n_gen
 
 
 def lie_algebra_dimension(model: Factorization | VectorFields, theta: Tensor | None = None, *, points: int = 2,
-                          seed: int = 0,
-                          rtol: float = RANK_RTOL, max_level: int = 50) -> LieAlgebraDimension:
+                          seed: int = 0, rtol: float = RANK_RTOL, max_level: int = 50,
+                          random_combinations: bool = True) -> LieAlgebraDimension:
     """ALGO 2: dim Lie(W_φ)(θ) at ``points`` random points (or at θ, then random ones), and D − dim.
 
     Ranks are taken in float64 on unit-normalised vectors: a bracket counts as a new
@@ -464,6 +529,8 @@ def lie_algebra_dimension(model: Factorization | VectorFields, theta: Tensor | N
     The dimension must agree at every point checked (it is locally constant at generic
     points); otherwise a ValueError says so. The result reports the smallest accepted and
     the largest rejected residual, so the gap behind the rank decision is visible.
+    ``random_combinations=False`` brackets every pair instead of random combinations
+    (same answer with probability one, slower for deep ReLU nets).
     """
     if not isinstance(points, int) or points < 1:
         raise ValueError(f"points must be a positive integer, got {points!r}")
@@ -478,7 +545,7 @@ def lie_algebra_dimension(model: Factorization | VectorFields, theta: Tensor | N
     spans, dims_at, first_dims, n_generators = [], [], None, 0
     with quiet_forward_mode(), _one_thread():
         for point in thetas:
-            span, dims, n_gen = _dimension_at(vf, vf.check(point), rtol, max_level)
+            span, dims, n_gen = _dimension_at(vf, vf.check(point), rtol, max_level, random_combinations)
             spans.append(span)
             dims_at.append(span.dim)
             if first_dims is None:

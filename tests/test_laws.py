@@ -1,0 +1,218 @@
+"""Counting and finding conservation laws (Marcotte et al.; symmetry/laws.py, conservation_laws.py).
+
+Every count is checked against an independent number: a closed form (D − 1, r, r(r+1)/2),
+the rank of the gradients of the known laws, or the number of hidden neurons.
+"""
+import pytest
+import torch
+
+import symmetry as S
+from symmetry import laws as L
+
+from test_figures import run_quick
+
+
+def row_space_equal(A: torch.Tensor, B: torch.Tensor) -> bool:
+    rank = L.independent_rows
+    return rank(A) == rank(B) == rank(torch.cat([A, B]))
+
+
+# --- closed-form counts ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("D", [2, 3, 5])
+def test_product_of_D_variables_has_D_minus_1_laws(D):
+    found = L.lie_algebra_dimension(L.product_map(D))
+    assert found.dim == 1 and found.laws == D - 1
+
+
+@pytest.mark.parametrize("n,r,m", [(3, 2, 4), (4, 1, 3), (3, 3, 3), (2, 5, 2), (3, 4, 2)])
+def test_two_layer_linear_count_is_the_rank_of_the_imbalance_gradients(n, r, m):
+    fact = L.linear_net((n, r, m))
+    assert L.count_conservation_laws(fact) == L.known_law_count(fact)
+
+
+def test_two_layer_linear_small_r_gives_all_entries_and_large_r_one_fewer():
+    assert L.count_conservation_laws(L.linear_net((3, 2, 4))) == 3  # r(r+1)/2
+    wide = L.linear_net((2, 5, 2))  # r = 5 against n + m = 4: the 15 entries have 14 independent gradients
+    assert wide.known_laws(wide.random_point()).numel() == 15
+    assert L.known_law_count(wide) == 14
+    assert L.count_conservation_laws(wide) == 14
+
+
+@pytest.mark.parametrize("n,r,m", [(2, 2, 2), (4, 3, 3), (3, 5, 2)])
+def test_two_layer_relu_has_one_law_per_neuron(n, r, m):
+    assert L.count_conservation_laws(L.relu_net((n, r, m))) == r
+    assert L.count_conservation_laws(L.relu_net((n, r, m), bias=True)) == r
+
+
+# --- ALGO 1 ------------------------------------------------------------------------------------
+
+def test_algo1_on_two_layer_relu_returns_exactly_the_neuron_balances():
+    n, r, m = 3, 2, 2
+    fact = L.relu_net((n, r, m))
+    found = L.polynomial_laws(fact, 2)
+    assert found.count == r and found.independent == r
+    # ‖u_k‖² − ‖v_k‖² as coefficient vectors over the same monomials: W1 is (r, n), W2 is (m, r)
+    names = fact.variable_names()
+    squares = {names[i]: j for j, e in enumerate(found.exponents.tolist()) for i, k in enumerate(e) if k == 2}
+    expected = torch.zeros(r, found.exponents.shape[0], dtype=torch.float64)
+    for k in range(r):
+        for a in range(n):
+            expected[k, squares[f"W1_{k}_{a}"]] = 1.0
+        for i in range(m):
+            expected[k, squares[f"W2_{i}_{k}"]] = -1.0
+    assert row_space_equal(found.coefficients, expected)
+    printed = [str(e) for e in found.expressions()]
+    assert printed[0] == "W1_0_0**2 + W1_0_1**2 + W1_0_2**2 - W2_0_0**2 - W2_1_0**2"
+
+
+def test_algo1_on_wide_linear_net_finds_15_polynomials_with_14_independent_gradients():
+    found = L.polynomial_laws(L.linear_net((2, 5, 2)), 2)
+    assert found.count == 15 and found.independent == 14
+
+
+def test_algo1_degree_4_finds_products_of_laws_but_no_new_independent_one():
+    found = L.polynomial_laws(L.linear_net((2, 2, 2)), 4)
+    assert found.independent == 3  # the 3 entries of U1ᵀU1 − U2U2ᵀ
+    assert found.count > 3  # products of laws are laws too
+
+
+@pytest.mark.parametrize("D,count,seed", [(4, 2, 0), (3, 1, 1)])
+def test_random_polynomial_fields_have_no_polynomial_law_up_to_degree_4(D, count, seed):
+    fields = L.random_polynomial_fields(D, count, degree=2, seed=seed)
+    for degree in (1, 2, 3, 4):
+        assert L.polynomial_laws(fields, degree).count == 0
+
+
+def test_algo1_finds_the_laws_of_a_rotation_field():
+    # control for the test above: w(x, y, z) = (−y, x, 0) conserves z and x² + y²
+    rotation = L.VectorFields(lambda t: torch.stack([-t[1], t[0], torch.zeros_like(t[0])])[None, :], 3,
+                              ("x", "y", "z"), "rotation about the z axis")
+    found = L.polynomial_laws(rotation, 2)
+    assert found.independent == 2
+    assert {str(e) for e in found.expressions()} >= {"z", "x**2 + y**2"}
+    assert L.count_conservation_laws(rotation) == 2
+
+
+# --- the reference's random architectures -------------------------------------------------------
+
+def smallest(kind, k=10):
+    archs = L.random_architectures(kind, 50, seed=0)
+    return sorted(archs, key=lambda a: a.factorization().D)[:k]
+
+
+@pytest.mark.parametrize("arch", smallest("linear") + smallest("relu"), ids=lambda a: f"{a.kind}{a.widths}{'b' * a.bias}")
+def test_random_architecture_has_the_known_number_of_laws(arch):
+    found = L.lie_algebra_dimension(arch.factorization())
+    assert found.laws == arch.known_count()
+    assert found.smallest_accepted > 1e5 * found.largest_rejected  # the rank decision has a wide gap
+
+
+def test_random_architectures_follow_the_reference_ranges():
+    linear, relu = L.random_architectures("linear", 50), L.random_architectures("relu", 50)
+    assert all(2 <= len(a.widths) - 1 <= 4 and all(2 <= w <= 5 for w in a.widths) for a in linear)
+    assert all(2 <= len(a.widths) - 1 <= 4 and all(2 <= w <= 9 for w in a.widths) for a in relu)
+    assert sum(a.bias for a in relu) == 25 and not any(a.bias for a in linear)
+    assert L.random_architectures("relu", 5, seed=3) == L.random_architectures("relu", 5, seed=3)
+
+
+def test_random_combinations_of_path_gradients_give_the_same_count_as_all_paths():
+    fact = L.relu_net((3, 3, 2, 2))  # 36 paths > D = 19 parameters
+    N = fact.phi(fact.random_point()).numel()
+    assert N > fact.D
+    every_path = L.VectorFields(L.gradient_fields(fact, torch.eye(N, dtype=torch.float64)), fact.D,
+                                tuple(fact.variable_names()), "all paths", fact.phi)
+    assert L.count_conservation_laws(every_path) == L.count_conservation_laws(fact) == 5  # 3 + 2 hidden neurons
+
+
+# --- the paper's laws, and how they connect to symmetry.conserved ------------------------------
+
+def test_eq48_laws_are_the_packages_conserved_Q_and_are_complete_for_tanh():
+    fact = L.two_layer_net(2, 5, 2, "tanh")  # h > m + n: the count is reached only at the third bracket level
+    theta = fact.random_point(torch.Generator().manual_seed(0))
+    U, V = fact.split(theta)
+    assert torch.allclose(fact.known_laws(theta), S.conserved_Q((U, V), "tanh", per_neuron=True))
+    found = L.lie_algebra_dimension(fact)
+    assert found.laws == 5 and len(found.dims_per_level) >= 4
+
+
+def test_laws_are_conserved_tells_a_law_from_a_non_law():
+    fact = L.two_layer_net(3, 2, 4, "sigmoid")
+    assert L.laws_are_conserved(fact, fact.known_laws) < 1e-12
+    not_a_law = lambda t: (fact.split(t)[0] ** 2).sum().reshape(1)  # noqa: E731  ‖U‖² alone
+    assert L.laws_are_conserved(fact, not_a_law) > 1e-2
+
+
+def test_lie_bracket_of_linear_fields_is_the_commutator():
+    gen = torch.Generator().manual_seed(0)
+    A, B, x = (torch.randn(*s, generator=gen, dtype=torch.float64) for s in ((4, 4), (4, 4), (4,)))
+    bracket = L.lie_bracket(lambda t: A @ t, lambda t: B @ t)
+    assert torch.allclose(bracket(x), (A @ B - B @ A) @ x)
+
+
+def test_counts_are_deterministic():
+    a = L.lie_algebra_dimension(L.relu_net((3, 4, 2), bias=True), seed=5)
+    b = L.lie_algebra_dimension(L.relu_net((3, 4, 2), bias=True), seed=5)
+    assert (a.dim, a.dims_per_level, a.smallest_accepted) == (b.dim, b.dims_per_level, b.smallest_accepted)
+
+
+# --- bad input ---------------------------------------------------------------------------------
+
+def test_phi_not_differentiable_at_the_point_is_refused():
+    kink = L.Factorization(lambda t: (t[0].abs() * t[1]).reshape(1), ((2,),), ("x",), "|x0|·x1")
+    with pytest.raises(ValueError, match="not differentiable at theta"):
+        L.lie_algebra_dimension(kink, torch.tensor([0.0, 1.0], dtype=torch.float64))
+    assert L.lie_algebra_dimension(kink, torch.tensor([0.5, 1.0], dtype=torch.float64)).laws == 1
+
+
+def test_bad_arguments_name_themselves():
+    fact = L.linear_net((2, 3, 2))
+    with pytest.raises(ValueError, match="theta must be a flat tensor of D = 12"):
+        L.lie_algebra_dimension(fact, torch.zeros(11, dtype=torch.float64))
+    with pytest.raises(ValueError, match="NaN"):
+        L.lie_algebra_dimension(fact, torch.full((12,), float("nan"), dtype=torch.float64))
+    for degree in (0, -1, 1.5, True):
+        with pytest.raises(ValueError, match="degree must be an integer ≥ 1"):
+            L.polynomial_laws(fact, degree)
+    with pytest.raises(ValueError, match="max_monomials"):
+        L.polynomial_laws(fact, 6, max_monomials=100)
+    with pytest.raises(ValueError, match="widths"):
+        L.linear_net((3,))
+    with pytest.raises(ValueError, match="points"):
+        L.lie_algebra_dimension(fact, points=0)
+    with pytest.raises(ValueError, match="kind"):
+        L.random_architectures("tanh", 3)
+    with pytest.raises(TypeError, match="Factorization or VectorFields"):
+        L.polynomial_laws(lambda t: t, 2)
+
+
+def test_a_count_that_changes_between_points_is_refused():
+    # whitened ReLU: with every V < 0 the net is dead near θ (all D coordinates are conserved);
+    # a random point lies in another activation region with fewer laws
+    fact = L.two_layer_net(3, 2, 4, "relu")
+    theta = torch.cat([torch.ones(6), -torch.ones(8)]).double()
+    assert L.lie_algebra_dimension(fact, theta, points=1).laws == fact.D
+    with pytest.raises(ValueError, match="differs between the points"):
+        L.lie_algebra_dimension(fact, theta, points=2)
+
+
+# --- the script ---------------------------------------------------------------------------------
+
+def test_conservation_laws_script_quick(tmp_path):
+    r = run_quick("conservation_laws", tmp_path)
+    assert r["claim_counts_match_known"] is True
+    assert all(row["match"] for row in r["architectures"])
+    assert {row["kind"] for row in r["architectures"]} == {"linear", "relu"}
+    assert all(r["claim_paper_lists_complete"].values())
+    for row in r["region_models"]:  # the paper's laws hold in every region, so never fewer are found
+        assert min(g["laws"] for g in row["regions"]) >= row["paper_independent"]
+    assert r["timing"]["linear"]["median_s"] > 0
+
+
+@pytest.mark.parametrize("fact", [L.linear_net((5, 3, 5, 5)), L.linear_net((5, 2, 4, 5, 2)), L.relu_net((4, 5, 3, 3), True),
+                                  L.two_layer_net(2, 5, 2, "tanh")], ids=lambda f: f.description)
+def test_random_bracket_combinations_give_the_count_of_all_pairs(fact):
+    fast = L.lie_algebra_dimension(fact)
+    every_pair = L.lie_algebra_dimension(fact, random_combinations=False)
+    assert fast.laws == every_pair.laws == L.known_law_count(fact)
+    assert fast.dims_per_level[-1] == every_pair.dims_per_level[-1]
