@@ -104,11 +104,18 @@ def figure_claims(name: str, r: dict) -> list[tuple[str, str, bool]]:
                  r["runs_with_D_minus_mn_near_zero"] >= r["runs"] - 1),
                 ("Fig. 9: linear net, centre of non-zero eigenvalues grows with Q₀",
                  "yes" if r["linear_median_nonzero_grows_with_Q0"] else "no", r["linear_median_nonzero_grows_with_Q0"])]
+    if name == "conservation_laws":
+        arch = r["architectures"]
+        complete = r["claim_paper_lists_complete"]
+        return [("Marcotte et al.: D − dim Lie(W_φ) = known count, random nets",
+                 f"{sum(a['match'] for a in arch)}/{len(arch)} architectures", r["claim_counts_match_known"]),
+                ("The paper's laws are all the laws (generic θ)", f"{sum(complete.values())}/{len(complete)} models",
+                 all(complete.values()))]
     raise ValueError(f"no claims known for figure {name!r}")
 
 
 FIGURES = ("Q_dynamics_elementwise", "Q_distribution", "Q_convergence_elementwise", "Q_convergence_radial",
-           "Q_sharpness_1d", "Q_hessian_eigenvalues")
+           "Q_sharpness_1d", "Q_hessian_eigenvalues", "conservation_laws")
 
 
 def main(argv: list[str] | None = None) -> int:
