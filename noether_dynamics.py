@@ -46,7 +46,7 @@ class Settings:
     per_class: int = 100  # training images per class (paper: "a subset"; its size is not in our copy of the text)
     hidden: tuple = (64, 64)  # hidden widths of the 784-64-64-10 MLP (ours: the paper's widths are not in our copy)
     repu_hidden: tuple = (64,)  # RePU(2) net 784-64-10: with two RePU layers (degree 4) ND diverges (η=0.01: step 170; 0.001: step 600)
-    lr: float = 0.01  # η: GD step, heavy-ball η (leapfrog h = √η), Nesterov s (ours; not in our copy)
+    lr: float = 0.001  # η: GD step, heavy-ball η (leapfrog h = √η), Nesterov s (ours; at 0.01 the ND run of the ReLU net blows up)
     steps: int = 2000  # steps of each optimizer
     record_every: int = 10  # balance and loss recorded every k steps
     activations: tuple = ("relu", "repu")  # α = 1 (Sec. 4.1) and RePU(2), α = 2 (Sec. 4.2)
