@@ -32,6 +32,10 @@ class Activation:
     homogeneity: float | None = None  # α with σ(cx) = c^α σ(x), c > 0 (Example 3); None if not homogeneous
     gaussian_mean_integral: Callable[[float], float] | None = None  # E[A(x)] for x ~ N(0, s²), argument s²
     dsigma_from_output: Callable[[Tensor], Tensor] | None = None  # σ' written in s = σ(z), when cheaper
+    # (z, s, d) ↦ None: writes σ(z) into s and σ'(z) into d in place, with no allocation (the
+    # preallocated training step of TwoLayerNet.stepper); a constant σ' is written once, not per step
+    into: Callable[[Tensor, Tensor, Tensor], None] | None = None
+    constant_dsigma: bool = False
 
     def __call__(self, z: Tensor) -> Tensor:
         return self.sigma(z)
@@ -45,10 +49,14 @@ class Activation:
         return f"Activation({self.name!r})"
 
 
+_ONE = torch.ones(())  # a 0-dim 1 for in-place 1 − s² (0-dim tensors take the other operands' dtype and device)
+
+
 def identity() -> Activation:
     """σ(x) = x: linear nets (Example 2); σ/σ' = x, A = x²/2."""
     return Activation("identity", lambda z: z, torch.ones_like, lambda z: 0.5 * z * z,
-                      homogeneity=1.0, gaussian_mean_integral=lambda s2: 0.5 * s2)
+                      homogeneity=1.0, gaussian_mean_integral=lambda s2: 0.5 * s2,
+                      into=lambda z, s, d: s.copy_(z), constant_dsigma=True)
 
 
 def relu() -> Activation:
@@ -56,7 +64,8 @@ def relu() -> Activation:
     return Activation("relu", torch.relu, lambda z: (z > 0).to(z.dtype),
                       lambda z: 0.5 * torch.relu(z) ** 2,
                       homogeneity=1.0, gaussian_mean_integral=lambda s2: 0.25 * s2,
-                      dsigma_from_output=torch.sign)  # s = relu(z) ≥ 0: sign(s) = 1 exactly where z > 0
+                      dsigma_from_output=torch.sign,  # s = relu(z) ≥ 0: sign(s) = 1 exactly where z > 0
+                      into=lambda z, s, d: torch.sign(torch.clamp(z, min=0, out=s), out=d))
 
 
 def leaky_relu(slope: float = 0.01) -> Activation:
@@ -87,7 +96,8 @@ def tanh() -> Activation:
                       lambda z: 0.5 * torch.sinh(z) ** 2,
                       # E[sinh² x]/2 = (E[cosh 2x] − 1)/4 = (e^{2s²} − 1)/4
                       gaussian_mean_integral=lambda s2: (math.exp(2 * s2) - 1) / 4,
-                      dsigma_from_output=lambda s: 1 - s * s)
+                      dsigma_from_output=lambda s: 1 - s * s,
+                      into=lambda z, s, d: torch.addcmul(_ONE, torch.tanh(z, out=s), s, value=-1, out=d))
 
 
 def sigmoid() -> Activation:
@@ -96,7 +106,8 @@ def sigmoid() -> Activation:
                       lambda z: torch.sigmoid(z) * (1 - torch.sigmoid(z)),
                       lambda z: z + torch.expm1(z),
                       gaussian_mean_integral=lambda s2: math.expm1(s2 / 2),
-                      dsigma_from_output=lambda s: torch.addcmul(s, s, s, value=-1))  # s − s²
+                      dsigma_from_output=lambda s: torch.addcmul(s, s, s, value=-1),  # s − s²
+                      into=lambda z, s, d: torch.addcmul(torch.sigmoid(z, out=s), s, s, value=-1, out=d))
 
 
 _REGISTRY: dict[str, Callable[..., Activation]] = {

@@ -8,6 +8,7 @@ same η, flow time t corresponds to GD step t, so GF and GD share an axis.
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from typing import Callable, Mapping, Sequence
 
@@ -111,12 +112,16 @@ def gradient_descent(model, params: Params, X: Tensor | None, Y: Tensor, lr, ste
     from tqdm.auto import tqdm  # lazily: keeps `import symmetry` light
 
     with torch.no_grad():
+        # in place on our own copies; a model may offer a preallocated step (fewer ops per step)
+        step = getattr(model, "stepper", lambda *args: None)(params, X, Y, eta)
+        if step is None:
+            step = functools.partial(model.descent_step, params, X, Y, eta)
         for t in tqdm(range(steps), desc=description, disable=not progress, mininterval=0.5):
             if t % record_every == 0:
                 loss = model.loss(params, X, Y)
                 _check_finite_loss(loss, f"step {t}", labels)
                 record(t, loss, params)
-            model.descent_step(params, X, Y, eta)  # in place on our own copies
+            step()
         loss = model.loss(params, X, Y)
         _check_finite_loss(loss, f"step {steps}", labels)
         record(steps, loss, params)

@@ -186,6 +186,50 @@ class TwoLayerNet(Model):
         _descend(V, grad_Z.mT if X is None else X @ grad_Z.mT, lr, scale)
 
 
+    def stepper(self, params: Params, X: Tensor | None, Y: Tensor, lr: Tensor | float) -> Callable[[], None] | None:
+        """A closure that does ``descent_step`` on ``params`` in place with every buffer
+        preallocated and every view made once: 4 tensor ops (5 with one lr per configuration)
+        plus 1–2 per activation, no allocation; Python and dispatch overhead per op is the
+        cost here. None where it does not apply (data X, not exactly one batch dimension, an
+        activation without ``into`` in the table).
+
+        Both gradients are linear in the residual, so the step −η·scale is folded into it once:
+        R' = −η·scale·(F − Y), U += R'σ(Z)ᵀ, V += (R'ᵀU) ⊙ σ'(Z)ᵀ.
+        """
+        U, V = params
+        if X is not None or U.ndim != 3 or V.ndim != 3 or Y.shape[-2:] != (U.shape[-2], V.shape[-2]):
+            return None
+        act = self.activation
+        pieces = act._slices if hasattr(act, "_slices") else [(0, U.shape[0], act)]
+        if pieces is None or any(a.into is None for _, _, a in pieces):
+            return None
+        Z = V.mT  # a view: it follows V's in-place updates
+        S, D = torch.empty_like(Z), torch.empty_like(Z)
+        R = torch.empty(U.shape[0], U.shape[1], Z.shape[-1], dtype=U.dtype, device=U.device)
+        step_V = torch.empty_like(V)
+        for start, stop, a in pieces:
+            if a.constant_dsigma:
+                D[start:stop] = a.dsigma(Z[start:stop])
+        parts = [(a.into, Z[start:stop], S[start:stop], D[start:stop]) for start, stop, a in pieces]
+        S_T, R_T, D_T = S.mT, R.mT, D.mT
+        Y = Y.expand_as(R) if Y.ndim == 2 else Y
+        scale = _residual_scale(self.reduction, R)
+        per_config = isinstance(lr, Tensor)
+        c = -scale * lr if per_config else -scale * float(lr)
+
+        def step() -> None:
+            for into, z, s, d in parts:
+                into(z, s, d)
+            if per_config:
+                torch.baddbmm(Y, U, S, beta=-1, out=R).mul_(c)
+            else:
+                torch.baddbmm(Y, U, S, beta=-c, alpha=c, out=R)
+            torch.bmm(R_T, U, out=step_V)  # (UᵀR')ᵀ with U before its update
+            U.baddbmm_(R, S_T)
+            V.addcmul_(step_V, D_T)
+        return step
+
+
 def _descend(p: Tensor, grad: Tensor, lr: Tensor | float, scale: float) -> None:
     """p ← p − lr·scale·grad in one in-place op (lr: a number or one value per configuration)."""
     if isinstance(lr, Tensor):

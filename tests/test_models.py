@@ -136,3 +136,32 @@ def test_sigma_and_dsigma_agree_with_the_table(name):
     s, d = act.sigma_and_dsigma(z)
     torch.testing.assert_close(s, act.sigma(z), rtol=0, atol=0)
     torch.testing.assert_close(d, act.dsigma(z), rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("activations,lr", [([a for a in S.PAPER_ACTIVATIONS for _ in range(2)], "per_config"),
+                                            (["tanh"] * 3, 0.05), (["relu", "relu", "sigmoid"], "per_config")])
+def test_preallocated_stepper_matches_descent_step(activations, lr):
+    B, (m, h, n) = len(activations), (3, 5, 4)
+    net = S.TwoLayerNet(S.activations.MixedActivation([S.get_activation(a) for a in activations]))
+    (U, V), _, Y = two_layer_problem(m, h, n, seed=3, batch=(B,))
+    eta = torch.linspace(0.01, 0.2, B, dtype=DTYPE).reshape(B, 1, 1) if lr == "per_config" else lr
+    a, b = (U.clone(), V.clone()), (U.clone(), V.clone())
+    step = net.stepper(a, None, Y, eta)
+    assert step is not None
+    for _ in range(20):
+        step()
+        net.descent_step(b, None, Y, eta)
+    for x, y in zip(a, b):
+        assert torch.allclose(x, y, rtol=1e-12, atol=1e-14)
+    assert not torch.allclose(a[0], U)  # it moved
+
+
+def test_stepper_declines_what_it_does_not_cover():
+    (U, V), X, Y = two_layer_problem(3, 4, 5, k=6, batch=(2,))
+    assert S.TwoLayerNet("tanh").stepper((U, V), X, Y, 0.1) is None  # data X
+    assert S.TwoLayerNet("leaky_relu").stepper((U, V), None, Y[..., :5], 0.1) is None  # no `into` in the table
+    interleaved = S.activations.MixedActivation([S.get_activation(a) for a in ("tanh", "relu", "tanh")])
+    (U3, V3), _, Y3 = two_layer_problem(3, 4, 5, batch=(3,))
+    assert S.TwoLayerNet(interleaved).stepper((U3, V3), None, Y3, 0.1) is None  # not one slice per activation
+    (U1, V1), _, Y1 = two_layer_problem(3, 4, 5)
+    assert S.TwoLayerNet("tanh").stepper((U1, V1), None, Y1, 0.1) is None  # no batch dimension
