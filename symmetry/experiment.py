@@ -6,6 +6,7 @@ matplotlib at import time; :func:`save_figure` loads it (with the Agg backend) w
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -166,6 +167,18 @@ def cached(out: str | Path, name: str, settings: Any, compute: Callable[[], dict
     result = compute()
     _atomic_write(path, lambda tmp: torch.save(result, tmp))
     return result
+
+
+@contextlib.contextmanager
+def torch_threads(n: int):
+    """Run with ``n`` intra-op threads and restore the previous count after (small problems are
+    overhead-bound, and on a shared 2-core CPU a second thread mostly waits)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 class Stopwatch:
