@@ -55,12 +55,14 @@ def steps_to_converge(steps: torch.Tensor, loss: torch.Tensor, fraction: float) 
 def run(cfg: Settings, out: str, resume: bool) -> list[dict]:
     groups = E.step_budgets(cfg.activations, cfg.steps, cfg.sigmoid_steps)
     rows = []
-    for steps, acts in groups.items():
-        configs = [(a, cfg.lr, s) for a in acts for s in cfg.init_stds]
-        res = E.cached(out, NAME, {"cfg": cfg, "activations": acts, "steps": steps}, lambda: E.train_two_layer(
-            cfg.m, cfg.n, cfg.h, configs, steps, seed=cfg.seed, dtype=cfg.dtype, device=cfg.device,
-            record_every=cfg.record_every, description=f"Fig. 6, {steps} steps"), resume)
-        for b, (a, _, s) in enumerate(configs):
+    configs = {steps: [(a, cfg.lr, s) for a in acts for s in cfg.init_stds] for steps, acts in groups.items()}
+    # one batch for every budget: sigmoid's extra steps run on after the others stop
+    results = E.cached(out, NAME, {"cfg": cfg}, lambda: {str(k): v for k, v in E.train_two_layer_budgets(
+        cfg.m, cfg.n, cfg.h, configs, seed=cfg.seed, dtype=cfg.dtype, device=cfg.device,
+        record_every=cfg.record_every, description="Fig. 6").items()}, resume)
+    for steps, group in configs.items():
+        res = results[str(steps)]
+        for b, (a, _, s) in enumerate(group):
             loss = res["loss"][:, b]
             rows.append({"activation": a, "init_std": s, "Q0": float(res["Q"][0, b]),
                          "steps_to_converge": steps_to_converge(res["steps"], loss, cfg.convergence_fraction),

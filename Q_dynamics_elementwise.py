@@ -46,14 +46,16 @@ def run(cfg: Settings, out: str, resume: bool) -> dict:
     """{(activation, lr, dtype): {"steps", "loss", "dQ_tilde"}} for every configuration."""
     curves = {}
     groups = E.step_budgets(cfg.activations, cfg.steps, cfg.sigmoid_steps)
+    configs = {steps: [(a, lr, cfg.init_std) for a in acts for lr in cfg.lrs] for steps, acts in groups.items()}
     for dtype in cfg.dtypes:
-        for steps, acts in groups.items():
-            part = {"cfg": cfg, "dtype": dtype, "activations": acts, "steps": steps}
-            configs = [(a, lr, cfg.init_std) for a in acts for lr in cfg.lrs]
-            res = E.cached(out, NAME, part, lambda: E.train_two_layer(
-                cfg.m, cfg.n, cfg.h, configs, steps, seed=cfg.seed, dtype=dtype, device=cfg.device,
-                record_every=cfg.record_every, description=f"Fig. 3 {dtype}, {steps} steps"), resume)
-            for b, (a, lr, _) in enumerate(configs):
+        # one batch for every budget: sigmoid's extra steps run on after the others stop
+        results = E.cached(out, NAME, {"cfg": cfg, "dtype": dtype}, lambda dtype=dtype: {
+            str(k): v for k, v in E.train_two_layer_budgets(
+                cfg.m, cfg.n, cfg.h, configs, seed=cfg.seed, dtype=dtype, device=cfg.device,
+                record_every=cfg.record_every, description=f"Fig. 3 {dtype}").items()}, resume)
+        for steps, group in configs.items():
+            res = results[str(steps)]
+            for b, (a, lr, _) in enumerate(group):
                 Qt = res["Q_tilde"][:, b]
                 curves[(a, lr, dtype)] = {"steps": res["steps"], "loss": res["loss"][:, b], "dQ_tilde": Qt - Qt[0]}
     return curves

@@ -136,3 +136,26 @@ def test_fixed_seed_gives_the_same_numbers(tmp_path):
     c = run_quick("Q_hessian_eigenvalues", tmp_path / "c", "--no-resume", "--seed", "1")
     assert a["per_activation"] == b["per_activation"]
     assert a["per_activation"] != c["per_activation"]
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_budgets_in_one_batch_equal_separate_runs(dtype):
+    """train_two_layer_budgets (sigmoid's extra steps run on after the others stop) returns, per
+    budget, what a separate train_two_layer run gives: same records, same numbers."""
+    import torch
+
+    from symmetry import experiment as E
+
+    groups = {40: [("identity", 0.1, 0.1), ("relu", 0.1, 0.5), ("tanh", 0.01, 0.1)],
+              80: [("sigmoid", 0.1, 0.1), ("sigmoid", 0.01, 0.2)], 120: [("tanh", 0.05, 0.3)]}
+    merged = E.train_two_layer_budgets(3, 4, 6, groups, seed=0, dtype=dtype, record_every=10)
+    assert sorted(merged) == [40, 80, 120]
+    for steps, configs in groups.items():
+        alone = E.train_two_layer(3, 4, 6, configs, steps, seed=0, dtype=dtype, record_every=10)
+        assert torch.equal(merged[steps]["steps"], alone["steps"]) and merged[steps]["steps"][-1] == steps
+        for key in ("loss", "Q", "Q_tilde"):
+            assert torch.allclose(merged[steps][key], alone[key], rtol=1e-6 if dtype == "float32" else 1e-12)
+        for a, b in zip(merged[steps]["final_params"], alone["final_params"]):
+            assert torch.allclose(a, b, rtol=1e-5 if dtype == "float32" else 1e-12)
+    with pytest.raises(ValueError, match="multiple of record_every"):
+        E.train_two_layer_budgets(3, 4, 6, {45: groups[40]}, seed=0, record_every=10)
