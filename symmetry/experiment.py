@@ -6,7 +6,6 @@ matplotlib at import time; :func:`save_figure` loads it (with the Agg backend) w
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import hashlib
 import json
@@ -23,6 +22,7 @@ from typing import Any, Callable
 import torch
 
 import symmetry as S
+from symmetry.models import torch_threads  # noqa: F401  (for the scripts: E.torch_threads)
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
@@ -169,18 +169,6 @@ def cached(out: str | Path, name: str, settings: Any, compute: Callable[[], dict
     return result
 
 
-@contextlib.contextmanager
-def torch_threads(n: int):
-    """Run with ``n`` intra-op threads and restore the previous count after (small problems are
-    overhead-bound, and on a shared 2-core CPU a second thread mostly waits)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
 class Stopwatch:
     """Wall time of a block, in seconds."""
 
@@ -219,6 +207,33 @@ def step_budgets(activations, steps: int, sigmoid_steps: int) -> dict[int, list[
     return groups
 
 
+def _two_layer_start(m: int, n: int, h: int, configs: list[tuple[str, float, float]], seed: int, dtype: str,
+                     device: str) -> tuple[tuple[torch.Tensor, ...], torch.Tensor, tuple[torch.Tensor, ...]]:
+    """(init in float64, target Y, init in the training dtype): one standard-normal draw (``seed``)
+    times each configuration's init_std, and Y ~ N(0, 1) (``seed + 1``)."""
+    U0, V0 = S.gaussian_init(m, h, n, std=1.0, seed=seed, dtype=torch.float64)
+    std = torch.tensor([s for _, _, s in configs], dtype=torch.float64).reshape(-1, 1, 1)
+    init64 = ((std * U0).to(device), (std * V0).to(device))
+    Y = torch.randn(m, n, generator=torch.Generator().manual_seed(seed + 1), dtype=torch.float64)
+    return init64, Y, tuple(p.to(DTYPES[dtype]) for p in init64)
+
+
+def _two_layer_run(configs: list[tuple[str, float, float]], params, init64, Y: torch.Tensor, steps: int, *,
+                   dtype: str, record_every: int, description: str) -> S.Trajectory:
+    """Batched GD of the configurations from ``params``, with Q and Q̃ (against ``init64``) in float64."""
+    net = S.TwoLayerNet([a for a, _, _ in configs])
+
+    def as64(p):
+        return tuple(x.double() for x in p)
+
+    return S.gradient_descent(
+        net, params, None, Y.to(params[0]), torch.tensor([lr for _, lr, _ in configs]), steps,
+        record_every=record_every, progress=True, description=description,
+        labels=[f"{a}, lr={lr:g}, std={s:g}, {dtype}" for a, lr, s in configs],
+        observables={"Q": lambda p: S.conserved_Q(as64(p), net.activation),
+                     "Q_tilde": lambda p: S.normalized_Q(as64(p), net.activation, init64)})
+
+
 def train_two_layer(m: int, n: int, h: int, configs: list[tuple[str, float, float]], steps: int, *, seed: int,
                     dtype: str = "float32", device: str = "cpu", record_every: int = 100,
                     description: str = "gradient descent") -> dict:
@@ -230,23 +245,9 @@ def train_two_layer(m: int, n: int, h: int, configs: list[tuple[str, float, floa
     they name. Q (Eq. 48) and Q̃ (App. D.2) are evaluated in float64 every ``record_every`` steps.
     Returns tensors ``steps`` (T,), ``loss`` (T, B), ``Q``, ``Q_tilde`` (T, B), ``final_params``, ``Y``.
     """
-    B = len(configs)
-    net = S.TwoLayerNet([a for a, _, _ in configs])
-    U0, V0 = S.gaussian_init(m, h, n, std=1.0, seed=seed, dtype=torch.float64)
-    std = torch.tensor([s for _, _, s in configs], dtype=torch.float64).reshape(B, 1, 1)
-    init64 = ((std * U0).to(device), (std * V0).to(device))
-    Y = torch.randn(m, n, generator=torch.Generator().manual_seed(seed + 1), dtype=torch.float64)
-    params = tuple(p.to(DTYPES[dtype]) for p in init64)
-
-    def as64(p):
-        return tuple(x.double() for x in p)
-
-    run = S.gradient_descent(
-        net, params, None, Y.to(params[0]), torch.tensor([lr for _, lr, _ in configs]), steps,
-        record_every=record_every, progress=True, description=description,
-        labels=[f"{a}, lr={lr:g}, std={s:g}, {dtype}" for a, lr, s in configs],
-        observables={"Q": lambda p: S.conserved_Q(as64(p), net.activation),
-                     "Q_tilde": lambda p: S.normalized_Q(as64(p), net.activation, init64)})
+    init64, Y, params = _two_layer_start(m, n, h, configs, seed, dtype, device)
+    run = _two_layer_run(configs, params, init64, Y, steps, dtype=dtype, record_every=record_every,
+                         description=description)
     return {"steps": run.times, "loss": run.loss.double().cpu(), "Q": run.observables["Q"].cpu(),
             "Q_tilde": run.observables["Q_tilde"].cpu(), "final_params": tuple(p.cpu() for p in run.params), "Y": Y}
 
@@ -266,59 +267,32 @@ def train_two_layer_budgets(m: int, n: int, h: int, groups: dict[int, list[tuple
         raise ValueError(f"every step budget {budgets} must be a multiple of record_every={record_every}")
     configs = [c for b in budgets for c in groups[b]]
     budget_of = torch.tensor([b for b in budgets for _ in groups[b]])
-    U0, V0 = S.gaussian_init(m, h, n, std=1.0, seed=seed, dtype=torch.float64)
-    std = torch.tensor([s for _, _, s in configs], dtype=torch.float64).reshape(-1, 1, 1)
-    init64 = ((std * U0).to(device), (std * V0).to(device))
-    Y = torch.randn(m, n, generator=torch.Generator().manual_seed(seed + 1), dtype=torch.float64)
-    params = tuple(p.to(DTYPES[dtype]) for p in init64)
-    records: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {"steps": [], "loss": [], "Q": [], "Q_tilde": []}
-    final = [None] * len(configs)
-    done = 0
+    init64, Y, params = _two_layer_start(m, n, h, configs, seed, dtype, device)
+    active = torch.arange(len(configs))
+    phases, done = [], 0  # (configurations stepped, their trajectory, steps before it)
     for budget in budgets:
-        active = (budget_of >= budget).nonzero().reshape(-1)
-        chosen = [configs[i] for i in active.tolist()]
-        net = S.TwoLayerNet([a for a, _, _ in chosen])
-        start64 = tuple(p[active] for p in init64)
-
-        def as64(p):
-            return tuple(x.double() for x in p)
-
-        run = S.gradient_descent(
-            net, tuple(p[active] for p in params), None, Y.to(params[0]),
-            torch.tensor([lr for _, lr, _ in chosen]), budget - done, record_every=record_every, progress=True,
-            description=f"{description} ({done}–{budget})",
-            labels=[f"{a}, lr={lr:g}, std={s:g}, {dtype}" for a, lr, s in chosen],
-            observables={"Q": lambda p, net=net: S.conserved_Q(as64(p), net.activation),
-                         "Q_tilde": lambda p, net=net, s=start64: S.normalized_Q(as64(p), net.activation, s)})
-        first = 0 if done == 0 else 1  # a later phase's step 0 repeats the previous phase's last record
-        values = {"steps": run.times[first:] + done, "loss": run.loss.double().cpu()[first:],
-                  "Q": run.observables["Q"].cpu()[first:], "Q_tilde": run.observables["Q_tilde"].cpu()[first:]}
-        for key, value in values.items():
-            records[key].append((value, active))
-        params = tuple(p.clone() for p in params)
-        for p, q in zip(params, run.params):
-            p[active] = q
-        for j, i in enumerate(active.tolist()):
-            if budget_of[i] == budget:
-                final[i] = tuple(q[j].cpu() for q in run.params)
-        done = budget
-    results, offset = {}, 0
+        keep = budget_of[active] >= budget
+        active, params = active[keep], tuple(p[keep] for p in params)
+        run = _two_layer_run([configs[i] for i in active.tolist()], params, tuple(p[active] for p in init64), Y,
+                             budget - done, dtype=dtype, record_every=record_every,
+                             description=f"{description} ({done}–{budget})")
+        phases.append((active.tolist(), run, done))
+        params, done = run.params, budget
+    results = {}
     for budget in budgets:
-        index = list(range(offset, offset + len(groups[budget])))
-        offset += len(index)
-        phases = [k for k, (_, active) in enumerate(records["loss"]) if set(index) <= set(active.tolist())]
-
-        def column(key: str, index=index, phases=phases) -> torch.Tensor:
-            parts = []
-            for k in phases:
-                value, active = records[key][k]
-                position = {i: j for j, i in enumerate(active.tolist())}
-                parts.append(value[:, [position[i] for i in index]])
-            return torch.cat(parts)
-
-        results[budget] = {"steps": torch.cat([records["steps"][k][0] for k in phases]),
-                           "loss": column("loss"), "Q": column("Q"), "Q_tilde": column("Q_tilde"),
-                           "final_params": tuple(torch.stack([final[i][k] for i in index]) for k in range(2)), "Y": Y}
+        index = (budget_of == budget).nonzero().reshape(-1).tolist()
+        parts, last = [], None
+        for k, (stepped, run, start) in enumerate(phases):
+            if start >= budget:
+                break
+            columns = [stepped.index(i) for i in index]
+            first = 0 if k == 0 else 1  # a later phase's step 0 repeats the previous phase's last record
+            parts.append((run.times[first:] + start, run.loss.double().cpu()[first:, columns],
+                          run.observables["Q"].cpu()[first:, columns],
+                          run.observables["Q_tilde"].cpu()[first:, columns]))
+            last = tuple(p[columns].cpu() for p in run.params)
+        steps, loss, Q, Q_tilde = (torch.cat(x) for x in zip(*parts, strict=True))
+        results[budget] = {"steps": steps, "loss": loss, "Q": Q, "Q_tilde": Q_tilde, "final_params": last, "Y": Y}
     return results
 
 

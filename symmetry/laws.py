@@ -16,7 +16,6 @@ the shapes and names of the parameter blocks packed in θ, and optionally the kn
 """
 from __future__ import annotations
 
-import contextlib
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -27,7 +26,8 @@ from itertools import combinations_with_replacement
 import torch
 
 from .activations import ActivationLike, get_activation
-from .models import quiet_forward_mode
+from .conserved import conserved_Q, homogeneous_imbalance, imbalance_matrix, layer_imbalances
+from .models import quiet_forward_mode, torch_threads
 
 Tensor = torch.Tensor
 Field = Callable[[Tensor], Tensor]
@@ -54,7 +54,6 @@ class Factorization:
     names: tuple[str, ...]
     description: str
     known_laws: Callable[[Tensor], Tensor] | None = None
-    polynomial: bool = True  # φ is a polynomial in θ (ALGO 1 can be exhaustive)
 
     @property
     def D(self) -> int:
@@ -86,6 +85,12 @@ def _check_widths(argument: str, widths: Sequence[int], minimum_layers: int = 2)
     return widths
 
 
+def _upper_triangle(M: Tensor) -> Tensor:
+    """The entries on and above the diagonal of a symmetric matrix: its independent entries."""
+    rows, cols = torch.triu_indices(M.shape[-2], M.shape[-1])
+    return M[..., rows, cols]
+
+
 def linear_net(widths: Sequence[int]) -> Factorization:
     """q-layer linear net φ(θ) = U₁U₂⋯U_q with U_i ∈ R^{n_(i−1)×n_i}.
 
@@ -104,13 +109,8 @@ def linear_net(widths: Sequence[int]) -> Factorization:
         return P.reshape(-1)
 
     def known(theta: Tensor) -> Tensor:
-        U = fact.split(theta)
-        laws = []
-        for i in range(len(U) - 1):
-            M = U[i].T @ U[i] - U[i + 1] @ U[i + 1].T
-            rows, cols = torch.triu_indices(M.shape[0], M.shape[1])
-            laws.append(M[rows, cols])
-        return torch.cat(laws)
+        # with W_i = U_iᵀ these are the multilayer imbalances W_iW_iᵀ − W_(i+1)ᵀW_(i+1) (Example 7)
+        return torch.cat([_upper_triangle(M) for M in layer_imbalances([U.T for U in fact.split(theta)])])
 
     fact = Factorization(phi, shapes, tuple(f"U{i + 1}" for i in range(len(shapes))),
                          f"linear net, widths {n}", known)
@@ -153,8 +153,9 @@ def relu_net(widths: Sequence[int], bias: bool = False) -> Factorization:
         blocks = fact.split(theta)
         laws = []
         for l in range(q - 1):  # hidden layer l+1: incoming W_{l+1} (and b_{l+1}), outgoing W_{l+2}
-            incoming = (blocks[l] ** 2).sum(dim=1) + (blocks[q + l] ** 2 if bias else 0)
-            laws.append(incoming - (blocks[l + 1] ** 2).sum(dim=0))
+            # Example 9 with (U, V) = (outgoing, incoming): ‖u_k‖² − ‖v_k‖², negated to read in − out
+            balance = -homogeneous_imbalance((blocks[l + 1], blocks[l].T))
+            laws.append(balance + blocks[q + l] ** 2 if bias else balance)
         return torch.cat(laws)
 
     fact = Factorization(phi, tuple(shapes), tuple(names),
@@ -183,16 +184,11 @@ def two_layer_net(m: int, h: int, n: int, activation: ActivationLike = "identity
     def known(theta: Tensor) -> Tensor:
         U, V = fact.split(theta)
         if act.name == "identity":
-            M = U.T @ U - V.T @ V
-            rows, cols = torch.triu_indices(h, h)
-            return M[rows, cols]
-        if act.integral is None:
-            raise ValueError(f"activation {act.name!r} has no ∫σ/σ' in the table: Eq. 48 is not available")
-        return 0.5 * (U ** 2).sum(dim=0) - act.integral(V).sum(dim=0)
+            return _upper_triangle(imbalance_matrix((U, V)))
+        return conserved_Q((U, V), act, per_neuron=True)
 
-    polynomial = act.name in ("identity",) or (act.name.startswith("repu") and float(act.homogeneity).is_integer())
     fact = Factorization(phi, shapes, ("U", "V"), f"two-layer net F = U·{act.name}(Vᵀ), (m, h, n) = ({m}, {h}, {n})",
-                         known, polynomial=polynomial)
+                         known)
     return fact
 
 
@@ -206,18 +202,6 @@ def product_map(D: int) -> Factorization:
 # ---------------------------------------------------------------------------------------------
 # Vector fields and brackets
 # ---------------------------------------------------------------------------------------------
-
-@contextlib.contextmanager
-def _one_thread():
-    """Run with one intra-op thread: these are many tiny dense ops, where a second thread only
-    adds synchronisation (60× slower when another process holds the other core)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
 
 def check_differentiable(function: Callable[[Tensor], Tensor], theta: Tensor, name: str = "phi",
                          directions: int = 3, seed: int = 0) -> None:
@@ -543,7 +527,7 @@ def lie_algebra_dimension(model: Factorization | VectorFields, theta: Tensor | N
     while len(thetas) < points:
         thetas.append(vf.random_point(gen))
     spans, dims_at, first_dims, n_generators = [], [], None, 0
-    with quiet_forward_mode(), _one_thread():
+    with quiet_forward_mode(), torch_threads(1):  # thousands of tiny ops: a second thread only waits
         for point in thetas:
             span, dims, n_gen = _dimension_at(vf, vf.check(point), rtol, max_level, random_combinations)
             spans.append(span)
@@ -718,7 +702,7 @@ def polynomial_laws(model: Factorization | VectorFields, degree: int, *, seed: i
     monomials = _monomials(exponents)
     gen = torch.Generator().manual_seed(seed)
     rows = []
-    with quiet_forward_mode(), _one_thread():
+    with quiet_forward_mode(), torch_threads(1):  # thousands of tiny ops: a second thread only waits
         rank = independent_rows(vf.fields(vf.check(vf.random_point(gen))))
         for _ in range(max(4, math.ceil(2 * M / max(rank, 1)))):
             theta = 2 * torch.rand(D, generator=gen, dtype=torch.float64) - 1
