@@ -16,7 +16,7 @@ import torch
 
 from .activations import ActivationLike, get_activation
 from .models import jvp
-from .validation import check_choice, check_params, check_square
+from .validation import check_alike, check_choice, check_finite_tensor, check_params, check_square
 
 Tensor = torch.Tensor
 Params = tuple[Tensor, ...]
@@ -151,6 +151,12 @@ def nonlinear_action(g: Tensor, params: Params, X: Tensor | None, activation: Ac
     square batch (h = k); ``square_only=False`` computes the map anyway.
     """
     U, V = check_params("params", params, 2)
+    check_square("g", g, V.shape[-1])
+    check_finite_tensor("g", g)
+    check_alike("g", g, U, "params[0]")
+    if X is not None:
+        check_finite_tensor("X", X)
+        check_alike("X", X, U, "params[0]")
     Z = V.mT if X is None else V.mT @ X  # (..., h, k)
     h, k = Z.shape[-2:]
     if square_only and h != k:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 from .activations import ActivationLike, get_activation
-from .validation import check_params
+from .validation import check_params, check_two_layer
 
 Tensor = torch.Tensor
 Params = tuple[Tensor, ...]
@@ -18,7 +18,7 @@ Params = tuple[Tensor, ...]
 
 def Q_terms(params: Params, activation: ActivationLike) -> tuple[Tensor, Tensor]:
     """The two terms of Eq. 48 per neuron: (½‖u_i‖², Σ_a A(V_ai)), each of shape (..., h)."""
-    U, V = check_params("params", params, 2)
+    U, V = check_two_layer("params", params)
     act = get_activation(activation)
     if getattr(act, "integral", True) is None:
         raise ValueError(f"activation {act.name!r} has no ∫σ/σ' in the table: Eq. 48 is not available for it")

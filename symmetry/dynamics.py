@@ -15,7 +15,7 @@ from typing import Callable, Mapping, Sequence
 import torch
 
 from .models import flatten, unflatten
-from .validation import check_params
+from .validation import check_count, check_learning_rate, check_number, check_params, check_times
 
 Tensor = torch.Tensor
 Params = tuple[Tensor, ...]
@@ -56,10 +56,12 @@ def _check_finite_loss(loss: Tensor, step, labels: Sequence[str] | None) -> None
     finite = torch.isfinite(loss)
     if bool(finite.all()):
         return
-    bad = (~finite).nonzero().tolist() if loss.ndim else [[]]
-    names = [labels[i[0]] if labels is not None and i else str(tuple(i)) for i in bad]
-    raise DivergenceError(f"loss became {float(loss[~finite].reshape(-1)[0])} at {step} "
-                          f"for configuration(s) {', '.join(names)}")
+    value = float(loss[~finite].reshape(-1)[0])
+    if loss.ndim == 0:  # robustness: one unbatched run has no configuration index to name
+        raise DivergenceError(f"loss became {value} at {step} of the run (one unbatched configuration): "
+                              f"lower the learning rate lr or the init scale")
+    names = [labels[i[0]] if labels is not None else str(tuple(i)) for i in (~finite).nonzero().tolist()]
+    raise DivergenceError(f"loss became {value} at {step} for configuration(s) {', '.join(names)}")
 
 
 class _Recorder:
@@ -97,6 +99,8 @@ def gradient_descent(model, params: Params, X: Tensor | None, Y: Tensor, lr, ste
     configuration (by ``labels`` if given).
     """
     params = check_params("params", params, getattr(model, "n_params", None))
+    lr = check_learning_rate("lr", lr)  # robustness: shared input checks (validation.py)
+    steps, record_every = check_count("steps", steps), check_count("record_every", record_every, 1)
     if not isinstance(steps, int) or steps < 0:
         raise ValueError(f"steps={steps!r} must be a non-negative integer")
     if not isinstance(record_every, int) or record_every < 1:
@@ -146,9 +150,10 @@ def gradient_flow(model, params: Params, X: Tensor | None, Y: Tensor, times: Seq
     from scipy.integrate import solve_ivp
 
     params = check_params("params", params, getattr(model, "n_params", None))
-    times = torch.as_tensor(times, dtype=torch.float64).reshape(-1)
-    if times.numel() == 0 or bool((times < 0).any()) or bool((times[1:] < times[:-1]).any()):
-        raise ValueError("times must be a non-empty, non-decreasing sequence of non-negative numbers")
+    times = check_times("times", times)  # robustness: shared input checks (validation.py)
+    lr = check_number("lr", lr, minimum=0, exclusive=True)
+    rtol, atol = check_number("rtol", rtol, minimum=0, exclusive=True), check_number("atol", atol, minimum=0)
+    max_evaluations = check_count("max_evaluations", max_evaluations, 1)
     params = tuple(p.detach().to(torch.float64) for p in params)
     device = params[0].device
     X64 = None if X is None else X.to(torch.float64)

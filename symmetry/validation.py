@@ -39,6 +39,8 @@ def check_params(argument: str, params: Sequence, count: int | None = None) -> t
     params = check_tensors(argument, params)
     if count is not None and len(params) != count:
         raise ValueError(f"{argument} must hold {count} tensors, got {len(params)}")
+    if params:
+        check_alike(argument, params)
     check_finite(argument, params)
     return params
 
@@ -52,3 +54,111 @@ def check_square(argument: str, g: torch.Tensor, size: int | None = None) -> tor
         raise ValueError(f"{argument} must be {size}x{size} to act on a hidden layer of width {size}, "
                          f"got {g.shape[-2]}x{g.shape[-1]}")
     return g
+
+
+def _is_number(value) -> bool:
+    import numbers
+
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def check_number(argument: str, value, *, minimum: float | None = None, exclusive: bool = False,
+                 finite: bool = True) -> float:
+    """A real number (not a bool): TypeError otherwise; ValueError if NaN, infinite (unless ``finite=False``)
+    or below ``minimum`` (at or below it with ``exclusive=True``)."""
+    if isinstance(value, torch.Tensor) and value.numel() == 1 and not value.dtype == torch.bool:
+        value = value.item()
+    if not _is_number(value):
+        raise TypeError(f"{argument}={value!r} must be a real number, got {type(value).__name__}")
+    value = float(value)
+    if value != value or (finite and value in (float("inf"), float("-inf"))):
+        raise ValueError(f"{argument}={value!r} must be a finite number")
+    if minimum is not None and (value < minimum or (exclusive and value == minimum)):
+        raise ValueError(f"{argument}={value!r} must be {'>' if exclusive else '>='} {minimum:g}")
+    return value
+
+
+def check_count(argument: str, value, minimum: int = 0) -> int:
+    """An integer count ≥ ``minimum``; booleans and floats are refused (TypeError)."""
+    import numbers
+
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{argument}={value!r} must be an integer, got {type(value).__name__}")
+    if value < minimum:
+        raise ValueError(f"{argument}={value!r} must be an integer >= {minimum}")
+    return int(value)
+
+
+def check_learning_rate(argument: str, lr):
+    """A positive finite learning rate: a number, or a tensor of them (one per configuration)."""
+    if isinstance(lr, torch.Tensor) and lr.ndim != 0:
+        if lr.dtype == torch.bool or not (lr.is_floating_point() or lr.dtype in (torch.int32, torch.int64)):
+            raise TypeError(f"{argument} must hold real numbers, got dtype {lr.dtype}")
+        if not bool(torch.isfinite(lr).all()) or not bool((lr > 0).all()):
+            raise ValueError(f"{argument}={lr.tolist()} must hold positive finite numbers")
+        return lr
+    if isinstance(lr, (list, tuple)):
+        return check_learning_rate(argument, torch.as_tensor([check_number(f"{argument}[{i}]", v, minimum=0,
+                                                                          exclusive=True)
+                                                             for i, v in enumerate(lr)], dtype=torch.float64))
+    return check_number(argument, lr, minimum=0, exclusive=True)
+
+
+def check_times(argument: str, times) -> torch.Tensor:
+    """Recording times: a non-empty, non-decreasing sequence of finite non-negative numbers (float64)."""
+    if isinstance(times, (str, bytes)) or (not isinstance(times, torch.Tensor) and not hasattr(times, "__len__")):
+        raise TypeError(f"{argument} must be a sequence of numbers, got {type(times).__name__}")
+    if not isinstance(times, torch.Tensor):
+        times = [check_number(f"{argument}[{i}]", t, finite=False) for i, t in enumerate(times)]
+    elif times.dtype == torch.bool or times.is_complex():
+        raise TypeError(f"{argument} must hold real numbers, got dtype {times.dtype}")
+    times = torch.as_tensor(times, dtype=torch.float64).reshape(-1)
+    if times.numel() == 0:
+        raise ValueError(f"{argument} must not be empty")
+    if not bool(torch.isfinite(times).all()):
+        raise ValueError(f"{argument} must be finite numbers (no NaN or infinity), got {times.tolist()}")
+    if bool((times < 0).any()) or bool((times[1:] < times[:-1]).any()):
+        raise ValueError(f"{argument} must be a non-decreasing sequence of non-negative numbers")
+    return times
+
+
+def check_finite_tensor(argument: str, tensor) -> torch.Tensor:
+    """A floating-point tensor without NaN or infinity."""
+    if not isinstance(tensor, torch.Tensor):
+        raise TypeError(f"{argument} must be a torch.Tensor, got {type(tensor).__name__}")
+    if not tensor.is_floating_point():
+        raise TypeError(f"{argument} must be a floating-point tensor, got dtype {tensor.dtype}")
+    if not bool(torch.isfinite(tensor).all()):
+        bad = "NaN" if bool(torch.isnan(tensor).any()) else "infinity"
+        raise ValueError(f"{argument} (shape {tuple(tensor.shape)}) contains {bad}")
+    return tensor
+
+
+def check_alike(argument: str, tensors: Sequence[torch.Tensor] | torch.Tensor, reference: torch.Tensor | None = None,
+                reference_name: str | None = None) -> None:
+    """All tensors share one dtype and one device (that of ``reference`` if given)."""
+    single = isinstance(tensors, torch.Tensor)
+    tensors = [tensors] if single else tensors
+    ref = tensors[0] if reference is None else reference
+    ref_name = f"{argument}[0]" if reference is None else reference_name
+    for i, t in enumerate(tensors):
+        name = argument if single else f"{argument}[{i}]"
+        if t.dtype != ref.dtype:
+            raise TypeError(f"{name} has dtype {t.dtype} but {ref_name} has {ref.dtype}: "
+                            f"convert them to one dtype")
+        if t.device != ref.device:
+            raise ValueError(f"{name} is on {t.device} but {ref_name} is on {ref.device}: "
+                             f"move them to one device")
+
+
+def check_two_layer(argument: str, params: Sequence) -> tuple[torch.Tensor, torch.Tensor]:
+    """(U, V) of a two-layer net F = Uσ(Vᵀ): U (..., m, h), V (..., n, h), one hidden width h,
+    the same batch shape, dtype and device."""
+    U, V = check_params(argument, params, 2)
+    if U.ndim < 2 or V.ndim < 2:
+        raise ValueError(f"{argument} must be (U (..., m, h), V (..., n, h)), got shapes "
+                         f"{tuple(U.shape)} and {tuple(V.shape)}")
+    if U.shape[-1] != V.shape[-1] or U.shape[:-2] != V.shape[:-2]:
+        raise ValueError(f"{argument}: U {tuple(U.shape)} and V {tuple(V.shape)} must share the hidden width "
+                         f"(last dimension) and the batch shape: U is (..., m, h), V is (..., n, h)")
+    return U, V
