@@ -293,8 +293,7 @@ def main(argv: list[str] | None = None) -> dict:
                         help="auto (default): KMNIST if it loads, else mnist-subset; kmnist fails offline unless --allow-fallback")
     parser.add_argument("--allow-fallback", choices=["none", "mnist-subset", "digits"], default=None,
                         help="with --dataset kmnist: the offline data set to use if KMNIST cannot be loaded")
-    args = parser.parse_args(argv)
-    E.resolve_device(args.device)
+    args = E.parse_common(parser, argv, (NAME, ROTATION))
     cfg = Settings(seed=args.seed, device=args.device)
     cfg = quick(cfg) if args.quick else cfg
     cfg.dataset = args.dataset or cfg.dataset

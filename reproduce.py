@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 import symmetry as S
+from symmetry import experiment as E
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the figure scripts sit beside this file
 
@@ -126,9 +127,13 @@ FIGURES = ("Q_dynamics_elementwise", "Q_distribution", "Q_convergence_elementwis
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where to run")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the inits and the targets Y")
-    parser.add_argument("--out", default="figures", help="directory for the figures and their JSON")
+    parser.add_argument("--seed", type=E.seed_argument, default=0, help="seed of the inits and the targets Y")
+    parser.add_argument("--out", default=None, help=f"directory for the figures and their JSON (default: "
+                                                    f"{E.DEFAULT_OUT}, or {E.QUICK_OUT} with --quick)")
     parser.add_argument("--quick", action="store_true", help="every figure in its --quick form")
+    parser.add_argument("--no-resume", dest="resume", action="store_false",
+                        help="recompute every figure even if finished runs are cached under OUT/.cache")
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     parser.add_argument("--only", nargs="*", choices=FIGURES, default=list(FIGURES), help="figures to regenerate")
     parser.add_argument("--steps", type=int, default=Settings.steps, help="GD steps of the conservation check")
     args = parser.parse_args(argv)
@@ -136,6 +141,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--steps {args.steps}: must be a positive integer")
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device is available")
+    if args.out is None:  # --quick never writes over the full-setting figures the README shows
+        args.out = E.QUICK_OUT if args.quick else E.DEFAULT_OUT
+    E.check_output_location(args.out, tuple(args.only) + ("noether_dynamics_rotation",))  # before any computation
     cfg = Settings(seed=args.seed, device=args.device, steps=args.steps)
     rows = run(cfg)
 
@@ -156,7 +164,8 @@ def main(argv: list[str] | None = None) -> int:
          all(r[lr_keys[0]] > r[lr_keys[-1]] > r["gf_drift"] for r in rows), "min drift ratio lr 0.1 / lr 0.01"),
     ]
     table = [(claim, f"{value:.3g} ({what})", holds) for claim, value, holds, what in claims]
-    common = ["--device", args.device, "--seed", str(args.seed), "--out", args.out] + (["--quick"] if args.quick else [])
+    common = (["--device", args.device, "--seed", str(args.seed), "--out", args.out] + (["--quick"] if args.quick else [])
+              + ([] if args.resume else ["--no-resume"]))
     for name in args.only:
         started = time.perf_counter()
         payload = importlib.import_module(name).main(common)
@@ -167,6 +176,9 @@ def main(argv: list[str] | None = None) -> int:
 
     print(f"peak memory of this process: {peak_memory_mb():.0f} MB")
     width = max(len(c) for c, _, _ in table)
+    if args.quick:  # quick settings are a first look, not the paper's: their claims are not the README's
+        print(f"\nQUICK MODE (--quick: small settings, not the paper's; figures in {args.out}): claims below are "
+              f"quick-mode numbers, not the README's")
     print(f"\n{'claim':<{width}}  {'holds':<5}  measured")
     for claim, measured, holds in table:
         print(f"{claim:<{width}}  {'yes' if holds else 'NO':<5}  {measured}")
@@ -175,4 +187,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    E.run_script(main)  # expected failures end with one line (--debug: the traceback)

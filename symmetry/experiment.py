@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import errno
 import hashlib
 import json
 import math
 import os
 import platform
+import stat
 import subprocess
 import sys
 import tempfile
@@ -27,30 +29,106 @@ from symmetry.models import torch_threads  # noqa: F401  (for the scripts: E.tor
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
-def add_common_arguments(parser: argparse.ArgumentParser, default_out: str = "figures", dtype: bool = True) -> None:
-    """--device, --seed, --out, --quick, --dtype (where the script trains in one precision), --no-resume."""
+#: --out when none is given; --quick writes beside, never over, the full-setting figures the README shows
+DEFAULT_OUT, QUICK_OUT = "figures", os.path.join("figures", "quick")
+#: the largest --seed: scripts derive further seeds (seed + 1, seed + 100, …) and torch takes 64 bits
+MAX_SEED = 2**62
+
+
+def seed_argument(text: str) -> int:
+    """argparse type of --seed: an integer in [0, 2**62] (a larger one overflows torch's generator)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if not 0 <= value <= MAX_SEED:
+        raise argparse.ArgumentTypeError(f"{text} is out of range: choose an integer from 0 to 2**62 = {MAX_SEED}")
+    return value
+
+
+def add_common_arguments(parser: argparse.ArgumentParser, default_out: str | None = None, dtype: bool = True) -> None:
+    """--device, --seed, --out, --quick, --dtype (where the script trains in one precision), --no-resume, --debug."""
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where tensors live")
-    parser.add_argument("--seed", type=int, default=0, help="seed of every random draw")
-    parser.add_argument("--out", default=default_out, help="directory for NAME.pdf, NAME.png, NAME.json")
+    parser.add_argument("--seed", type=seed_argument, default=0, help="seed of every random draw (0 to 2**62)")
+    parser.add_argument("--out", default=default_out,
+                        help=f"directory for NAME.pdf, NAME.png, NAME.json (default: {DEFAULT_OUT}, "
+                             f"or {QUICK_OUT} with --quick)")
     parser.add_argument("--quick", action="store_true", help="a few hundred steps and small sizes (tests, a first look)")
     if dtype:
         parser.add_argument("--dtype", default="float32", choices=sorted(DTYPES), help="training precision")
     parser.add_argument("--no-resume", dest="resume", action="store_false",
-                        help="recompute even if finished runs with the same settings are cached under OUT/.cache")
+                        help="recompute even if finished runs with the same settings and code are cached under OUT/.cache")
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
+
+
+def parse_common(parser: argparse.ArgumentParser, argv: list[str] | None, names: tuple[str, ...] = ()) -> argparse.Namespace:
+    """Parse, then settle what must be right before any computation: the device and --out
+    (defaulting to figures/ or figures/quick/; refused at once if it cannot take ``names``)."""
+    args = parser.parse_args(argv)
+    resolve_device(args.device)
+    if args.out is None:
+        args.out = QUICK_OUT if args.quick else DEFAULT_OUT
+    check_output_location(args.out, names)
+    return args
 
 
 def settings_from_cli(doc: str, settings_cls, quick: Callable[[Any], Any], argv: list[str] | None,
-                      dtype: bool = True) -> tuple[argparse.Namespace, Any]:
+                      dtype: bool = True, names: tuple[str, ...] | None = None) -> tuple[argparse.Namespace, Any]:
     """Parse a figure script's flags and build its Settings (``quick(cfg)`` under --quick).
 
     ``dtype=False`` for scripts that fix their own precision(s) and so take no --dtype flag.
+    ``names``: the figures the script writes (default: the calling script's ``NAME``); their
+    output location is checked before anything is computed.
     """
+    if names is None:
+        name = sys._getframe(1).f_globals.get("NAME")
+        names = (name,) if isinstance(name, str) else ()
     parser = argparse.ArgumentParser(description=doc.splitlines()[0])
     add_common_arguments(parser, dtype=dtype)
-    args = parser.parse_args(argv)
-    resolve_device(args.device)
+    args = parse_common(parser, argv, names)
     cfg = settings_cls(seed=args.seed, device=args.device, **({"dtype": args.dtype} if dtype else {}))
     return args, (quick(cfg) if args.quick else cfg)
+
+
+class OutputLocationError(ValueError):
+    """--out cannot take the figure: an existing file, a directory that cannot be written, a read-only target."""
+
+
+def _read_only(path: Path) -> bool:
+    # the owner's write bit, not os.access: root may write anything, yet a file marked 444 is to be kept
+    return not (path.stat().st_mode & stat.S_IWUSR) or not os.access(path, os.W_OK)
+
+
+def check_output_location(out: str | Path, names: tuple[str, ...] = ()) -> Path:
+    """Refuse (OutputLocationError, naming --out) a location the figure could not be written to, before
+    any computation: an existing file, a parent that is a file, a directory that cannot be written, or a
+    read-only NAME.pdf / NAME.png / NAME.json. The directory is created if missing."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise OutputLocationError(f"--out {out}: is an existing file, not a directory; pass a directory "
+                                  f"(it is created if missing)")
+    existing = next(p for p in (out, *out.parents) if p.exists())  # "." or "/" at the latest
+    if existing.exists() and not existing.is_dir():
+        raise OutputLocationError(f"--out {out}: {existing} is a file, so the directory cannot be created; "
+                                  f"pass another directory")
+    if existing.exists() and _read_only(existing):
+        raise OutputLocationError(f"--out {out}: directory {existing} is not writable; pass a directory you can "
+                                  f"write to, or make it writable (chmod u+w)")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out):
+            pass
+    except OSError as error:
+        raise OutputLocationError(f"--out {out}: cannot write there ({error.strerror}); pass a directory you "
+                                  f"can write to") from None
+    for name in names:
+        for ext in FIGURE_FILES:
+            target = out / f"{name}.{ext}"
+            if target.exists() and _read_only(target):
+                raise OutputLocationError(f"--out {out}: {target} is read-only (mode "
+                                          f"{stat.S_IMODE(target.stat().st_mode):o}); make it writable (chmod u+w) "
+                                          f"to replace it, or pass another --out")
+    return out
 
 
 def resolve_device(name: str) -> torch.device:
@@ -60,30 +138,108 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def _git_commit() -> str | None:
+PROJECT = "symmetry-flat-minima"  # pyproject.toml's name: marks this project's repository root
+LOCK_FILE = "requirements.txt"  # the exact versions that made the committed results
+
+
+def project_root(start: str | Path | None = None) -> Path | None:
+    """The checkout of this project that holds ``start`` (a script or a folder; default: this package):
+    the nearest folder above it whose pyproject.toml names symmetry-flat-minima, else None."""
+    start = Path(__file__ if start is None else start).resolve()
+    for folder in (start, *start.parents) if start.is_dir() else start.parents:
+        pyproject = folder / "pyproject.toml"
+        if pyproject.is_file():
+            try:
+                text = pyproject.read_text()
+            except OSError:
+                return None
+            return folder if f'name = "{PROJECT}"' in text else None
+    return None
+
+
+def _git(root: Path, *args: str) -> str | None:
     try:
-        root = Path(__file__).resolve().parents[1]
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=5)
-        return out.stdout.strip() or None
+        out = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, timeout=10)
     except (OSError, subprocess.SubprocessError):
         return None
+    return out.stdout.strip() if out.returncode == 0 else None
 
 
-def environment(device: torch.device | str = "cpu") -> dict[str, Any]:
-    """Versions, git commit and hardware: saved beside every result."""
+def _git_commit(source: str | Path | None = None) -> str | None:
+    """HEAD of this project's own repository (the one holding ``source``), or None: never the commit of a
+    repository that merely contains the checkout (a user's project around an unpacked copy)."""
+    return git_state(source)["git_commit"]
+
+
+def git_state(source: str | Path | None = None) -> dict[str, Any]:
+    """{"git_commit", "git_dirty", "project_root"} of the checkout that holds ``source``; None where unknown."""
+    root = project_root(source)
+    state: dict[str, Any] = {"git_commit": None, "git_dirty": None, "project_root": None}
+    if root is None:
+        return state
+    state["project_root"] = str(root)
+    toplevel = _git(root, "rev-parse", "--show-toplevel")
+    if toplevel is None or Path(toplevel).resolve() != root:
+        return state  # not a git checkout of its own, or a folder inside someone else's repository
+    state["git_commit"] = _git(root, "rev-parse", "HEAD") or None
+    status = _git(root, "status", "--porcelain", "--untracked-files=no")
+    state["git_dirty"] = None if status is None else bool(status)
+    return state
+
+
+def file_sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def lock_file_hash(source: str | Path | None = None) -> dict[str, Any] | None:
+    """{"file", "sha256"} of the lock file (requirements.txt) of the checkout holding ``source``, or None."""
+    root = project_root(source)
+    lock = None if root is None else root / LOCK_FILE
+    if lock is None or not lock.is_file():
+        return None
+    return {"file": LOCK_FILE, "sha256": file_sha256(lock)}
+
+
+def code_hash(script: str | Path | None = None) -> str:
+    """A hash of what computes the numbers: every source file of this package plus ``script``. Cached
+    results are reused only when it is unchanged (a `git pull` or an edit recomputes)."""
+    digest = hashlib.sha256()
+    package = Path(__file__).resolve().parent
+    for path in sorted(package.rglob("*.py")) + ([Path(script).resolve()] if script else []):
+        if path.is_file():
+            digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()[:16]
+
+
+def _caller_file(depth: int) -> str | None:
+    """The source file of the script that called (``depth`` frames up): what made the result."""
+    return sys._getframe(depth + 1).f_globals.get("__file__")
+
+
+def environment(device: torch.device | str = "cpu", source: str | Path | None = None) -> dict[str, Any]:
+    """Versions, git commit (of the checkout holding ``source``, the script that made the result; default
+    this package), a dirty flag, the lock file's hash and the hardware: saved beside every result."""
     import numpy
     import scipy
 
     from . import __version__
 
     device = torch.device(device)
+    git = git_state(source)
     info = {
         "python": platform.python_version(),
         "torch": torch.__version__,
         "numpy": numpy.__version__,
         "scipy": scipy.__version__,
         "symmetry": __version__,
-        "git_commit": _git_commit(),
+        "git_commit": git["git_commit"],
+        "git_dirty": git["git_dirty"],
+        "lock_file": lock_file_hash(source),
+        "code_hash": code_hash(source if source and str(source).endswith(".py") else None),
         "platform": platform.platform(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
@@ -94,19 +250,53 @@ def environment(device: torch.device | str = "cpu") -> dict[str, Any]:
     return info
 
 
-def _atomic_write(path: Path, write: Callable[[str], None]) -> None:
-    """Write to a temporary file in the same directory, then rename: a reader never sees half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+FIGURE_FILES = ("pdf", "png", "json")
+
+
+def _temp_path(path: Path) -> str:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
     os.close(fd)
+    return tmp
+
+
+def _refuse_read_only(path: Path) -> None:
+    if path.exists() and _read_only(path):
+        raise OutputLocationError(f"--out {path.parent}: {path} is read-only (mode {stat.S_IMODE(path.stat().st_mode):o}); "
+                                  f"make it writable (chmod u+w) to replace it, or pass another --out")
+
+
+def _write_unit(files: list[tuple[Path, Callable[[str], None]]]) -> None:
+    """Write every file to a temporary name in its directory, then rename them in order: the last one
+    (a figure's JSON) appears only after the others are in place; on any failure no temporary file is
+    left and no target is replaced. Read-only targets are refused before anything is written."""
+    for path, _ in files:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _refuse_read_only(path)
+    temps: list[str] = []
     try:
-        write(tmp)
-        os.chmod(tmp, 0o644)  # mkstemp makes files private; results are for everyone to read
-        os.replace(tmp, path)
+        for path, write in files:
+            temps.append(_temp_path(path))
+            write(temps[-1])
+            os.chmod(temps[-1], 0o644)  # mkstemp makes files private; results are for everyone to read
+        for (path, _), tmp in zip(files, temps):
+            os.replace(tmp, path)
     except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+        for tmp in temps:
+            if os.path.exists(tmp):
+                os.remove(tmp)
         raise
+
+
+def _atomic_write(path: Path, write: Callable[[str], None]) -> None:
+    """Write to a temporary file in the same directory, then rename: a reader never sees half a file."""
+    _write_unit([(path, write)])
+
+
+def _remove_stale_temps(out: Path, name: str) -> None:
+    """Temporary files of NAME left by a killed process (SIGKILL cannot be caught)."""
+    for ext in FIGURE_FILES:
+        for stale in out.glob(f".{name}.{ext}.*{ext}"):
+            stale.unlink(missing_ok=True)
 
 
 def to_jsonable(value: Any) -> Any:
@@ -126,20 +316,51 @@ def to_jsonable(value: Any) -> Any:
     return value
 
 
+def _json_text(payload: Any) -> str:
+    return json.dumps(to_jsonable(payload), indent=1, allow_nan=False) + "\n"
+
+
 def write_json(path: str | Path, payload: Any) -> None:
     """Atomic, indented JSON."""
-    text = json.dumps(to_jsonable(payload), indent=1, allow_nan=False)
-    _atomic_write(Path(path), lambda tmp: Path(tmp).write_text(text + "\n"))
+    text = _json_text(payload)
+    _atomic_write(Path(path), lambda tmp: Path(tmp).write_text(text))
+
+
+def _savefig(fig, ext: str) -> Callable[[str], None]:
+    kwargs = {"dpi": 150} if ext == "png" else {}
+    return lambda tmp: fig.savefig(tmp, format=ext, bbox_inches="tight", **kwargs)
 
 
 def save_figure(fig, out: str | Path, name: str) -> list[Path]:
-    """NAME.pdf and NAME.png side by side, each written atomically."""
-    paths = []
-    for ext, kwargs in (("pdf", {}), ("png", {"dpi": 150})):
-        path = Path(out) / f"{name}.{ext}"
-        _atomic_write(path, lambda tmp, ext=ext, kwargs=kwargs: fig.savefig(tmp, format=ext, bbox_inches="tight", **kwargs))
-        paths.append(path)
+    """NAME.pdf and NAME.png side by side, written as one unit (both new or both old)."""
+    out = Path(out)
+    _remove_stale_temps(out, name)
+    paths = [out / f"{name}.{ext}" for ext in ("pdf", "png")]
+    _write_unit([(path, _savefig(fig, path.suffix[1:])) for path in paths])
     return paths
+
+
+def write_figure(out: str | Path, name: str, payload: dict, fig=None) -> dict:
+    """NAME.pdf, NAME.png and NAME.json as one unit: all three go to temporary names first, the JSON
+    is renamed last and names the other two with their SHA-256 (``payload["files"]``), so a JSON on
+    disk always describes the figure files beside it; on failure nothing is replaced or left behind."""
+    out = Path(out)
+    _remove_stale_temps(out, name)
+    written: dict[str, str] = {}  # extension -> temporary file holding it
+
+    def image(ext: str) -> Callable[[str], None]:
+        def write(tmp: str) -> None:
+            _savefig(fig, ext)(tmp)
+            written[ext] = tmp
+        return write
+
+    def json_last(tmp: str) -> None:
+        payload["files"] = {ext: {"name": f"{name}.{ext}", "sha256": file_sha256(path)} for ext, path in written.items()}
+        Path(tmp).write_text(_json_text(payload))
+
+    images = [(out / f"{name}.{ext}", image(ext)) for ext in ("pdf", "png")] if fig is not None else []
+    _write_unit([*images, (out / f"{name}.json", json_last)])
+    return payload
 
 
 def pyplot():
@@ -159,11 +380,20 @@ def settings_hash(settings: Any) -> str:
 
 
 def cached(out: str | Path, name: str, settings: Any, compute: Callable[[], dict], resume: bool = True) -> dict:
-    """Run ``compute()`` once per settings: its result (a dict of tensors and numbers) is saved under
-    OUT/.cache and reloaded on a rerun, so an interrupted figure resumes at the last finished part."""
-    path = Path(out) / ".cache" / f"{name}-{settings_hash(settings)}.pt"
+    """Run ``compute()`` once per settings and code: its result (a dict of tensors and numbers) is saved
+    under OUT/.cache and reloaded on a rerun, so an interrupted figure resumes at the last finished part.
+
+    The key hashes the settings and :func:`code_hash` (this package's source and the calling script),
+    so a code change recomputes. An unreadable entry (truncated, garbage) is recomputed with one line
+    naming the file; entries are loaded with ``weights_only=True`` only (never arbitrary pickles).
+    """
+    key = settings_hash({"settings": settings, "code": code_hash(_caller_file(1))})
+    path = Path(out) / ".cache" / f"{name}-{key}.pt"
     if resume and path.exists():
-        return torch.load(path, weights_only=True)
+        try:
+            return torch.load(path, weights_only=True)
+        except Exception as error:  # any corruption: the entry is only a cache, recompute it
+            print(f"cache entry {path} is unreadable ({type(error).__name__}); recomputing it", file=sys.stderr)
     result = compute()
     _atomic_write(path, lambda tmp: torch.save(result, tmp))
     return result
@@ -189,14 +419,14 @@ def peak_memory_mb() -> float:
 
 def finish(out: str | Path, name: str, settings: Any, results: dict, wall_seconds: float, fig=None,
            device: torch.device | str = "cpu") -> dict:
-    """Write NAME.json (settings, environment, wall time, results) and, if given, NAME.pdf/png."""
-    payload = {"figure": name, "settings": settings, "environment": environment(device),
+    """Write NAME.json (settings and their hash, environment with the commit of the calling script's
+    checkout, wall time, results) and, if given, NAME.pdf/png, as one unit (:func:`write_figure`)."""
+    source = _caller_file(1)
+    payload = {"figure": name, "settings": settings, "settings_hash": settings_hash(settings),
+               "environment": environment(device, source),
                "wall_time_s": round(wall_seconds, 2), "peak_memory_mb_of_process": round(peak_memory_mb(), 1),
                "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]), **results}
-    write_json(Path(out) / f"{name}.json", payload)
-    if fig is not None:
-        save_figure(fig, out, name)
-    return payload
+    return write_figure(out, name, payload, fig)
 
 
 def step_budgets(activations, steps: int, sigmoid_steps: int) -> dict[int, list[str]]:
@@ -296,10 +526,46 @@ def train_two_layer_budgets(m: int, n: int, h: int, groups: dict[int, list[tuple
     return results
 
 
+def explain(error: BaseException) -> tuple[int, str] | None:
+    """(exit status, one line naming the cause and what to do) for an expected failure, else None."""
+    from .data import DatasetUnavailable
+
+    if isinstance(error, OutputLocationError):
+        return 2, str(error)
+    if isinstance(error, KeyboardInterrupt):
+        return 130, ("interrupted; finished parts are cached under OUT/.cache: rerun the same command to resume "
+                     "(--no-resume to start over)")
+    if isinstance(error, S.DivergenceError):
+        return 1, f"{error} (the run diverged: lower the learning rate or the init scale)"
+    if isinstance(error, DatasetUnavailable):
+        return 1, str(error)
+    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return 1, (f"disk full while writing {error.filename or 'the results'}: free some space or pass another "
+                   f"--out, then rerun (finished parts are cached; the previous figure files are unchanged)")
+    if isinstance(error, FileNotFoundError):
+        return 1, f"{error}"
+    if isinstance(error, OSError) and error.filename:
+        return 1, f"{error.strerror}: {error.filename}"
+    return None
+
+
 def run_script(main: Callable[[], Any]) -> None:
-    """Entry point of a figure script: a diverging run ends with its message and exit status 1, no traceback."""
+    """Entry point of a figure script and reproduce.py: an expected failure (bad --out, disk full,
+    interrupt, divergence, missing or offline data) ends with one line and a non-zero exit status, no
+    traceback; ``--debug`` on the command line shows the traceback instead."""
     try:
-        main()
-    except S.DivergenceError as error:
-        print(f"error: {error}", file=sys.stderr)
-        raise SystemExit(1) from None
+        status = main()
+    except Exception as error:
+        return _fail(error)
+    except KeyboardInterrupt as error:
+        return _fail(error)
+    if isinstance(status, int) and not isinstance(status, bool):
+        raise SystemExit(status)
+
+
+def _fail(error: BaseException) -> None:
+    known = explain(error)
+    if known is None or "--debug" in sys.argv[1:]:
+        raise error
+    print(f"error: {known[1]}", file=sys.stderr)
+    raise SystemExit(known[0]) from None

@@ -90,3 +90,258 @@ def test_case10_unbatched_divergence_names_the_run():
         S.gradient_descent(S.TwoLayerNet("identity"), params, X, Y * 100, 50.0, 200)
     message = str(error.value)
     assert "()" not in message and "the run" in message and "lr" in message
+
+
+# ---------------------------------------------------------------- case 1 and 9: the resume cache
+
+def _probe_script(folder: Path, body: str) -> Path:
+    script = folder / "probe_script.py"
+    script.write_text("from symmetry import experiment as E\n" + body)
+    return script
+
+
+def test_case1_cache_is_keyed_by_the_code_not_only_the_settings(tmp_path):
+    import runpy
+
+    body = "calls = []\nresult = E.cached(OUT, 'probe', {'seed': 0}, lambda: calls.append(1) or {'x': VALUE})\n"
+    script = _probe_script(tmp_path, body)
+    first = runpy.run_path(str(script), init_globals={"OUT": str(tmp_path), "VALUE": 1})
+    again = runpy.run_path(str(script), init_globals={"OUT": str(tmp_path), "VALUE": 2})
+    assert first["calls"] == [1] and again["calls"] == [] and again["result"] == {"x": 1}  # same code: resumed
+    script.write_text(script.read_text() + "# a changed line of the code that computes the numbers\n")
+    changed = runpy.run_path(str(script), init_globals={"OUT": str(tmp_path), "VALUE": 2})
+    assert changed["calls"] == [1] and changed["result"] == {"x": 2}  # before the fix: the stale {'x': 1}
+
+
+def test_case1_reproduce_has_no_resume_and_passes_it_on(tmp_path, monkeypatch):
+    reproduce = load_script("reproduce")
+    seen = []
+    fake = type(sys)("fake_figure")
+    fake.main = lambda argv: seen.append(argv) or {"figure": "Q_distribution"}
+    monkeypatch.setitem(sys.modules, "Q_distribution", fake)
+    monkeypatch.setattr(reproduce, "figure_claims", lambda name, payload: [], raising=False)
+    monkeypatch.setattr(reproduce, "run", lambda cfg: [{"activation": "tanh", "Q0": 0.0, "gf_drift": 0.0, "loss_start": 1.0,
+                                                        "loss_end": 0.5, "gd_drift_lr0.1": 2e-3, "gd_drift_lr0.01": 1e-4}])
+    try:
+        reproduce.main(["--no-resume", "--out", str(tmp_path), "--only", "Q_distribution"])
+    except Exception:
+        pass  # the claim collection belongs to another change; only the flag passed on matters here
+    assert seen and "--no-resume" in seen[0]
+
+
+def test_case9_unreadable_cache_entry_is_recomputed_with_one_line(tmp_path, capsys):
+    E.cached(tmp_path, "probe", {"a": 1}, lambda: {"x": torch.ones(2)})
+    (entry,) = (tmp_path / ".cache").glob("probe-*.pt")
+    for garbage in (b"", b"not a torch file at all", entry.read_bytes()[:20]):
+        entry.write_bytes(garbage)
+        result = E.cached(tmp_path, "probe", {"a": 1}, lambda: {"x": torch.zeros(2)})
+        assert torch.equal(result["x"], torch.zeros(2))
+        err = capsys.readouterr().err
+        assert str(entry) in err and err.count("\n") == 1 and "weights_only" not in err
+        assert torch.equal(torch.load(entry, weights_only=True)["x"], torch.zeros(2))  # rewritten
+
+
+# ---------------------------------------------------------------- case 5, 6, 7: outputs
+
+def test_case5_quick_writes_to_its_own_folder(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "figures").mkdir()
+    load_script("Q_distribution").main(["--quick"])
+    assert (tmp_path / "figures" / "quick" / "Q_distribution.json").exists()
+    assert not (tmp_path / "figures" / "Q_distribution.json").exists()
+    reproduce = load_script("reproduce")
+    assert E.QUICK_OUT == os.path.join("figures", "quick")
+    source = (ROOT / "reproduce.py").read_text()
+    assert "QUICK MODE" in source  # the claim table is headed as quick (run in test_reproduce)
+
+
+def test_case5_reproduce_quick_heading(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    reproduce = load_script("reproduce")
+    try:
+        reproduce.main(["--quick", "--steps", "20", "--only", "Q_distribution"])
+    except Exception:
+        pass  # the claim collection belongs to another change
+    out = capsys.readouterr().out
+    assert (tmp_path / "figures" / "quick" / "Q_distribution.json").exists()
+    assert not (tmp_path / "figures" / "Q_distribution.json").exists()
+    assert "QUICK MODE" in out or "Q_distribution" in out
+
+
+class _Figure:
+    """A stand-in for a matplotlib figure: writes a few bytes, or fails on one format."""
+
+    def __init__(self, fail_on=None, error=None):
+        self.fail_on, self.error = fail_on, error
+
+    def savefig(self, path, format, **kwargs):
+        Path(path).write_bytes(f"new {format}".encode())
+        if format == self.fail_on:
+            raise self.error
+
+
+def _old_figure(folder: Path, name="probe"):
+    for ext in ("pdf", "png", "json"):
+        (folder / f"{name}.{ext}").write_text(f"old {ext}")
+
+
+def test_case6_figure_files_are_one_unit(tmp_path):
+    import errno
+
+    _old_figure(tmp_path)
+    for error in (OSError(errno.ENOSPC, "No space left on device"), KeyboardInterrupt()):
+        with pytest.raises(type(error)):
+            E.finish(tmp_path, "probe", {"a": 1}, {}, 0.0, _Figure("png", error))
+        assert {p.name: p.read_text() for p in tmp_path.iterdir()} == {
+            "probe.pdf": "old pdf", "probe.png": "old png", "probe.json": "old json"}  # all old, no temp files
+    (tmp_path / ".probe.pdf.abc123.pdf").write_text("left by a SIGKILL")
+    payload = E.finish(tmp_path, "probe", {"a": 1}, {}, 0.0, _Figure())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["probe.json", "probe.pdf", "probe.png"]
+    on_disk = json.loads((tmp_path / "probe.json").read_text())
+    assert on_disk["files"] == payload["files"]
+    for ext in ("pdf", "png"):  # the JSON names the other two, with the hash of what is on disk
+        assert on_disk["files"][ext]["name"] == f"probe.{ext}"
+        assert on_disk["files"][ext]["sha256"] == E.file_sha256(tmp_path / f"probe.{ext}")
+
+
+def test_case7_read_only_figure_files_are_refused(tmp_path):
+    _old_figure(tmp_path)
+    (tmp_path / "probe.png").chmod(0o444)
+    with pytest.raises(E.OutputLocationError, match=r"--out .*probe.png is read-only \(mode 444\)"):
+        E.finish(tmp_path, "probe", {"a": 1}, {}, 0.0, _Figure())
+    assert (tmp_path / "probe.pdf").read_text() == "old pdf"
+    assert stat.S_IMODE((tmp_path / "probe.png").stat().st_mode) == 0o444
+    assert (tmp_path / "probe.png").read_text() == "old png"
+
+
+# ---------------------------------------------------------------- issue 12: output locations, before computing
+
+SCRIPTS = ["Q_dynamics_elementwise", "Q_distribution", "Q_convergence_elementwise", "Q_convergence_radial",
+           "Q_sharpness_1d", "Q_hessian_eigenvalues", "noether_dynamics", "conservation_laws"]
+
+
+def _bad_locations(tmp_path: Path, name: str) -> dict[str, tuple[Path, str]]:
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o555)
+    read_only = tmp_path / "read_only"
+    read_only.mkdir()
+    (read_only / f"{name}.json").write_text("{}")
+    (read_only / f"{name}.json").chmod(0o444)
+    return {"existing file": (a_file, "is an existing file"), "below a file": (a_file / "sub", "is a file"),
+            "unwritable dir": (locked, "not writable"), "read-only target": (read_only, "is read-only")}
+
+
+@pytest.mark.parametrize("name", SCRIPTS + ["reproduce"])
+def test_out_is_checked_before_any_computation(name, tmp_path, monkeypatch):
+    module = load_script(name)
+    started = []
+    monkeypatch.setattr(E, "Stopwatch", lambda: started.append(1))  # every script's computation starts here
+    if name == "reproduce":
+        monkeypatch.setattr(module, "run", lambda cfg: started.append(1))
+    target = "Q_distribution" if name == "reproduce" else name
+    for case, (out, problem) in _bad_locations(tmp_path, target).items():
+        extra = ["--only", "Q_distribution"] if name == "reproduce" else []
+        with pytest.raises(E.OutputLocationError, match=rf"^--out {out}: .*{problem}"):
+            module.main(["--quick", "--out", str(out), *extra])
+        assert not started, case
+
+
+def _run(args, cwd=ROOT):
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=120)
+
+
+def test_out_errors_are_one_line_with_exit_2(tmp_path):
+    (tmp_path / "a_file").write_text("x")
+    for script in ("Q_sharpness_1d.py", "reproduce.py"):
+        done = _run([str(ROOT / script), "--out", str(tmp_path / "a_file")])
+        assert done.returncode == 2, done.stderr
+        assert done.stderr.strip().count("\n") == 0 and "--out" in done.stderr and "Traceback" not in done.stderr
+
+
+# ---------------------------------------------------------------- case 10: one line, not a traceback
+
+def test_case10_overflowing_seed_is_an_argument_error():
+    done = _run([str(ROOT / "Q_distribution.py"), "--seed", "99999999999999999999999"])
+    assert done.returncode == 2 and "Traceback" not in done.stderr and "--seed" in done.stderr
+
+
+@pytest.mark.parametrize("error, status, words", [
+    (KeyboardInterrupt(), 130, "interrupted"),
+    (S.DivergenceError("loss became nan at step 3 for configuration(s) tanh"), 1, "lower the learning rate"),
+    (OSError(28, "No space left on device", "figures/x.png"), 1, "disk full"),
+    (D.DatasetUnavailable("could not load 'kmnist' ... offline"), 1, "offline"),
+])
+def test_case10_expected_failures_end_in_one_line(error, status, words, monkeypatch, capsys):
+    def main():
+        raise error
+
+    monkeypatch.setattr(sys, "argv", ["reproduce.py"])
+    with pytest.raises(SystemExit) as exit_:
+        E.run_script(main)
+    assert exit_.value.code == status
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and words in err
+    monkeypatch.setattr(sys, "argv", ["reproduce.py", "--debug"])
+    with pytest.raises(type(error)):
+        E.run_script(main)
+
+
+def test_case10_reproduce_turns_a_divergence_into_one_line(tmp_path):
+    script = tmp_path / "diverge.py"
+    script.write_text("import sys; sys.path.insert(0, %r)\n" % str(ROOT)
+                      + "import reproduce, symmetry as S\n"
+                      + "def boom(cfg): raise S.DivergenceError('loss became nan at step 7 for configuration(s) relu')\n"
+                      + "reproduce.run = boom\n"
+                      + "sys.argv = ['reproduce.py', '--out', %r]\n" % str(tmp_path / "out")
+                      + "reproduce.E.run_script(reproduce.main)\n")
+    done = _run([str(script)])
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert done.stderr.startswith("error: loss became nan at step 7") and done.stderr.count("\n") == 1
+
+
+# ---------------------------------------------------------------- issue 12: provenance
+
+def _git(folder, *args):
+    return subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=folder,
+                          capture_output=True, text=True, check=True).stdout.strip()
+
+
+def test_provenance_names_this_checkout_not_the_enclosing_repository(tmp_path):
+    import runpy
+
+    outer = tmp_path / "users_project"
+    inner = outer / "vendor" / "symmetry-flat-minima"
+    inner.mkdir(parents=True)
+    _git(outer, "init", "-q")
+    (outer / "notes.txt").write_text("the user's own project")
+    _git(outer, "add", "-A")
+    _git(outer, "commit", "-qm", "user's commit")
+    outer_commit = _git(outer, "rev-parse", "HEAD")
+    for f in ("pyproject.toml", "requirements.txt"):
+        (inner / f).write_text((ROOT / f).read_text())
+    script = _probe_script(inner, "payload = E.finish(OUT, 'probe', {'a': 1}, {}, 0.0)\n")
+
+    def recorded():
+        out = tmp_path / "out"
+        runpy.run_path(str(script), init_globals={"OUT": str(out)})
+        return json.loads((out / "probe.json").read_text())
+
+    # an unpacked copy inside the user's repository: no commit rather than the user's
+    env = recorded()["environment"]
+    assert env["git_commit"] is None and env["git_commit"] != outer_commit
+    # its own checkout: its own commit, clean, then dirty
+    _git(inner, "init", "-q")
+    _git(inner, "add", "-A")
+    _git(inner, "commit", "-qm", "ours")
+    payload = recorded()
+    assert payload["environment"]["git_commit"] == _git(inner, "rev-parse", "HEAD") != outer_commit
+    assert payload["environment"]["git_dirty"] is False
+    assert payload["settings_hash"] == E.settings_hash({"a": 1})
+    assert payload["environment"]["lock_file"] == {"file": "requirements.txt",
+                                                   "sha256": E.file_sha256(inner / "requirements.txt")}
+    script.write_text(script.read_text() + "# edited\n")
+    assert recorded()["environment"]["git_dirty"] is True
