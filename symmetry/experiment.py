@@ -528,7 +528,7 @@ def train_two_layer_budgets(m: int, n: int, h: int, groups: dict[int, list[tuple
 
 def explain(error: BaseException) -> tuple[int, str] | None:
     """(exit status, one line naming the cause and what to do) for an expected failure, else None."""
-    from .data import DatasetUnavailable
+    from .data import DataError, DatasetUnavailable
 
     if isinstance(error, OutputLocationError):
         return 2, str(error)
@@ -537,7 +537,7 @@ def explain(error: BaseException) -> tuple[int, str] | None:
                      "(--no-resume to start over)")
     if isinstance(error, S.DivergenceError):
         return 1, f"{error} (the run diverged: lower the learning rate or the init scale)"
-    if isinstance(error, DatasetUnavailable):
+    if isinstance(error, (DatasetUnavailable, DataError)):
         return 1, str(error)
     if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
         return 1, (f"disk full while writing {error.filename or 'the results'}: free some space or pass another "

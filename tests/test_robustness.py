@@ -345,3 +345,131 @@ def test_provenance_names_this_checkout_not_the_enclosing_repository(tmp_path):
                                                    "sha256": E.file_sha256(inner / "requirements.txt")}
     script.write_text(script.read_text() + "# edited\n")
     assert recorded()["environment"]["git_dirty"] is True
+
+
+# ---------------------------------------------------------------- case 3, 8, 10: data
+
+def _image(path: Path, size=(32, 32), seed=0):
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    array = torch.randint(0, 256, (size[1], size[0], 3), generator=torch.Generator().manual_seed(seed),
+                          dtype=torch.uint8)
+    Image.fromarray(array.numpy()).save(path)
+
+
+def _tree(root: Path, train=("cat", "dog"), test=("cat", "dog"), per_class=2):
+    for split, classes in (("train", train), ("test", test)):
+        for c in classes:
+            for i in range(per_class):
+                _image(root / split / c / f"{i}.png", seed=hash((split, c, i)) % 1000)
+    return root
+
+
+def test_case3_one_class_list_for_both_splits(tmp_path):
+    root = _tree(tmp_path / "cifar")
+    (root / "train" / "bird").mkdir()  # an empty class folder in one split only
+    data = D.load_cifar10(root, cache=False)
+    assert data["classes"] == ["bird", "cat", "dog"]
+    assert data["train_y"].tolist() == [1, 1, 2, 2] and data["test_y"].tolist() == [1, 1, 2, 2]
+    assert data["train_classes"] == data["test_classes"] == data["classes"]
+
+
+def test_case8_cache_sees_a_new_image(tmp_path):
+    root = _tree(tmp_path / "cifar", per_class=1)
+    assert len(D.load_cifar10(root)["train_y"]) == 2
+    _image(root / "train" / "cat" / "new.png", seed=9)
+    assert len(D.load_cifar10(root)["train_y"]) == 3  # before the fix: the stale 2
+    assert len(list((root / ".cache").glob("cifar10-folder-*.pt"))) == 1  # the stale entry is replaced
+
+
+def test_case8_read_only_root_caches_in_the_user_cache_dir(tmp_path, monkeypatch, capsys):
+    root = _tree(tmp_path / "cifar", per_class=1)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "user-cache"))
+    root.chmod(0o555)
+    try:
+        data = D.load_cifar10(root)
+        assert not (root / ".cache").exists()
+        assert list((tmp_path / "user-cache" / "symmetry").rglob("cifar10-folder-*.pt"))
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "read-only" in err and str(tmp_path / "user-cache") in err
+        assert torch.equal(D.load_cifar10(root)["train_x"], data["train_x"])
+    finally:
+        root.chmod(0o755)
+
+
+def test_case10_broken_archive_names_itself_and_leaves_nothing(tmp_path):
+    archive = tmp_path / "cifar10-jpeg.tar.gz"
+    archive.write_bytes(b"\x1f\x8b\x08\x00 certainly not a whole gzip stream")
+    with pytest.raises(D.DataError, match=f"{archive}.*download it again"):
+        D.load_cifar10(archive, extract_to=tmp_path / "work")
+    assert list((tmp_path / "work").iterdir()) == []  # no .extract-* left behind
+
+
+def test_case10_a_bad_image_names_its_file(tmp_path):
+    root = _tree(tmp_path / "cifar", per_class=1)
+    _image(root / "test" / "dog" / "big.png", size=(40, 30))
+    with pytest.raises(D.DataError, match=r"big\.png.*40x30.*32x32"):
+        D.load_cifar10(root, cache=False)
+    (root / "test" / "dog" / "big.png").unlink()
+    (root / "train" / "cat" / "broken.png").write_bytes(b"not a png")
+    with pytest.raises(D.DataError, match=r"broken\.png"):
+        D.load_cifar10(root, cache=False)
+
+
+def test_data_defaults_to_data_inside_the_repository():
+    import inspect
+
+    assert D.default_data_root() == ROOT / "data"
+    for function in (D.load_cifar10, D.load_image_dataset):
+        default = inspect.signature(function).parameters["root"].default
+        assert default is None  # resolved to default_data_root(), never a path outside the repository
+    for notebook in ("ensemble_CIFAR.ipynb", "adversarial_CIFAR.ipynb"):
+        source = json.loads((ROOT / notebook).read_text())
+        text = "".join("".join(c["source"]) for c in source["cells"])
+        assert "shared/data" not in text and 'DATA = "data/"' in text
+
+
+def test_missing_default_data_is_downloaded_by_torchvision(tmp_path, monkeypatch):
+    calls = []
+
+    class FakeCIFAR10:
+        def __init__(self, root, train, download):
+            calls.append((root, train, download))
+            self.data = torch.zeros(3 if train else 2, 32, 32, 3, dtype=torch.uint8).numpy()
+            self.targets = [0, 1, 0][: len(self.data)]
+            self.classes = ["airplane", "automobile"]
+            (Path(root) / "cifar-10-batches-py").mkdir(parents=True, exist_ok=True)
+
+    import torchvision.datasets
+
+    monkeypatch.setattr(torchvision.datasets, "CIFAR10", FakeCIFAR10)
+    monkeypatch.setattr(D, "default_data_root", lambda: tmp_path / "data")
+    data = D.load_cifar10(cache=False)
+    assert calls and all(download for _, _, download in calls) and calls[0][0] == str(tmp_path / "data")
+    assert data["train_x"].shape == (3, 3, 32, 32)
+
+
+def test_offline_missing_data_says_what_to_pass(tmp_path, monkeypatch):
+    import urllib.error
+
+    class Offline:
+        def __init__(self, root, train, download):
+            raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
+
+    import torchvision.datasets
+
+    monkeypatch.setattr(torchvision.datasets, "CIFAR10", Offline)
+    monkeypatch.setattr(D, "default_data_root", lambda: tmp_path / "data")
+    with pytest.raises(D.DatasetUnavailable) as error:
+        D.load_cifar10()
+    message = str(error.value)
+    for words in ("ImageFolder", ".tar.gz", "cifar-10-batches-py", "load_cifar10(", "offline"):
+        assert words in message, words
+
+
+def test_case11_notebooks_say_to_set_DATA():
+    for notebook in ("ensemble_CIFAR.ipynb", "adversarial_CIFAR.ipynb"):
+        cells = json.loads((ROOT / notebook).read_text())["cells"]
+        loading = next("".join(c["source"]) for c in cells if "load_cifar10(DATA)" in "".join(c["source"]))
+        assert "except" in loading and "set DATA in the first cell" in loading
