@@ -16,7 +16,7 @@ import torch
 
 from .activations import ActivationLike, get_activation
 from .models import jvp
-from .validation import check_alike, check_choice, check_finite_tensor, check_params, check_square
+from .validation import check_alike, check_choice, check_finite_tensor, check_group_element, check_params, check_square
 
 Tensor = torch.Tensor
 Params = tuple[Tensor, ...]
@@ -33,16 +33,14 @@ class RankDeficiencyWarning(UserWarning):
 
 def linear_action(g: Tensor, params: Params) -> Params:
     """(U, V) ↦ (U g⁻¹, V gᵀ): GL_h on a linear layer pair (Example 2, π(g) = g)."""
-    U, V = params
-    check_square("g", g, U.shape[-1])
+    U, V = check_group_element("g", g, params)
     # U g⁻¹ = (g⁻ᵀ Uᵀ)ᵀ: a solve, not an inverse
     return torch.linalg.solve(g.mT, U.mT).mT, V @ g.mT
 
 
 def scaling_action(g: Tensor, params: Params, alpha: float = 1.0) -> Params:
     """(U, V) ↦ (U g^{−α}, V g) for positive diagonal g: α-homogeneous σ (Example 3, π(g) = g^α)."""
-    U, V = params
-    check_square("g", g, U.shape[-1])
+    U, V = check_group_element("g", g, params)
     c = torch.diagonal(g, dim1=-2, dim2=-1)
     if not torch.equal(torch.diag_embed(c), g) or not bool((c > 0).all()):
         raise ValueError("g must be diagonal with positive entries for the positive scaling group (Example 3)")
@@ -51,8 +49,7 @@ def scaling_action(g: Tensor, params: Params, alpha: float = 1.0) -> Params:
 
 def orthogonal_action(g: Tensor, params: Params) -> Params:
     """(U, V) ↦ (U gᵀ, V gᵀ) for g ∈ O(h): radial rescaling σ (Example 5, π(g) = g, g⁻¹ = gᵀ)."""
-    U, V = params
-    check_square("g", g, U.shape[-1])
+    U, V = check_group_element("g", g, params)
     eye = torch.eye(g.shape[-1], dtype=g.dtype, device=g.device)
     if not torch.allclose(g.mT @ g, eye, atol=1e-6 if g.dtype == torch.float64 else 1e-4):
         raise ValueError("g must be orthogonal (gᵀg = I) for the O(h) action on radial nets (Example 5)")
@@ -65,8 +62,7 @@ def neuron_scaling_action(g: Tensor, params: Params) -> Params:
     g(c v) = g(v)/c for f(r) = r⁻², so scaling neuron i's incoming weights by c_i is undone
     by scaling its outgoing weights by c_i; its conserved quantity is λ_i = ‖u_i‖² + ‖v_i‖².
     """
-    U, V = params
-    check_square("g", g, U.shape[-1])
+    U, V = check_group_element("g", g, params)
     c = torch.diagonal(g, dim1=-2, dim2=-1)
     if not torch.equal(torch.diag_embed(c), g):
         raise ValueError("g must be diagonal for the per-neuron scaling of the radial net")
@@ -150,10 +146,7 @@ def nonlinear_action(g: Tensor, params: Params, X: Tensor | None, activation: Ac
     X = None means X = I_n (k = n). Prop. 8 is a group action and a symmetry only for a
     square batch (h = k); ``square_only=False`` computes the map anyway.
     """
-    U, V = check_params("params", params, 2)
-    check_square("g", g, V.shape[-1])
-    check_finite_tensor("g", g)
-    check_alike("g", g, U, "params[0]")
+    U, V = check_group_element("g", g, params)
     if X is not None:
         check_finite_tensor("X", X)
         check_alike("X", X, U, "params[0]")

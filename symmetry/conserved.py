@@ -44,13 +44,13 @@ def normalized_Q(params: Params, activation: ActivationLike, initial: Params) ->
 
 def imbalance_matrix(params: Params) -> Tensor:
     """UᵀU − VᵀV (h × h): every entry is conserved for a linear two-layer net (Example 7)."""
-    U, V = check_params("params", params, 2)
+    U, V = check_two_layer("params", params)
     return U.mT @ U - V.mT @ V
 
 
 def homogeneous_imbalance(params: Params, alpha: float = 1.0) -> Tensor:
     """diag[α UᵀU − VᵀV] = α‖u_i‖² − ‖v_i‖², conserved for α-homogeneous σ (Example 9). Shape (..., h)."""
-    U, V = check_params("params", params, 2)
+    U, V = check_two_layer("params", params)
     return alpha * (U * U).sum(dim=-2) - (V * V).sum(dim=-2)
 
 
@@ -78,7 +78,7 @@ def radial_lambda(params: Params) -> Tensor:
     Conserved for Prop. 14's radial net from any init (its per-neuron scaling symmetry);
     under spectral init it equals ū_i² + v̄_i², the rate constant of Prop. 15–16.
     """
-    U, V = check_params("params", params, 2)
+    U, V = check_two_layer("params", params)
     return (U * U).sum(dim=-2) + (V * V).sum(dim=-2)
 
 
@@ -89,7 +89,7 @@ def angular_momentum(params: Params, velocities: Params) -> Tensor:
     gradient flow: in each plane the rows of U and of V carry opposite angular momenta
     (the paper's V is our Vᵀ, hence its minus sign). Shape (..., h, h).
     """
-    U, V = check_params("params", params, 2)
+    U, V = check_two_layer("params", params)
     dU, dV = velocities
     B = U.mT @ dU + V.mT @ dV
     return B - B.mT

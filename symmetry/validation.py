@@ -162,3 +162,13 @@ def check_two_layer(argument: str, params: Sequence) -> tuple[torch.Tensor, torc
         raise ValueError(f"{argument}: U {tuple(U.shape)} and V {tuple(V.shape)} must share the hidden width "
                          f"(last dimension) and the batch shape: U is (..., m, h), V is (..., n, h)")
     return U, V
+
+
+def check_group_element(argument: str, g, params: Sequence) -> tuple[torch.Tensor, torch.Tensor]:
+    """``params`` = (U, V) of a two-layer net and ``g`` a finite square matrix of its hidden width, of
+    the parameters' dtype and device; returns (U, V)."""
+    U, V = check_two_layer("params", params)
+    check_finite_tensor(argument, g)
+    check_square(argument, g, U.shape[-1])
+    check_alike(argument, g, U, "params[0]")
+    return U, V

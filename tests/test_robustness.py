@@ -473,3 +473,95 @@ def test_case11_notebooks_say_to_set_DATA():
         cells = json.loads((ROOT / notebook).read_text())["cells"]
         loading = next("".join(c["source"]) for c in cells if "load_cifar10(DATA)" in "".join(c["source"]))
         assert "except" in loading and "set DATA in the first cell" in loading
+
+
+# ---------------------------------------------------------------- property: invalid input → ValueError/TypeError
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+NOT_A_NUMBER = st.one_of(st.text(max_size=5), st.none(), st.booleans(), st.complex_numbers(allow_nan=False).filter(
+    lambda z: z.imag != 0), st.lists(st.text(max_size=2), max_size=2), st.dictionaries(st.text(max_size=2), st.integers()))
+BAD_RATE = st.one_of(NOT_A_NUMBER, st.floats(max_value=0.0), st.just(math.nan), st.just(math.inf),
+                     st.integers(max_value=0))
+BAD_COUNT = st.one_of(NOT_A_NUMBER.filter(lambda v: not isinstance(v, list)), st.integers(max_value=-1),
+                      st.floats(allow_nan=True))
+BAD_TIMES = st.one_of(
+    st.just([]), st.text(min_size=1, max_size=3), st.none(),
+    st.lists(st.floats(min_value=0, max_value=10), min_size=1, max_size=4).map(lambda t: t + [math.nan]),
+    st.lists(st.floats(min_value=0, max_value=10), min_size=1, max_size=4).map(lambda t: t + [math.inf]),
+    st.lists(st.floats(max_value=-1e-3, allow_nan=False, allow_infinity=False), min_size=1, max_size=4),
+    st.floats(min_value=1e-3, max_value=10).map(lambda t: [t, t / 2]),
+    st.lists(NOT_A_NUMBER.filter(lambda v: v is not None and not isinstance(v, (bool, list, dict))), min_size=1, max_size=3))
+BAD_PARAMS = st.one_of(
+    NOT_A_NUMBER, st.integers(0, 5).map(lambda k: tuple(torch.zeros(3, 4, dtype=DTYPE) for _ in range(k)) if k != 2 else 0),
+    st.sampled_from([(randn(3, 4), randn(5, 3)), (randn(3, 4), randn(5, 4).float()), (randn(4), randn(5, 4)),
+                     (randn(2, 3, 4), randn(5, 4)), (randn(3, 4), randn(5, 4).int()),
+                     (randn(3, 4) * math.nan, randn(5, 4)), [randn(3, 4).numpy(), randn(5, 4)]]))
+INVALID = (ValueError, TypeError)
+PROBLEM = two_layer_problem(3, 4, 4)
+
+
+def _raises_only_value_or_type_error(call):
+    try:
+        call()
+    except INVALID:
+        return
+    except Exception as error:  # anything else is a raw error leaking out of the library
+        pytest.fail(f"{type(error).__name__}: {error}")
+    pytest.fail("an invalid argument was accepted")
+
+
+PROPERTY = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+@PROPERTY
+@given(lr=BAD_RATE)
+def test_property_bad_learning_rates(lr):
+    (params, X, Y), net = PROBLEM, S.TwoLayerNet("tanh")
+    _raises_only_value_or_type_error(lambda: S.gradient_descent(net, params, X, Y, lr, 2))
+    _raises_only_value_or_type_error(lambda: S.gradient_flow(net, params, X, Y, [0.0, 0.1], lr=lr))
+
+
+@PROPERTY
+@given(count=BAD_COUNT, which=st.sampled_from(["steps", "record_every"]))
+def test_property_bad_counts(count, which):
+    (params, X, Y), net = PROBLEM, S.TwoLayerNet("tanh")
+    kwargs = {"steps": 2, "record_every": 1, which: count}
+    _raises_only_value_or_type_error(lambda: S.gradient_descent(net, params, X, Y, 0.1, kwargs["steps"],
+                                                                record_every=kwargs["record_every"]))
+
+
+@PROPERTY
+@given(times=BAD_TIMES)
+def test_property_bad_times(times):
+    (params, X, Y), net = PROBLEM, S.TwoLayerNet("tanh")
+    _raises_only_value_or_type_error(lambda: S.gradient_flow(net, params, X, Y, times))
+
+
+@PROPERTY
+@given(params=BAD_PARAMS, activation=st.one_of(st.sampled_from(["tanh", "relu"]), st.text(max_size=4).filter(
+    lambda a: a not in S.ACTIVATIONS)))
+def test_property_bad_parameters_and_names(params, activation):
+    _raises_only_value_or_type_error(lambda: S.conserved_Q(params, activation))
+    _raises_only_value_or_type_error(lambda: S.imbalance_matrix(params))
+    _raises_only_value_or_type_error(lambda: S.gradient_descent(S.TwoLayerNet("tanh"), params, None,
+                                                                PROBLEM[2], 0.1, 1))
+
+
+@PROPERTY
+@given(g=st.one_of(NOT_A_NUMBER, st.sampled_from([torch.full((4, 4), math.nan, dtype=DTYPE), torch.eye(3, dtype=DTYPE),
+                                                   torch.eye(4), torch.ones(4, 4, dtype=torch.int64),
+                                                   torch.eye(4, dtype=DTYPE) * math.inf, torch.ones(4, dtype=DTYPE)])))
+def test_property_bad_group_elements(g):
+    params = PROBLEM[0]
+    _raises_only_value_or_type_error(lambda: S.nonlinear_action(g, params, None, "tanh"))
+    _raises_only_value_or_type_error(lambda: S.linear_action(g, params))
+
+
+@PROPERTY
+@given(source=st.text(max_size=6).filter(lambda s: s not in D.SOURCES), name=st.text(max_size=6).filter(
+    lambda s: s not in D.IMAGE_DATASETS))
+def test_property_bad_names_in_data(source, name, tmp_path_factory):
+    _raises_only_value_or_type_error(lambda: D.load_cifar10(tmp_path_factory.getbasetemp(), source=source))
+    _raises_only_value_or_type_error(lambda: D.load_image_dataset(name))
