@@ -536,7 +536,8 @@ def explain(error: BaseException) -> tuple[int, str] | None:
         return 130, ("interrupted; finished parts are cached under OUT/.cache: rerun the same command to resume "
                      "(--no-resume to start over)")
     if isinstance(error, S.DivergenceError):
-        return 1, f"{error} (the run diverged: lower the learning rate or the init scale)"
+        advice = "" if "lower the learning rate" in str(error) else " (the run diverged: lower the learning rate or the init scale)"
+        return 1, f"{error}{advice}"
     if isinstance(error, (DatasetUnavailable, DataError)):
         return 1, str(error)
     if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):

@@ -565,3 +565,23 @@ def test_property_bad_group_elements(g):
 def test_property_bad_names_in_data(source, name, tmp_path_factory):
     _raises_only_value_or_type_error(lambda: D.load_cifar10(tmp_path_factory.getbasetemp(), source=source))
     _raises_only_value_or_type_error(lambda: D.load_image_dataset(name))
+
+
+def test_case10_sigint_during_a_run_is_one_line(tmp_path):
+    import signal
+    import time
+
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    out = tmp_path / "out"
+    process = subprocess.Popen([sys.executable, str(ROOT / "Q_convergence_radial.py"), "--out", str(out)],
+                               cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not out.exists() and time.monotonic() < deadline:  # created once --out is checked: the run starts
+        time.sleep(0.1)
+    time.sleep(1.5)
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=60)
+    lines = [line for line in err.splitlines() if line.startswith("error")]
+    assert process.returncode == 130 and "Traceback" not in err, err[-2000:]
+    assert len(lines) == 1 and "interrupted" in lines[0] and "rerun" in lines[0]
+    assert [p.name for p in out.iterdir()] in ([], [".cache"])  # nothing half-written
