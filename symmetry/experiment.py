@@ -265,7 +265,7 @@ def _refuse_read_only(path: Path) -> None:
                                   f"make it writable (chmod u+w) to replace it, or pass another --out")
 
 
-def _write_unit(files: list[tuple[Path, Callable[[str], None]]]) -> None:
+def _write_unit(files: list[tuple[Path, Callable[[str], object]]]) -> None:
     """Write every file to a temporary name in its directory, then rename them in order: the last one
     (a figure's JSON) appears only after the others are in place; on any failure no temporary file is
     left and no target is replaced. Read-only targets are refused before anything is written."""
@@ -287,7 +287,7 @@ def _write_unit(files: list[tuple[Path, Callable[[str], None]]]) -> None:
         raise
 
 
-def _atomic_write(path: Path, write: Callable[[str], None]) -> None:
+def _atomic_write(path: Path, write: Callable[[str], object]) -> None:
     """Write to a temporary file in the same directory, then rename: a reader never sees half a file."""
     _write_unit([(path, write)])
 
@@ -326,7 +326,7 @@ def write_json(path: str | Path, payload: Any) -> None:
     _atomic_write(Path(path), lambda tmp: Path(tmp).write_text(text))
 
 
-def _savefig(fig, ext: str) -> Callable[[str], None]:
+def _savefig(fig, ext: str) -> Callable[[str], object]:
     kwargs = {"dpi": 150} if ext == "png" else {}
     return lambda tmp: fig.savefig(tmp, format=ext, bbox_inches="tight", **kwargs)
 
@@ -348,7 +348,7 @@ def write_figure(out: str | Path, name: str, payload: dict, fig=None) -> dict:
     _remove_stale_temps(out, name)
     written: dict[str, str] = {}  # extension -> temporary file holding it
 
-    def image(ext: str) -> Callable[[str], None]:
+    def image(ext: str) -> Callable[[str], object]:
         def write(tmp: str) -> None:
             _savefig(fig, ext)(tmp)
             written[ext] = tmp

@@ -138,7 +138,7 @@ def check_alike(argument: str, tensors: Sequence[torch.Tensor] | torch.Tensor, r
                 reference_name: str | None = None) -> None:
     """All tensors share one dtype and one device (that of ``reference`` if given)."""
     single = isinstance(tensors, torch.Tensor)
-    tensors = [tensors] if single else tensors
+    tensors = [tensors] if isinstance(tensors, torch.Tensor) else list(tensors)
     ref = tensors[0] if reference is None else reference
     ref_name = f"{argument}[0]" if reference is None else reference_name
     for i, t in enumerate(tensors):
