@@ -191,8 +191,8 @@ def load_cifar10(root: str | Path | None = None, source: str = "auto", download:
     download = default if download is None else download
     if root.is_file() and root.name.endswith((".tar.gz", ".tgz")):
         root = extract_archive(root, extract_to)
-    found = _resolve(root, source) if root.exists() else (None if source == "auto" else source)
-    if found is None and download:
+    found = _resolve(root, source) if root.exists() else None
+    if found is None and download and source in ("auto", "torchvision"):
         found = "torchvision"
     if found is None:
         where = "does not exist" if not root.exists() else "holds no CIFAR-10"
