@@ -151,7 +151,9 @@ def test_case5_quick_writes_to_its_own_folder(tmp_path, monkeypatch, capsys):
 def test_case5_reproduce_quick_heading(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     reproduce = load_script("reproduce")
-    assert reproduce.main(["--quick", "--steps", "20", "--only", "Q_distribution"]) == 0
+    monkeypatch.setattr(reproduce, "run", lambda cfg: [{"activation": "tanh", "Q0": 0.0, "gf_drift": 0.0, "loss_start": 1.0,
+                                                        "loss_end": 0.5, "gd_drift_lr0.1": 2e-3, "gd_drift_lr0.01": 1e-4}])
+    assert reproduce.main(["--quick", "--only", "Q_distribution"]) == 0
     out = capsys.readouterr().out
     assert (tmp_path / "figures" / "quick" / "Q_distribution.json").exists()
     assert not (tmp_path / "figures" / "Q_distribution.json").exists()
