@@ -142,10 +142,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name}: {time.perf_counter() - started:.0f} s -> {args.out}/{name}.{{pdf,png,json}}", flush=True)
         table += collect_claims(name, payload)
 
-    from symmetry.experiment import peak_memory_mb
+    from symmetry.experiment import environment, peak_memory_mb, write_json
 
     print(f"peak memory of this process: {peak_memory_mb():.0f} MB")
     print_claims(table)
+    # the conservation check's numbers and the table, beside the figures they were read from
+    write_json(f"{args.out}/claims.json", {"settings": cfg, "figures": args.only, "quick": args.quick,
+                                           "conservation_check": rows, "claims": table,
+                                           "environment": environment(args.device)})
     # a claim that does not hold is a result, reported above and in the README, not a failure of the run
     return 0
 
