@@ -6,7 +6,8 @@ Convention, applied to the README's claim table and its figure, findings and rel
   to the printed digits (significant digits in scientific form, decimals otherwise; signs ignored);
 - a one-digit scientific number (4e-12, 1e-7) is a setting or threshold, not a measurement: it must
   follow =, ≤, <, >, ≥ or η and equal a JSON number exactly; a measurement carries two digits;
-- after ≤, < or "at most" the JSON number must not exceed the printed one (a bound must bound).
+- after ≤ or < the number is a bound: the JSON number rounded up ("at most 5.5e-3" quotes a maximum,
+  so it is rounded to the nearest like any quoted number).
 Integers, version numbers and references such as "Eq. 48" or "Sec. 6.1" are not checked.
 """
 import json
@@ -21,7 +22,7 @@ SECTIONS = [("Its closing table", "## Figures"), ("**Fig. 3**", "### Deviations"
             ("## Are these all the conservation laws?", "## The library")]
 NUMBER = re.compile(r"(?<![\w.·])(\d+(?:\.\d+)?(?:e[+-]?\d+)?|\d*\.\d+)(?![\w.]*\d)")
 REFERENCE = re.compile(r"(Eq|Eqs|Sec|Fig|Figs|Prop|App|Example|Examples|Table|Appendix|Algo|ALGO|Part)\.?\s*[A-Z]?\.?$")
-BOUND = re.compile(r"(≤|<|at most)\s*$")
+BOUND = re.compile(r"(≤|<)\s*$")
 SETTING = re.compile(r"(=|≤|<|>|≥|η|η =)\s*$")
 
 
@@ -75,17 +76,24 @@ def problem(token: str, before: str, values: list[float]) -> str | None:
 
         def rounded(v):
             return float(f"{v:.{digits - 1}e}")
+
+        def step(v):  # one unit in the last printed digit
+            return 10.0 ** (math.floor(math.log10(v)) - digits + 1) if v > 0 else 0.0
     else:
         decimals = len(token.split(".")[1])
 
         def rounded(v):
             return round(v, decimals)
+
+        def step(v):
+            return 10.0 ** -decimals
     matches = [v for v in values if math.isclose(rounded(v), printed, rel_tol=1e-9, abs_tol=0)]
-    if not matches:
-        return "no JSON number rounds to it"
-    if BOUND.search(before) and not any(v <= printed for v in matches):
-        return f"a bound below the JSON number ({min(matches):.4g})"
-    return None
+    if BOUND.search(before):
+        # a bound is the JSON number rounded up: printed − one unit < v ≤ printed
+        if any(printed - step(printed) < v <= printed for v in values):
+            return None
+        return ("a bound below the JSON number" if matches else "no JSON number rounds up to it")
+    return None if matches else "no JSON number rounds to it"
 
 
 def check(text: str, values: list[float]) -> list[str]:
@@ -106,5 +114,5 @@ def test_the_check_catches_the_referees_examples():
     for sentence in bad:
         text = "\n".join(f"{start}\n{sentence}\n{end}" for start, end in SECTIONS)
         assert check(text, values), sentence
-    good = "Q̃ moves by at most 5.55e-3; ND keeps w × ẇ to 8.4e-12; λ drift 1.2e-7; ≤ 1.13e-16; η = 1e-6"
+    good = "Q̃ moves by at most 5.55e-3; ND keeps w × ẇ to 8.4e-12; λ drift 1.2e-7; ≤ 1.2e-16; η = 1e-6"
     assert check("\n".join(f"{start}\n{good}\n{end}" for start, end in SECTIONS), values) == []
