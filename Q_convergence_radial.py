@@ -285,7 +285,7 @@ def claims(payload: dict) -> list[dict]:
                      "measured": f"steps {steps} for Q₀ = " + ", ".join(f"{r['Q0']:.3g}" for r in runs)
                                  + (f"; {missing}/{len(runs)} never converged" if missing else "")})
         rows.append({"claim": f"Prop. 16 bound holds along GD ({d})",
-                     "criterion": "no recorded step with a gap above the bound (1e-4 rel. + 1e-6 abs.)",
+                     "criterion": "no recorded step with gap > bound·(1 + 1e-4) + 1e-6",
                      "holds": v["total_bound_violations"] == 0,
                      "measured": f"{v['total_bound_violations']} violating records, {v['violations_at_loss_floor']} "
                                  "at the loss floor"})

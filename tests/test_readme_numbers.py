@@ -5,7 +5,7 @@ Convention, applied to the README's claim table and its figure, findings and rel
   must equal some number in figures/*.json or benchmarks/results/*.json once that number is rounded
   to the printed digits (significant digits in scientific form, decimals otherwise; signs ignored);
 - a one-digit scientific number (4e-12, 1e-7) is a setting or threshold, not a measurement: it must
-  follow =, ≤, <, >, ≥ or η and equal a JSON number exactly; a measurement carries two digits;
+  follow =, ≤, <, >, ≥, + or η and equal a JSON number exactly; a measurement carries two digits;
 - after ≤ or < the number is a bound: the JSON number rounded up ("at most 5.5e-3" quotes a maximum,
   so it is rounded to the nearest like any quoted number).
 Integers, version numbers and references such as "Eq. 48" or "Sec. 6.1" are not checked.
@@ -16,14 +16,14 @@ import re
 
 from conftest import ROOT
 
-SECTIONS = [("Its closing table", "## Figures"), ("**Fig. 3**", "### Deviations"),
+SECTIONS = [("\nclaim ", "## Figures"), ("**Fig. 3**", "### Deviations"),
             ("### Findings: where the paper does not hold as printed", "## Cite"),
             ("## Conservation beyond gradient flow", "## Are these all the conservation laws?"),
             ("## Are these all the conservation laws?", "## The library")]
 NUMBER = re.compile(r"(?<![\w.·])(\d+(?:\.\d+)?(?:e[+-]?\d+)?|\d*\.\d+)(?![\w.]*\d)")
 REFERENCE = re.compile(r"(Eq|Eqs|Sec|Fig|Figs|Prop|App|Example|Examples|Table|Appendix|Algo|ALGO|Part)\.?\s*[A-Z]?\.?$")
 BOUND = re.compile(r"(≤|<)\s*$")
-SETTING = re.compile(r"(=|≤|<|>|≥|η|η =)\s*$")
+SETTING = re.compile(r"(=|≤|<|>|≥|η|\+)\s*$")
 
 
 def json_numbers() -> list[float]:
@@ -71,7 +71,7 @@ def problem(token: str, before: str, values: list[float]) -> str | None:
         digits = max(1, len(mantissa))
         if digits == 1 and "." not in token.split("e")[0]:
             if not SETTING.search(before.rstrip() + " "[:0]) and not SETTING.search(before):
-                return "a one-digit measurement (write two digits, or it is a setting after =, ≤, <, >, η)"
+                return "a one-digit measurement (write two digits, or it is a setting after =, ≤, <, >, +, η)"
             return None if any(math.isclose(v, printed, rel_tol=1e-12) for v in values) else "no JSON number equals it"
 
         def rounded(v):
