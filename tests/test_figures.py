@@ -186,3 +186,23 @@ def test_budgets_in_one_batch_equal_separate_runs(dtype):
             assert torch.allclose(a, b, rtol=1e-5 if dtype == "float32" else 1e-12)
     with pytest.raises(ValueError, match="multiple of record_every"):
         E.train_two_layer_budgets(3, 4, 6, {45: groups[40]}, seed=0, record_every=10)
+
+
+def test_float64_runs_take_the_learning_rate_in_float64():
+    """Issue 13.7: η = 0.001 must not pass through float32 (0.0010000000475) in a float64 run."""
+    import torch
+
+    import symmetry as S
+    from symmetry import experiment as E
+
+    lr = 1e-3
+    res = E.train_two_layer(3, 4, 5, [("tanh", lr, 0.5)], 1, seed=0, dtype="float64", record_every=1)
+    U0, V0 = S.gaussian_init(3, 5, 4, std=1.0, seed=0, dtype=torch.float64)
+    params = (0.5 * U0, 0.5 * V0)
+    _, grads = S.TwoLayerNet("tanh").loss_and_grad(params, None, res["Y"])
+    expected = tuple(p - lr * g for p, g in zip(params, grads))
+    for got, want in zip(res["final_params"], expected):
+        assert torch.allclose(got[0], want, rtol=0, atol=1e-15)
+    float32_lr = float(torch.tensor(lr, dtype=torch.float32))
+    wrong = tuple(p - float32_lr * g for p, g in zip(params, grads))
+    assert not all(torch.allclose(got[0], w, rtol=0, atol=1e-15) for got, w in zip(res["final_params"], wrong))
