@@ -110,5 +110,18 @@ def main(argv: list[str] | None = None) -> dict:
     return E.finish(args.out, NAME, {**vars(cfg), "quick": args.quick}, results, clock.seconds, fig, args.device)
 
 
+
+def claims(payload: dict) -> list[dict]:
+    """App. G.1: λ_max = √(Q² + 4) at the end of gradient flow (½ loss), and Q = 0 the flattest."""
+    qs = [t["Q"] for t in payload["trajectories"]]
+    return [{"claim": "App. G.1: λ_max = √(Q²+4) at the end of GF",
+             "criterion": "|measured − formula| < 1e-4 for every Q",
+             "holds": bool(payload["claim_lambda_is_sqrt_Q2_plus_4"]),
+             "measured": f"max error {payload['max_abs_error_vs_formula']:.1e} over {len(qs)} values of Q"},
+            {"claim": "App. G.1: Q = 0 is the flattest minimum",
+             "criterion": f"smallest λ_max at Q = 0 among Q ∈ [{min(qs):g}, {max(qs):g}]",
+             "holds": payload["flattest_Q"] == 0, "measured": f"flattest Q = {payload['flattest_Q']:g}"}]
+
+
 if __name__ == "__main__":
     E.run_script(main)

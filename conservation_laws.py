@@ -195,5 +195,19 @@ def main(argv: list[str] | None = None) -> dict:
     return payload
 
 
+
+def claims(payload: dict) -> list[dict]:
+    """Marcotte et al.: the count on random architectures, and the completeness of the paper's lists."""
+    arch = payload["architectures"]
+    complete = payload["claim_paper_lists_complete"]
+    return [{"claim": "Marcotte et al.: D − dim Lie(W_φ) = known count, random nets",
+             "criterion": "the count equals the known one on every random architecture",
+             "holds": bool(payload["claim_counts_match_known"]),
+             "measured": f"{sum(a['match'] for a in arch)}/{len(arch)} architectures"},
+            {"claim": "The paper's laws are all the laws (generic θ)",
+             "criterion": "laws found = the paper's independent laws, for every model",
+             "holds": all(complete.values()), "measured": f"{sum(complete.values())}/{len(complete)} models"}]
+
+
 if __name__ == "__main__":
     E.run_script(main)

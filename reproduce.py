@@ -3,7 +3,8 @@
 First a 6-second check that every figure's Q axis rests on: on the net of Fig. 3, Q of Eq. 48
 stays constant under gradient flow (adaptive ODE solver) and drifts under gradient descent by an
 amount proportional to the step size. Then each figure script runs at the paper's settings and
-writes figures/NAME.{pdf,png,json}; the table at the end reads its claims back from the JSON.
+writes figures/NAME.{pdf,png,json}; the table at the end collects each script's claims(payload):
+the claim, whether it holds, what was measured, and the criterion it was held to.
 Then the two related papers: Gluch & Urbanke (noether_dynamics) and Marcotte et al. (conservation_laws).
 Runtime: about 6 min on a 2-core CPU (--quick: about a minute).
 Usage: python reproduce.py [--device cpu|cuda] [--seed 0] [--out figures] [--quick] [--only NAME ...]
@@ -67,57 +68,41 @@ def run(cfg: Settings) -> list[dict]:
     return rows
 
 
-def figure_claims(name: str, r: dict) -> list[tuple[str, str, bool]]:
-    """(claim, measured, holds) read back from a figure's JSON."""
-    if name == "Q_dynamics_elementwise":
-        pa = r["per_activation"]
-        worst = max(v[d]["max_abs_dQ_tilde"] for by_lr in pa.values() for v in by_lr.values() for d in v)
-        rows = [("Fig. 3: ΔQ̃ small relative to Q's terms", f"max |ΔQ̃| = {worst:.2g}", worst < 0.05)]
-        for d in ("float32", "float64"):
-            grows = [a for a, g in r["dQ_grows_with_lr"].items() if g.get(d)]
-            rows.append((f"Fig. 3: ΔQ̃ grows with η ({d})", f"{len(grows)}/{len(pa)} activations",
-                         len(grows) == len(pa)))
-        return rows
-    if name == "Q_distribution":
-        z = max(abs(d["z_score"]) for d in r["distributions"])
-        return [("Fig. 4/5: Xavier Q centred at E[Q] (Eq. 47, ½ convention)", f"max |z| = {z:.2f}",
-                 r["claim_mean_matches_eq47"])]
-    if name == "Q_convergence_elementwise":
-        dep = r["steps_to_converge_depends_on_Q0"]
-        return [("Fig. 6: steps to converge depend on Q₀", f"{sum(dep.values())}/{len(dep)} activations",
-                 all(dep.values()))]
-    if name == "Q_convergence_radial":
-        rows = []
-        for d, v in r["per_dtype"].items():
-            rows.append((f"Fig. 7: smaller Q₀ converges faster ({d})", "yes" if v["smaller_Q0_converges_faster"] else "no",
-                         v["smaller_Q0_converges_faster"]))
-            rows.append((f"Prop. 16 bound holds along GD ({d})", f"{v['total_bound_violations']} violations",
-                         v["total_bound_violations"] == 0))
-        return rows
-    if name == "Q_sharpness_1d":
-        return [("App. G.1: λ_max = √(Q²+4) at the end of GF", f"max error {r['max_abs_error_vs_formula']:.1e}",
-                 r["claim_lambda_is_sqrt_Q2_plus_4"]),
-                ("App. G.1: Q = 0 is the flattest minimum", f"flattest Q = {r['flattest_Q']:g}", r["flattest_Q"] == 0)]
-    if name == "Q_hessian_eigenvalues":
-        runs = [x for rs in r["per_activation"].values() for x in rs]
-        D, zero = runs[0]["n_parameters"], runs[0]["expected_near_zero_at_zero_loss"]
-        return [(f"Fig. 9: {zero} of {D} Hessian eigenvalues |λ| ≤ 1e-3 (D − mn)",
-                 f"{r['runs_with_D_minus_mn_near_zero']}/{r['runs']} runs; min {r['min_n_near_zero']}",
-                 r["runs_with_D_minus_mn_near_zero"] >= r["runs"] - 1),
-                ("Fig. 9: linear net, centre of non-zero eigenvalues grows with Q₀",
-                 "yes" if r["linear_median_nonzero_grows_with_Q0"] else "no", r["linear_median_nonzero_grows_with_Q0"])]
-    if name == "conservation_laws":
-        arch = r["architectures"]
-        complete = r["claim_paper_lists_complete"]
-        return [("Marcotte et al.: D − dim Lie(W_φ) = known count, random nets",
-                 f"{sum(a['match'] for a in arch)}/{len(arch)} architectures", r["claim_counts_match_known"]),
-                ("The paper's laws are all the laws (generic θ)", f"{sum(complete.values())}/{len(complete)} models",
-                 all(complete.values()))]
-    if name == "noether_dynamics":
-        return [("Gluch & Urbanke: (quantity, dynamics) behave as claimed",
-                 f"{r['claims_holding']}/{r['claims_total']} (ReLU GF: ODE stalls)",
-                 r["claims_holding"] >= r["claims_total"] - 1)]
-    raise ValueError(f"no claims known for figure {name!r}")
+def conservation_claims(rows: list[dict], cfg: Settings) -> list[dict]:
+    """The two rows of the 6-second check above: Q conserved under GF, drifting under GD ∝ η."""
+    lr_keys = [f"gd_drift_lr{lr:g}" for lr in cfg.lrs]
+    ratio = min(r[lr_keys[0]] / r[lr_keys[-1]] for r in rows)
+    return [{"claim": "Q conserved under gradient flow (Prop. 12, Eq. 48)",
+             "criterion": f"max |ΔQ̃| under GF < {cfg.gf_tolerance:g}, every σ",
+             "holds": all(r["gf_drift"] < cfg.gf_tolerance for r in rows),
+             "measured": f"max GF drift {max(r['gf_drift'] for r in rows):.3g}"},
+            {"claim": "Q drifts under GD, more at the larger lr (App. D)",
+             "criterion": f"drift at lr {max(cfg.lrs):g} > at lr {min(cfg.lrs):g} > GF drift, every σ",
+             "holds": all(r[lr_keys[0]] > r[lr_keys[-1]] > r["gf_drift"] for r in rows),
+             "measured": f"min drift ratio lr {max(cfg.lrs):g} / lr {min(cfg.lrs):g}: {ratio:.3g}"}]
+
+
+CLAIM_KEYS = ("claim", "criterion", "holds", "measured")
+
+
+def collect_claims(name: str, payload: dict) -> list[dict]:
+    """The claim rows a figure script owns (its module-level ``claims(payload)``), checked for shape."""
+    rows = importlib.import_module(name).claims(payload)
+    for row in rows:
+        if set(row) != set(CLAIM_KEYS) or not isinstance(row["holds"], bool):
+            raise ValueError(f"{name}.claims returned a row without exactly the keys {CLAIM_KEYS} "
+                             f"(holds a bool): {row}")
+    return rows
+
+
+def print_claims(table: list[dict]) -> None:
+    """One line per claim: the claim, yes/NO, what was measured, and the criterion it was held to."""
+    width = max(len(r["claim"]) for r in table)
+    measured = max(len(r["measured"]) for r in table)
+    print(f"\n{'claim':<{width}}  {'holds':<5}  {'measured':<{measured}}  criterion")
+    for r in table:
+        print(f"{r['claim']:<{width}}  {'yes' if r['holds'] else 'NO':<5}  {r['measured']:<{measured}}  {r['criterion']}")
+    print(f"{sum(r['holds'] for r in table)}/{len(table)} claims hold")
 
 
 FIGURES = ("Q_dynamics_elementwise", "Q_distribution", "Q_convergence_elementwise", "Q_convergence_radial",
@@ -157,31 +142,26 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{r['activation']:<10} {r['Q0']:>9.4f} {r['loss_start']:>8.4f}→{r['loss_end']:<8.4f} {r['gf_drift']:>9.1e} "
               + " ".join(f"{r[k]:>11.1e}" for k in lr_keys))
 
-    claims = [
-        ("Q conserved under gradient flow (Prop. 12, Eq. 48)", max(r["gf_drift"] for r in rows),
-         all(r["gf_drift"] < cfg.gf_tolerance for r in rows), f"max GF drift < {cfg.gf_tolerance:g}"),
-        ("Q drifts under GD, more at the larger lr (App. D)", min(r[lr_keys[0]] / r[lr_keys[-1]] for r in rows),
-         all(r[lr_keys[0]] > r[lr_keys[-1]] > r["gf_drift"] for r in rows), "min drift ratio lr 0.1 / lr 0.01"),
-    ]
-    table = [(claim, f"{value:.3g} ({what})", holds) for claim, value, holds, what in claims]
+    table = conservation_claims(rows, cfg)
     common = (["--device", args.device, "--seed", str(args.seed), "--out", args.out] + (["--quick"] if args.quick else [])
               + ([] if args.resume else ["--no-resume"]))
     for name in args.only:
         started = time.perf_counter()
         payload = importlib.import_module(name).main(common)
         print(f"{name}: {time.perf_counter() - started:.0f} s -> {args.out}/{name}.{{pdf,png,json}}", flush=True)
-        table += figure_claims(name, payload)
+        table += collect_claims(name, payload)
 
-    from symmetry.experiment import peak_memory_mb
+    from symmetry.experiment import environment, peak_memory_mb, write_json
 
     print(f"peak memory of this process: {peak_memory_mb():.0f} MB")
-    width = max(len(c) for c, _, _ in table)
     if args.quick:  # quick settings are a first look, not the paper's: their claims are not the README's
         print(f"\nQUICK MODE (--quick: small settings, not the paper's; figures in {args.out}): claims below are "
               f"quick-mode numbers, not the README's")
-    print(f"\n{'claim':<{width}}  {'holds':<5}  measured")
-    for claim, measured, holds in table:
-        print(f"{claim:<{width}}  {'yes' if holds else 'NO':<5}  {measured}")
+    print_claims(table)
+    # the conservation check's numbers and the table, beside the figures they were read from
+    write_json(f"{args.out}/claims.json", {"settings": cfg, "figures": args.only, "quick": args.quick,
+                                           "conservation_check": rows, "claims": table,
+                                           "environment": environment(args.device)})
     # a claim that does not hold is a result, reported above and in the README, not a failure of the run
     return 0
 

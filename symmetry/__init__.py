@@ -47,6 +47,7 @@ from .conserved import (
     nd_balance_bound,
     noether_charge,
     normalized_Q,
+    Q_normalizer,
     radial_lambda,
     swish_balance,
 )

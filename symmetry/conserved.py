@@ -36,10 +36,36 @@ def conserved_Q(params: Params, activation: ActivationLike, per_neuron: bool = F
     return Q if per_neuron else Q.sum(dim=-1)
 
 
-def normalized_Q(params: Params, activation: ActivationLike, initial: Params) -> Tensor:
-    """Q̃ = |Q| / (|½Tr U₀ᵀU₀| + |Σ A(V₀)|) (App. D.2): Q relative to its two terms at init."""
+#: The constant per entry of V that the authors' code adds to A(x) = ∫₀ˣ σ/σ′: their tanh term Σcosh²V is
+#: Σ(2A + 1) = 2Σ(A + ½), their sigmoid term Σ(V + eⱽ) is Σ(A + 1); identity and ReLU carry none.
+AUTHORS_A_OFFSET = {"tanh": 0.5, "sigmoid": 1.0}
+Q_CONVENTIONS = ("authors", "ours")
+
+
+def Q_normalizer(initial: Params, activation: ActivationLike, convention: str = "ours") -> tuple[float, Tensor]:
+    """(shift, denominator) of Q̃ = |Q − shift| / denominator (App. D.2) in a ``convention``:
+
+    ``"ours"``: A(0) = 0, Q̃ = |Q| / (|½Tr U₀ᵀU₀| + |ΣA(V₀)|);
+    ``"authors"``: the reference code's A + c (c in :data:`AUTHORS_A_OFFSET`), so both terms carry
+    c·n·h: Q̃ = |Q − c·nh| / (|½Tr U₀ᵀU₀| + |ΣA(V₀) + c·nh|). A positive multiple cancels in the ratio.
+    """
+    if convention not in Q_CONVENTIONS:
+        raise ValueError(f"convention={convention!r} is not allowed; choose one of {', '.join(Q_CONVENTIONS)}")
     u0, v0 = (t.sum(dim=-1) for t in Q_terms(initial, activation))
-    return conserved_Q(params, activation).abs() / (u0.abs() + v0.abs())
+    shift = 0.0
+    if convention == "authors":
+        V0 = initial[1]
+        shift = AUTHORS_A_OFFSET.get(get_activation(activation).name, 0.0) * V0.shape[-1] * V0.shape[-2]
+    return shift, u0.abs() + (v0 + shift).abs()
+
+
+def normalized_Q(params: Params, activation: ActivationLike, initial: Params, convention: str = "ours") -> Tensor:
+    """Q̃ = |Q| / (|½Tr U₀ᵀU₀| + |Σ A(V₀)|) (App. D.2): Q relative to its two terms at init.
+
+    ``convention="authors"`` uses the reference code's constants (see :func:`Q_normalizer`).
+    """
+    shift, denominator = Q_normalizer(initial, activation, convention)
+    return (conserved_Q(params, activation) - shift).abs() / denominator
 
 
 def imbalance_matrix(params: Params) -> Tensor:

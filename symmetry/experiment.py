@@ -457,7 +457,7 @@ def _two_layer_run(configs: list[tuple[str, float, float]], params, init64, Y: t
         return tuple(x.double() for x in p)
 
     return S.gradient_descent(
-        net, params, None, Y.to(params[0]), torch.tensor([lr for _, lr, _ in configs]), steps,
+        net, params, None, Y.to(params[0]), torch.tensor([lr for _, lr, _ in configs], dtype=params[0].dtype), steps,
         record_every=record_every, progress=True, description=description,
         labels=[f"{a}, lr={lr:g}, std={s:g}, {dtype}" for a, lr, s in configs],
         observables={"Q": lambda p: S.conserved_Q(as64(p), net.activation),

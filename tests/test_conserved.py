@@ -233,3 +233,23 @@ def test_prop16_singular_value_gap_bound():
     worst = float(flow.observables["sigma_X"].abs().max())
     too_fast = gap[0] * torch.exp(-2 * (worst ** 2 + 1) ** 2 * times[:, None] / lam)
     assert bool((gap > too_fast + 1e-9).any())
+
+
+def test_normalized_Q_in_the_authors_convention():
+    """Q̃ with the reference code's terms (Tr UᵀU − Σcosh²V for tanh, ½Tr UᵀU − Σ(V + eⱽ) for sigmoid,
+    Tr UᵀU − Tr VᵀV for identity), written out here, equals normalized_Q(convention="authors")."""
+    gen = torch.Generator().manual_seed(3)
+    init = (0.3 * torch.randn(4, 6, generator=gen, dtype=torch.float64),
+            0.3 * torch.randn(5, 6, generator=gen, dtype=torch.float64))
+    moved = (init[0] * 1.1, init[1] * 0.9)
+    terms = {"tanh": (lambda U: (U * U).sum(), lambda V: torch.cosh(V).pow(2).sum()),
+             "sigmoid": (lambda U: 0.5 * (U * U).sum(), lambda V: (V + torch.exp(V)).sum()),
+             "identity": (lambda U: (U * U).sum(), lambda V: (V * V).sum())}
+    for name, (fu, fv) in terms.items():
+        expected = (fu(moved[0]) - fv(moved[1])).abs() / (fu(init[0]).abs() + fv(init[1]).abs())
+        got = S.normalized_Q(moved, name, init, convention="authors")
+        assert torch.allclose(got, expected, rtol=1e-12), name
+        ours = S.normalized_Q(moved, name, init)
+        assert name == "identity" or not torch.allclose(ours, expected, rtol=1e-3)  # the constant matters
+    with pytest.raises(ValueError, match="convention"):
+        S.normalized_Q(moved, "tanh", init, convention="paper")

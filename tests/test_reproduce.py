@@ -23,3 +23,46 @@ def test_reproduce_main_prints_the_table(capsys, tmp_path):
     assert "Q conserved under gradient flow" in out and "App. G.1: λ_max = √(Q²+4)" in out
     assert "NO" not in out
     assert (tmp_path / "Q_sharpness_1d.json").exists() and (tmp_path / "Q_distribution.png").exists()
+
+
+def test_every_figure_script_owns_its_claims():
+    """reproduce.py collects rows from each script's claims(payload); a malformed row is refused."""
+    import pytest
+
+    reproduce = load("reproduce")
+    for name in reproduce.FIGURES:
+        assert callable(load(name).claims), name
+    import sys
+    import types
+
+    fake = types.ModuleType("_fake_claims")
+    fake.claims = lambda payload: [{"claim": "x", "holds": "yes"}]
+    sys.modules["_fake_claims"] = fake
+    try:
+        with pytest.raises(ValueError, match="exactly the keys"):
+            reproduce.collect_claims("_fake_claims", {})
+    finally:
+        del sys.modules["_fake_claims"]
+
+
+def _fig7_run(Q0, steps):
+    keys = load("Q_convergence_radial").KEEP
+    return {**{k: 0 for k in keys}, "Q0": Q0, "steps_to_1e-6": steps, "violating_modes": []}
+
+
+def test_fig7_convergence_claim_needs_converged_runs():
+    """Issue 16.2: runs that never reach the threshold (inf ≤ inf) must not make 'smaller Q₀ converges faster' hold."""
+    fig7 = load("Q_convergence_radial")
+    never = fig7.summary([_fig7_run(1.0, None), _fig7_run(2.0, None), _fig7_run(3.0, None)])
+    assert not never["smaller_Q0_converges_faster"] and not never["all_converged"]
+    partly = fig7.summary([_fig7_run(1.0, 1000), _fig7_run(2.0, 2000), _fig7_run(3.0, None)])
+    assert not partly["smaller_Q0_converges_faster"]
+    ordered = fig7.summary([_fig7_run(1.0, 1000), _fig7_run(2.0, 2000), _fig7_run(3.0, 5000)])
+    assert ordered["smaller_Q0_converges_faster"]
+    assert not fig7.summary([_fig7_run(1.0, 3000), _fig7_run(2.0, 2000)])["smaller_Q0_converges_faster"]
+    payload = {"settings": {"threshold": 1e-6}, "per_dtype": {"float32": partly},
+               "decoupled_modes_float64": ordered, "smaller_lr_float64": {
+                   "mu": 0.01, "flow_time_window": 0.002, "per_lr": [{"lr": 1e-5, "bound_violations": 0,
+                                                                       "lambda_drift": 0.0}]}}
+    row = next(r for r in fig7.claims(payload) if r["claim"].startswith("Fig. 7"))
+    assert row["holds"] is False and "1/3 never converged" in row["measured"]

@@ -1,0 +1,118 @@
+"""Every number the README quotes from a figure is in that figure's JSON, to its printed precision (issue 13.10).
+
+Convention, applied to the README's claim table and its figure, findings and related-paper sections:
+- a number written with a decimal point or an exponent (0.617, 5.5e-3, 3.2e-14, 6·10⁸ is not checked)
+  must equal some number in figures/*.json or benchmarks/results/*.json once that number is rounded
+  to the printed digits (significant digits in scientific form, decimals otherwise; signs ignored);
+- a one-digit scientific number (4e-12, 1e-7) is a setting or threshold, not a measurement: it must
+  follow =, ≤, <, >, ≥, + or η and equal a JSON number exactly; a measurement carries two digits;
+- after ≤ or < the number is a bound: the JSON number rounded up ("at most 5.5e-3" quotes a maximum,
+  so it is rounded to the nearest like any quoted number).
+Integers, version numbers and references such as "Eq. 48" or "Sec. 6.1" are not checked.
+"""
+import json
+import math
+import re
+
+from conftest import ROOT
+
+SECTIONS = [("\nclaim ", "## Figures"), ("**Fig. 3**", "### Deviations"),
+            ("### Findings: where the paper does not hold as printed", "## Cite"),
+            ("## Conservation beyond gradient flow", "## Are these all the conservation laws?"),
+            ("## Are these all the conservation laws?", "## The library")]
+NUMBER = re.compile(r"(?<![\w.·])(\d+(?:\.\d+)?(?:e[+-]?\d+)?|\d*\.\d+)(?![\w.]*\d)")
+REFERENCE = re.compile(r"(Eq|Eqs|Sec|Fig|Figs|Prop|App|Example|Examples|Table|Appendix|Algo|ALGO|Part)\.?\s*[A-Z]?\.?$")
+BOUND = re.compile(r"(≤|<)\s*$")
+SETTING = re.compile(r"(=|≤|<|>|≥|η|\+)\s*$")
+
+
+def json_numbers() -> list[float]:
+    values: list[float] = []
+
+    def walk(x):
+        if isinstance(x, bool):
+            return
+        if isinstance(x, (int, float)):
+            values.append(abs(float(x)))
+        elif isinstance(x, dict):
+            for v in x.values():
+                walk(v)
+        elif isinstance(x, list):
+            for v in x:
+                walk(v)
+
+    for path in [*sorted((ROOT / "figures").glob("*.json")), *sorted((ROOT / "benchmarks" / "results").glob("*.json"))]:
+        walk(json.loads(path.read_text()))
+    return values
+
+
+def quoted_numbers(text: str) -> list[tuple[str, str]]:
+    """(number, the 30 characters before it) for every decimal or scientific number in the checked sections."""
+    found = []
+    for start, end in SECTIONS:
+        i = text.index(start)
+        part = text[i:text.index(end, i + len(start))]
+        part = re.sub(r"!\[[^\]]*\]\([^)]*\)|`[^`]*`", " ", part)  # images and code spans: names, not numbers
+        for m in NUMBER.finditer(part):
+            token = m.group(1)
+            if "." not in token and "e" not in token:
+                continue
+            found.append((token, part[max(0, m.start() - 30):m.start()]))
+    return found
+
+
+def problem(token: str, before: str, values: list[float]) -> str | None:
+    """Why ``token`` is not a JSON number to its printed precision (None when it is)."""
+    if REFERENCE.search(before.rstrip()):
+        return None
+    printed = float(token)
+    if "e" in token:
+        mantissa = token.split("e")[0].replace(".", "").lstrip("0")
+        digits = max(1, len(mantissa))
+        if digits == 1 and "." not in token.split("e")[0]:
+            if not SETTING.search(before.rstrip() + " "[:0]) and not SETTING.search(before):
+                return "a one-digit measurement (write two digits, or it is a setting after =, ≤, <, >, +, η)"
+            return None if any(math.isclose(v, printed, rel_tol=1e-12) for v in values) else "no JSON number equals it"
+
+        def rounded(v):
+            return float(f"{v:.{digits - 1}e}")
+
+        def step(v):  # one unit in the last printed digit
+            return 10.0 ** (math.floor(math.log10(v)) - digits + 1) if v > 0 else 0.0
+    else:
+        decimals = len(token.split(".")[1])
+
+        def rounded(v):
+            return round(v, decimals)
+
+        def step(v):
+            return 10.0 ** -decimals
+    matches = [v for v in values if math.isclose(rounded(v), printed, rel_tol=1e-9, abs_tol=0)]
+    if BOUND.search(before):
+        # a bound is the JSON number rounded up: printed − one unit < v ≤ printed
+        if any(printed - step(printed) < v <= printed for v in values):
+            return None
+        return ("a bound below the JSON number" if matches else "no JSON number rounds up to it")
+    return None if matches else "no JSON number rounds to it"
+
+
+def check(text: str, values: list[float]) -> list[str]:
+    return [f"{token!r} after {before!r}: {why}" for token, before in quoted_numbers(text)
+            if (why := problem(token, before, values))]
+
+
+def test_readme_numbers_are_in_the_json():
+    text = (ROOT / "README.md").read_text()
+    assert check(text, json_numbers()) == []
+
+
+def test_the_check_catches_the_referees_examples():
+    """The five README numbers of issue 13.10, against the JSON values the referee found."""
+    values = [5.548e-3, 8.4e-12, 3.6e-12, 1.2e-7, 3.5e-6, 1.13e-16, 1e-7, 1e-6]
+    bad = ["Q̃ moves by at most 5.6e-3 of its terms", "ND keeps w × ẇ to 4e-12 and stays",
+           "(against 1e-7 in float64)", "the cosine ≤ 1.1e-16 at random points", "exceeds the bound by 3e15×"]
+    for sentence in bad:
+        text = "\n".join(f"{start}\n{sentence}\n{end}" for start, end in SECTIONS)
+        assert check(text, values), sentence
+    good = "Q̃ moves by at most 5.55e-3; ND keeps w × ẇ to 8.4e-12; λ drift 1.2e-7; ≤ 1.2e-16; η = 1e-6"
+    assert check("\n".join(f"{start}\n{good}\n{end}" for start, end in SECTIONS), values) == []
