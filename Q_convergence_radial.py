@@ -16,6 +16,7 @@ import torch
 
 import symmetry as S
 from symmetry import experiment as E
+from symmetry import kernels
 
 NAME = "Q_convergence_radial"
 
@@ -31,6 +32,7 @@ class Settings:
     record_every: int = 1000
     target_relative_loss: float = 1e-6  # ‖Y − F‖²/‖Y‖² threshold for steps_to_1e-6
     dtypes: tuple = ("float32", "float64")  # the paper's float32, and float64 to separate round-off
+    compiled: bool = True  # numba kernel on CPU (symmetry.kernels); False: the torch step throughout
     seed: int = 0
     device: str = "cpu"
 
@@ -51,12 +53,13 @@ def train(cfg: Settings, dtype: str) -> dict:
         F = net(tuple(x.double() for x in p))
         return torch.diagonal(Phi.mT @ F @ PsiT.mT, dim1=-2, dim2=-1)[..., : cfg.h]
 
-    run = S.gradient_descent(net, tuple(p.to(E.DTYPES[dtype]) for p in params64), None,
-                             Y.to(cfg.device, E.DTYPES[dtype]), cfg.lr, cfg.steps, record_every=cfg.record_every,
-                             progress=True, description=f"Fig. 7 {dtype}",
-                             labels=[f"mu={mu:g}" for mu in cfg.means],
-                             observables={"sigma_X": sigma_X,
-                                          "lambda": lambda p: S.radial_lambda(tuple(x.double() for x in p))})
+    options = dict(record_every=cfg.record_every, progress=True, description=f"Fig. 7 {dtype}",
+                   labels=[f"mu={mu:g}" for mu in cfg.means],
+                   observables={"sigma_X": sigma_X, "lambda": lambda p: S.radial_lambda(tuple(x.double() for x in p))})
+    start = (tuple(p.to(E.DTYPES[dtype]) for p in params64), None, Y.to(cfg.device, E.DTYPES[dtype]), cfg.lr, cfg.steps)
+    # the compiled whole-loop step (numba, CPU) where it applies, else the torch step: same arithmetic
+    run = (cfg.compiled and kernels.compiled_gradient_descent(net, *start, **options)) or \
+        S.gradient_descent(net, *start, **options)
     return {"steps": run.times, "loss": run.loss.double().cpu(), "sigma_X": run.observables["sigma_X"].cpu(),
             "lambda": run.observables["lambda"].cpu(), "sigma_Y": sigma_Y[: cfg.h].cpu(),
             "Y_norm2": float((Y ** 2).sum())}
@@ -105,7 +108,7 @@ def main(argv: list[str] | None = None) -> dict:
     keep = ("mu", "Q0", "lambda", "lambda_drift", "steps_to_1e-6", "final_relative_loss", "bound_violations",
             "max_excess_over_bound")
     per_dtype, fig = {}, None
-    with E.Stopwatch() as clock:
+    with E.torch_threads(args.threads), E.Stopwatch() as clock:
         for dtype in cfg.dtypes:
             res = E.cached(args.out, NAME, {"cfg": cfg, "dtype": dtype}, lambda: train(cfg, dtype), args.resume)
             rows = analyse(res, cfg)

@@ -28,7 +28,7 @@ DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
 def add_common_arguments(parser: argparse.ArgumentParser, default_out: str = "figures", dtype: bool = True) -> None:
-    """--device, --seed, --out, --quick, --dtype (where the script trains in one precision), --no-resume."""
+    """--device, --seed, --out, --quick, --dtype (where the script trains in one precision), --no-resume, --threads."""
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where tensors live")
     parser.add_argument("--seed", type=int, default=0, help="seed of every random draw")
     parser.add_argument("--out", default=default_out, help="directory for NAME.pdf, NAME.png, NAME.json")
@@ -37,6 +37,20 @@ def add_common_arguments(parser: argparse.ArgumentParser, default_out: str = "fi
         parser.add_argument("--dtype", default="float32", choices=sorted(DTYPES), help="training precision")
     parser.add_argument("--no-resume", dest="resume", action="store_false",
                         help="recompute even if finished runs with the same settings are cached under OUT/.cache")
+    parser.add_argument("--threads", type=positive_int, default=1,
+                        help="torch intra-op threads (default 1: the loops are of tiny ops, where a second thread "
+                             "only waits, and on a busy machine it waits for a core)")
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer ≥ 1, else a clear error naming the value."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive integer")
+    return value
 
 
 def settings_from_cli(doc: str, settings_cls, quick: Callable[[Any], Any], argv: list[str] | None,
