@@ -6,7 +6,9 @@ Spectral init (Prop. 14): Y = ΦΣΨᵀ, U = ΦŪ, V = ΨV̄, diagonal entries o
 Claim (Prop. 15/16): |σᵢˣ − σᵢʸ| ≤ |σᵢˣ(0) − σᵢʸ| e^{−t/λᵢ} with λᵢ = ūᵢ² + v̄ᵢ² conserved, so a
 smaller Q₀ = Tr[UᵀU] + Tr[VᵀV] = Σλᵢ converges faster. GD on the mean over the m·n entries at
 rate η is GD on ½‖Y − F‖² at rate 2η/(mn): flow time t = step · 2η/(mn) in the bound.
-Runtime: about 1.5 min on a 2-core CPU (float32 and float64).
+Runtime: about 1.5 min on a 2-core CPU with the torch step; the compiled step (symmetry.kernels, numba)
+is 40–75× faster per step (benchmarks/bench_steps.py). μ = 0.01 is sensitive to round-off (one ulp
+at init moves its parameters by 13% within 1000 steps), so its numbers differ between the two steps.
 """
 from __future__ import annotations
 

@@ -56,3 +56,14 @@ def test_a_failing_figure_is_named_and_the_others_still_run(tmp_path, monkeypatc
         assert "figure_fails: FAILED (RuntimeError: this figure cannot be made" in out
         assert "figure_ok:" in out
     assert "this figure cannot be made" in (tmp_path / "logs" / "figure_fails.log").read_text()
+
+
+def test_jobs_and_threads_must_be_positive(capsys):
+    import pytest
+
+    reproduce = load("reproduce")
+    for flag in ("--jobs", "--threads"):
+        with pytest.raises(SystemExit) as stop:
+            reproduce.main([flag, "0"])
+        assert stop.value.code == 2
+        assert f"argument {flag}: '0' is not a positive integer" in capsys.readouterr().err
