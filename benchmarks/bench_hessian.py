@@ -18,6 +18,7 @@ Usage: python benchmarks/bench_hessian.py [--repeats 3] [--quick] [--out benchma
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 
@@ -140,7 +141,7 @@ def run(args) -> dict:
 
     results = {
         "model": "Linear(784,128)-ReLU-Linear(128,10), biases", "n_parameters": D, "n_images": args.images,
-        "dtype": "float32", "torch_threads": torch.get_num_threads(), "repeats": args.repeats, "tol": args.tol,
+        "dtype": "float32", "torch_threads": torch.get_num_threads(), "load_average_after": os.getloadavg(), "repeats": args.repeats, "tol": args.tol,
         "hvp_seconds": {"forward_over_reverse": t_forward, "reverse_over_reverse": t_reverse},
         "hvp_ratio_forward_over_reverse": t_forward / t_reverse, "hvp_relative_difference": agree,
         "reference_eigenvalues_tol_1e-10": ref.tolist(), "reference_products": reference.iterations,

@@ -14,6 +14,7 @@ Usage: python benchmarks/bench_steps.py [--repeats 5] [--quick] [--out benchmark
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import subprocess
 import sys
@@ -134,6 +135,7 @@ def main(argv=None) -> dict:
         sensitivity = roundoff()
     fig3 = fig3_steps(max(steps // 200, 200), repeats)
     results = {"benchmark": "bench_steps", "environment": E.environment(), "repeats": repeats,
+               "load_average_after": os.getloadavg(),  # a busy machine slows both sides of each ratio
                "fig7_step": fig7, "fig3_step": fig3, "fig7_roundoff_sensitivity": sensitivity}
     E.write_json(f"{args.out}/bench_steps{'_quick' if args.quick else ''}.json", results)
     return results
