@@ -13,6 +13,7 @@ torch step). ``stepper.advance(k)`` runs k steps in one call (no Python per step
 """
 from __future__ import annotations
 
+import re
 import sys
 from typing import Callable
 
@@ -175,12 +176,16 @@ def compiled_gradient_descent(model, params, X: Tensor | None, Y: Tensor, lr, st
     """``symmetry.gradient_descent`` with the compiled step where it applies (see :func:`radial_stepper`),
     the same Trajectory (step numbers, loss and observables at the same steps); ``None`` where the kernel
     does not apply or ``steps`` is not a multiple of ``record_every`` (then run the torch loop)."""
-    from .dynamics import gradient_descent
+    from .dynamics import DivergenceError, gradient_descent
 
     probe = tuple(p.detach().clone() for p in params)
     if steps % record_every or radial_stepper(model, probe, X, Y, lr) is None:
         return None
-    run = gradient_descent(_Chunked(model, record_every), params, X, Y, lr, steps // record_every, record_every=1,
-                           **options)
+    try:
+        run = gradient_descent(_Chunked(model, record_every), params, X, Y, lr, steps // record_every,
+                               record_every=1, **options)
+    except DivergenceError as error:  # the loop counted blocks of record_every steps: name the GD step
+        raise DivergenceError(re.sub(r"at step (\d+)", lambda m: f"by GD step {int(m.group(1)) * record_every}",
+                                     str(error))) from None
     run.times = run.times * record_every
     return run

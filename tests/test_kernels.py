@@ -85,3 +85,12 @@ def test_without_numba_one_line_and_the_torch_step(monkeypatch, capsys):
     assert K.radial_stepper(S.TwoLayerRadialNet(), params, None, Y, 0.1) is None
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and "numba is not installed" in lines[0] and "torch step" in lines[0]
+
+
+def test_divergence_names_the_gd_step():
+    net = S.TwoLayerRadialNet()
+    params, Y = radial_problem()
+    params[1][1, :, 2] = 0  # configuration 1, neuron 2: no incoming weights, g(0) = 0/0
+    with pytest.raises(S.DivergenceError, match=r"by GD step 0 for configuration\(s\) \(1,\)"):
+        K.compiled_gradient_descent(net, params, None, Y, 1e-3, 200, record_every=10,
+                                    labels=None)
