@@ -146,8 +146,8 @@ def lanczos(matvec: Callable[[Tensor], Tensor], D: int, k: int = 6, which: str =
             residual = (beta * S[-1, order]).abs()
             others = (theta[order, None] - theta[None, :]).abs()
             others[torch.arange(k), order] = math.inf
-            gap = others.min(dim=1).values if j else torch.full((k,), math.inf, dtype=torch.float64)
-            error = torch.minimum(residual, residual ** 2 / gap)
+            gap = others.min(dim=1).values  # inf while θᵢ is the only Ritz value: then the residual alone
+            error = torch.where(torch.isfinite(gap), torch.minimum(residual, residual ** 2 / gap), residual)
             if bool((error <= threshold * theta[order].abs().clamp_min(eps * scale)).all()) or j + 1 == limit:
                 if j + 1 == limit and j + 1 < D and not bool((error <= threshold * theta[order].abs()).all()):
                     raise RuntimeError(f"Lanczos did not reach tol={tol:g} in max_iter={limit} iterations "

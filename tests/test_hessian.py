@@ -140,6 +140,8 @@ def test_lanczos_tolerance_bounds_the_eigenvalue_error():
         got = S.lanczos(lambda x: A @ x, D, k=5, tol=tol)
         assert bool((((got.values - exact) / exact).abs() <= tol).all())
         assert got.iterations < D
+        one = S.lanczos(lambda x: A @ x, D, k=1, tol=tol)  # a single Ritz value has no gap to lean on
+        assert abs(float(one.values[0] - exact[0])) <= tol * float(exact[0]) and one.iterations > 1
     loose, tight = S.lanczos(lambda x: A @ x, D, k=5, tol=1e-3), S.lanczos(lambda x: A @ x, D, k=5, tol=1e-8)
     assert loose.iterations < tight.iterations  # the tolerance buys time
 
