@@ -9,7 +9,7 @@ one backward pass through it) and Lanczos with full reorthogonalisation for the 
 from __future__ import annotations
 
 import math
-from typing import Callable, Iterable, NamedTuple
+from typing import Callable, Iterable, NamedTuple, Sequence
 
 import torch
 
@@ -71,7 +71,7 @@ def hessian_vector_product(loss_fn: LossFn, params: Params, mode: str = "reverse
 HVP_MODES = ("reverse", "forward")
 
 
-def _graph_hvp(gradient: Tensor, inputs: list[Tensor], join: Callable) -> Callable[[Tensor], Tensor]:
+def _graph_hvp(gradient: Tensor, inputs: Sequence[Tensor], join: Callable) -> Callable[[Tensor], Tensor]:
     """v ↦ ∂⟨gradient, v⟩/∂inputs through a kept graph (reverse-over-reverse)."""
 
     def hvp(v: Tensor) -> Tensor:
@@ -197,10 +197,10 @@ def top_hessian_eigenvalues(loss_fn: LossFn, params: Params, k: int = 6, which: 
 Batch = tuple[Tensor, Tensor]
 
 
-def _batches(data) -> tuple[list[Batch] | Iterable[Batch], bool]:
+def _batches(data) -> tuple[Iterable[Batch], bool]:
     """(batches, single): one (X, Y) pair, or a re-iterable collection of pairs."""
     if isinstance(data, (tuple, list)) and len(data) == 2 and all(isinstance(t, Tensor) for t in data):
-        return [tuple(data)], True
+        return [(data[0], data[1])], True
     if isinstance(data, Tensor) or iter(data) is data:
         raise TypeError("data must be a pair (X, Y) of tensors or a re-iterable collection of (X, Y) batches "
                         f"(a list, a DataLoader), got {type(data).__name__}"
@@ -238,18 +238,18 @@ def module_hessian_vector_product(model: torch.nn.Module, loss: Callable[[Tensor
         return torch.cat([torch.zeros_like(p).reshape(-1) if g is None else g.reshape(-1) for g, p in zip(grads, params)])
 
     if single:
-        return _graph_hvp(weighted_gradient(*batches[0], 1.0), params, torch.cat), names
+        ((X, Y),) = batches
+        return _graph_hvp(weighted_gradient(X, Y, 1.0), params, torch.cat), names
     sizes = [len(X) for X, _ in batches]
     if not sizes:
         raise ValueError("data holds no batches")
     total = sum(sizes)
 
     def hvp(v: Tensor) -> Tensor:
-        out = None
+        out = torch.zeros_like(v)
         for (X, Y), size in zip(batches, sizes, strict=True):
-            part = _graph_hvp(weighted_gradient(X, Y, size / total if batch_weight == "size" else 1.0),
-                              params, torch.cat)(v)
-            out = part if out is None else out + part
+            out += _graph_hvp(weighted_gradient(X, Y, size / total if batch_weight == "size" else 1.0),
+                              params, torch.cat)(v).to(out)
         return out
 
     return hvp, names
