@@ -89,7 +89,7 @@ def plot(rows: list[dict], cfg: Settings):
 
 def main(argv: list[str] | None = None) -> dict:
     args, cfg = E.settings_from_cli(__doc__, Settings, quick, argv, dtype=False)  # float64 throughout: no training
-    with E.Stopwatch() as clock:
+    with E.torch_threads(args.threads), E.Stopwatch() as clock:
         rows = run(cfg)
     fig = plot(rows, cfg)
     results = {"distributions": [{k: v for k, v in r.items() if k != "values"} for r in rows],

@@ -149,7 +149,7 @@ def plot(curves: dict, cfg: Settings):
 
 def main(argv: list[str] | None = None) -> dict:
     args, cfg = E.settings_from_cli(__doc__, Settings, quick, argv, dtype=False)  # runs both precisions
-    with E.Stopwatch() as clock:
+    with E.torch_threads(args.threads), E.Stopwatch() as clock:
         curves = run(cfg, args.out, args.resume)
     fig = plot(curves, cfg)
     results = summarize(curves, cfg)

@@ -119,7 +119,7 @@ def plot(rows: list[dict], cfg: Settings):
 
 def main(argv: list[str] | None = None) -> dict:
     args, cfg = E.settings_from_cli(__doc__, Settings, quick, argv)
-    with E.Stopwatch() as clock:
+    with E.torch_threads(args.threads), E.Stopwatch() as clock:
         rows = run(cfg, args.out, args.resume)
     fig = plot([r for r in rows if r["seed"] == cfg.seed], cfg)
     table, per_config = {}, {}

@@ -97,7 +97,7 @@ def plot(rows: list[dict], cfg: Settings):
 
 def main(argv: list[str] | None = None) -> dict:
     args, cfg = E.settings_from_cli(__doc__, Settings, quick, argv, dtype=False)  # float64 gradient flow
-    with E.Stopwatch() as clock:
+    with E.torch_threads(args.threads), E.Stopwatch() as clock:
         rows = run(cfg)
     fig = plot(rows, cfg)
     trajectories = [{k: v for k, v in r.items() if k not in ("U", "V")} for r in rows]

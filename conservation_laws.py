@@ -158,7 +158,7 @@ def plot(arch_rows: list[dict], paper_rows: list[dict]):
 def main(argv: list[str] | None = None) -> dict:
     args, cfg = E.settings_from_cli(__doc__, Settings, quick, argv, dtype=False)
     settings = {**vars(cfg), "quick": args.quick}
-    with E.Stopwatch() as clock:
+    with E.torch_threads(args.threads), E.Stopwatch() as clock:
         paper_rows = E.cached(args.out, f"{NAME}-paper", settings, lambda: {"rows": run_paper_models(cfg)},
                               args.resume)["rows"]
         region_rows = E.cached(args.out, f"{NAME}-regions", settings, lambda: {"rows": run_region_models(cfg)},

@@ -298,6 +298,7 @@ def main(argv: list[str] | None = None) -> dict:
     cfg = quick(cfg) if args.quick else cfg
     cfg.dataset = args.dataset or cfg.dataset
     cfg.allow_fallback = args.allow_fallback or cfg.allow_fallback
+    cfg.threads = args.threads
     with E.torch_threads(cfg.threads), E.Stopwatch() as clock:
         data = load_data(cfg)
         mlp = {a: E.cached(args.out, NAME, {"cfg": cfg, "part": a, "data": data["name"]},

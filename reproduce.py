@@ -8,13 +8,17 @@ the claim, whether it holds, what was measured, and the criterion it was held to
 Then the two related papers: Gluch & Urbanke (noether_dynamics) and Marcotte et al. (conservation_laws).
 Runtime: about 6 min on a 2-core CPU (--quick: about a minute).
 Usage: python reproduce.py [--device cpu|cuda] [--seed 0] [--out figures] [--quick] [--only NAME ...]
+       [--jobs N (default: cores; figures in parallel worker processes)] [--threads 1]
 """
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
+import pickle
 import sys
 import time
+import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -105,6 +109,110 @@ def print_claims(table: list[dict]) -> None:
     print(f"{sum(r['holds'] for r in table)}/{len(table)} claims hold")
 
 
+@dataclass
+class JobResult:
+    """One figure script's run: its payload, or the error that stopped it (and where its output went)."""
+
+    name: str
+    seconds: float
+    payload: dict | None = None
+    error: str | None = None  # "ExceptionType: message" when the script failed
+    log: str | None = None  # the worker's stdout and stderr (parallel runs)
+
+
+def _expected_seconds(name: str, out: str) -> float:
+    """The wall time of the last run in OUT (longest first keeps both workers busy to the end)."""
+    try:
+        import json
+
+        return float(json.loads((Path(out) / f"{name}.json").read_text())["wall_time_s"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return 0.0
+
+
+def _figure_job(name: str, argv: list[str], threads: int, log_path: str, conn) -> None:
+    """In a worker process: run one figure script with ``threads`` torch threads, output to its log."""
+    log = open(log_path, "w", buffering=1)
+    os.dup2(log.fileno(), 1)  # the C++ side (torch warnings) too
+    os.dup2(log.fileno(), 2)
+    sys.stdout = sys.stderr = log
+    torch.set_num_threads(threads)
+    started = time.perf_counter()
+    try:
+        payload = importlib.import_module(name).main(argv)
+        # plain pickle, by value: torch's multiprocessing pickler would share tensors through this process
+        conn.send_bytes(pickle.dumps(("ok", payload, time.perf_counter() - started)))
+    except BaseException as error:  # SystemExit from a script's checks included: report it, don't hang
+        traceback.print_exc()
+        conn.send_bytes(pickle.dumps(("error", f"{type(error).__name__}: {error}", time.perf_counter() - started)))
+    finally:
+        conn.close()
+        log.close()
+
+
+def run_figures(names: list[str], argv: list[str], jobs: int, threads: int = 1, log_dir: str | Path = "figures/.logs",
+                out: str = "figures") -> list[JobResult]:
+    """Run each figure script's ``main(argv)``; a failure is recorded and the others still run.
+
+    ``jobs`` = 1: one after the other in this process (live progress bars), with ``threads`` torch threads.
+    ``jobs`` > 1: up to ``jobs`` worker processes at once (spawned, ``threads`` torch threads each), longest
+    first by the last recorded wall time; each worker's output goes to ``log_dir``/NAME.log and this
+    process prints one line per finished job. A worker that crashes (killed, out of memory) fails only
+    its own figure. Results come back in the order of ``names``.
+    """
+    results: dict[str, JobResult] = {}
+    total = len(names)
+    if jobs == 1:
+        for name in names:
+            started = time.perf_counter()
+            try:
+                with S.models.torch_threads(threads):
+                    payload = importlib.import_module(name).main(argv)
+                results[name] = JobResult(name, time.perf_counter() - started, payload)
+                print(f"[{len(results)}/{total}] {name}: {results[name].seconds:.0f} s", flush=True)
+            except (Exception, SystemExit) as error:
+                traceback.print_exc()
+                results[name] = JobResult(name, time.perf_counter() - started, error=f"{type(error).__name__}: {error}")
+                print(f"[{len(results)}/{total}] {name}: FAILED ({results[name].error})", flush=True)
+        return [results[n] for n in names]
+
+    import multiprocessing
+    from multiprocessing.connection import wait
+
+    context = multiprocessing.get_context("spawn")  # no fork of a process whose torch thread pool is running
+    Path(log_dir).mkdir(parents=True, exist_ok=True)
+    queue = sorted(names, key=lambda n: -_expected_seconds(n, out))
+    running: dict = {}  # connection → (name, process, start, log)
+    print(f"running {total} figures in {min(jobs, total)} worker processes ({threads} torch thread(s) each); "
+          f"their output goes to {log_dir}/NAME.log", flush=True)
+    while queue or running:
+        while queue and len(running) < jobs:
+            name = queue.pop(0)
+            receive, send = context.Pipe(duplex=False)
+            log = str(Path(log_dir) / f"{name}.log")
+            process = context.Process(target=_figure_job, args=(name, argv, threads, log, send), name=name)
+            process.start()
+            send.close()  # the child holds its own end: EOF here when it dies
+            running[receive] = (name, process, time.perf_counter(), log)
+        for conn in wait(list(running)):
+            name, process, started, log = running.pop(conn)
+            try:
+                status, value, seconds = pickle.loads(conn.recv_bytes())
+            except EOFError:  # the process died without a word
+                process.join()
+                status, value, seconds = "error", f"worker exited with code {process.exitcode}", \
+                    time.perf_counter() - started
+            process.join()
+            conn.close()
+            if status == "ok":
+                results[name] = JobResult(name, seconds, payload=value, log=log)
+                print(f"[{len(results)}/{total}] {name}: {seconds:.0f} s", flush=True)
+            else:
+                results[name] = JobResult(name, seconds, error=value, log=log)
+                print(f"[{len(results)}/{total}] {name}: FAILED ({value}; see {log})", flush=True)
+    return [results[n] for n in names]
+
+
 FIGURES = ("Q_dynamics_elementwise", "Q_distribution", "Q_convergence_elementwise", "Q_convergence_radial",
            "Q_sharpness_1d", "Q_hessian_eigenvalues", "noether_dynamics", "conservation_laws")
 
@@ -121,6 +229,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     parser.add_argument("--only", nargs="*", choices=FIGURES, default=list(FIGURES), help="figures to regenerate")
     parser.add_argument("--steps", type=int, default=Settings.steps, help="GD steps of the conservation check")
+    parser.add_argument("--jobs", type=E.positive_int, default=os.cpu_count() or 1,
+                        help="figures run at once, in worker processes (default: the number of cores; 1: in this "
+                             "process, one after the other)")
+    parser.add_argument("--threads", type=E.positive_int, default=1,
+                        help="torch threads per figure (default 1: their loops are of tiny ops)")
     args = parser.parse_args(argv)
     if args.steps < 1:
         parser.error(f"--steps {args.steps}: must be a positive integer")
@@ -130,7 +243,8 @@ def main(argv: list[str] | None = None) -> int:
         args.out = E.QUICK_OUT if args.quick else E.DEFAULT_OUT
     E.check_output_location(args.out, tuple(args.only) + ("noether_dynamics_rotation",))  # before any computation
     cfg = Settings(seed=args.seed, device=args.device, steps=args.steps)
-    rows = run(cfg)
+    with E.torch_threads(args.threads):
+        rows = run(cfg)
 
     lr_keys = [f"gd_drift_lr{lr:g}" for lr in cfg.lrs]
     print(f"\nQ of Eq. 48 on the Fig. 3 net (m={cfg.m}, n={cfg.n}, h={cfg.h}), time {cfg.steps * max(cfg.lrs):g} "
@@ -143,17 +257,24 @@ def main(argv: list[str] | None = None) -> int:
               + " ".join(f"{r[k]:>11.1e}" for k in lr_keys))
 
     table = conservation_claims(rows, cfg)
-    common = (["--device", args.device, "--seed", str(args.seed), "--out", args.out] + (["--quick"] if args.quick else [])
-              + ([] if args.resume else ["--no-resume"]))
-    for name in args.only:
-        started = time.perf_counter()
-        payload = importlib.import_module(name).main(common)
-        print(f"{name}: {time.perf_counter() - started:.0f} s -> {args.out}/{name}.{{pdf,png,json}}", flush=True)
-        table += collect_claims(name, payload)
+    common = (["--device", args.device, "--seed", str(args.seed), "--out", args.out, "--threads", str(args.threads)]
+              + (["--quick"] if args.quick else []) + ([] if args.resume else ["--no-resume"]))
+    jobs = 1 if args.device == "cuda" else args.jobs  # one process owns the GPU
+    started = time.perf_counter()
+    runs = run_figures(args.only, common, jobs, args.threads, Path(args.out) / ".logs", args.out)
+    print(f"figures: {time.perf_counter() - started:.0f} s wall in all -> {args.out}/NAME.{{pdf,png,json}}")
+    failed = [r for r in runs if r.error is not None]
+    for r in runs:
+        if r.error is None:
+            table += collect_claims(r.name, r.payload)
 
     from symmetry.experiment import environment, peak_memory_mb, write_json
 
-    print(f"peak memory of this process: {peak_memory_mb():.0f} MB")
+    import resource
+
+    worker = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024  # the largest finished worker
+    print(f"peak memory of this process: {peak_memory_mb():.0f} MB" + (f"; of the largest worker: {worker:.0f} MB"
+                                                                         if worker else ""))
     if args.quick:  # quick settings are a first look, not the paper's: their claims are not the README's
         print(f"\nQUICK MODE (--quick: small settings, not the paper's; figures in {args.out}): claims below are "
               f"quick-mode numbers, not the README's")
@@ -161,9 +282,13 @@ def main(argv: list[str] | None = None) -> int:
     # the conservation check's numbers and the table, beside the figures they were read from
     write_json(f"{args.out}/claims.json", {"settings": cfg, "figures": args.only, "quick": args.quick,
                                            "conservation_check": rows, "claims": table,
+                                           "failed": [{"figure": r.name, "error": r.error} for r in failed],
                                            "environment": environment(args.device)})
-    # a claim that does not hold is a result, reported above and in the README, not a failure of the run
-    return 0
+    for r in failed:
+        print(f"FAILED: {r.name} ({r.error}){f'; its output: {r.log}' if r.log else ''}")
+    # a claim that does not hold is a result, reported above and in the README, not a failure of the run;
+    # a figure that could not be made is a failure
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

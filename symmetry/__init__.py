@@ -52,7 +52,8 @@ from .conserved import (
     swish_balance,
 )
 from .dynamics import DivergenceError, Trajectory, gradient_descent, gradient_flow
-from .hessian import hessian_eigenvalues, hessian_vector_product, loss_hessian, top_hessian_eigenvalues
+from .hessian import (Eigenpairs, eigenvector_parameters, hessian_eigenvalues, hessian_top_k, hessian_vector_product, lanczos,
+                      loss_hessian, module_hessian_vector_product, top_hessian_eigenvalues)
 from .init import expected_Q_xavier, gaussian_init, init_at_Q, spectral_init, xavier_init
 from .laws import count_conservation_laws, lie_algebra_dimension, polynomial_laws
 from .models import MLP, MLPClassifier, PotentialModel, SwishMLP, TwoLayerNet, TwoLayerRadialNet, flatten, unflatten

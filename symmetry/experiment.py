@@ -47,7 +47,8 @@ def seed_argument(text: str) -> int:
 
 
 def add_common_arguments(parser: argparse.ArgumentParser, default_out: str | None = None, dtype: bool = True) -> None:
-    """--device, --seed, --out, --quick, --dtype (where the script trains in one precision), --no-resume, --debug."""
+    """--device, --seed, --out, --quick, --dtype (where the script trains in one precision), --no-resume, --debug,
+    --threads."""
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where tensors live")
     parser.add_argument("--seed", type=seed_argument, default=0, help="seed of every random draw (0 to 2**62)")
     parser.add_argument("--out", default=default_out,
@@ -59,6 +60,9 @@ def add_common_arguments(parser: argparse.ArgumentParser, default_out: str | Non
     parser.add_argument("--no-resume", dest="resume", action="store_false",
                         help="recompute even if finished runs with the same settings and code are cached under OUT/.cache")
     parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
+    parser.add_argument("--threads", type=positive_int, default=1,
+                        help="torch intra-op threads (default 1: the loops are of tiny ops, where a second thread "
+                             "only waits, and on a busy machine it waits for a core)")
 
 
 def parse_common(parser: argparse.ArgumentParser, argv: list[str] | None, names: tuple[str, ...] = ()) -> argparse.Namespace:
@@ -70,6 +74,18 @@ def parse_common(parser: argparse.ArgumentParser, argv: list[str] | None, names:
         args.out = QUICK_OUT if args.quick else DEFAULT_OUT
     check_output_location(args.out, names)
     return args
+
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer ≥ 1, else a clear error naming the value."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive integer")
+    return value
 
 
 def settings_from_cli(doc: str, settings_cls, quick: Callable[[Any], Any], argv: list[str] | None,

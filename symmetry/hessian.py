@@ -1,12 +1,15 @@
-"""Hessians of a loss given as a pure function of a parameter tuple (App. G).
+"""Hessians of a loss (App. G): of a pure function of a parameter tuple, or of a user's ``nn.Module``.
 
 ``loss_fn`` maps a parameter tuple to a scalar, e.g. ``model.loss_function(X, Y)``.
 The full matrix comes from ``torch.func.hessian`` (forward-over-reverse); models too large
-for it use Hessian-vector products and scipy's Lanczos solver (ARPACK ``eigsh``).
+for it use Hessian-vector products (reverse-over-reverse: one gradient graph kept, each product
+one backward pass through it) and Lanczos with full reorthogonalisation for the top k.
+:func:`hessian_top_k` takes a module, a loss and data (one batch, or batches summed exactly).
 """
 from __future__ import annotations
 
-from typing import Callable
+import math
+from typing import Callable, Iterable, NamedTuple, Sequence
 
 import torch
 
@@ -42,14 +45,40 @@ def hessian_eigenvalues(loss_fn: LossFn, params: Params) -> Tensor:
     return torch.linalg.eigvalsh(loss_hessian(loss_fn, params))
 
 
-def hessian_vector_product(loss_fn: LossFn, params: Params) -> Callable[[Tensor], Tensor]:
-    """v ↦ H v at ``params`` (flattened v), without forming H: forward-mode over ∇L."""
+def hessian_vector_product(loss_fn: LossFn, params: Params, mode: str = "reverse") -> Callable[[Tensor], Tensor]:
+    """v ↦ H v at ``params`` (flattened v), without forming H.
+
+    ``mode="reverse"`` (default): reverse-over-reverse, the gradient's graph built once and each product
+    one backward pass through it (benchmarks/bench_hessian.py: the faster one on CPU);
+    ``"forward"``: forward-mode over ∇L (``torch.func.jvp``), recomputing the gradient each time.
+    """
     params = check_params("params", params)
-    grad = torch.func.grad(_flat_loss(loss_fn, params))
+    check_choice("mode", mode, HVP_MODES)
     x = flatten(params).detach()
+    if mode == "forward":
+        grad = torch.func.grad(_flat_loss(loss_fn, params))
+
+        def forward_hvp(v: Tensor) -> Tensor:
+            return jvp(grad, (x,), (v.to(x),))[1]
+
+        return forward_hvp
+    x = x.clone().requires_grad_(True)
+    with torch.enable_grad():
+        (gradient,) = torch.autograd.grad(_flat_loss(loss_fn, params)(x), x, create_graph=True)
+    return _graph_hvp(gradient, [x], torch.cat)
+
+
+HVP_MODES = ("reverse", "forward")
+
+
+def _graph_hvp(gradient: Tensor, inputs: Sequence[Tensor], join: Callable) -> Callable[[Tensor], Tensor]:
+    """v ↦ ∂⟨gradient, v⟩/∂inputs through a kept graph (reverse-over-reverse)."""
 
     def hvp(v: Tensor) -> Tensor:
-        return jvp(grad, (x,), (v.to(x),))[1]
+        with torch.enable_grad():
+            parts = torch.autograd.grad(gradient, inputs, grad_outputs=v.to(gradient), retain_graph=True,
+                                        allow_unused=True)
+        return join([torch.zeros_like(x).reshape(-1) if p is None else p.reshape(-1) for p, x in zip(parts, inputs)])
 
     return hvp
 
@@ -57,30 +86,193 @@ def hessian_vector_product(loss_fn: LossFn, params: Params) -> Callable[[Tensor]
 LANCZOS_WHICH = ("LA", "SA", "LM")
 
 
+class Eigenpairs(NamedTuple):
+    """k Hessian eigenvalues and unit eigenvectors (columns, flattened in parameter order)."""
+
+    values: Tensor  # (k,)
+    vectors: Tensor  # (D, k)
+    iterations: int  # Hessian-vector products used
+
+
+def lanczos(matvec: Callable[[Tensor], Tensor], D: int, k: int = 6, which: str = "LA", tol: float = 0.0,
+            seed: int = 0, max_iter: int | None = None, dtype: torch.dtype = torch.float64,
+            device: torch.device | str = "cpu") -> Eigenpairs:
+    """k extreme eigenpairs of a symmetric operator given by ``matvec`` (Lanczos, full reorthogonalisation).
+
+    Stops when every wanted Ritz value θᵢ has an estimated error min(rᵢ, rᵢ²/gapᵢ) ≤ tol·|θᵢ| (rᵢ the
+    Ritz residual ‖Hy − θy‖, gapᵢ the distance to the other Ritz values), or the Krylov space is
+    exhausted; ``tol=0`` asks for machine precision. From one start vector (``seed``) Lanczos sees one
+    copy of a repeated eigenvalue, and a new random direction only when the space closes.
+    """
+    check_choice("which", which, LANCZOS_WHICH)
+    if not (isinstance(k, int) and 1 <= k <= D):
+        raise ValueError(f"k={k!r} must be an integer with 1 <= k <= D={D}")
+    if not (isinstance(tol, (int, float)) and tol >= 0):
+        raise ValueError(f"tol={tol!r} must be a non-negative number (0: machine precision)")
+    limit = D if max_iter is None else min(D, max_iter)
+    if limit < k:
+        raise ValueError(f"max_iter={max_iter!r} must be at least k={k}")
+    generator = torch.Generator().manual_seed(seed)
+    eps = torch.finfo(dtype).eps
+    threshold = max(float(tol), 8 * eps)
+
+    def random_unit() -> Tensor:
+        q = torch.randn(D, generator=generator, dtype=torch.float64).to(device, dtype)
+        return q / q.norm()
+
+    basis = torch.empty(min(limit, max(2 * k + 20, 64)), D, dtype=dtype, device=device)  # grows on demand
+    alphas: list[float] = []
+    betas: list[float] = []  # betas[j] couples q_j and q_{j+1}
+    q = random_unit()
+    for j in range(limit):
+        if j == basis.shape[0]:
+            basis = torch.cat([basis, torch.empty(min(limit, 2 * j) - j, D, dtype=dtype, device=device)])
+        basis[j] = q
+        w = matvec(q).to(dtype).reshape(-1)
+        alphas.append(float(w @ q))
+        Q = basis[: j + 1]
+        for _ in range(2):  # classical Gram–Schmidt twice: orthogonal to working precision
+            w = w - Q.mT @ (Q @ w)
+        beta = float(w.norm())
+        T = torch.diag(torch.tensor(alphas, dtype=torch.float64))
+        if j:
+            off = torch.tensor(betas, dtype=torch.float64)
+            T += torch.diag(off, 1) + torch.diag(off, -1)
+        theta, S = torch.linalg.eigh(T)
+        scale = float(theta.abs().max()) or 1.0
+        closed = beta <= 1e3 * eps * scale  # an invariant subspace: the residuals vanish
+        if j + 1 >= k:
+            order = _ritz_order(theta, which)[:k]
+            residual = (beta * S[-1, order]).abs()
+            others = (theta[order, None] - theta[None, :]).abs()
+            others[torch.arange(k), order] = math.inf
+            gap = others.min(dim=1).values  # inf while θᵢ is the only Ritz value: then the residual alone
+            error = torch.where(torch.isfinite(gap), torch.minimum(residual, residual ** 2 / gap), residual)
+            if bool((error <= threshold * theta[order].abs().clamp_min(eps * scale)).all()) or j + 1 == limit:
+                if j + 1 == limit and j + 1 < D and not bool((error <= threshold * theta[order].abs()).all()):
+                    raise RuntimeError(f"Lanczos did not reach tol={tol:g} in max_iter={limit} iterations "
+                                       f"(estimated relative errors up to {float((error / theta[order].abs()).max()):.2g}); "
+                                       f"raise max_iter or tol")
+                vectors = (Q.mT @ S[:, order].to(dtype))
+                return Eigenpairs(theta[order].to(dtype), vectors / vectors.norm(dim=0), j + 1)
+        if closed:  # restart in the orthogonal complement: a block of T with no coupling
+            betas.append(0.0)
+            w = random_unit()
+            for _ in range(2):
+                w = w - Q.mT @ (Q @ w)
+            q = w / w.norm()
+        else:
+            betas.append(beta)
+            q = w / beta
+    raise AssertionError("unreachable: the loop returns at j + 1 == limit")
+
+
+def _ritz_order(theta: Tensor, which: str) -> Tensor:
+    if which == "LA":
+        return torch.argsort(theta, descending=True)
+    if which == "SA":
+        return torch.argsort(theta)
+    return torch.argsort(theta.abs(), descending=True)
+
+
 def top_hessian_eigenvalues(loss_fn: LossFn, params: Params, k: int = 6, which: str = "LA",
-                            seed: int = 0, tol: float = 0.0) -> Tensor:
-    """k extreme Hessian eigenvalues by Lanczos on Hessian-vector products (scipy ``eigsh``).
+                            seed: int = 0, tol: float = 0.0, return_eigenvectors: bool = False,
+                            max_iter: int | None = None):
+    """k extreme Hessian eigenvalues by :func:`lanczos` on Hessian-vector products.
 
     ``which``: "LA" largest algebraic, "SA" smallest, "LM" largest magnitude. The start
     vector comes from ``seed`` so the result is deterministic. Returned descending for
-    "LA"/"LM", ascending for "SA".
+    "LA"/"LM", ascending for "SA"; with ``return_eigenvectors`` an :class:`Eigenpairs`.
     """
-    import numpy as np
-    from scipy.sparse.linalg import LinearOperator, eigsh
-
     check_choice("which", which, LANCZOS_WHICH)
-    hvp = hessian_vector_product(loss_fn, params)
+    params = check_params("params", params)
     D = sum(p.numel() for p in params)
     if not (isinstance(k, int) and 1 <= k < D):
         raise ValueError(f"k={k!r} must be an integer with 1 <= k < D={D} (use hessian_eigenvalues for all)")
-    dtype = params[0].dtype
+    result = lanczos(hessian_vector_product(loss_fn, params), D, k, which, tol, seed, max_iter,
+                     params[0].dtype, params[0].device)
+    return result if return_eigenvectors else result.values
 
-    def matvec(v):
-        v = torch.from_numpy(np.asarray(v, dtype=np.float64).reshape(-1))
-        return hvp(v.to(dtype)).detach().cpu().to(torch.float64).numpy()
 
-    operator = LinearOperator((D, D), matvec=matvec, dtype=np.float64)
-    v0 = np.random.default_rng(seed).standard_normal(D)
-    values = eigsh(operator, k=k, which=which, v0=v0, tol=tol, return_eigenvectors=False)
-    values = np.sort(values)
-    return torch.from_numpy(values if which == "SA" else values[::-1].copy())
+Batch = tuple[Tensor, Tensor]
+
+
+def _batches(data) -> tuple[Iterable[Batch], bool]:
+    """(batches, single): one (X, Y) pair, or a re-iterable collection of pairs."""
+    if isinstance(data, (tuple, list)) and len(data) == 2 and all(isinstance(t, Tensor) for t in data):
+        return [(data[0], data[1])], True
+    if isinstance(data, Tensor) or iter(data) is data:
+        raise TypeError("data must be a pair (X, Y) of tensors or a re-iterable collection of (X, Y) batches "
+                        f"(a list, a DataLoader), got {type(data).__name__}"
+                        + (" (a one-shot iterator: Lanczos passes over the data once per product)"
+                           if not isinstance(data, Tensor) else ""))
+    return data, False
+
+
+def module_hessian_vector_product(model: torch.nn.Module, loss: Callable[[Tensor, Tensor], Tensor], data,
+                                  batch_weight: str = "size") -> tuple[Callable[[Tensor], Tensor], list[str]]:
+    """(v ↦ H v, parameter names) for L(θ) = Σ_b w_b loss(model(X_b), Y_b) over the trainable parameters.
+
+    ``data``: a pair (X, Y), or a re-iterable collection of batches summed exactly (every batch in every
+    product). ``batch_weight="size"``: w_b = |batch b| / |data|, so a mean-reduced loss gives the Hessian of
+    the mean over all the data; ``"one"``: w_b = 1 (a sum-reduced loss gives the Hessian of the total).
+    Reverse-over-reverse: one batch's gradient graph is kept (a single pair: built once for all products).
+    The module runs as it is: call ``model.eval()`` first for dropout or batch norm in inference mode.
+    """
+    check_choice("batch_weight", batch_weight, ("size", "one"))
+    named = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+    if not named:
+        raise ValueError("the model has no trainable parameters (requires_grad=True)")
+    names, params = [n for n, _ in named], [p for _, p in named]
+    for name, p in named:
+        if not p.is_floating_point():
+            raise TypeError(f"parameter {name} has dtype {p.dtype}; the Hessian needs floating-point parameters")
+    batches, single = _batches(data)
+
+    def weighted_gradient(X: Tensor, Y: Tensor, weight: float) -> Tensor:
+        with torch.enable_grad():
+            value = loss(model(X), Y)
+            if value.ndim != 0:
+                raise ValueError(f"loss must return a scalar, got shape {tuple(value.shape)} (reduction='none'?)")
+            grads = torch.autograd.grad(weight * value, params, create_graph=True, allow_unused=True)
+        return torch.cat([torch.zeros_like(p).reshape(-1) if g is None else g.reshape(-1) for g, p in zip(grads, params)])
+
+    if single:
+        ((X, Y),) = batches
+        return _graph_hvp(weighted_gradient(X, Y, 1.0), params, torch.cat), names
+    sizes = [len(X) for X, _ in batches]
+    if not sizes:
+        raise ValueError("data holds no batches")
+    total = sum(sizes)
+
+    def hvp(v: Tensor) -> Tensor:
+        out = torch.zeros_like(v)
+        for (X, Y), size in zip(batches, sizes, strict=True):
+            out += _graph_hvp(weighted_gradient(X, Y, size / total if batch_weight == "size" else 1.0),
+                              params, torch.cat)(v).to(out)
+        return out
+
+    return hvp, names
+
+
+def hessian_top_k(model: torch.nn.Module, loss: Callable[[Tensor, Tensor], Tensor], data, k: int = 5, *,
+                  which: str = "LA", tol: float = 1e-3, seed: int = 0, batch_weight: str = "size",
+                  max_iter: int | None = None) -> Eigenpairs:
+    """Top-k Hessian eigenvalues and eigenvectors of a module's loss on data (Lanczos, see :func:`lanczos`).
+
+    ``loss(model(X), Y)`` must be a scalar (e.g. ``torch.nn.functional.cross_entropy``); ``data`` is a pair
+    (X, Y) or batches summed exactly (see :func:`module_hessian_vector_product`). Eigenvectors are the
+    columns of ``.vectors``, flattened in ``named_parameters()`` order (trainable ones);
+    :func:`eigenvector_parameters` reshapes one into a name → tensor dict.
+    """
+    hvp, _ = module_hessian_vector_product(model, loss, data, batch_weight)
+    params = [p for p in model.parameters() if p.requires_grad]
+    D = sum(p.numel() for p in params)
+    return lanczos(hvp, D, k, which, tol, seed, max_iter, params[0].dtype, params[0].device)
+
+
+def eigenvector_parameters(model: torch.nn.Module, vector: Tensor) -> dict[str, Tensor]:
+    """One flattened eigenvector (a column of ``Eigenpairs.vectors``) as name → tensor shaped like the parameter."""
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    parts = unflatten(vector, tuple(p for _, p in named))
+    return {n: t for (n, _), t in zip(named, parts)}

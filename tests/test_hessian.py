@@ -66,3 +66,96 @@ def test_hessian_of_a_batched_loss_is_refused():
         S.top_hessian_eigenvalues(net.loss_function(X, Y[0]), tuple(p[0] for p in params), k=20)
     with pytest.raises(ValueError, match="which='BE'"):
         S.top_hessian_eigenvalues(net.loss_function(X, Y[0]), tuple(p[0] for p in params), which="BE")
+
+
+# --- modules, data in batches, Lanczos with a tolerance --------------------------------------------
+
+def small_module(seed=0):
+    torch.manual_seed(seed)
+    return torch.nn.Sequential(torch.nn.Linear(4, 5), torch.nn.Tanh(), torch.nn.Linear(5, 3)).double()
+
+
+def exact_module_hessian(model, loss, X, Y):
+    """The (D, D) Hessian by torch.func (forward-over-reverse) through functional_call: the oracle."""
+    names = [n for n, _ in model.named_parameters()]
+    params = tuple(p.detach() for p in model.parameters())
+
+    def loss_fn(p):
+        return loss(torch.func.functional_call(model, dict(zip(names, p)), (X,)), Y)
+
+    return S.loss_hessian(loss_fn, params)
+
+
+def test_module_top_k_matches_the_exact_hessian():
+    model = small_module()
+    X, Y = randn(20, 4, seed=1), torch.randint(0, 3, (20,), generator=torch.Generator().manual_seed(2))
+    loss = torch.nn.functional.cross_entropy
+    H = exact_module_hessian(model, loss, X, Y)
+    values, vectors = torch.linalg.eigh(H)
+    for which, k, pick in (("LA", 4, torch.arange(len(values) - 1, len(values) - 5, -1)), ("SA", 3, torch.arange(3))):
+        result = S.hessian_top_k(model, loss, (X, Y), k=k, which=which, tol=0.0)
+        torch.testing.assert_close(result.values, values[pick], rtol=1e-9, atol=1e-11)
+        torch.testing.assert_close(H @ result.vectors, result.vectors * result.values, rtol=1e-7, atol=1e-9)
+        overlap = (vectors[:, pick].mT @ result.vectors).abs().diagonal()
+        torch.testing.assert_close(overlap, torch.ones(k, dtype=DTYPE), rtol=1e-7, atol=1e-7)
+    named = S.eigenvector_parameters(model, result.vectors[:, 0])
+    assert list(named) == [n for n, _ in model.named_parameters()]
+    assert all(named[n].shape == p.shape for n, p in model.named_parameters())
+
+
+@pytest.mark.parametrize("weight, reduction", [("size", "mean"), ("one", "sum")])
+def test_batches_are_summed_exactly(weight, reduction):
+    model = small_module(seed=3)
+    X, Y = randn(23, 4, seed=4), randn(23, 3, seed=5)
+    loss = lambda F, T: torch.nn.functional.mse_loss(F, T, reduction=reduction)  # noqa: E731
+    batches = [(X[:10], Y[:10]), (X[10:17], Y[10:17]), (X[17:], Y[17:])]  # unequal sizes
+    v = randn(sum(p.numel() for p in model.parameters()), seed=6)
+    whole, _ = S.module_hessian_vector_product(model, loss, (X, Y))
+    parts, names = S.module_hessian_vector_product(model, loss, batches, batch_weight=weight)
+    torch.testing.assert_close(parts(v), whole(v), rtol=1e-12, atol=1e-13)
+    torch.testing.assert_close(whole(v), exact_module_hessian(model, loss, X, Y) @ v, rtol=1e-10, atol=1e-12)
+    assert names == [n for n, _ in model.named_parameters()]
+    if weight == "size":  # a mean loss over unweighted batch means is not the mean over the data: control
+        plain, _ = S.module_hessian_vector_product(model, loss, batches, batch_weight="one")
+        assert float((plain(v) - whole(v)).norm()) > 1e-3 * float(whole(v).norm())
+
+
+def test_reverse_and_forward_products_agree():
+    net = S.TwoLayerNet("tanh", reduction="sum")
+    params, X, Y = two_layer_problem(4, 6, 3, seed=7, k=5)
+    loss = net.loss_function(X, Y)
+    v = randn(sum(p.numel() for p in params), seed=8)
+    torch.testing.assert_close(S.hessian_vector_product(loss, params, mode="reverse")(v),
+                               S.hessian_vector_product(loss, params, mode="forward")(v), rtol=1e-12, atol=1e-12)
+
+
+def test_lanczos_tolerance_bounds_the_eigenvalue_error():
+    """A symmetric matrix with a known, decaying spectrum: at tol the top-5 are within tol relative."""
+    D = 400
+    Q = torch.linalg.qr(randn(D, D, seed=9)).Q
+    spectrum = 10.0 * 0.8 ** torch.arange(D, dtype=DTYPE) * torch.where(torch.arange(D) % 7 == 3, -1.0, 1.0)
+    A = (Q * spectrum) @ Q.mT
+    exact = torch.sort(spectrum, descending=True).values[:5]
+    for tol in (1e-3, 1e-8):
+        got = S.lanczos(lambda x: A @ x, D, k=5, tol=tol)
+        assert bool((((got.values - exact) / exact).abs() <= tol).all())
+        assert got.iterations < D
+        one = S.lanczos(lambda x: A @ x, D, k=1, tol=tol)  # a single Ritz value has no gap to lean on
+        assert abs(float(one.values[0] - exact[0])) <= tol * float(exact[0]) and one.iterations > 1
+    loose, tight = S.lanczos(lambda x: A @ x, D, k=5, tol=1e-3), S.lanczos(lambda x: A @ x, D, k=5, tol=1e-8)
+    assert loose.iterations < tight.iterations  # the tolerance buys time
+
+
+def test_bad_module_input_is_named():
+    model = small_module()
+    X, Y = randn(6, 4), randn(6, 3)
+    with pytest.raises(TypeError, match="one-shot iterator"):
+        S.hessian_top_k(model, torch.nn.functional.mse_loss, iter([(X, Y)]))
+    with pytest.raises(ValueError, match="scalar"):
+        S.hessian_top_k(model, lambda F, T: (F - T) ** 2, (X, Y))
+    with pytest.raises(ValueError, match="batch_weight='mean' is not allowed"):
+        S.hessian_top_k(model, torch.nn.functional.mse_loss, (X, Y), batch_weight="mean")
+    with pytest.raises(ValueError, match="tol=-1"):
+        S.hessian_top_k(model, torch.nn.functional.mse_loss, (X, Y), tol=-1)
+    with pytest.raises(RuntimeError, match="did not reach tol"):
+        S.hessian_top_k(model, torch.nn.functional.mse_loss, (X, Y), k=3, tol=1e-14, max_iter=4)

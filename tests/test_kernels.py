@@ -1,0 +1,96 @@
+"""The compiled radial GD kernel against the torch step it replaces (TwoLayerRadialNet.descent_step)."""
+
+import pytest
+import torch
+
+import symmetry as S
+from symmetry import kernels as K
+
+from conftest import randn
+
+pytest.importorskip("numba")
+
+
+def radial_problem(batch=3, m=5, n=10, h=5, dtype=torch.float64):
+    """Gaussian (U, V) of the Fig. 7 shapes, a batch of configurations, Y ~ N(0, 1)."""
+    U, V = S.gaussian_init(m, h, n, std=0.8, batch=(batch,), seed=3, dtype=torch.float64)
+    return (U.to(dtype), V.to(dtype)), randn(m, n, seed=4).to(dtype)
+
+
+def torch_steps(net, params, Y, lr, steps):
+    params = tuple(p.clone() for p in params)
+    for _ in range(steps):
+        net.descent_step(params, None, Y, lr)
+    return params
+
+
+@pytest.mark.parametrize("dtype, rtol", [(torch.float64, 1e-12), (torch.float32, 1e-6)])
+@pytest.mark.parametrize("reduction", ["mean", "half_sum"])
+def test_kernel_equals_the_torch_step_over_1000_steps(dtype, rtol, reduction):
+    net = S.TwoLayerRadialNet(reduction=reduction)
+    params, Y = radial_problem(dtype=dtype)
+    lr = 1e-2 if reduction == "mean" else 2e-4
+    expected = torch_steps(net, params, Y, lr, 1000)
+    fast = tuple(p.clone() for p in params)
+    stepper = K.radial_stepper(net, fast, None, Y, lr)
+    stepper()  # one step by call, the rest in one compiled loop
+    stepper.advance(999)
+    for got, want, start in zip(fast, expected, params):
+        assert (want - start).abs().max() > 1e-3  # the parameters moved: a real comparison
+        torch.testing.assert_close(got, want, rtol=rtol, atol=rtol * float(want.abs().max()))
+
+
+def test_per_configuration_learning_rates_and_one_configuration():
+    net = S.TwoLayerRadialNet()
+    params, Y = radial_problem(batch=2)
+    lr = torch.tensor([1e-2, 3e-2], dtype=torch.float64).reshape(2, 1, 1)  # as the engine passes it
+    expected = torch_steps(net, params, Y, lr, 50)
+    fast = tuple(p.clone() for p in params)
+    K.radial_stepper(net, fast, None, Y, lr).advance(50)
+    for got, want in zip(fast, expected):
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12 * float(want.abs().max()))
+    single = tuple(p[1].clone() for p in params)
+    K.radial_stepper(net, single, None, Y, 3e-2).advance(50)
+    for got, want in zip(single, expected):
+        torch.testing.assert_close(got, want[1], rtol=1e-12, atol=1e-12 * float(want.abs().max()))
+
+
+def test_compiled_gradient_descent_records_what_the_torch_loop_records():
+    net = S.TwoLayerRadialNet()
+    params, Y = radial_problem()
+    observe = {"lambda": S.radial_lambda}
+    fast = K.compiled_gradient_descent(net, params, None, Y, 1e-3, 200, record_every=20, observables=observe)
+    slow = S.gradient_descent(net, params, None, Y, 1e-3, 200, record_every=20, observables=observe)
+    assert torch.equal(fast.times, slow.times)
+    torch.testing.assert_close(fast.loss, slow.loss, rtol=1e-12, atol=1e-15)
+    torch.testing.assert_close(fast.observables["lambda"], slow.observables["lambda"], rtol=1e-12, atol=1e-15)
+    assert K.compiled_gradient_descent(net, params, None, Y, 1e-2, 201, record_every=20) is None  # torch's job
+
+
+def test_where_the_kernel_does_not_apply_it_says_none():
+    params, Y = radial_problem()
+    X = randn(10, 7, seed=5)
+    assert K.radial_stepper(S.TwoLayerRadialNet(), params, X, Y @ torch.zeros(10, 7, dtype=Y.dtype), 0.1) is None
+    assert K.radial_stepper(S.TwoLayerRadialNet(over="hidden"), params, None, Y, 0.1) is None
+    assert K.radial_stepper(S.TwoLayerRadialNet(f=lambda r: r ** -3), params, None, Y, 0.1) is None
+    half = tuple(p.half() for p in params)
+    assert K.radial_stepper(S.TwoLayerRadialNet(), half, None, Y.half(), 0.1) is None
+
+
+def test_without_numba_one_line_and_the_torch_step(monkeypatch, capsys):
+    monkeypatch.setattr(K, "numba_available", lambda: False)
+    monkeypatch.setattr(K, "_announced", False)
+    params, Y = radial_problem()
+    assert K.radial_stepper(S.TwoLayerRadialNet(), params, None, Y, 0.1) is None
+    assert K.radial_stepper(S.TwoLayerRadialNet(), params, None, Y, 0.1) is None
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "numba is not installed" in lines[0] and "torch step" in lines[0]
+
+
+def test_divergence_names_the_gd_step():
+    net = S.TwoLayerRadialNet()
+    params, Y = radial_problem()
+    params[1][1, :, 2] = 0  # configuration 1, neuron 2: no incoming weights, g(0) = 0/0
+    with pytest.raises(S.DivergenceError, match=r"by GD step 0 for configuration\(s\) \(1,\)"):
+        K.compiled_gradient_descent(net, params, None, Y, 1e-3, 200, record_every=10,
+                                    labels=None)
