@@ -94,7 +94,7 @@ def environment(device: torch.device | str = "cpu") -> dict[str, Any]:
     return info
 
 
-def _atomic_write(path: Path, write: Callable[[str], None]) -> None:
+def _atomic_write(path: Path, write: Callable[[str], object]) -> None:
     """Write to a temporary file in the same directory, then rename: a reader never sees half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
@@ -137,7 +137,7 @@ def save_figure(fig, out: str | Path, name: str) -> list[Path]:
     paths = []
     for ext, kwargs in (("pdf", {}), ("png", {"dpi": 150})):
         path = Path(out) / f"{name}.{ext}"
-        _atomic_write(path, lambda tmp, ext=ext, kwargs=kwargs: fig.savefig(tmp, format=ext, bbox_inches="tight", **kwargs))
+        _atomic_write(path, lambda tmp, ext=ext, kwargs=kwargs: fig.savefig(tmp, format=ext, bbox_inches="tight", **kwargs))  # type: ignore[misc]
         paths.append(path)
     return paths
 
