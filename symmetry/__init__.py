@@ -59,3 +59,19 @@ from .laws import count_conservation_laws, lie_algebra_dimension, polynomial_law
 from .models import MLP, MLPClassifier, PotentialModel, SwishMLP, TwoLayerNet, TwoLayerRadialNet, flatten, unflatten
 
 __version__ = "0.1.0"
+
+__all__ = [
+    "actions", "activations", "conserved", "dynamics", "hessian", "init", "laws", "models", "noether",
+    "Activation", "ACTIVATIONS", "angular_momentum", "angular_momentum_vector", "balance_matrix",
+    "conserved_Q", "conserved_Q_M", "count_conservation_laws", "data_angular_momentum", "DivergenceError",
+    "expected_Q_xavier", "flatten", "gaussian_init", "get_activation", "gradient_descent", "gradient_flow",
+    "hamiltonian", "hessian_eigenvalues", "hessian_vector_product", "homogeneous_imbalance",
+    "imbalance_matrix", "infinitesimal_action", "init_at_Q", "layer_balance", "layer_imbalances",
+    "lie_algebra_dimension", "linear_action", "linear_infinitesimal_action", "loss_hessian", "MLP",
+    "MLPClassifier", "multilayer_action", "multilayer_infinitesimal_action", "nd_balance_bound",
+    "neuron_scaling_action", "noether_charge", "nonlinear_action", "nonlinear_pi", "normalized_Q",
+    "orbit_dimension", "orthogonal_action", "PAPER_ACTIVATIONS", "polynomial_laws", "PotentialModel",
+    "radial_lambda", "radial_rescaling", "RankDeficiencyWarning", "scaling_action", "spectral_init",
+    "swish_balance", "SwishMLP", "top_hessian_eigenvalues", "Trajectory", "TwoLayerNet", "TwoLayerRadialNet",
+    "unflatten", "xavier_init", "__version__",
+]

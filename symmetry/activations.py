@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, Sequence, Union
+from typing import Callable, Sequence, Union, cast
 
 import torch
 
@@ -34,7 +34,7 @@ class Activation:
     dsigma_from_output: Callable[[Tensor], Tensor] | None = None  # σ' written in s = σ(z), when cheaper
     # (z, s, d) ↦ None: writes σ(z) into s and σ'(z) into d in place, with no allocation (the
     # preallocated training step of TwoLayerNet.stepper); a constant σ' is written once, not per step
-    into: Callable[[Tensor, Tensor, Tensor], None] | None = None
+    into: Callable[[Tensor, Tensor, Tensor], object] | None = None
     constant_dsigma: bool = False
 
     def __call__(self, z: Tensor) -> Tensor:
@@ -131,6 +131,8 @@ class MixedActivation:
     configuration b uses ``members[b]``. Same interface as :class:`Activation`.
     """
 
+    gaussian_mean_integral: None = None  # E[A(x)] (Eq. 47) is one per member, not one for the mix
+
     def __init__(self, members: Sequence[Activation]):
         self.members = tuple(members)
         names = [a.name for a in self.members]
@@ -204,7 +206,7 @@ def get_activation(spec: ActivationLike, **options) -> Activation | MixedActivat
         check_choice("activation", spec, _REGISTRY)
         return _REGISTRY[spec](**options)
     if isinstance(spec, (list, tuple)) and len(spec) > 0:
-        return MixedActivation([get_activation(s, **options) for s in spec])
+        return MixedActivation([cast(Activation, get_activation(s, **options)) for s in spec])
     raise TypeError(f"activation must be a name ({', '.join(ACTIVATIONS)}), an Activation "
                     f"or a non-empty sequence of them, got {spec!r}")
 

@@ -8,11 +8,13 @@ The group action acts on the last two linear layers, around σ.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ._optional import require
 from .activations import Activation, ActivationLike, get_activation
 from .ensemble import ENSEMBLE_MODES, GroupActionEnsemble, mean_probability, vote
 
@@ -97,7 +99,7 @@ def ensemble_grid(model: CifarNet, fit_x: Tensor, eval_x: Tensor, eval_y: Tensor
     if len(z_fit) < max(num_gs) * h:
         raise ValueError(f"fit_x has {len(z_fit)} images; num_g={max(num_gs)} batches of h={h} need {max(num_gs) * h}")
     single_logits = model.head(model.activation.sigma(z_eval))
-    result = {"single_accuracy": float((single_logits.argmax(-1) == eval_y).float().mean()),
+    result: dict[str, Any] = {"single_accuracy": float((single_logits.argmax(-1) == eval_y).float().mean()),
               "single_loss": float(F.cross_entropy(single_logits, eval_y)),
               "num_gs": list(num_gs), "epsilons": list(epsilons), "modes": {}}
     for mode in modes:
@@ -143,7 +145,7 @@ class EnsembleClassifier(nn.Module):
 
 def art_classifier(module: nn.Module):
     """An adversarial-robustness-toolbox wrapper; inputs live in [−0.5, 0.5], so attacks clip there."""
-    from art.estimators.classification import PyTorchClassifier
+    PyTorchClassifier = require("art.estimators.classification", "cifar", "art_classifier").PyTorchClassifier
 
     return PyTorchClassifier(model=module, loss=nn.CrossEntropyLoss(), input_shape=(3, 32, 32), nb_classes=10,
                              clip_values=(-0.5, 0.5))
@@ -154,7 +156,8 @@ def attack(classifier, x: Tensor, method: str, radius: float, step: float | None
     """Adversarial images from ART: ``fgsm`` (one signed-gradient step of size ``radius``) or ``pgd``
     (``iterations`` steps of ``step``, projected on the L∞ ball of ``radius``); 0 iterations or radius 0 = x."""
     import numpy as np
-    from art.attacks.evasion import FastGradientMethod, ProjectedGradientDescent
+    evasion = require("art.attacks.evasion", "cifar", "attack")
+    FastGradientMethod, ProjectedGradientDescent = evasion.FastGradientMethod, evasion.ProjectedGradientDescent
 
     if radius == 0 or iterations == 0:
         return x.clone()

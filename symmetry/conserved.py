@@ -7,6 +7,8 @@ All functions accept leading batch dimensions on U and V.
 """
 from __future__ import annotations
 
+from typing import Sequence, cast
+
 import torch
 
 from .activations import ActivationLike, get_activation
@@ -22,7 +24,7 @@ def Q_terms(params: Params, activation: ActivationLike) -> tuple[Tensor, Tensor]
     act = get_activation(activation)
     if getattr(act, "integral", True) is None:
         raise ValueError(f"activation {act.name!r} has no ∫σ/σ' in the table: Eq. 48 is not available for it")
-    return 0.5 * (U * U).sum(dim=-2), act.integral(V).sum(dim=-2)
+    return 0.5 * (U * U).sum(dim=-2), act.integral(V).sum(dim=-2)  # type: ignore[misc]  # checked above
 
 
 def conserved_Q(params: Params, activation: ActivationLike, per_neuron: bool = False) -> Tensor:
@@ -80,7 +82,7 @@ def homogeneous_imbalance(params: Params, alpha: float = 1.0) -> Tensor:
     return alpha * (U * U).sum(dim=-2) - (V * V).sum(dim=-2)
 
 
-def layer_imbalances(weights: Params) -> list[Tensor]:
+def layer_imbalances(weights: Sequence[Tensor]) -> list[Tensor]:
     """W_i W_iᵀ − W_{i+1}ᵀ W_{i+1} (n_i × n_i) for each hidden layer of a linear MLP (Example 7)."""
     weights = check_params("weights", weights)
     return [W @ W.mT - W_next.mT @ W_next for W, W_next in zip(weights[:-1], weights[1:])]
@@ -95,7 +97,7 @@ def conserved_Q_M(params: Params, M_theta: Params) -> Tensor:
     params = check_params("params", params)
     if len(M_theta) != len(params):
         raise ValueError(f"M·θ has {len(M_theta)} tensors but θ has {len(params)}")
-    return sum((p * m).sum(dim=(-2, -1)) for p, m in zip(params, M_theta))
+    return cast(Tensor, sum((p * m).sum(dim=(-2, -1)) for p, m in zip(params, M_theta)))
 
 
 def radial_lambda(params: Params) -> Tensor:

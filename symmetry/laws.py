@@ -8,7 +8,7 @@ laws near θ (D = number of parameters).
 
 Everything here is numerical (float64, ``torch.func``); no symbolic algebra is needed to
 count. The fields are functions of the flat parameter vector θ; a bracket
-[w₁, w₂](θ) = ∂w₁(θ) w₂(θ) − ∂w₂(θ) w₁(θ) is two Jacobian-vector products, so brackets of
+`[w₁, w₂](θ) = ∂w₁(θ) w₂(θ) − ∂w₂(θ) w₁(θ)` is two Jacobian-vector products, so brackets of
 brackets are nested forward-mode derivatives.
 
 Conventions: a :class:`Factorization` holds φ (flat θ of size D ↦ flat outputs of size N),
@@ -25,6 +25,7 @@ from itertools import combinations_with_replacement
 
 import torch
 
+from ._optional import require
 from .activations import ActivationLike, get_activation
 from .conserved import conserved_Q, homogeneous_imbalance, imbalance_matrix, layer_imbalances
 from .models import quiet_forward_mode, torch_threads
@@ -128,7 +129,7 @@ def relu_net(widths: Sequence[int], bias: bool = False) -> Factorization:
     """
     n = _check_widths("widths", widths)
     q = len(n) - 1
-    shapes = [(n[l + 1], n[l]) for l in range(q)]
+    shapes: list[tuple[int, ...]] = [(n[l + 1], n[l]) for l in range(q)]
     names = [f"W{l + 1}" for l in range(q)]
     if bias:
         shapes += [(n[l + 1],) for l in range(q)]
@@ -216,7 +217,7 @@ def check_differentiable(function: Callable[[Tensor], Tensor], theta: Tensor, na
         for _ in range(directions):
             v = torch.randn(theta.numel(), generator=gen, dtype=theta.dtype)
             v = v / v.norm()
-            _, derivative = torch.func.jvp(function, (theta,), (v,))
+            _, derivative = torch.func.jvp(function, (theta,), (v,))  # type: ignore[misc]
             if not bool(torch.isfinite(derivative).all()):
                 raise ValueError(f"{name} is not differentiable at theta: its derivative is not finite there")
             gap = float(((function(theta + eps * v) - value) - (value - function(theta - eps * v))).abs().max()) / eps
@@ -309,16 +310,16 @@ def gradient_fields(fact: Factorization, cotangents: Tensor) -> Field:
     which span the same W_φ(θ) at a generic θ once there are rank ∂φ(θ) of them.
     """
     def fields(theta: Tensor) -> Tensor:
-        _, pullback = torch.func.vjp(fact.phi, theta)
+        _, pullback = torch.func.vjp(fact.phi, theta)  # type: ignore[misc]
         return torch.func.vmap(lambda c: pullback(c)[0])(cotangents)
     return fields
 
 
 def lie_bracket(w1: Field, w2: Field) -> Field:
-    """[w₁, w₂](θ) = ∂w₁(θ) w₂(θ) − ∂w₂(θ) w₁(θ) (slides, "Lie brackets"), by two JVPs."""
+    """`[w₁, w₂](θ) = ∂w₁(θ) w₂(θ) − ∂w₂(θ) w₁(θ)` (slides, "Lie brackets"), by two JVPs."""
     def bracket(theta: Tensor) -> Tensor:
-        a, da = torch.func.jvp(w1, (theta,), (w2(theta),))
-        _, db = torch.func.jvp(w2, (theta,), (a,))
+        a, da = torch.func.jvp(w1, (theta,), (w2(theta),))  # type: ignore[misc]
+        _, db = torch.func.jvp(w2, (theta,), (a,))  # type: ignore[misc]
         return da - db
     return bracket
 
@@ -538,7 +539,7 @@ def lie_algebra_dimension(model: Factorization | VectorFields, theta: Tensor | N
         raise ValueError(f"dim Lie(W_phi) differs between the points checked: {dims_at}; the points may not be "
                          f"generic, or rtol={rtol} is too loose or too tight for this model")
     accepted = [a for s in spans for a in s.accepted]
-    return LieAlgebraDimension(D=vf.D, dim=dims_at[0], dims_per_level=first_dims, dims_at_points=dims_at,
+    return LieAlgebraDimension(D=vf.D, dim=dims_at[0], dims_per_level=first_dims, dims_at_points=dims_at,  # type: ignore[arg-type]
                                smallest_accepted=min(accepted) if accepted else float("nan"),
                                largest_rejected=max(s.rejected_max for s in spans), rtol=rtol,
                                seconds=time.perf_counter() - start, generators=n_generators)
@@ -631,7 +632,7 @@ class PolynomialLaws:
 
     def expressions(self):
         """The laws as sympy expressions (coefficients rounded to nearby small-denominator rationals)."""
-        import sympy
+        sympy = require("sympy", "laws", "printing the polynomial laws")
 
         symbols = sympy.symbols(self.variables)
         out = []
@@ -650,7 +651,7 @@ class PolynomialLaws:
 
 
 def _nice_number(c: float):
-    import sympy
+    sympy = require("sympy", "laws", "printing the polynomial laws")
 
     f = Fraction(c).limit_denominator(1000)
     return sympy.Rational(f.numerator, f.denominator) if abs(float(f) - c) < 1e-8 else sympy.Float(c, 12)

@@ -89,7 +89,7 @@ def jvp(f, primals: tuple, tangents: tuple):
 class Model:
     """A loss that is a pure function of a parameter tuple; subclasses define ``forward``."""
 
-    n_params: int  # tensors in the parameter tuple (None: any)
+    n_params: int | None  # tensors in the parameter tuple (None: any)
 
     def __init__(self, reduction: str = "mean"):
         self.reduction = check_choice("reduction", reduction, REDUCTIONS)
@@ -232,11 +232,11 @@ class TwoLayerNet(Model):
 
         def step() -> None:
             for into, z, s, d in parts:
-                into(z, s, d)
+                into(z, s, d)  # type: ignore[misc]  # the stepper is only built when every into is set
             if per_config:
                 torch.baddbmm(Y, U, S, beta=-1, out=R).mul_(c)
             else:
-                torch.baddbmm(Y, U, S, beta=-c, alpha=c, out=R)
+                torch.baddbmm(Y, U, S, beta=-c, alpha=c, out=R)  # type: ignore[arg-type]  # c is a float here
             torch.bmm(R_T, U, out=step_V)  # (UᵀR')ᵀ with U before its update
             U.baddbmm_(R, S_T)
             V.addcmul_(step_V, D_T)
@@ -316,11 +316,11 @@ class MLP(Model):
             self._shared = get_activation(activations)
             self.activations = None
         else:
-            self._shared = None
-            self.activations = tuple(get_activation(a) for a in activations)
+            self._shared = None  # type: ignore[assignment]
+            self.activations = tuple(get_activation(a) for a in activations)  # type: ignore[union-attr]
 
     def __repr__(self) -> str:
-        names = self._shared.name if self._shared else [a.name for a in self.activations]
+        names = self._shared.name if self._shared else [a.name for a in self.activations]  # type: ignore[union-attr]
         return f"MLP(activations={names!r}, reduction={self.reduction!r})"
 
     def hidden_activations(self, depth: int):

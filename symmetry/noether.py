@@ -159,7 +159,7 @@ def flow(model, params: Params, X: Tensor | None, Y: Tensor | None, times: Seque
         return torch.cat(parts).cpu().numpy()
 
     y0 = [flatten(params)] + ([] if dynamics == "gf" else [flatten(velocity)])
-    y0 = torch.cat(y0 + [torch.zeros(sizes[k], dtype=torch.float64, device=device) for k in integrands]).cpu().numpy()
+    y0 = torch.cat(y0 + [torch.zeros(sizes[k], dtype=torch.float64, device=device) for k in integrands]).cpu().numpy()  # type: ignore[assignment]
     t_end = float(times[-1])
     if t_end > t0:
         solution = solve_ivp(rhs, (t0, t_end), y0, method=method, t_eval=times.numpy(), rtol=rtol, atol=atol,
@@ -168,9 +168,9 @@ def flow(model, params: Params, X: Tensor | None, Y: Tensor | None, times: Seque
             raise RuntimeError(f"{dynamics} integration failed: {solution.message}")
         states = solution.y.T
     else:
-        states = np.repeat(y0[None], times.numel(), axis=0)
+        states = np.repeat(y0[None], times.numel(), axis=0)  # type: ignore[call-overload]
 
-    record = _Recorder(times.numel(), _with_defaults(observables))
+    record = _Recorder(times.numel(), _with_defaults(observables))  # type: ignore[arg-type]
     for t, y in zip(times.tolist(), states):
         theta, v, rest = split(y)
         dtheta, _, loss = state_velocity(t, theta, v if v is not None else None)
@@ -179,7 +179,7 @@ def flow(model, params: Params, X: Tensor | None, Y: Tensor | None, times: Seque
         for k in integrands:
             values[k] = rest[offset:offset + sizes[k]].reshape(shapes[k])
             offset += sizes[k]
-        record(t, loss, Snapshot(theta, dtheta, t, loss, values))
+        record(t, loss, Snapshot(theta, dtheta, t, loss, values))  # type: ignore[arg-type]
     traj = record.trajectory(theta, torch.float64)
     return traj
 
@@ -346,7 +346,7 @@ def run_stepper(model, params: Params, X: Tensor | None, Y: Tensor | None, stepp
     params = check_params("params", params)
     grad = _grad_fn(model, X, Y)
     integrands = dict(integrands or {})
-    record = _Recorder(steps // record_every + 1 + (steps % record_every != 0), _with_defaults(observables))
+    record = _Recorder(steps // record_every + 1 + (steps % record_every != 0), _with_defaults(observables))  # type: ignore[arg-type]
     state = stepper.init_state(params, velocity)
     totals = {k: torch.zeros_like(f(state.time, state.params, state.velocity)) for k, f in integrands.items()}
     last = {k: f(state.time, state.params, state.velocity) for k, f in integrands.items()}
@@ -537,7 +537,7 @@ def measure(model, params: Params, X, Y, quantities: Mapping[str, Quantity], dyn
         steps = max(1, round((t_end - t0) / stepper.dt))
         run = run_stepper(model, params, X, Y, stepper, steps, velocity=velocity, integrands=integrands,
                           observables=observables, record_every=max(1, steps // (points - 1)))
-    out = {"trajectory": run}
+    out: dict[str, object] = {"trajectory": run}
     for name in quantities:
         values, scales = run.observables[name], run.observables[name + ":scale"]
         flat = values.reshape(len(values), -1)
