@@ -36,6 +36,9 @@ Field = Callable[[Tensor], Tensor]
 #: component outside the current span exceeds RANK_RTOL times its norm (unit-normalised).
 RANK_RTOL = 1e-8
 
+#: Default ``max_memory`` of the counts, in bytes (the issue's target: 4 GB on a 2-core CPU).
+DEFAULT_MAX_MEMORY = 4 * 2**30
+
 
 # ---------------------------------------------------------------------------------------------
 # Factorizations φ of the paper's models
@@ -503,9 +506,10 @@ def _dimension_at(vf: VectorFields, theta: Tensor, rtol: float, max_level: int,
     return span, dims, n_gen
 
 
-def lie_algebra_dimension(model: Factorization | VectorFields, theta: Tensor | None = None, *, points: int = 2,
-                          seed: int = 0, rtol: float = RANK_RTOL, max_level: int = 50,
-                          random_combinations: bool = True) -> LieAlgebraDimension:
+def lie_algebra_dimension(model: Factorization | VectorFields | torch.nn.Module, theta: Tensor | None = None, *,
+                          points: int = 2, seed: int = 0, rtol: float = RANK_RTOL, max_level: int = 50,
+                          random_combinations: bool = True,
+                          max_memory: float = DEFAULT_MAX_MEMORY) -> LieAlgebraDimension:
     """ALGO 2: dim Lie(W_φ)(θ) at ``points`` random points (or at θ, then random ones), and D − dim.
 
     Ranks are taken in float64 on unit-normalised vectors: a bracket counts as a new
@@ -515,11 +519,24 @@ def lie_algebra_dimension(model: Factorization | VectorFields, theta: Tensor | N
     the largest rejected residual, so the gap behind the rank decision is visible.
     ``random_combinations=False`` brackets every pair instead of random combinations
     (same answer with probability one, slower for deep ReLU nets).
+
+    A ``torch.nn.Module`` (Linear, ReLU, LeakyReLU, Identity in nested ``nn.Sequential``,
+    biases included) is counted in its path factorisation without listing the paths
+    (:func:`_module_dimension`), at ``points`` random generic θ; ``theta`` must then be None.
+    Before anything is allocated, :func:`memory_estimate` is compared with ``max_memory``
+    (bytes) and a larger problem is refused with a MemoryError giving both.
     """
     if not isinstance(points, int) or points < 1:
         raise ValueError(f"points must be a positive integer, got {points!r}")
     if not (0 < rtol < 1):
         raise ValueError(f"rtol must lie in (0, 1), got {rtol!r}")
+    if isinstance(model, torch.nn.Module):
+        if theta is not None:
+            raise ValueError("theta must be None for a torch.nn.Module: the count is taken at random generic "
+                             "parameters (it is a property of the architecture)")
+        return _module_dimension(model, points, seed, rtol, max_level, max_memory, random_combinations)
+    if isinstance(model, (Factorization, VectorFields)):
+        _check_memory(memory_estimate(model), max_memory, model.description)
     start = time.perf_counter()
     vf = vector_fields(model, seed)
     gen = torch.Generator().manual_seed(seed + 1)
@@ -544,9 +561,15 @@ def lie_algebra_dimension(model: Factorization | VectorFields, theta: Tensor | N
                                seconds=time.perf_counter() - start, generators=n_generators)
 
 
-def count_conservation_laws(model: Factorization | VectorFields, **kwargs) -> int:
-    """The number of independent conservation laws, D − dim Lie(W_φ)(θ) at a generic θ."""
-    return lie_algebra_dimension(model, **kwargs).laws
+def count_conservation_laws(model: Factorization | VectorFields | torch.nn.Module, *,
+                            max_memory: float = DEFAULT_MAX_MEMORY, **kwargs) -> int:
+    """The number of independent conservation laws, D − dim Lie(W_φ)(θ) at a generic θ.
+
+    ``model``: a Factorization, VectorFields or torch.nn.Module (see :func:`lie_algebra_dimension`);
+    a problem whose :func:`memory_estimate` exceeds ``max_memory`` bytes (default 4 GiB) is
+    refused with a MemoryError before it allocates.
+    """
+    return lie_algebra_dimension(model, max_memory=max_memory, **kwargs).laws
 
 
 def independent_rows(matrix: Tensor, rtol: float = RANK_RTOL) -> int:
@@ -760,3 +783,390 @@ def random_architectures(kind: str, count: int, seed: int = 0) -> list[Architect
         widths = tuple(int(w) for w in torch.randint(2, top + 1, (q + 1,), generator=gen))
         archs.append(Architecture(kind, widths, bias=(kind == "relu" and i % 2 == 1)))
     return archs
+
+
+# ---------------------------------------------------------------------------------------------
+# torch.nn.Module input: the path factorisation without listing the paths
+# ---------------------------------------------------------------------------------------------
+
+#: The layers a module may be built from (nested ``nn.Sequential`` allowed).
+SUPPORTED_LAYERS = ("Linear", "ReLU", "LeakyReLU", "Identity", "Sequential")
+
+#: Extra random fields beyond the most that can be independent (a safety margin for the rank).
+_OVERSAMPLE = 8
+
+#: Fixed cost of a count besides its big tensors (torch.func transforms, small buffers), bytes;
+#: measured as the peak over the tensors for the smallest nets (benchmarks/bench_laws.py).
+_OVERHEAD_BYTES = 64 * 2**20
+
+
+@dataclass(frozen=True)
+class _Chain:
+    """A module read as a chain of linear layers: widths n_0 … n_q, which layers have a bias,
+    and for each hidden layer whether its activation is *free* (ReLU, LeakyReLU: on an activation
+    region any 0/1 or {α, 1} diagonal, whose span is every diagonal) or the identity (a GL symmetry)."""
+
+    widths: tuple[int, ...]
+    bias: tuple[bool, ...]
+    free: tuple[bool, ...]
+    description: str
+
+    @property
+    def q(self) -> int:
+        return len(self.widths) - 1
+
+    @property
+    def shapes(self) -> list[tuple[int, ...]]:
+        """θ's blocks in the order of ``model.parameters()``: W_1, b_1, W_2, b_2, …"""
+        out: list[tuple[int, ...]] = []
+        for l in range(self.q):
+            out.append((self.widths[l + 1], self.widths[l]))
+            if self.bias[l]:
+                out.append((self.widths[l + 1],))
+        return out
+
+    @property
+    def D(self) -> int:
+        return sum(math.prod(s) for s in self.shapes)
+
+    @property
+    def hidden(self) -> int:
+        return sum(self.widths[1:-1])
+
+    def blocks(self, theta: Tensor) -> tuple[list[Tensor], list[Tensor | None]]:
+        """θ (flat, or a batch of them along dim 0 … −1) as weights W_l and biases b_l (None without)."""
+        sizes = [math.prod(s) for s in self.shapes]
+        chunks = iter(torch.split(theta, sizes, dim=-1))
+        Ws, bs = [], []
+        for l in range(self.q):
+            Ws.append(next(chunks).reshape(*theta.shape[:-1], self.widths[l + 1], self.widths[l]))
+            bs.append(next(chunks) if self.bias[l] else None)
+        return Ws, bs
+
+    def random_point(self, gen: torch.Generator) -> Tensor:
+        """A generic θ: Gaussian entries of variance 1/n_(l−1) in layer l (keeps path products O(1))."""
+        parts = []
+        for l in range(self.q):
+            scale = 1.0 / math.sqrt(self.widths[l])
+            parts.append(scale * torch.randn(self.widths[l + 1] * self.widths[l], generator=gen, dtype=torch.float64))
+            if self.bias[l]:
+                parts.append(scale * torch.randn(self.widths[l + 1], generator=gen, dtype=torch.float64))
+        return torch.cat(parts)
+
+    def known_laws(self, theta: Tensor) -> Tensor:
+        """Per free hidden neuron ‖incoming weights and bias‖² − ‖outgoing weights‖² (Du et al.);
+        per identity hidden layer the entries of [W_l b_l][W_l b_l]ᵀ − W_(l+1)ᵀW_(l+1) (Arora et al.)."""
+        Ws, bs = self.blocks(theta)
+        laws = []
+        for l in range(self.q - 1):
+            incoming = Ws[l] if bs[l] is None else torch.cat([Ws[l], bs[l][:, None]], dim=1)
+            if self.free[l]:
+                laws.append((incoming ** 2).sum(1) - (Ws[l + 1] ** 2).sum(0))
+            else:
+                laws.append(_upper_triangle(incoming @ incoming.T - Ws[l + 1].T @ Ws[l + 1]))
+        return torch.cat(laws) if laws else theta.new_zeros(0)
+
+    def known_law_rows(self) -> int:
+        return sum(n if f else n * (n + 1) // 2 for n, f in zip(self.widths[1:-1], self.free))
+
+
+def _module_chain(model) -> _Chain:
+    """Read ``model`` as a chain of Linear layers and activations; any other layer is refused."""
+    from torch import nn
+
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    leaves: list[tuple[str, nn.Module]] = []
+
+    def visit(module: nn.Module, name: str) -> None:
+        if isinstance(module, nn.Sequential):
+            for i, child in enumerate(module):
+                visit(child, f"{name}.{i}" if name else str(i))
+        else:
+            leaves.append((name or type(module).__name__, module))
+
+    visit(model, "")
+    widths: list[int] = []
+    bias: list[bool] = []
+    free: list[bool] = []
+    seen: set[int] = set()
+    pending_free = False
+    for name, layer in leaves:
+        if isinstance(layer, nn.Linear):
+            if id(layer.weight) in seen:
+                raise ValueError(f"layer {name} ({layer}) reuses the weights of an earlier layer: shared (tied) "
+                                 "weights are not supported by count_conservation_laws")
+            seen.add(id(layer.weight))
+            if widths and layer.in_features != widths[-1]:
+                raise ValueError(f"layer {name} ({layer}) takes {layer.in_features} inputs but the layer before "
+                                 f"gives {widths[-1]}")
+            if widths:
+                free.append(pending_free)
+            else:
+                widths.append(layer.in_features)
+            widths.append(layer.out_features)
+            bias.append(layer.bias is not None)
+            pending_free = False
+        elif isinstance(layer, nn.ReLU) or (isinstance(layer, nn.LeakyReLU) and layer.negative_slope != 1):
+            pending_free = True  # positively homogeneous: a diagonal on each activation region
+        elif isinstance(layer, (nn.Identity, nn.LeakyReLU)):
+            pass  # the identity (LeakyReLU with slope 1 included)
+        else:
+            raise ValueError(f"layer {name} ({type(layer).__name__}) is not supported by count_conservation_laws; "
+                             f"supported layers: {', '.join(SUPPORTED_LAYERS)}")
+    if not widths:
+        raise ValueError(f"model has no Linear layer; supported layers: {', '.join(SUPPORTED_LAYERS)}")
+    acts = ["free" if f else "identity" for f in free]
+    return _Chain(tuple(widths), tuple(bias), tuple(free),
+                  f"module, widths {tuple(widths)}, biases {tuple(bias)}, hidden activations {acts}")
+
+
+def _masked_output(chain: _Chain, first: Tensor, rest: tuple[Tensor, ...], masks: Tensor, a: Tensor,
+                   s: Tensor) -> Tensor:
+    """aᵀ W_q M_(q−1)(⋯ M_1(first + s_1 b_1) ⋯) with W_1x = ``first`` and the other blocks in ``rest``:
+    the net on one activation region with diagonal masks M_l (rows of ``masks``, zero-padded), its
+    biases scaled by s_l. ⟨c, φ⟩ for a product-form cotangent c of the path factorisation."""
+    it = iter(rest)
+    h = first
+    for l in range(chain.q):
+        if l > 0:
+            h = next(it) @ h
+        if chain.bias[l]:
+            h = h + s[l] * next(it)
+        if l < chain.q - 1:
+            h = masks[l, : chain.widths[l + 1]] * h
+    return a @ h
+
+
+def _random_factors(chain: _Chain, rows: int, gen: torch.Generator) -> tuple[Tensor, Tensor, Tensor]:
+    """Masks (free layers Gaussian, identity layers ones), output weights a and bias scales s."""
+    width = max(chain.widths[1:-1], default=1)
+    masks = torch.randn(rows, max(chain.q - 1, 1), width, generator=gen, dtype=torch.float64)
+    for l, f in enumerate(chain.free):
+        if not f:
+            masks[:, l] = 1.0
+    a = torch.randn(rows, chain.widths[-1], generator=gen, dtype=torch.float64)
+    s = torch.randn(rows, chain.q, generator=gen, dtype=torch.float64)
+    return masks, a, s
+
+
+def _arrowhead_plan(chain: _Chain) -> tuple[int, int, int, int]:
+    """Rows of the one-hot-input sampling: per input k ``per_input`` rows (x = e_k), ``zero_rows``
+    with x = 0; ``stack`` rows reach the dense rank step, which has ``rest`` = D − n_0n_1 columns."""
+    n0, n1 = chain.widths[0], chain.widths[1]
+    rest = chain.D - n0 * n1
+    target = rest + _OVERSAMPLE  # more than the rank the dense step can have
+    zero_rows = (target + 1) // 2 if any(chain.bias) else 0
+    extra = math.ceil((target - zero_rows) / n0)
+    return n1 + extra, zero_rows, n0 * extra + zero_rows, rest
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    """What a count will allocate, estimated before it allocates anything."""
+
+    bytes: int
+    method: str  # "one-hot inputs" (chains with free activations only), "dense" or "path factorisation"
+    detail: str
+
+    @property
+    def gb(self) -> float:
+        return self.bytes / 1e9
+
+    def __str__(self) -> str:
+        return f"{self.gb:.3g} GB ({self.method}: {self.detail})"
+
+
+def _estimate_chain(chain: _Chain) -> MemoryEstimate:
+    D, L = chain.D, chain.known_law_rows()
+    laws = 3 * L * D  # the laws' Jacobian, its copy in the rank step, and the check
+    if all(chain.free) and chain.q >= 1:
+        per_input, zero_rows, stack, rest = _arrowhead_plan(chain)
+        n0, n1 = chain.widths[0], chain.widths[1]
+        rows = n0 * per_input + zero_rows
+        # the sampled fields (B: n0·per_input×n1, C: rows×rest), C rotated per input, the stack
+        # and its SVD workspace (about one more copy)
+        numbers = rows * n1 + 2 * rows * rest + 2 * stack * rest + laws
+        detail = (f"{rows} sampled fields split as {n0}×{n1} one-hot-input blocks and {rest} shared columns; "
+                  f"dense rank step {stack}×{rest}; {L} known laws")
+        return MemoryEstimate(8 * numbers + _OVERHEAD_BYTES, "one-hot inputs", detail)
+    # dense: D fields (D×D), their transposed copy and the growing basis (two copies while it grows),
+    # then brackets of at most D random combinations whose JVP work is chunked near 2·10⁷ numbers
+    numbers = 5 * D * D + laws + 4 * 10**7
+    detail = f"{D} fields of D = {D} entries, brackets of random combinations; {L} known laws"
+    return MemoryEstimate(8 * numbers + _OVERHEAD_BYTES, "dense", detail)
+
+
+def _estimate_factorization(fact: Factorization) -> MemoryEstimate:
+    D = fact.D
+    try:  # the number of outputs without computing them
+        N = fact.phi(torch.empty(D, dtype=torch.float64, device="meta")).numel()
+    except Exception:  # noqa: BLE001  φ with data-dependent code: evaluate it (it is small then)
+        N = fact.phi(fact.random_point()).numel()
+    K = min(N, D)
+    # φ and its pullbacks for K cotangents of N entries (each pullback holds about two N-sized
+    # buffers), the K×D fields, their copy and the basis, the chunked JVP tables (2·10⁷ numbers)
+    numbers = 3 * K * N + N + 5 * D * D + 4 * 10**7
+    return MemoryEstimate(8 * numbers + _OVERHEAD_BYTES, "path factorisation",
+                          f"phi has N = {N} outputs (one per path for a ReLU net), D = {D}")
+
+
+def memory_estimate(model) -> MemoryEstimate:
+    """The memory a count of ``model`` (a Factorization, VectorFields or torch.nn.Module) needs,
+    estimated from its sizes alone, without allocating the problem."""
+    if isinstance(model, Factorization):
+        return _estimate_factorization(model)
+    if isinstance(model, VectorFields):
+        D = model.D
+        return MemoryEstimate(8 * (5 * D * D + 4 * 10**7) + _OVERHEAD_BYTES, "dense", f"D = {D}")
+    return _estimate_chain(_module_chain(model))
+
+
+def _check_memory(estimate: MemoryEstimate, max_memory: float, what: str) -> None:
+    if isinstance(max_memory, bool) or not isinstance(max_memory, (int, float)) or not max_memory > 0:
+        raise ValueError(f"max_memory must be a positive number of bytes, got {max_memory!r}")
+    if estimate.bytes > max_memory:
+        raise MemoryError(f"counting the conservation laws of {what} needs an estimated {estimate}, above "
+                          f"max_memory = {max_memory / 1e9:.3g} GB; raise max_memory if the machine has it, "
+                          "or count a smaller model")
+
+
+def _module_fields(chain: _Chain, rows: int, seed: int) -> VectorFields:
+    """``rows`` random fields ∂φᵀc of the path factorisation, c of product form: gradients of the
+    masked net (:func:`_masked_output`) at random inputs, masks and output weights."""
+    gen = torch.Generator().manual_seed(seed)
+    masks, a, s = _random_factors(chain, rows, gen)
+    x = torch.randn(rows, chain.widths[0], generator=gen, dtype=torch.float64)
+
+    def outputs(weights: Tensor | None) -> Callable[[Tensor], Tensor]:
+        def values(theta: Tensor) -> Tensor:
+            Ws, bs = chain.blocks(theta)
+            rest = tuple(t for l in range(chain.q) for t in ((Ws[l],) if l else ()) + ((bs[l],) if chain.bias[l] else ()))
+            first = x @ Ws[0].T
+            out = torch.func.vmap(lambda f, m, aa, ss: _masked_output(chain, f, rest, m, aa, ss))(first, masks, a, s)
+            return out if weights is None else weights @ out
+        return values
+
+    def combination(weights: Tensor) -> Field:
+        return lambda theta: torch.func.jacrev(outputs(weights))(theta)
+
+    return VectorFields(combination(torch.eye(rows, dtype=torch.float64)), chain.D,
+                        tuple(f"theta_{i}" for i in range(chain.D)), chain.description, outputs(None), combination)
+
+
+def _one_hot_rank(chain: _Chain, theta: Tensor, rtol: float,
+                  seed: int) -> tuple[int, int, float, float, float, int]:
+    """dim W_φ(θ) from fields with one-hot inputs x = e_k (and x = 0), never forming a D×D matrix.
+
+    A field with x = e_k touches W_1 only in its column k, so the sampled fields form a block
+    arrow: per k a block B_k (rows × n_1) on the columns W_1[:, k], and a part C on the D − n_0n_1
+    other parameters. Rotating each group by the SVD of B_k splits it into rank(B_k) rows that
+    are independent of everything else and rows that live on the shared columns only; so
+    dim = Σ_k rank B_k + rank(stack of the shared rows). Inputs e_k and 0 span R^(n_0) affinely,
+    so these fields span W_φ(θ) like dense ones. Returns (dim, fields, smallest accepted,
+    largest rejected, law residual, rank of the known laws' gradients), the rank ratios relative
+    to each block's largest value.
+    """
+    per_input, zero_rows, _, rest_cols = _arrowhead_plan(chain)
+    n0, n1 = chain.widths[0], chain.widths[1]
+    gen = torch.Generator().manual_seed(seed)
+    rows = n0 * per_input + zero_rows
+    masks, a, s = _random_factors(chain, rows, gen)
+    Ws, bs = chain.blocks(theta)
+    rest = tuple(t for l in range(chain.q) for t in ((Ws[l],) if l else ()) + ((bs[l],) if chain.bias[l] else ()))
+    # W_1 e_k for the one-hot rows (input k = row // per_input), zeros for the x = 0 rows
+    first = torch.cat([Ws[0].T.repeat_interleave(per_input, dim=0), theta.new_zeros(zero_rows, n1)])
+    grad = torch.func.vmap(torch.func.grad(lambda f, r, m, aa, ss: _masked_output(chain, f, r, m, aa, ss),
+                                           argnums=(0, 1)), in_dims=(0, None, 0, 0, 0))
+    B = torch.empty(rows, n1, dtype=theta.dtype)
+    C = torch.empty(rows, rest_cols, dtype=theta.dtype)
+    step = max(1, int(2e6 // max(1, rest_cols + n1)))
+    for i in range(0, rows, step):
+        j = min(rows, i + step)
+        dfirst, drest = grad(first[i:j], rest, masks[i:j], a[i:j], s[i:j])
+        B[i:j] = dfirst
+        C[i:j] = torch.cat([d.reshape(j - i, -1) for d in drest], dim=1)
+        del dfirst, drest
+    B[n0 * per_input:] = 0.0  # x = 0: no W_1 component
+    norms = torch.sqrt((B ** 2).sum(1) + (C ** 2).sum(1)).clamp_min(1e-300)[:, None]
+    B /= norms
+    C /= norms
+    # the known laws: their gradients must be orthogonal to every field (checked on a sample)
+    G = torch.func.jacrev(chain.known_laws)(theta) if chain.q > 1 else theta.new_zeros(0, chain.D)
+    residual = 0.0
+    if G.shape[0]:
+        sample = torch.arange(0, rows, max(1, rows // 256))
+        k = torch.clamp(sample // per_input, max=n0 - 1)
+        on_first = G[:, : n1 * n0].reshape(G.shape[0], n1, n0)[:, :, k]  # (laws, n1, sample)
+        inner = torch.einsum("sn,lns->sl", B[sample], on_first) + C[sample] @ G[:, n1 * n0:].T
+        residual = float((inner.abs() / G.norm(dim=1)).max())
+    # rotate each input's group by the SVD of its block
+    U, S, _ = torch.linalg.svd(B[: n0 * per_input].reshape(n0, per_input, n1), full_matrices=True)
+    Smax = S[:, :1].clamp_min(1e-300)
+    keep = S > rtol * Smax
+    ranks = keep.sum(1)
+    accepted = [float((S / Smax)[keep].min())] if bool(keep.any()) else []
+    rejected = [float((S / Smax)[~keep].max())] if bool((~keep).any()) else [0.0]
+    shared = [C[n0 * per_input:]]
+    Cg = C[: n0 * per_input].reshape(n0, per_input, rest_cols)
+    for k0 in range(0, n0, max(1, int(2e7 // max(1, per_input * rest_cols)))):
+        k1 = min(n0, k0 + max(1, int(2e7 // max(1, per_input * rest_cols))))
+        rotated = U[k0:k1].transpose(1, 2) @ Cg[k0:k1]  # (inputs, per_input, rest)
+        for k in range(k0, k1):
+            shared.append(rotated[k - k0, int(ranks[k]):])
+        del rotated
+    del B, C, Cg
+    stack = torch.cat(shared)
+    del shared
+    s_stack = torch.linalg.svdvals(stack) if stack.numel() else stack.new_zeros(0)
+    del stack
+    rank_stack = 0
+    if s_stack.numel() and float(s_stack[0]) > 0:
+        ratio = s_stack / s_stack[0]
+        rank_stack = int((ratio > rtol).sum())
+        if rank_stack:
+            accepted.append(float(ratio[rank_stack - 1]))
+        if rank_stack < ratio.numel():
+            rejected.append(float(ratio[rank_stack]))
+    dim = int(ranks.sum()) + rank_stack
+    law_rank = independent_rows(G, rtol)
+    return dim, rows, min(accepted) if accepted else float("nan"), max(rejected), residual, law_rank
+
+
+def _module_dimension(model, points: int, seed: int, rtol: float, max_level: int, max_memory: float,
+                      random_combinations: bool) -> LieAlgebraDimension:
+    """ALGO 2 for a module: a lower bound dim W_φ(θ) ≤ dim Lie, an upper bound dim Lie ≤ D − rank
+    of the known laws' gradients (they are laws, checked); when they meet, that is the count.
+    Chains with an identity between two Linear layers need brackets: the dense ALGO 2 runs then."""
+    chain = _module_chain(model)
+    estimate = _estimate_chain(chain)
+    _check_memory(estimate, max_memory, chain.description)
+    start = time.perf_counter()
+    gen = torch.Generator().manual_seed(seed + 1)
+    thetas = [chain.random_point(gen) for _ in range(points)]
+    if estimate.method == "dense":
+        rows = chain.D + _OVERSAMPLE
+        found = lie_algebra_dimension(_module_fields(chain, rows, seed), thetas[0], points=points, seed=seed,
+                                      rtol=rtol, max_level=max_level, random_combinations=random_combinations)
+        found.seconds = time.perf_counter() - start
+        return found
+    dims, accepted, rejected, n_rows = [], [], [], 0
+    with quiet_forward_mode(), torch_threads(1):
+        for theta in thetas:
+            dim, n_rows, acc, rej, residual, law_rank = _one_hot_rank(chain, theta, rtol, seed)
+            if residual > 1e-10:
+                raise RuntimeError(f"a known law of {chain.description} is not orthogonal to the fields "
+                                   f"(residual {residual:.3g}): the factorisation is wrong")
+            ceiling = chain.D - law_rank
+            if dim != ceiling:
+                raise RuntimeError(f"dim W_phi = {dim} falls short of D − (independent known laws) = {ceiling} "
+                                   f"for {chain.description}; brackets would be needed, which this path does "
+                                   "not take")
+            dims.append(dim)
+            accepted.append(acc)
+            rejected.append(rej)
+    if len(set(dims)) != 1:
+        raise ValueError(f"dim Lie(W_phi) differs between the points checked: {dims}")
+    return LieAlgebraDimension(D=chain.D, dim=dims[0], dims_per_level=[dims[0]], dims_at_points=dims,
+                               smallest_accepted=min(accepted), largest_rejected=max(rejected), rtol=rtol,
+                               seconds=time.perf_counter() - start, generators=n_rows)
