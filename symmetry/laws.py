@@ -37,7 +37,7 @@ Field = Callable[[Tensor], Tensor]
 RANK_RTOL = 1e-8
 
 #: Default ``max_memory`` of the counts, in bytes (the issue's target: 4 GB on a 2-core CPU).
-DEFAULT_MAX_MEMORY = 4 * 2**30
+DEFAULT_MAX_MEMORY = 4 * 10**9
 
 
 # ---------------------------------------------------------------------------------------------
@@ -797,7 +797,7 @@ _OVERSAMPLE = 8
 
 #: Fixed cost of a count besides its big tensors (torch.func transforms, small buffers), bytes;
 #: measured as the peak over the tensors for the smallest nets (benchmarks/bench_laws.py).
-_OVERHEAD_BYTES = 64 * 2**20
+_OVERHEAD_BYTES = 32 * 2**20
 
 
 @dataclass(frozen=True)
@@ -1026,9 +1026,11 @@ def _check_memory(estimate: MemoryEstimate, max_memory: float, what: str) -> Non
     if isinstance(max_memory, bool) or not isinstance(max_memory, (int, float)) or not max_memory > 0:
         raise ValueError(f"max_memory must be a positive number of bytes, got {max_memory!r}")
     if estimate.bytes > max_memory:
+        hint = ("; as a torch.nn.Module the same net is counted without listing its paths"
+                if estimate.method == "path factorisation" else "")
         raise MemoryError(f"counting the conservation laws of {what} needs an estimated {estimate}, above "
                           f"max_memory = {max_memory / 1e9:.3g} GB; raise max_memory if the machine has it, "
-                          "or count a smaller model")
+                          "or count a smaller model" + hint)
 
 
 def _module_fields(chain: _Chain, rows: int, seed: int) -> VectorFields:
@@ -1064,8 +1066,8 @@ def _one_hot_rank(chain: _Chain, theta: Tensor, rtol: float,
     are independent of everything else and rows that live on the shared columns only; so
     dim = Σ_k rank B_k + rank(stack of the shared rows). Inputs e_k and 0 span R^(n_0) affinely,
     so these fields span W_φ(θ) like dense ones. Returns (dim, fields, smallest accepted,
-    largest rejected, law residual, rank of the known laws' gradients), the rank ratios relative
-    to each block's largest value.
+    largest rejected singular value of the unit-normalised fields, law residual, rank of the known
+    laws' gradients).
     """
     per_input, zero_rows, _, rest_cols = _arrowhead_plan(chain)
     n0, n1 = chain.widths[0], chain.widths[1]
@@ -1101,12 +1103,13 @@ def _one_hot_rank(chain: _Chain, theta: Tensor, rtol: float,
         inner = torch.einsum("sn,lns->sl", B[sample], on_first) + C[sample] @ G[:, n1 * n0:].T
         residual = float((inner.abs() / G.norm(dim=1)).max())
     # rotate each input's group by the SVD of its block
+    # the rows are unit vectors and the rotations orthogonal, so a singular value is compared with
+    # rtol itself: a group (or the stack) that is round-off through and through has rank 0
     U, S, _ = torch.linalg.svd(B[: n0 * per_input].reshape(n0, per_input, n1), full_matrices=True)
-    Smax = S[:, :1].clamp_min(1e-300)
-    keep = S > rtol * Smax
+    keep = S > rtol
     ranks = keep.sum(1)
-    accepted = [float((S / Smax)[keep].min())] if bool(keep.any()) else []
-    rejected = [float((S / Smax)[~keep].max())] if bool((~keep).any()) else [0.0]
+    accepted = [float(S[keep].min())] if bool(keep.any()) else []
+    rejected = [float(S[~keep].max())] if bool((~keep).any()) else [0.0]
     shared = [C[n0 * per_input:]]
     Cg = C[: n0 * per_input].reshape(n0, per_input, rest_cols)
     for k0 in range(0, n0, max(1, int(2e7 // max(1, per_input * rest_cols)))):
@@ -1120,14 +1123,11 @@ def _one_hot_rank(chain: _Chain, theta: Tensor, rtol: float,
     del shared
     s_stack = torch.linalg.svdvals(stack) if stack.numel() else stack.new_zeros(0)
     del stack
-    rank_stack = 0
-    if s_stack.numel() and float(s_stack[0]) > 0:
-        ratio = s_stack / s_stack[0]
-        rank_stack = int((ratio > rtol).sum())
-        if rank_stack:
-            accepted.append(float(ratio[rank_stack - 1]))
-        if rank_stack < ratio.numel():
-            rejected.append(float(ratio[rank_stack]))
+    rank_stack = int((s_stack > rtol).sum())
+    if rank_stack:
+        accepted.append(float(s_stack[rank_stack - 1]))
+    if rank_stack < s_stack.numel():
+        rejected.append(float(s_stack[rank_stack]))
     dim = int(ranks.sum()) + rank_stack
     law_rank = independent_rows(G, rtol)
     return dim, rows, min(accepted) if accepted else float("nan"), max(rejected), residual, law_rank
