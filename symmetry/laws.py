@@ -11,6 +11,10 @@ count. The fields are functions of the flat parameter vector θ; a bracket
 [w₁, w₂](θ) = ∂w₁(θ) w₂(θ) − ∂w₂(θ) w₁(θ) is two Jacobian-vector products, so brackets of
 brackets are nested forward-mode derivatives.
 
+A ``torch.nn.Module`` (Linear, ReLU, LeakyReLU, Identity) is counted in its path
+factorisation without listing the paths (:func:`_module_dimension`), and every count first
+compares :func:`memory_estimate` with ``max_memory``.
+
 Conventions: a :class:`Factorization` holds φ (flat θ of size D ↦ flat outputs of size N),
 the shapes and names of the parameter blocks packed in θ, and optionally the known laws.
 """
@@ -950,15 +954,58 @@ def _random_factors(chain: _Chain, rows: int, gen: torch.Generator) -> tuple[Ten
     return masks, a, s
 
 
-def _arrowhead_plan(chain: _Chain) -> tuple[int, int, int, int]:
-    """Rows of the one-hot-input sampling: per input k ``per_input`` rows (x = e_k), ``zero_rows``
-    with x = 0; ``stack`` rows reach the dense rank step, which has ``rest`` = D − n_0n_1 columns."""
-    n0, n1 = chain.widths[0], chain.widths[1]
-    rest = chain.D - n0 * n1
-    target = rest + _OVERSAMPLE  # more than the rank the dense step can have
-    zero_rows = (target + 1) // 2 if any(chain.bias) else 0
-    extra = math.ceil((target - zero_rows) / n0)
-    return n1 + extra, zero_rows, n0 * extra + zero_rows, rest
+@dataclass(frozen=True)
+class _Pinch:
+    """How the fields are sampled: every field has a one-hot mask e_i at hidden layer ``layer``
+    (or a one-hot input e_i for ``layer`` = 0), so it touches only neuron i's own parameters
+    (``block`` of them: its incoming row and bias, its outgoing column) and the ``shared``
+    parameters (the layers before its incoming and after its outgoing weights)."""
+
+    layer: int
+    neurons: int  # n_layer: one group of fields per neuron
+    block: int
+    shared: int
+    per_group: int  # fields per neuron
+    zero_rows: int  # fields with the mask (or input) 0: they touch the shared parameters only
+
+    @property
+    def rows(self) -> int:
+        return self.neurons * self.per_group + self.zero_rows
+
+    @property
+    def stack(self) -> int:
+        """Rows that reach the dense rank step on the shared columns (at most)."""
+        return self.neurons * (self.per_group - self.block + 1) + self.zero_rows
+
+    def flops(self) -> float:
+        return 4.0 * (self.neurons * self.per_group * self.block ** 2 + self.stack * self.shared ** 2)
+
+
+def _pinch_plan(chain: _Chain, layer: int) -> _Pinch:
+    n = chain.widths
+    if layer == 0:
+        block = n[1]
+    else:
+        block = n[layer - 1] + int(chain.bias[layer - 1]) + n[layer + 1]
+    shared = chain.D - n[layer] * block
+    # the groups alone leave more rows than the rank the dense step can have; the fields with
+    # mask 0 (nonzero when a bias follows the pinch) add the parameters after it once more
+    extra = math.ceil((shared + _OVERSAMPLE) / n[layer])
+    after = sum(math.prod(sh) for sh in _Chain(n[layer:], chain.bias[layer:], chain.free[layer:], "").shapes)
+    after -= n[layer] * n[layer + 1]  # W_(layer+1) is in the blocks
+    zero_rows = after + _OVERSAMPLE if any(chain.bias[layer:]) else 0
+    return _Pinch(layer, n[layer], block, shared, block + extra, zero_rows)
+
+
+def _choose_pinch(chain: _Chain, layer: int | None = None) -> _Pinch:
+    """The input or a free hidden layer, whichever makes the fewest flops (or ``layer``)."""
+    candidates = [0] + [l + 1 for l, f in enumerate(chain.free) if f]
+    if layer is not None:
+        if layer not in candidates:
+            raise ValueError(f"pinch layer must be one of {candidates} (the input or a hidden layer with a free "
+                             f"activation), got {layer!r}")
+        return _pinch_plan(chain, layer)
+    return min((_pinch_plan(chain, l) for l in candidates), key=lambda p: p.flops())
 
 
 @dataclass(frozen=True)
@@ -966,7 +1013,7 @@ class MemoryEstimate:
     """What a count will allocate, estimated before it allocates anything."""
 
     bytes: int
-    method: str  # "one-hot inputs" (chains with free activations only), "dense" or "path factorisation"
+    method: str  # "one-hot masks" (chains with free activations only), "dense" or "path factorisation"
     detail: str
 
     @property
@@ -980,21 +1027,28 @@ class MemoryEstimate:
 def _estimate_chain(chain: _Chain) -> MemoryEstimate:
     D, L = chain.D, chain.known_law_rows()
     laws = 3 * L * D  # the laws' Jacobian, its copy in the rank step, and the check
-    if all(chain.free) and chain.q >= 1:
-        per_input, zero_rows, stack, rest = _arrowhead_plan(chain)
-        n0, n1 = chain.widths[0], chain.widths[1]
-        rows = n0 * per_input + zero_rows
-        # the sampled fields (B: n0·per_input×n1, C: rows×rest), C rotated per input, the stack
-        # and its SVD workspace (about one more copy)
-        numbers = rows * n1 + 2 * rows * rest + 2 * stack * rest + laws
-        detail = (f"{rows} sampled fields split as {n0}×{n1} one-hot-input blocks and {rest} shared columns; "
-                  f"dense rank step {stack}×{rest}; {L} known laws")
-        return MemoryEstimate(8 * numbers + _OVERHEAD_BYTES, "one-hot inputs", detail)
+    if all(chain.free):
+        p = _choose_pinch(chain)
+        groups = _groups_per_chunk(p)
+        # per chunk of neurons: their fields (block and shared parts) with the vmapped gradient's
+        # buffers (about twice more), the normalised and rotated copies and the SVD's U; then the
+        # stack of shared rows and its SVD workspace (about one more copy)
+        chunk = groups * p.per_group * (4 * p.block + 5 * p.shared + p.per_group)
+        numbers = chunk + 2 * p.stack * p.shared + p.zero_rows * p.shared + laws
+        where = "input" if p.layer == 0 else f"hidden layer {p.layer}"
+        detail = (f"{p.rows} sampled fields, one-hot at the {where}: {p.neurons} blocks of {p.block} "
+                  f"parameters and {p.shared} shared ones; dense rank step {p.stack}×{p.shared}; {L} known laws")
+        return MemoryEstimate(8 * numbers + _OVERHEAD_BYTES, "one-hot masks", detail)
     # dense: D fields (D×D), their transposed copy and the growing basis (two copies while it grows),
     # then brackets of at most D random combinations whose JVP work is chunked near 2·10⁷ numbers
     numbers = 5 * D * D + laws + 4 * 10**7
     detail = f"{D} fields of D = {D} entries, brackets of random combinations; {L} known laws"
     return MemoryEstimate(8 * numbers + _OVERHEAD_BYTES, "dense", detail)
+
+
+def _groups_per_chunk(p: _Pinch) -> int:
+    """Neurons whose fields are held at once: about 2·10⁶ numbers of fields per chunk."""
+    return max(1, min(p.neurons, int(2e6 // max(1, p.per_group * (p.block + p.shared)))))
 
 
 def _estimate_factorization(fact: Factorization) -> MemoryEstimate:
@@ -1056,88 +1110,161 @@ def _module_fields(chain: _Chain, rows: int, seed: int) -> VectorFields:
                         tuple(f"theta_{i}" for i in range(chain.D)), chain.description, outputs(None), combination)
 
 
-def _one_hot_rank(chain: _Chain, theta: Tensor, rtol: float,
-                  seed: int) -> tuple[int, int, float, float, float, int]:
-    """dim W_φ(θ) from fields with one-hot inputs x = e_k (and x = 0), never forming a D×D matrix.
+def _pinched_output(chain: _Chain, layer: int, w_in: Tensor, b_in: Tensor, w_out: Tensor, shared: tuple[Tensor, ...],
+                    x: Tensor, masks: Tensor, a: Tensor, s: Tensor, c: Tensor) -> Tensor:
+    """The masked net (:func:`_masked_output`) with the mask c·e_i at hidden layer ``layer`` (input
+    c·e_i for layer 0): everything passes through neuron i, whose incoming row, bias and outgoing
+    column are ``w_in``, ``b_in``, ``w_out``; ``shared`` holds the other blocks that matter, in θ's order."""
+    it = iter(shared)
+    if layer == 0:
+        z = c
+    else:
+        h = x
+        for l in range(layer - 1):
+            h = next(it) @ h
+            if chain.bias[l]:
+                h = h + s[l] * next(it)
+            h = masks[l, : chain.widths[l + 1]] * h
+        z = w_in @ h
+        if chain.bias[layer - 1]:
+            z = z + s[layer - 1] * b_in
+        z = c * z
+    h = w_out * z
+    if chain.bias[layer]:
+        h = h + s[layer] * next(it)
+    for l in range(layer, chain.q):
+        if l > layer:
+            h = next(it) @ h
+            if chain.bias[l]:
+                h = h + s[l] * next(it)
+        if l < chain.q - 1:
+            h = masks[l, : chain.widths[l + 1]] * h
+    return a @ h
 
-    A field with x = e_k touches W_1 only in its column k, so the sampled fields form a block
-    arrow: per k a block B_k (rows × n_1) on the columns W_1[:, k], and a part C on the D − n_0n_1
-    other parameters. Rotating each group by the SVD of B_k splits it into rank(B_k) rows that
-    are independent of everything else and rows that live on the shared columns only; so
-    dim = Σ_k rank B_k + rank(stack of the shared rows). Inputs e_k and 0 span R^(n_0) affinely,
-    so these fields span W_φ(θ) like dense ones. Returns (dim, fields, smallest accepted,
-    largest rejected singular value of the unit-normalised fields, law residual, rank of the known
-    laws' gradients).
-    """
-    per_input, zero_rows, _, rest_cols = _arrowhead_plan(chain)
-    n0, n1 = chain.widths[0], chain.widths[1]
-    gen = torch.Generator().manual_seed(seed)
-    rows = n0 * per_input + zero_rows
-    masks, a, s = _random_factors(chain, rows, gen)
+
+def _pinch_blocks(chain: _Chain, layer: int, theta: Tensor) -> tuple[Tensor, Tensor, Tensor, tuple[Tensor, ...], Tensor, Tensor]:
+    """Per neuron i of the pinched layer: w_in (rows), b_in, w_out (columns); the shared blocks;
+    and the indices in θ of each neuron's block (n, block) and of the shared parameters."""
     Ws, bs = chain.blocks(theta)
-    rest = tuple(t for l in range(chain.q) for t in ((Ws[l],) if l else ()) + ((bs[l],) if chain.bias[l] else ()))
-    # W_1 e_k for the one-hot rows (input k = row // per_input), zeros for the x = 0 rows
-    first = torch.cat([Ws[0].T.repeat_interleave(per_input, dim=0), theta.new_zeros(zero_rows, n1)])
-    grad = torch.func.vmap(torch.func.grad(lambda f, r, m, aa, ss: _masked_output(chain, f, r, m, aa, ss),
-                                           argnums=(0, 1)), in_dims=(0, None, 0, 0, 0))
-    B = torch.empty(rows, n1, dtype=theta.dtype)
-    C = torch.empty(rows, rest_cols, dtype=theta.dtype)
-    step = max(1, int(2e6 // max(1, rest_cols + n1)))
-    for i in range(0, rows, step):
-        j = min(rows, i + step)
-        dfirst, drest = grad(first[i:j], rest, masks[i:j], a[i:j], s[i:j])
-        B[i:j] = dfirst
-        C[i:j] = torch.cat([d.reshape(j - i, -1) for d in drest], dim=1)
-        del dfirst, drest
-    B[n0 * per_input:] = 0.0  # x = 0: no W_1 component
-    norms = torch.sqrt((B ** 2).sum(1) + (C ** 2).sum(1)).clamp_min(1e-300)[:, None]
-    B /= norms
-    C /= norms
-    # the known laws: their gradients must be orthogonal to every field (checked on a sample)
+    n = chain.widths
+    index = torch.arange(chain.D)
+    iWs, ibs = chain.blocks(index)
+    if layer == 0:
+        w_in, b_in = theta.new_zeros(n[0], 0), theta.new_zeros(n[0])
+        block_index = iWs[0].T
+    else:
+        w_in = Ws[layer - 1]
+        b_in = bs[layer - 1] if chain.bias[layer - 1] else theta.new_zeros(n[layer])
+        parts = [iWs[layer - 1]] + ([ibs[layer - 1][:, None]] if chain.bias[layer - 1] else []) + [iWs[layer].T]
+        block_index = torch.cat(parts, dim=1)
+    w_out = Ws[layer].T
+    shared, shared_index = [], []
+    for l in range(chain.q):
+        if l in (layer - 1, layer):
+            if l == layer and chain.bias[l]:
+                shared.append(bs[l])
+                shared_index.append(ibs[l])
+            continue
+        shared.append(Ws[l])
+        shared_index.append(iWs[l].reshape(-1))
+        if chain.bias[l]:
+            shared.append(bs[l])
+            shared_index.append(ibs[l])
+    return w_in, b_in, w_out, tuple(shared), block_index, torch.cat(shared_index) if shared_index else index[:0]
+
+
+def _pinched_rank(chain: _Chain, theta: Tensor, rtol: float, seed: int,
+                  layer: int | None = None) -> tuple[int, int, float, float, float, int]:
+    """dim W_φ(θ) from fields with a one-hot mask at one layer, never forming a D×D matrix.
+
+    A field with mask e_i at hidden layer ℓ (input e_i for ℓ = 0) touches only neuron i's own
+    parameters (its block) and the shared ones, so the sampled fields form a block arrow.
+    Rotating neuron i's group by the SVD of its block part B_i splits it into rank(B_i) rows
+    that are independent of everything else and rows that live on the shared columns only;
+    so dim = Σ_i rank B_i + rank(stack of the shared rows). The net is linear (affine, with
+    biases after ℓ) in that mask, so masks e_i (and 0) span what every mask spans: these fields
+    span W_φ(θ) like dense ones. Returns (dim, fields, smallest accepted and largest rejected
+    singular value of the unit-normalised fields, law residual, rank of the known laws' gradients).
+    """
+    p = _choose_pinch(chain, layer)
+    gen = torch.Generator().manual_seed(seed)
+    masks, a, s = _random_factors(chain, p.rows, gen)
+    x = torch.randn(p.rows, chain.widths[0], generator=gen, dtype=theta.dtype)
+    group = torch.cat([torch.arange(p.neurons).repeat_interleave(p.per_group),
+                       torch.zeros(p.zero_rows, dtype=torch.long)])
+    c = torch.cat([theta.new_ones(p.neurons * p.per_group), theta.new_zeros(p.zero_rows)])
+    w_in, b_in, w_out, shared, block_index, shared_index = _pinch_blocks(chain, p.layer, theta)
+    has_b_in = p.layer > 0 and chain.bias[p.layer - 1]
+
+    def output(wi, bi, wo, sh, xx, m, aa, ss, cc):
+        return _pinched_output(chain, p.layer, wi, bi, wo, sh, xx, m, aa, ss, cc)
+    grad = torch.func.vmap(torch.func.grad(output, argnums=(0, 1, 2, 3)), in_dims=(0, 0, 0, None, 0, 0, 0, 0, 0))
+
+    def fields(rows: Tensor) -> tuple[Tensor, Tensor]:
+        """Block and shared parts of the unit-normalised fields ``rows``."""
+        g = group[rows]
+        dwi, dbi, dwo, dsh = grad(w_in[g], b_in[g], w_out[g], shared, x[rows], masks[rows], a[rows], s[rows], c[rows])
+        Bp = torch.cat([dwi] + ([dbi[:, None]] if has_b_in else []) + [dwo], dim=1)
+        Cp = torch.cat([d.reshape(len(rows), -1) for d in dsh], dim=1) if dsh else theta.new_zeros(len(rows), 0)
+        norms = torch.sqrt((Bp ** 2).sum(1) + (Cp ** 2).sum(1)).clamp_min(1e-300)[:, None]
+        return Bp / norms, Cp / norms
+
     G = torch.func.jacrev(chain.known_laws)(theta) if chain.q > 1 else theta.new_zeros(0, chain.D)
+    Gnorm = G.norm(dim=1).clamp_min(1e-300)
     residual = 0.0
-    if G.shape[0]:
-        sample = torch.arange(0, rows, max(1, rows // 256))
-        k = torch.clamp(sample // per_input, max=n0 - 1)
-        on_first = G[:, : n1 * n0].reshape(G.shape[0], n1, n0)[:, :, k]  # (laws, n1, sample)
-        inner = torch.einsum("sn,lns->sl", B[sample], on_first) + C[sample] @ G[:, n1 * n0:].T
-        residual = float((inner.abs() / G.norm(dim=1)).max())
-    # rotate each input's group by the SVD of its block
     # the rows are unit vectors and the rotations orthogonal, so a singular value is compared with
     # rtol itself: a group (or the stack) that is round-off through and through has rank 0
-    U, S, _ = torch.linalg.svd(B[: n0 * per_input].reshape(n0, per_input, n1), full_matrices=True)
-    keep = S > rtol
-    ranks = keep.sum(1)
-    accepted = [float(S[keep].min())] if bool(keep.any()) else []
-    rejected = [float(S[~keep].max())] if bool((~keep).any()) else [0.0]
-    shared = [C[n0 * per_input:]]
-    Cg = C[: n0 * per_input].reshape(n0, per_input, rest_cols)
-    for k0 in range(0, n0, max(1, int(2e7 // max(1, per_input * rest_cols)))):
-        k1 = min(n0, k0 + max(1, int(2e7 // max(1, per_input * rest_cols))))
-        rotated = U[k0:k1].transpose(1, 2) @ Cg[k0:k1]  # (inputs, per_input, rest)
-        for k in range(k0, k1):
-            shared.append(rotated[k - k0, int(ranks[k]):])
-        del rotated
-    del B, C, Cg
-    stack = torch.cat(shared)
-    del shared
-    s_stack = torch.linalg.svdvals(stack) if stack.numel() else stack.new_zeros(0)
+    accepted, rejected, rank_blocks, stack = [], [0.0], 0, []
+    step = _groups_per_chunk(p)
+    for i0 in range(0, p.neurons, step):
+        i1 = min(p.neurons, i0 + step)
+        Bp, Cp = fields(torch.arange(i0 * p.per_group, i1 * p.per_group))
+        Bp, Cp = Bp.reshape(i1 - i0, p.per_group, p.block), Cp.reshape(i1 - i0, p.per_group, p.shared)
+        if G.shape[0]:  # the known laws must be orthogonal to every field (checked on one per neuron)
+            inner = torch.einsum("gb,lgb->gl", Bp[:, 0], G[:, block_index[i0:i1]]) + Cp[:, 0] @ G[:, shared_index].T
+            residual = max(residual, float((inner.abs() / Gnorm).max()))
+        U, S, _ = torch.linalg.svd(Bp, full_matrices=True)
+        keep = S > rtol
+        if bool(keep.any()):
+            accepted.append(float(S[keep].min()))
+        if bool((~keep).any()):
+            rejected.append(float(S[~keep].max()))
+        ranks = keep.sum(1).tolist()
+        rank_blocks += sum(ranks)
+        rotated = U.transpose(1, 2) @ Cp
+        stack += [rotated[k, r:] for k, r in enumerate(ranks)]
+        del Bp, Cp, U, rotated
+    if p.zero_rows:
+        zero_rows = torch.arange(p.neurons * p.per_group, p.rows)
+        for j0 in range(0, p.zero_rows, max(1, int(2e6 // max(1, p.block + p.shared)))):
+            j1 = min(p.zero_rows, j0 + max(1, int(2e6 // max(1, p.block + p.shared))))
+            stack.append(fields(zero_rows[j0:j1])[1])
+    stacked = torch.cat(stack) if stack else theta.new_zeros(0, p.shared)
     del stack
+    s_stack = torch.linalg.svdvals(stacked) if stacked.numel() else stacked.new_zeros(0)
+    del stacked
     rank_stack = int((s_stack > rtol).sum())
     if rank_stack:
         accepted.append(float(s_stack[rank_stack - 1]))
     if rank_stack < s_stack.numel():
         rejected.append(float(s_stack[rank_stack]))
-    dim = int(ranks.sum()) + rank_stack
     law_rank = independent_rows(G, rtol)
-    return dim, rows, min(accepted) if accepted else float("nan"), max(rejected), residual, law_rank
+    return (rank_blocks + rank_stack, p.rows, min(accepted) if accepted else float("nan"), max(rejected), residual,
+            law_rank)
 
 
 def _module_dimension(model, points: int, seed: int, rtol: float, max_level: int, max_memory: float,
-                      random_combinations: bool) -> LieAlgebraDimension:
-    """ALGO 2 for a module: a lower bound dim W_φ(θ) ≤ dim Lie, an upper bound dim Lie ≤ D − rank
-    of the known laws' gradients (they are laws, checked); when they meet, that is the count.
-    Chains with an identity between two Linear layers need brackets: the dense ALGO 2 runs then."""
+                      random_combinations: bool, pinch: int | None = None) -> LieAlgebraDimension:
+    """ALGO 2 for a module, in the path factorisation φ (one output per path), never listing paths.
+
+    ⟨c, φ(θ)⟩ for a cotangent c of product form (one factor per layer) is the net on one
+    activation region with the diagonal masks of c, so the fields ∂φᵀc are gradients of masked
+    nets (:func:`_masked_output`); product tensors span every cotangent. With only free
+    activations: a lower bound dim W_φ(θ) ≤ dim Lie from fields with a one-hot mask at one layer
+    (:func:`_pinched_rank`, no D×D matrix), an upper bound dim Lie ≤ D − rank of the known laws'
+    gradients (they are laws: checked orthogonal to the fields); when the two meet, that is
+    dim Lie, with no bracket needed. An identity between two Linear layers (GL symmetry) needs
+    brackets: the dense ALGO 2 runs on D masked-net fields then. ``pinch`` forces the layer."""
     chain = _module_chain(model)
     estimate = _estimate_chain(chain)
     _check_memory(estimate, max_memory, chain.description)
@@ -1147,13 +1274,14 @@ def _module_dimension(model, points: int, seed: int, rtol: float, max_level: int
     if estimate.method == "dense":
         rows = chain.D + _OVERSAMPLE
         found = lie_algebra_dimension(_module_fields(chain, rows, seed), thetas[0], points=points, seed=seed,
-                                      rtol=rtol, max_level=max_level, random_combinations=random_combinations)
+                                      rtol=rtol, max_level=max_level, random_combinations=random_combinations,
+                                      max_memory=max_memory)
         found.seconds = time.perf_counter() - start
         return found
     dims, accepted, rejected, n_rows = [], [], [], 0
     with quiet_forward_mode(), torch_threads(1):
         for theta in thetas:
-            dim, n_rows, acc, rej, residual, law_rank = _one_hot_rank(chain, theta, rtol, seed)
+            dim, n_rows, acc, rej, residual, law_rank = _pinched_rank(chain, theta, rtol, seed, pinch)
             if residual > 1e-10:
                 raise RuntimeError(f"a known law of {chain.description} is not orthogonal to the fields "
                                    f"(residual {residual:.3g}): the factorisation is wrong")

@@ -238,6 +238,18 @@ def test_module_count_equals_the_path_factorisation_count(widths, bias):
     assert found.smallest_accepted > 1e5 * found.largest_rejected
 
 
+@pytest.mark.parametrize("bias", [False, True])
+def test_every_one_hot_layer_gives_the_same_count(bias):
+    # fields one-hot at the input or at any hidden layer: different block arrows, one count
+    widths = (2, 3, 9, 2, 4, 3)
+    chain = L._module_chain(mlp(widths, bias))
+    theta = chain.random_point(torch.Generator().manual_seed(1))
+    for layer in range(len(widths) - 1):
+        dim, _, accepted, rejected, residual, law_rank = L._pinched_rank(chain, theta, L.RANK_RTOL, 0, layer)
+        assert chain.D - dim == law_rank == sum(widths[1:-1])
+        assert accepted > 1e5 * rejected and residual < 1e-12
+
+
 def test_module_count_for_leaky_relu_nested_sequential_and_linear_blocks():
     leaky = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Sequential(torch.nn.LeakyReLU(0.1), torch.nn.Linear(4, 3)),
                                 torch.nn.ReLU(), torch.nn.Linear(3, 2), torch.nn.Identity())
@@ -288,7 +300,7 @@ def _reset_peak() -> float:
 def test_refusal_above_max_memory_is_clear_and_comes_before_any_allocation(monkeypatch):
     def must_not_run(*args, **kwargs):
         raise AssertionError("the count started although it should have been refused")
-    monkeypatch.setattr(L, "_one_hot_rank", must_not_run)
+    monkeypatch.setattr(L, "_pinched_rank", must_not_run)
     monkeypatch.setattr(L, "_module_fields", must_not_run)
     monkeypatch.setattr(L, "vector_fields", must_not_run)
     small = mlp((3, 4, 2))
