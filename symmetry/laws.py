@@ -1028,6 +1028,7 @@ def _estimate_chain(chain: _Chain) -> MemoryEstimate:
     D, L = chain.D, chain.known_law_rows()
     laws = 3 * L * D  # the laws' Jacobian, its copy in the rank step, and the check
     if all(chain.free):
+        laws = 4 * 2 * 10**6 + 2 * L * (L + _OVERSAMPLE)  # chunked JVPs and VJPs (_LawGradients), the sketch
         p = _choose_pinch(chain)
         groups = _groups_per_chunk(p)
         # per chunk of neurons: their fields (block and shared parts) with the vmapped gradient's
@@ -1173,6 +1174,48 @@ def _pinch_blocks(chain: _Chain, layer: int, theta: Tensor) -> tuple[Tensor, Ten
     return w_in, b_in, w_out, tuple(shared), block_index, torch.cat(shared_index) if shared_index else index[:0]
 
 
+class _LawGradients:
+    """The gradients ∇h_l of a chain's known laws at θ, used through chunked JVPs and VJPs so
+    that the L×D Jacobian is never held (for the 784-256-128-10 MLP it would be 0.7 GB)."""
+
+    def __init__(self, chain: _Chain, theta: Tensor, seed: int):
+        self.chain, self.theta, self.seed = chain, theta, seed
+        self.count = chain.known_law_rows() if chain.q > 1 else 0
+        self.step = max(1, int(2e6 // max(1, chain.D)))
+        self._norms: Tensor | None = None
+
+    def _jvps(self, tangents: Tensor) -> Tensor:
+        """(∇h_l · t) for every law l and row t of ``tangents``: (rows, laws)."""
+        f = lambda t: torch.func.jvp(self.chain.known_laws, (self.theta,), (t,))[1]  # noqa: E731
+        return torch.cat([torch.func.vmap(f)(tangents[i:i + self.step]) for i in range(0, len(tangents), self.step)])
+
+    def norms(self) -> Tensor:
+        if self._norms is None:
+            _, pullback = torch.func.vjp(self.chain.known_laws, self.theta)
+            eye = torch.eye(self.count, dtype=self.theta.dtype)
+            self._norms = torch.cat([torch.func.vmap(lambda c: pullback(c)[0])(eye[i:i + self.step]).norm(dim=1)
+                                     for i in range(0, self.count, self.step)]).clamp_min(1e-300)
+        return self._norms
+
+    def largest_inner(self, vectors: Tensor) -> float:
+        """max |⟨v, ∇h_l⟩| / (‖v‖‖∇h_l‖) over the rows v of ``vectors`` and the laws."""
+        inner = self._jvps(vectors) / vectors.norm(dim=1, keepdim=True).clamp_min(1e-300)
+        return float((inner.abs() / self.norms()).max())
+
+    def rank(self, rtol: float) -> int:
+        """rank of the laws' Jacobian G (L×D) as the rank of GΩ for a Gaussian Ω (D×(L+8), drawn in
+        chunks): equal with probability one, and L×(L+8) numbers instead of L×D."""
+        if not self.count:
+            return 0
+        gen = torch.Generator().manual_seed(self.seed + 7)
+        columns = []
+        for i in range(0, self.count + _OVERSAMPLE, self.step):
+            rows = min(self.step, self.count + _OVERSAMPLE - i)
+            columns.append(self._jvps(torch.randn(rows, self.chain.D, generator=gen, dtype=self.theta.dtype)))
+        sketch = torch.cat(columns).T / self.norms()[:, None]  # unit-normalised laws, (L, L+8)
+        return independent_rows(sketch, rtol)
+
+
 def _pinched_rank(chain: _Chain, theta: Tensor, rtol: float, seed: int,
                   layer: int | None = None) -> tuple[int, int, float, float, float, int]:
     """dim W_φ(θ) from fields with a one-hot mask at one layer, never forming a D×D matrix.
@@ -1209,8 +1252,7 @@ def _pinched_rank(chain: _Chain, theta: Tensor, rtol: float, seed: int,
         norms = torch.sqrt((Bp ** 2).sum(1) + (Cp ** 2).sum(1)).clamp_min(1e-300)[:, None]
         return Bp / norms, Cp / norms
 
-    G = torch.func.jacrev(chain.known_laws)(theta) if chain.q > 1 else theta.new_zeros(0, chain.D)
-    Gnorm = G.norm(dim=1).clamp_min(1e-300)
+    laws = _LawGradients(chain, theta, seed)
     residual = 0.0
     # the rows are unit vectors and the rotations orthogonal, so a singular value is compared with
     # rtol itself: a group (or the stack) that is round-off through and through has rank 0
@@ -1220,9 +1262,12 @@ def _pinched_rank(chain: _Chain, theta: Tensor, rtol: float, seed: int,
         i1 = min(p.neurons, i0 + step)
         Bp, Cp = fields(torch.arange(i0 * p.per_group, i1 * p.per_group))
         Bp, Cp = Bp.reshape(i1 - i0, p.per_group, p.block), Cp.reshape(i1 - i0, p.per_group, p.shared)
-        if G.shape[0]:  # the known laws must be orthogonal to every field (checked on one per neuron)
-            inner = torch.einsum("gb,lgb->gl", Bp[:, 0], G[:, block_index[i0:i1]]) + Cp[:, 0] @ G[:, shared_index].T
-            residual = max(residual, float((inner.abs() / Gnorm).max()))
+        if laws.count:  # the known laws must be orthogonal to every field (checked on one per neuron)
+            full = theta.new_zeros(i1 - i0, chain.D)
+            full.scatter_(1, block_index[i0:i1], Bp[:, 0])
+            full[:, shared_index] = Cp[:, 0]
+            residual = max(residual, laws.largest_inner(full))
+            del full
         U, S, _ = torch.linalg.svd(Bp, full_matrices=True)
         keep = S > rtol
         if bool(keep.any()):
@@ -1248,7 +1293,7 @@ def _pinched_rank(chain: _Chain, theta: Tensor, rtol: float, seed: int,
         accepted.append(float(s_stack[rank_stack - 1]))
     if rank_stack < s_stack.numel():
         rejected.append(float(s_stack[rank_stack]))
-    law_rank = independent_rows(G, rtol)
+    law_rank = laws.rank(rtol)
     return (rank_blocks + rank_stack, p.rows, min(accepted) if accepted else float("nan"), max(rejected), residual,
             law_rank)
 

@@ -310,11 +310,11 @@ def test_refusal_above_max_memory_is_clear_and_comes_before_any_allocation(monke
     assert estimate.bytes > 1000
     with pytest.raises(MemoryError, match="path factorisation: phi has N = "):
         L.count_conservation_laws(L.relu_net((3, 4, 2)), max_memory=1000)
-    # the MLP (about 2.3 GB) under a 1 GB limit, and a wider one under the default 4 GB:
+    # the MLP (about 0.3 GB) under a 0.1 GB limit, and a wider one under the default 4 GB:
     # refused at once, with the estimate, allocating nothing big
     before = _reset_peak()
-    with pytest.raises(MemoryError, match=r"needs an estimated 2.\d+ GB.*above max_memory = 1 GB"):
-        L.count_conservation_laws(mlp((784, 256, 128, 10)), max_memory=1e9)
+    with pytest.raises(MemoryError, match=r"needs an estimated 0.2\d+ GB.*above max_memory = 0.1 GB"):
+        L.count_conservation_laws(mlp((784, 256, 128, 10)), max_memory=1e8)
     with pytest.raises(MemoryError, match=r"needs an estimated \d+ GB.*above max_memory = 4 GB"):
         L.count_conservation_laws(mlp((784, 2048, 2048, 10)))
     with pytest.raises(MemoryError, match="as a torch.nn.Module the same net is counted without listing its paths"):
