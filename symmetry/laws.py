@@ -1230,9 +1230,6 @@ def _pinched_rank(chain: _Chain, theta: Tensor, rtol: float, seed: int,
     singular value of the unit-normalised fields, law residual, rank of the known laws' gradients).
     """
     p = _choose_pinch(chain, layer)
-    gen = torch.Generator().manual_seed(seed)
-    masks, a, s = _random_factors(chain, p.rows, gen)
-    x = torch.randn(p.rows, chain.widths[0], generator=gen, dtype=theta.dtype)
     group = torch.cat([torch.arange(p.neurons).repeat_interleave(p.per_group),
                        torch.zeros(p.zero_rows, dtype=torch.long)])
     c = torch.cat([theta.new_ones(p.neurons * p.per_group), theta.new_zeros(p.zero_rows)])
@@ -1244,9 +1241,13 @@ def _pinched_rank(chain: _Chain, theta: Tensor, rtol: float, seed: int,
     grad = torch.func.vmap(torch.func.grad(output, argnums=(0, 1, 2, 3)), in_dims=(0, 0, 0, None, 0, 0, 0, 0, 0))
 
     def fields(rows: Tensor) -> tuple[Tensor, Tensor]:
-        """Block and shared parts of the unit-normalised fields ``rows``."""
+        """Block and shared parts of the unit-normalised fields ``rows`` (consecutive), whose random
+        factors are drawn here, seeded by the first row, so that they never exist all at once."""
         g = group[rows]
-        dwi, dbi, dwo, dsh = grad(w_in[g], b_in[g], w_out[g], shared, x[rows], masks[rows], a[rows], s[rows], c[rows])
+        gen = torch.Generator().manual_seed(seed * 1_000_003 + int(rows[0]))
+        masks, a, s = _random_factors(chain, len(rows), gen)
+        x = torch.randn(len(rows), chain.widths[0], generator=gen, dtype=theta.dtype)
+        dwi, dbi, dwo, dsh = grad(w_in[g], b_in[g], w_out[g], shared, x, masks, a, s, c[rows])
         Bp = torch.cat([dwi] + ([dbi[:, None]] if has_b_in else []) + [dwo], dim=1)
         Cp = torch.cat([d.reshape(len(rows), -1) for d in dsh], dim=1) if dsh else theta.new_zeros(len(rows), 0)
         norms = torch.sqrt((Bp ** 2).sum(1) + (Cp ** 2).sum(1)).clamp_min(1e-300)[:, None]
@@ -1277,7 +1278,7 @@ def _pinched_rank(chain: _Chain, theta: Tensor, rtol: float, seed: int,
         ranks = keep.sum(1).tolist()
         rank_blocks += sum(ranks)
         rotated = U.transpose(1, 2) @ Cp
-        stack += [rotated[k, r:] for k, r in enumerate(ranks)]
+        stack += [rotated[k, r:].clone() for k, r in enumerate(ranks)]  # a view would keep all of rotated
         del Bp, Cp, U, rotated
     if p.zero_rows:
         zero_rows = torch.arange(p.neurons * p.per_group, p.rows)
