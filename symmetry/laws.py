@@ -801,7 +801,7 @@ _OVERSAMPLE = 8
 
 #: Fixed cost of a count besides its big tensors (torch.func transforms, small buffers), bytes;
 #: measured as the peak over the tensors for the smallest nets (benchmarks/bench_laws.py).
-_OVERHEAD_BYTES = 32 * 2**20
+_OVERHEAD_BYTES = 16 * 2**20
 
 
 @dataclass(frozen=True)
@@ -1028,7 +1028,8 @@ def _estimate_chain(chain: _Chain) -> MemoryEstimate:
     D, L = chain.D, chain.known_law_rows()
     laws = 3 * L * D  # the laws' Jacobian, its copy in the rank step, and the check
     if all(chain.free):
-        laws = 4 * 2 * 10**6 + 2 * L * (L + _OVERSAMPLE)  # chunked JVPs and VJPs (_LawGradients), the sketch
+        # chunked JVPs and VJPs (_LawGradients: at most 2·10⁶ numbers of tangents at once), the sketch
+        laws = 4 * min(2 * 10**6, (L + _OVERSAMPLE) * D) + 2 * L * (L + _OVERSAMPLE)
         p = _choose_pinch(chain)
         groups = _groups_per_chunk(p)
         # per chunk of neurons: their fields (block and shared parts) with the vmapped gradient's
