@@ -14,7 +14,7 @@ CPU time, the load average (the machine may be shared), the peak resident memory
 process's baseline and the estimate made before allocating. Target: D = 10 000 in under 60 s
 and 4 GB. As a path factorisation (relu_net) the issue's MLP is refused; its estimate is recorded.
 Runtime: about 10 min on a quiet 2-core CPU, longer when it is shared.
-Usage: python benchmarks/bench_laws.py [--count 50] [--ablation] [--out benchmarks/results]
+Usage: python benchmarks/bench_laws.py [--count 50] [--ablation] [--modules-only] [--out benchmarks/results]
 """
 from __future__ import annotations
 
@@ -109,6 +109,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--seed", type=int, default=0, help="seed of the architectures and the points")
     parser.add_argument("--ablation", action="store_true", help="also bracket every pair on the ReLU set")
     parser.add_argument("--out", default="benchmarks/results", help="directory for bench_laws.json")
+    parser.add_argument("--modules-only", action="store_true",
+                        help="rerun only the module series, keeping the rest of an existing bench_laws.json")
     parser.add_argument("--one-module", help=argparse.SUPPRESS)  # internal: one module, JSON to stdout
     args = parser.parse_args(argv)
     if args.one_module:
@@ -116,6 +118,13 @@ def main(argv: list[str] | None = None) -> dict:
         return {}
     if args.count < 1:
         parser.error(f"--count {args.count}: must be a positive integer")
+    if args.modules_only:
+        with open(f"{args.out}/bench_laws.json") as f:
+            result = json.load(f)
+        result["modules"] = modules(MODULE_WIDTHS)
+        result["modules"]["environment"] = E.environment()
+        E.write_json(f"{args.out}/bench_laws.json", result)
+        return result
     L.lie_algebra_dimension(L.linear_net((2, 2, 2)))  # warm-up: torch.func's first call compiles decompositions
     result = {"reference_seconds": {"linear": 41.0, "relu": 136.0},
               "linear": summary(run("linear", args.count, args.seed)),
@@ -123,6 +132,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.ablation:
         result["relu_every_pair"] = summary(run("relu", args.count, args.seed, random_combinations=False))
     result["modules"] = modules(MODULE_WIDTHS)
+    result["modules"]["environment"] = E.environment()
     result["peak_memory_mb"] = round(E.peak_memory_mb(), 1)
     result["environment"] = E.environment()
     for kind in ("linear", "relu", "relu_every_pair"):
