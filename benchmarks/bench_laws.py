@@ -8,13 +8,13 @@ bracketing every pair of fields instead of random combinations (what that shortc
 Target (issue): median under 1 s (linear) and 2 s (ReLU) on a 2-core CPU; peak memory under 4 GB.
 
 Modules (issue 11): ``count_conservation_laws`` on ``nn.Sequential`` ReLU MLPs with biases shaped
-like 784-256-128-10, scaled (widths about (n_0, n_0/3, n_0/6, 10)), D from 674 to 235 146 (the
-issue's MLP itself), each in a fresh process (default call: two random points), with wall and
+like 784-256-128-10, scaled (widths about (n_0, n_0/3, n_0/6, 10)), D from 674 to 59 210 (and
+235 146, the issue's MLP itself, with --full-mlp), each in a fresh process (default call: two random points), with wall and
 CPU time, the load average (the machine may be shared), the peak resident memory over the
 process's baseline and the estimate made before allocating. Target: D = 10 000 in under 60 s
 and 4 GB. As a path factorisation (relu_net) the issue's MLP is refused; its estimate is recorded.
-Runtime: about 10 min on a quiet 2-core CPU, longer when it is shared.
-Usage: python benchmarks/bench_laws.py [--count 50] [--ablation] [--modules-only] [--out benchmarks/results]
+Runtime: a few minutes (modules about 3 min on a quiet 2-core CPU; --full-mlp adds about 10 min).
+Usage: python benchmarks/bench_laws.py [--count 50] [--ablation] [--modules-only] [--full-mlp] [--out benchmarks/results]
 """
 from __future__ import annotations
 
@@ -52,8 +52,9 @@ def summary(rows: list[dict]) -> dict:
 
 
 #: The module series: the issue's MLP 784-256-128-10 scaled down (biases, ReLU).
-MODULE_WIDTHS = [(39, 13, 6, 10), (78, 26, 13, 10), (160, 52, 26, 10), (320, 104, 52, 10), (392, 128, 64, 10),
-                 (784, 256, 128, 10)]
+MODULE_WIDTHS = [(39, 13, 6, 10), (78, 26, 13, 10), (160, 52, 26, 10), (320, 104, 52, 10), (392, 128, 64, 10)]
+#: The issue's MLP itself (--full-mlp): about 10 CPU-minutes, mostly 2 × 256 SVDs of 919×913.
+FULL_MLP = (784, 256, 128, 10)
 
 
 def mlp(widths):
@@ -98,9 +99,19 @@ def modules(widths_list: list[tuple[int, ...]]) -> dict:
                               capture_output=True, text=True, check=True,
                               env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
         rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
-    paths = L.memory_estimate(L.relu_net((784, 256, 128, 10), bias=True))
-    return {"series": rows, "max_memory_default_gb": L.DEFAULT_MAX_MEMORY / 1e9,
-            "mlp_784_256_128_10_as_path_factorisation": {"estimate_gb": round(paths.gb, 0), "detail": paths.detail}}
+    return {"series": rows, **estimates()}
+
+
+def estimates() -> dict:
+    """Estimates only (nothing is counted): the issue's MLP as a path factorisation and as a module,
+    and a wider module that the default max_memory refuses."""
+    out = {"max_memory_default_gb": L.DEFAULT_MAX_MEMORY / 1e9}
+    paths = L.memory_estimate(L.relu_net(FULL_MLP, bias=True))
+    out["mlp_784_256_128_10_as_path_factorisation"] = {"estimate_gb": round(paths.gb, 0), "detail": paths.detail}
+    for widths in (FULL_MLP, (784, 2048, 2048, 10)):
+        e = L.memory_estimate(mlp(widths))
+        out["module_" + "_".join(map(str, widths))] = {"estimate_gb": round(e.gb, 3), "detail": e.detail}
+    return out
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -111,6 +122,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--out", default="benchmarks/results", help="directory for bench_laws.json")
     parser.add_argument("--modules-only", action="store_true",
                         help="rerun only the module series, keeping the rest of an existing bench_laws.json")
+    parser.add_argument("--full-mlp", action="store_true", help="also count the issue's 784-256-128-10 MLP")
     parser.add_argument("--one-module", help=argparse.SUPPRESS)  # internal: one module, JSON to stdout
     args = parser.parse_args(argv)
     if args.one_module:
@@ -121,7 +133,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.modules_only:
         with open(f"{args.out}/bench_laws.json") as f:
             result = json.load(f)
-        result["modules"] = modules(MODULE_WIDTHS)
+        result["modules"] = modules(MODULE_WIDTHS + ([FULL_MLP] if args.full_mlp else []))
         result["modules"]["environment"] = E.environment()
         E.write_json(f"{args.out}/bench_laws.json", result)
         return result
@@ -131,7 +143,7 @@ def main(argv: list[str] | None = None) -> dict:
               "relu": summary(run("relu", args.count, args.seed))}
     if args.ablation:
         result["relu_every_pair"] = summary(run("relu", args.count, args.seed, random_combinations=False))
-    result["modules"] = modules(MODULE_WIDTHS)
+    result["modules"] = modules(MODULE_WIDTHS + ([FULL_MLP] if args.full_mlp else []))
     result["modules"]["environment"] = E.environment()
     result["peak_memory_mb"] = round(E.peak_memory_mb(), 1)
     result["environment"] = E.environment()
