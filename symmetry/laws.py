@@ -837,14 +837,14 @@ class _Chain:
     def hidden(self) -> int:
         return sum(self.widths[1:-1])
 
-    def blocks(self, theta: Tensor) -> tuple[list[Tensor], list[Tensor | None]]:
-        """θ (flat, or a batch of them along dim 0 … −1) as weights W_l and biases b_l (None without)."""
+    def blocks(self, theta: Tensor) -> tuple[list[Tensor], list[Tensor]]:
+        """θ (flat, or a batch of them along dim 0 … −1) as weights W_l and biases b_l (empty without)."""
         sizes = [math.prod(s) for s in self.shapes]
         chunks = iter(torch.split(theta, sizes, dim=-1))
         Ws, bs = [], []
         for l in range(self.q):
             Ws.append(next(chunks).reshape(*theta.shape[:-1], self.widths[l + 1], self.widths[l]))
-            bs.append(next(chunks) if self.bias[l] else None)
+            bs.append(next(chunks) if self.bias[l] else theta.new_zeros(*theta.shape[:-1], 0))
         return Ws, bs
 
     def random_point(self, gen: torch.Generator) -> Tensor:
@@ -863,7 +863,7 @@ class _Chain:
         Ws, bs = self.blocks(theta)
         laws = []
         for l in range(self.q - 1):
-            incoming = Ws[l] if bs[l] is None else torch.cat([Ws[l], bs[l][:, None]], dim=1)
+            incoming = torch.cat([Ws[l], bs[l][:, None]], dim=1) if self.bias[l] else Ws[l]
             if self.free[l]:
                 laws.append((incoming ** 2).sum(1) - (Ws[l + 1] ** 2).sum(0))
             else:
