@@ -1258,7 +1258,11 @@ def _pinched_rank(chain: _Chain, theta: Tensor, rtol: float, seed: int,
     residual = 0.0
     # the rows are unit vectors and the rotations orthogonal, so a singular value is compared with
     # rtol itself: a group (or the stack) that is round-off through and through has rank 0
-    accepted, rejected, rank_blocks, stack = [], [0.0], 0, []
+    accepted, rejected, rank_blocks = [], [0.0], 0
+    # the shared rows go into one preallocated tensor: many small copies interleaved with the
+    # chunks' big buffers would keep the freed chunks from being returned to the system
+    stacked = theta.new_empty(p.stack, p.shared)
+    filled = 0
     step = _groups_per_chunk(p)
     for i0 in range(0, p.neurons, step):
         i1 = min(p.neurons, i0 + step)
@@ -1279,15 +1283,23 @@ def _pinched_rank(chain: _Chain, theta: Tensor, rtol: float, seed: int,
         ranks = keep.sum(1).tolist()
         rank_blocks += sum(ranks)
         rotated = U.transpose(1, 2) @ Cp
-        stack += [rotated[k, r:].clone() for k, r in enumerate(ranks)]  # a view would keep all of rotated
+        for k, r in enumerate(ranks):
+            rows_k = rotated[k, r:]
+            if filled + len(rows_k) > len(stacked):  # a rank below block − 1 (non-generic θ): grow
+                stacked = torch.cat([stacked, theta.new_empty(len(rows_k) + p.stack // 2, p.shared)])
+            stacked[filled:filled + len(rows_k)] = rows_k
+            filled += len(rows_k)
         del Bp, Cp, U, rotated
     if p.zero_rows:
         zero_rows = torch.arange(p.neurons * p.per_group, p.rows)
         for j0 in range(0, p.zero_rows, max(1, int(2e6 // max(1, p.block + p.shared)))):
             j1 = min(p.zero_rows, j0 + max(1, int(2e6 // max(1, p.block + p.shared))))
-            stack.append(fields(zero_rows[j0:j1])[1])
-    stacked = torch.cat(stack) if stack else theta.new_zeros(0, p.shared)
-    del stack
+            rows_z = fields(zero_rows[j0:j1])[1]
+            if filled + len(rows_z) > len(stacked):
+                stacked = torch.cat([stacked, theta.new_empty(len(rows_z), p.shared)])
+            stacked[filled:filled + len(rows_z)] = rows_z
+            filled += len(rows_z)
+    stacked = stacked[:filled]
     s_stack = torch.linalg.svdvals(stacked) if stacked.numel() else stacked.new_zeros(0)
     del stacked
     rank_stack = int((s_stack > rtol).sum())
