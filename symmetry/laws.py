@@ -11,6 +11,10 @@ count. The fields are functions of the flat parameter vector θ; a bracket
 `[w₁, w₂](θ) = ∂w₁(θ) w₂(θ) − ∂w₂(θ) w₁(θ)` is two Jacobian-vector products, so brackets of
 brackets are nested forward-mode derivatives.
 
+A ``torch.nn.Module`` (Linear, ReLU, LeakyReLU, Identity) is counted in its path
+factorisation without listing the paths (:func:`_module_dimension`), and every count first
+compares :func:`memory_estimate` with ``max_memory``.
+
 Conventions: a :class:`Factorization` holds φ (flat θ of size D ↦ flat outputs of size N),
 the shapes and names of the parameter blocks packed in θ, and optionally the known laws.
 """
@@ -36,6 +40,9 @@ Field = Callable[[Tensor], Tensor]
 #: Relative tolerance of every numerical rank here: a direction counts as new when its
 #: component outside the current span exceeds RANK_RTOL times its norm (unit-normalised).
 RANK_RTOL = 1e-8
+
+#: Default ``max_memory`` of the counts, in bytes (the issue's target: 4 GB on a 2-core CPU).
+DEFAULT_MAX_MEMORY = 4 * 10**9
 
 
 # ---------------------------------------------------------------------------------------------
@@ -504,9 +511,10 @@ def _dimension_at(vf: VectorFields, theta: Tensor, rtol: float, max_level: int,
     return span, dims, n_gen
 
 
-def lie_algebra_dimension(model: Factorization | VectorFields, theta: Tensor | None = None, *, points: int = 2,
-                          seed: int = 0, rtol: float = RANK_RTOL, max_level: int = 50,
-                          random_combinations: bool = True) -> LieAlgebraDimension:
+def lie_algebra_dimension(model: Factorization | VectorFields | torch.nn.Module, theta: Tensor | None = None, *,
+                          points: int = 2, seed: int = 0, rtol: float = RANK_RTOL, max_level: int = 50,
+                          random_combinations: bool = True,
+                          max_memory: float = DEFAULT_MAX_MEMORY) -> LieAlgebraDimension:
     """ALGO 2: dim Lie(W_φ)(θ) at ``points`` random points (or at θ, then random ones), and D − dim.
 
     Ranks are taken in float64 on unit-normalised vectors: a bracket counts as a new
@@ -516,11 +524,24 @@ def lie_algebra_dimension(model: Factorization | VectorFields, theta: Tensor | N
     the largest rejected residual, so the gap behind the rank decision is visible.
     ``random_combinations=False`` brackets every pair instead of random combinations
     (same answer with probability one, slower for deep ReLU nets).
+
+    A ``torch.nn.Module`` (Linear, ReLU, LeakyReLU, Identity in nested ``nn.Sequential``,
+    biases included) is counted in its path factorisation without listing the paths
+    (:func:`_module_dimension`), at ``points`` random generic θ; ``theta`` must then be None.
+    Before anything is allocated, :func:`memory_estimate` is compared with ``max_memory``
+    (bytes) and a larger problem is refused with a MemoryError giving both.
     """
     if not isinstance(points, int) or points < 1:
         raise ValueError(f"points must be a positive integer, got {points!r}")
     if not (0 < rtol < 1):
         raise ValueError(f"rtol must lie in (0, 1), got {rtol!r}")
+    if isinstance(model, torch.nn.Module):
+        if theta is not None:
+            raise ValueError("theta must be None for a torch.nn.Module: the count is taken at random generic "
+                             "parameters (it is a property of the architecture)")
+        return _module_dimension(model, points, seed, rtol, max_level, max_memory, random_combinations)
+    if isinstance(model, (Factorization, VectorFields)):
+        _check_memory(memory_estimate(model), max_memory, model.description)
     start = time.perf_counter()
     vf = vector_fields(model, seed)
     gen = torch.Generator().manual_seed(seed + 1)
@@ -545,9 +566,15 @@ def lie_algebra_dimension(model: Factorization | VectorFields, theta: Tensor | N
                                seconds=time.perf_counter() - start, generators=n_generators)
 
 
-def count_conservation_laws(model: Factorization | VectorFields, **kwargs) -> int:
-    """The number of independent conservation laws, D − dim Lie(W_φ)(θ) at a generic θ."""
-    return lie_algebra_dimension(model, **kwargs).laws
+def count_conservation_laws(model: Factorization | VectorFields | torch.nn.Module, *,
+                            max_memory: float = DEFAULT_MAX_MEMORY, **kwargs) -> int:
+    """The number of independent conservation laws, D − dim Lie(W_φ)(θ) at a generic θ.
+
+    ``model``: a Factorization, VectorFields or torch.nn.Module (see :func:`lie_algebra_dimension`);
+    a problem whose :func:`memory_estimate` exceeds ``max_memory`` bytes (default 4 GiB) is
+    refused with a MemoryError before it allocates.
+    """
+    return lie_algebra_dimension(model, max_memory=max_memory, **kwargs).laws
 
 
 def independent_rows(matrix: Tensor, rtol: float = RANK_RTOL) -> int:
@@ -761,3 +788,573 @@ def random_architectures(kind: str, count: int, seed: int = 0) -> list[Architect
         widths = tuple(int(w) for w in torch.randint(2, top + 1, (q + 1,), generator=gen))
         archs.append(Architecture(kind, widths, bias=(kind == "relu" and i % 2 == 1)))
     return archs
+
+
+# ---------------------------------------------------------------------------------------------
+# torch.nn.Module input: the path factorisation without listing the paths
+# ---------------------------------------------------------------------------------------------
+
+#: The layers a module may be built from (nested ``nn.Sequential`` allowed).
+SUPPORTED_LAYERS = ("Linear", "ReLU", "LeakyReLU", "Identity", "Sequential")
+
+#: Extra random fields beyond the most that can be independent (a safety margin for the rank).
+_OVERSAMPLE = 8
+
+#: Fixed cost of a count besides its big tensors (torch.func transforms, small buffers), bytes;
+#: measured as the peak over the tensors for the smallest nets (benchmarks/bench_laws.py).
+_OVERHEAD_BYTES = 16 * 2**20
+
+
+@dataclass(frozen=True)
+class _Chain:
+    """A module read as a chain of linear layers: widths n_0 … n_q, which layers have a bias,
+    and for each hidden layer whether its activation is *free* (ReLU, LeakyReLU: on an activation
+    region any 0/1 or {α, 1} diagonal, whose span is every diagonal) or the identity (a GL symmetry)."""
+
+    widths: tuple[int, ...]
+    bias: tuple[bool, ...]
+    free: tuple[bool, ...]
+    description: str
+
+    @property
+    def q(self) -> int:
+        return len(self.widths) - 1
+
+    @property
+    def shapes(self) -> list[tuple[int, ...]]:
+        """θ's blocks in the order of ``model.parameters()``: W_1, b_1, W_2, b_2, …"""
+        out: list[tuple[int, ...]] = []
+        for l in range(self.q):
+            out.append((self.widths[l + 1], self.widths[l]))
+            if self.bias[l]:
+                out.append((self.widths[l + 1],))
+        return out
+
+    @property
+    def D(self) -> int:
+        return sum(math.prod(s) for s in self.shapes)
+
+    @property
+    def hidden(self) -> int:
+        return sum(self.widths[1:-1])
+
+    def blocks(self, theta: Tensor) -> tuple[list[Tensor], list[Tensor]]:
+        """θ (flat, or a batch of them along dim 0 … −1) as weights W_l and biases b_l (empty without)."""
+        sizes = [math.prod(s) for s in self.shapes]
+        chunks = iter(torch.split(theta, sizes, dim=-1))
+        Ws, bs = [], []
+        for l in range(self.q):
+            Ws.append(next(chunks).reshape(*theta.shape[:-1], self.widths[l + 1], self.widths[l]))
+            bs.append(next(chunks) if self.bias[l] else theta.new_zeros(*theta.shape[:-1], 0))
+        return Ws, bs
+
+    def random_point(self, gen: torch.Generator) -> Tensor:
+        """A generic θ: Gaussian entries of variance 1/n_(l−1) in layer l (keeps path products O(1))."""
+        parts = []
+        for l in range(self.q):
+            scale = 1.0 / math.sqrt(self.widths[l])
+            parts.append(scale * torch.randn(self.widths[l + 1] * self.widths[l], generator=gen, dtype=torch.float64))
+            if self.bias[l]:
+                parts.append(scale * torch.randn(self.widths[l + 1], generator=gen, dtype=torch.float64))
+        return torch.cat(parts)
+
+    def known_laws(self, theta: Tensor) -> Tensor:
+        """Per free hidden neuron ‖incoming weights and bias‖² − ‖outgoing weights‖² (Du et al.);
+        per identity hidden layer the entries of [W_l b_l][W_l b_l]ᵀ − W_(l+1)ᵀW_(l+1) (Arora et al.)."""
+        Ws, bs = self.blocks(theta)
+        laws = []
+        for l in range(self.q - 1):
+            incoming = torch.cat([Ws[l], bs[l][:, None]], dim=1) if self.bias[l] else Ws[l]
+            if self.free[l]:
+                laws.append((incoming ** 2).sum(1) - (Ws[l + 1] ** 2).sum(0))
+            else:
+                laws.append(_upper_triangle(incoming @ incoming.T - Ws[l + 1].T @ Ws[l + 1]))
+        return torch.cat(laws) if laws else theta.new_zeros(0)
+
+    def known_law_rows(self) -> int:
+        return sum(n if f else n * (n + 1) // 2 for n, f in zip(self.widths[1:-1], self.free))
+
+
+def _module_chain(model) -> _Chain:
+    """Read ``model`` as a chain of Linear layers and activations; any other layer is refused."""
+    from torch import nn
+
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    leaves: list[tuple[str, nn.Module]] = []
+
+    def visit(module: nn.Module, name: str) -> None:
+        if isinstance(module, nn.Sequential):
+            for i, child in enumerate(module):
+                visit(child, f"{name}.{i}" if name else str(i))
+        else:
+            leaves.append((name or type(module).__name__, module))
+
+    visit(model, "")
+    widths: list[int] = []
+    bias: list[bool] = []
+    free: list[bool] = []
+    seen: set[int] = set()
+    pending_free = False
+    for name, layer in leaves:
+        if isinstance(layer, nn.Linear):
+            if id(layer.weight) in seen:
+                raise ValueError(f"layer {name} ({layer}) reuses the weights of an earlier layer: shared (tied) "
+                                 "weights are not supported by count_conservation_laws")
+            seen.add(id(layer.weight))
+            if widths and layer.in_features != widths[-1]:
+                raise ValueError(f"layer {name} ({layer}) takes {layer.in_features} inputs but the layer before "
+                                 f"gives {widths[-1]}")
+            if widths:
+                free.append(pending_free)
+            else:
+                widths.append(layer.in_features)
+            widths.append(layer.out_features)
+            bias.append(layer.bias is not None)
+            pending_free = False
+        elif isinstance(layer, nn.ReLU) or (isinstance(layer, nn.LeakyReLU) and layer.negative_slope != 1):
+            pending_free = True  # positively homogeneous: a diagonal on each activation region
+        elif isinstance(layer, (nn.Identity, nn.LeakyReLU)):
+            pass  # the identity (LeakyReLU with slope 1 included)
+        else:
+            raise ValueError(f"layer {name} ({type(layer).__name__}) is not supported by count_conservation_laws; "
+                             f"supported layers: {', '.join(SUPPORTED_LAYERS)}")
+    if not widths:
+        raise ValueError(f"model has no Linear layer; supported layers: {', '.join(SUPPORTED_LAYERS)}")
+    acts = ["free" if f else "identity" for f in free]
+    return _Chain(tuple(widths), tuple(bias), tuple(free),
+                  f"module, widths {tuple(widths)}, biases {tuple(bias)}, hidden activations {acts}")
+
+
+def _masked_output(chain: _Chain, first: Tensor, rest: tuple[Tensor, ...], masks: Tensor, a: Tensor,
+                   s: Tensor) -> Tensor:
+    """aᵀ W_q M_(q−1)(⋯ M_1(first + s_1 b_1) ⋯) with W_1x = ``first`` and the other blocks in ``rest``:
+    the net on one activation region with diagonal masks M_l (rows of ``masks``, zero-padded), its
+    biases scaled by s_l. ⟨c, φ⟩ for a product-form cotangent c of the path factorisation."""
+    it = iter(rest)
+    h = first
+    for l in range(chain.q):
+        if l > 0:
+            h = next(it) @ h
+        if chain.bias[l]:
+            h = h + s[l] * next(it)
+        if l < chain.q - 1:
+            h = masks[l, : chain.widths[l + 1]] * h
+    return a @ h
+
+
+def _random_factors(chain: _Chain, rows: int, gen: torch.Generator) -> tuple[Tensor, Tensor, Tensor]:
+    """Masks (free layers Gaussian, identity layers ones), output weights a and bias scales s."""
+    width = max(chain.widths[1:-1], default=1)
+    masks = torch.randn(rows, max(chain.q - 1, 1), width, generator=gen, dtype=torch.float64)
+    for l, f in enumerate(chain.free):
+        if not f:
+            masks[:, l] = 1.0
+    a = torch.randn(rows, chain.widths[-1], generator=gen, dtype=torch.float64)
+    s = torch.randn(rows, chain.q, generator=gen, dtype=torch.float64)
+    return masks, a, s
+
+
+@dataclass(frozen=True)
+class _Pinch:
+    """How the fields are sampled: every field has a one-hot mask e_i at hidden layer ``layer``
+    (or a one-hot input e_i for ``layer`` = 0), so it touches only neuron i's own parameters
+    (``block`` of them: its incoming row and bias, its outgoing column) and the ``shared``
+    parameters (the layers before its incoming and after its outgoing weights)."""
+
+    layer: int
+    neurons: int  # n_layer: one group of fields per neuron
+    block: int
+    shared: int
+    per_group: int  # fields per neuron
+    zero_rows: int  # fields with the mask (or input) 0: they touch the shared parameters only
+
+    @property
+    def rows(self) -> int:
+        return self.neurons * self.per_group + self.zero_rows
+
+    @property
+    def stack(self) -> int:
+        """Rows that reach the dense rank step on the shared columns (at most)."""
+        return self.neurons * (self.per_group - self.block + 1) + self.zero_rows
+
+    def flops(self) -> float:
+        return 4.0 * (self.neurons * self.per_group * self.block ** 2 + self.stack * self.shared ** 2)
+
+
+def _pinch_plan(chain: _Chain, layer: int) -> _Pinch:
+    n = chain.widths
+    if layer == 0:
+        block = n[1]
+    else:
+        block = n[layer - 1] + int(chain.bias[layer - 1]) + n[layer + 1]
+    shared = chain.D - n[layer] * block
+    # the groups alone leave more rows than the rank the dense step can have; the fields with
+    # mask 0 (nonzero when a bias follows the pinch) add the parameters after it once more
+    extra = math.ceil((shared + _OVERSAMPLE) / n[layer])
+    after = sum(math.prod(sh) for sh in _Chain(n[layer:], chain.bias[layer:], chain.free[layer:], "").shapes)
+    after -= n[layer] * n[layer + 1]  # W_(layer+1) is in the blocks
+    zero_rows = after + _OVERSAMPLE if any(chain.bias[layer:]) else 0
+    return _Pinch(layer, n[layer], block, shared, block + extra, zero_rows)
+
+
+def _choose_pinch(chain: _Chain, layer: int | None = None) -> _Pinch:
+    """The input or a free hidden layer, whichever makes the fewest flops (or ``layer``)."""
+    candidates = [0] + [l + 1 for l, f in enumerate(chain.free) if f]
+    if layer is not None:
+        if layer not in candidates:
+            raise ValueError(f"pinch layer must be one of {candidates} (the input or a hidden layer with a free "
+                             f"activation), got {layer!r}")
+        return _pinch_plan(chain, layer)
+    return min((_pinch_plan(chain, l) for l in candidates), key=lambda p: p.flops())
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    """What a count will allocate, estimated before it allocates anything."""
+
+    bytes: int
+    method: str  # "one-hot masks" (chains with free activations only), "dense" or "path factorisation"
+    detail: str
+
+    @property
+    def gb(self) -> float:
+        return self.bytes / 1e9
+
+    def __str__(self) -> str:
+        return f"{self.gb:.3g} GB ({self.method}: {self.detail})"
+
+
+def _estimate_chain(chain: _Chain) -> MemoryEstimate:
+    D, L = chain.D, chain.known_law_rows()
+    laws = 3 * L * D  # the laws' Jacobian, its copy in the rank step, and the check
+    if all(chain.free):
+        # chunked JVPs and VJPs (_LawGradients: at most 2·10⁶ numbers of tangents at once), the sketch
+        laws = 4 * min(2 * 10**6, (L + _OVERSAMPLE) * D) + 2 * L * (L + _OVERSAMPLE)
+        p = _choose_pinch(chain)
+        groups = _groups_per_chunk(p)
+        # per chunk of neurons: their fields (block and shared parts) with the vmapped gradient's
+        # buffers (about twice more), the normalised and rotated copies and the SVD's U; then the
+        # stack of shared rows and its SVD workspace (about one more copy)
+        chunk = groups * p.per_group * (4 * p.block + 5 * p.shared + p.per_group)
+        numbers = chunk + 2 * p.stack * p.shared + p.zero_rows * p.shared + laws
+        where = "input" if p.layer == 0 else f"hidden layer {p.layer}"
+        detail = (f"{p.rows} sampled fields, one-hot at the {where}: {p.neurons} blocks of {p.block} "
+                  f"parameters and {p.shared} shared ones; dense rank step {p.stack}×{p.shared}; {L} known laws")
+        return MemoryEstimate(8 * numbers + _OVERHEAD_BYTES, "one-hot masks", detail)
+    # dense: D fields (D×D), their transposed copy and the growing basis (two copies while it grows),
+    # then brackets of at most D random combinations whose JVP work is chunked near 2·10⁷ numbers
+    numbers = 5 * D * D + laws + 4 * 10**7
+    detail = f"{D} fields of D = {D} entries, brackets of random combinations; {L} known laws"
+    return MemoryEstimate(8 * numbers + _OVERHEAD_BYTES, "dense", detail)
+
+
+def _groups_per_chunk(p: _Pinch) -> int:
+    """Neurons whose fields are held at once: about 2·10⁶ numbers of fields per chunk."""
+    return max(1, min(p.neurons, int(2e6 // max(1, p.per_group * (p.block + p.shared)))))
+
+
+def _estimate_factorization(fact: Factorization) -> MemoryEstimate:
+    D = fact.D
+    try:  # the number of outputs without computing them
+        N = fact.phi(torch.empty(D, dtype=torch.float64, device="meta")).numel()
+    except Exception:  # noqa: BLE001  φ with data-dependent code: evaluate it (it is small then)
+        N = fact.phi(fact.random_point()).numel()
+    K = min(N, D)
+    # φ and its pullbacks for K cotangents of N entries (each pullback holds about two N-sized
+    # buffers), the K×D fields, their copy and the basis, the chunked JVP tables (2·10⁷ numbers)
+    numbers = 3 * K * N + N + 5 * D * D + 4 * 10**7
+    return MemoryEstimate(8 * numbers + _OVERHEAD_BYTES, "path factorisation",
+                          f"phi has N = {N} outputs (one per path for a ReLU net), D = {D}")
+
+
+def memory_estimate(model) -> MemoryEstimate:
+    """The memory a count of ``model`` (a Factorization, VectorFields or torch.nn.Module) needs,
+    estimated from its sizes alone, without allocating the problem."""
+    if isinstance(model, Factorization):
+        return _estimate_factorization(model)
+    if isinstance(model, VectorFields):
+        D = model.D
+        return MemoryEstimate(8 * (5 * D * D + 4 * 10**7) + _OVERHEAD_BYTES, "dense", f"D = {D}")
+    return _estimate_chain(_module_chain(model))
+
+
+def _check_memory(estimate: MemoryEstimate, max_memory: float, what: str) -> None:
+    if isinstance(max_memory, bool) or not isinstance(max_memory, (int, float)) or not max_memory > 0:
+        raise ValueError(f"max_memory must be a positive number of bytes, got {max_memory!r}")
+    if estimate.bytes > max_memory:
+        hint = ("; as a torch.nn.Module the same net is counted without listing its paths"
+                if estimate.method == "path factorisation" else "")
+        raise MemoryError(f"counting the conservation laws of {what} needs an estimated {estimate}, above "
+                          f"max_memory = {max_memory / 1e9:.3g} GB; raise max_memory if the machine has it, "
+                          "or count a smaller model" + hint)
+
+
+def _module_fields(chain: _Chain, rows: int, seed: int) -> VectorFields:
+    """``rows`` random fields ∂φᵀc of the path factorisation, c of product form: gradients of the
+    masked net (:func:`_masked_output`) at random inputs, masks and output weights."""
+    gen = torch.Generator().manual_seed(seed)
+    masks, a, s = _random_factors(chain, rows, gen)
+    x = torch.randn(rows, chain.widths[0], generator=gen, dtype=torch.float64)
+
+    def outputs(weights: Tensor | None) -> Callable[[Tensor], Tensor]:
+        def values(theta: Tensor) -> Tensor:
+            Ws, bs = chain.blocks(theta)
+            rest = tuple(t for l in range(chain.q) for t in ((Ws[l],) if l else ()) + ((bs[l],) if chain.bias[l] else ()))
+            first = x @ Ws[0].T
+            out = torch.func.vmap(lambda f, m, aa, ss: _masked_output(chain, f, rest, m, aa, ss))(first, masks, a, s)
+            return out if weights is None else weights @ out
+        return values
+
+    def combination(weights: Tensor) -> Field:
+        return lambda theta: torch.func.jacrev(outputs(weights))(theta)
+
+    return VectorFields(combination(torch.eye(rows, dtype=torch.float64)), chain.D,
+                        tuple(f"theta_{i}" for i in range(chain.D)), chain.description, outputs(None), combination)
+
+
+def _pinched_output(chain: _Chain, layer: int, w_in: Tensor, b_in: Tensor, w_out: Tensor, shared: tuple[Tensor, ...],
+                    x: Tensor, masks: Tensor, a: Tensor, s: Tensor, c: Tensor) -> Tensor:
+    """The masked net (:func:`_masked_output`) with the mask c·e_i at hidden layer ``layer`` (input
+    c·e_i for layer 0): everything passes through neuron i, whose incoming row, bias and outgoing
+    column are ``w_in``, ``b_in``, ``w_out``; ``shared`` holds the other blocks that matter, in θ's order."""
+    it = iter(shared)
+    if layer == 0:
+        z = c
+    else:
+        h = x
+        for l in range(layer - 1):
+            h = next(it) @ h
+            if chain.bias[l]:
+                h = h + s[l] * next(it)
+            h = masks[l, : chain.widths[l + 1]] * h
+        z = w_in @ h
+        if chain.bias[layer - 1]:
+            z = z + s[layer - 1] * b_in
+        z = c * z
+    h = w_out * z
+    if chain.bias[layer]:
+        h = h + s[layer] * next(it)
+    for l in range(layer, chain.q):
+        if l > layer:
+            h = next(it) @ h
+            if chain.bias[l]:
+                h = h + s[l] * next(it)
+        if l < chain.q - 1:
+            h = masks[l, : chain.widths[l + 1]] * h
+    return a @ h
+
+
+def _pinch_blocks(chain: _Chain, layer: int, theta: Tensor) -> tuple[Tensor, Tensor, Tensor, tuple[Tensor, ...], Tensor, Tensor]:
+    """Per neuron i of the pinched layer: w_in (rows), b_in, w_out (columns); the shared blocks;
+    and the indices in θ of each neuron's block (n, block) and of the shared parameters."""
+    Ws, bs = chain.blocks(theta)
+    n = chain.widths
+    index = torch.arange(chain.D)
+    iWs, ibs = chain.blocks(index)
+    if layer == 0:
+        w_in, b_in = theta.new_zeros(n[0], 0), theta.new_zeros(n[0])
+        block_index = iWs[0].T
+    else:
+        w_in = Ws[layer - 1]
+        b_in = bs[layer - 1] if chain.bias[layer - 1] else theta.new_zeros(n[layer])
+        parts = [iWs[layer - 1]] + ([ibs[layer - 1][:, None]] if chain.bias[layer - 1] else []) + [iWs[layer].T]
+        block_index = torch.cat(parts, dim=1)
+    w_out = Ws[layer].T
+    shared, shared_index = [], []
+    for l in range(chain.q):
+        if l in (layer - 1, layer):
+            if l == layer and chain.bias[l]:
+                shared.append(bs[l])
+                shared_index.append(ibs[l])
+            continue
+        shared.append(Ws[l])
+        shared_index.append(iWs[l].reshape(-1))
+        if chain.bias[l]:
+            shared.append(bs[l])
+            shared_index.append(ibs[l])
+    return w_in, b_in, w_out, tuple(shared), block_index, torch.cat(shared_index) if shared_index else index[:0]
+
+
+class _LawGradients:
+    """The gradients ∇h_l of a chain's known laws at θ, used through chunked JVPs and VJPs so
+    that the L×D Jacobian is never held (for the 784-256-128-10 MLP it would be 0.7 GB)."""
+
+    def __init__(self, chain: _Chain, theta: Tensor, seed: int):
+        self.chain, self.theta, self.seed = chain, theta, seed
+        self.count = chain.known_law_rows() if chain.q > 1 else 0
+        self.step = max(1, int(2e6 // max(1, chain.D)))
+        self._norms: Tensor | None = None
+
+    def _jvps(self, tangents: Tensor) -> Tensor:
+        """(∇h_l · t) for every law l and row t of ``tangents``: (rows, laws)."""
+        f = lambda t: torch.func.jvp(self.chain.known_laws, (self.theta,), (t,))[1]  # noqa: E731
+        return torch.cat([torch.func.vmap(f)(tangents[i:i + self.step]) for i in range(0, len(tangents), self.step)])
+
+    def norms(self) -> Tensor:
+        if self._norms is None:
+            _, pullback = torch.func.vjp(self.chain.known_laws, self.theta)
+            eye = torch.eye(self.count, dtype=self.theta.dtype)
+            self._norms = torch.cat([torch.func.vmap(lambda c: pullback(c)[0])(eye[i:i + self.step]).norm(dim=1)
+                                     for i in range(0, self.count, self.step)]).clamp_min(1e-300)
+        return self._norms
+
+    def largest_inner(self, vectors: Tensor) -> float:
+        """max |⟨v, ∇h_l⟩| / (‖v‖‖∇h_l‖) over the rows v of ``vectors`` and the laws."""
+        inner = self._jvps(vectors) / vectors.norm(dim=1, keepdim=True).clamp_min(1e-300)
+        return float((inner.abs() / self.norms()).max())
+
+    def rank(self, rtol: float) -> int:
+        """rank of the laws' Jacobian G (L×D) as the rank of GΩ for a Gaussian Ω (D×(L+8), drawn in
+        chunks): equal with probability one, and L×(L+8) numbers instead of L×D."""
+        if not self.count:
+            return 0
+        gen = torch.Generator().manual_seed(self.seed + 7)
+        columns = []
+        for i in range(0, self.count + _OVERSAMPLE, self.step):
+            rows = min(self.step, self.count + _OVERSAMPLE - i)
+            columns.append(self._jvps(torch.randn(rows, self.chain.D, generator=gen, dtype=self.theta.dtype)))
+        sketch = torch.cat(columns).T / self.norms()[:, None]  # unit-normalised laws, (L, L+8)
+        return independent_rows(sketch, rtol)
+
+
+def _pinched_rank(chain: _Chain, theta: Tensor, rtol: float, seed: int,
+                  layer: int | None = None) -> tuple[int, int, float, float, float, int]:
+    """dim W_φ(θ) from fields with a one-hot mask at one layer, never forming a D×D matrix.
+
+    A field with mask e_i at hidden layer ℓ (input e_i for ℓ = 0) touches only neuron i's own
+    parameters (its block) and the shared ones, so the sampled fields form a block arrow.
+    Rotating neuron i's group by the SVD of its block part B_i splits it into rank(B_i) rows
+    that are independent of everything else and rows that live on the shared columns only;
+    so dim = Σ_i rank B_i + rank(stack of the shared rows). The net is linear (affine, with
+    biases after ℓ) in that mask, so masks e_i (and 0) span what every mask spans: these fields
+    span W_φ(θ) like dense ones. Returns (dim, fields, smallest accepted and largest rejected
+    singular value of the unit-normalised fields, law residual, rank of the known laws' gradients).
+    """
+    p = _choose_pinch(chain, layer)
+    group = torch.cat([torch.arange(p.neurons).repeat_interleave(p.per_group),
+                       torch.zeros(p.zero_rows, dtype=torch.long)])
+    c = torch.cat([theta.new_ones(p.neurons * p.per_group), theta.new_zeros(p.zero_rows)])
+    w_in, b_in, w_out, shared, block_index, shared_index = _pinch_blocks(chain, p.layer, theta)
+    has_b_in = p.layer > 0 and chain.bias[p.layer - 1]
+
+    def output(wi, bi, wo, sh, xx, m, aa, ss, cc):
+        return _pinched_output(chain, p.layer, wi, bi, wo, sh, xx, m, aa, ss, cc)
+    grad = torch.func.vmap(torch.func.grad(output, argnums=(0, 1, 2, 3)), in_dims=(0, 0, 0, None, 0, 0, 0, 0, 0))
+
+    def fields(rows: Tensor) -> tuple[Tensor, Tensor]:
+        """Block and shared parts of the unit-normalised fields ``rows`` (consecutive), whose random
+        factors are drawn here, seeded by the first row, so that they never exist all at once."""
+        g = group[rows]
+        gen = torch.Generator().manual_seed(seed * 1_000_003 + int(rows[0]))
+        masks, a, s = _random_factors(chain, len(rows), gen)
+        x = torch.randn(len(rows), chain.widths[0], generator=gen, dtype=theta.dtype)
+        dwi, dbi, dwo, dsh = grad(w_in[g], b_in[g], w_out[g], shared, x, masks, a, s, c[rows])
+        Bp = torch.cat([dwi] + ([dbi[:, None]] if has_b_in else []) + [dwo], dim=1)
+        Cp = torch.cat([d.reshape(len(rows), -1) for d in dsh], dim=1) if dsh else theta.new_zeros(len(rows), 0)
+        norms = torch.sqrt((Bp ** 2).sum(1) + (Cp ** 2).sum(1)).clamp_min(1e-300)[:, None]
+        return Bp / norms, Cp / norms
+
+    laws = _LawGradients(chain, theta, seed)
+    residual = 0.0
+    # the rows are unit vectors and the rotations orthogonal, so a singular value is compared with
+    # rtol itself: a group (or the stack) that is round-off through and through has rank 0
+    accepted, rejected, rank_blocks = [], [0.0], 0
+    # the shared rows go into one preallocated tensor: many small copies interleaved with the
+    # chunks' big buffers would keep the freed chunks from being returned to the system
+    stacked = theta.new_empty(p.stack, p.shared)
+    filled = 0
+    step = _groups_per_chunk(p)
+    for i0 in range(0, p.neurons, step):
+        i1 = min(p.neurons, i0 + step)
+        Bp, Cp = fields(torch.arange(i0 * p.per_group, i1 * p.per_group))
+        Bp, Cp = Bp.reshape(i1 - i0, p.per_group, p.block), Cp.reshape(i1 - i0, p.per_group, p.shared)
+        if laws.count:  # the known laws must be orthogonal to every field (checked on one per neuron)
+            full = theta.new_zeros(i1 - i0, chain.D)
+            full.scatter_(1, block_index[i0:i1], Bp[:, 0])
+            full[:, shared_index] = Cp[:, 0]
+            residual = max(residual, laws.largest_inner(full))
+            del full
+        U, S, _ = torch.linalg.svd(Bp, full_matrices=True)
+        keep = S > rtol
+        if bool(keep.any()):
+            accepted.append(float(S[keep].min()))
+        if bool((~keep).any()):
+            rejected.append(float(S[~keep].max()))
+        ranks = keep.sum(1).tolist()
+        rank_blocks += sum(ranks)
+        rotated = U.transpose(1, 2) @ Cp
+        for k, r in enumerate(ranks):
+            rows_k = rotated[k, r:]
+            if filled + len(rows_k) > len(stacked):  # a rank below block − 1 (non-generic θ): grow
+                stacked = torch.cat([stacked, theta.new_empty(len(rows_k) + p.stack // 2, p.shared)])
+            stacked[filled:filled + len(rows_k)] = rows_k
+            filled += len(rows_k)
+        del Bp, Cp, U, rotated
+    if p.zero_rows:
+        zero_rows = torch.arange(p.neurons * p.per_group, p.rows)
+        for j0 in range(0, p.zero_rows, max(1, int(2e6 // max(1, p.block + p.shared)))):
+            j1 = min(p.zero_rows, j0 + max(1, int(2e6 // max(1, p.block + p.shared))))
+            rows_z = fields(zero_rows[j0:j1])[1]
+            if filled + len(rows_z) > len(stacked):
+                stacked = torch.cat([stacked, theta.new_empty(len(rows_z), p.shared)])
+            stacked[filled:filled + len(rows_z)] = rows_z
+            filled += len(rows_z)
+    stacked = stacked[:filled]
+    s_stack = torch.linalg.svdvals(stacked) if stacked.numel() else stacked.new_zeros(0)
+    del stacked
+    rank_stack = int((s_stack > rtol).sum())
+    if rank_stack:
+        accepted.append(float(s_stack[rank_stack - 1]))
+    if rank_stack < s_stack.numel():
+        rejected.append(float(s_stack[rank_stack]))
+    law_rank = laws.rank(rtol)
+    return (rank_blocks + rank_stack, p.rows, min(accepted) if accepted else float("nan"), max(rejected), residual,
+            law_rank)
+
+
+def _module_dimension(model, points: int, seed: int, rtol: float, max_level: int, max_memory: float,
+                      random_combinations: bool, pinch: int | None = None) -> LieAlgebraDimension:
+    """ALGO 2 for a module, in the path factorisation φ (one output per path), never listing paths.
+
+    ⟨c, φ(θ)⟩ for a cotangent c of product form (one factor per layer) is the net on one
+    activation region with the diagonal masks of c, so the fields ∂φᵀc are gradients of masked
+    nets (:func:`_masked_output`); product tensors span every cotangent. With only free
+    activations: a lower bound dim W_φ(θ) ≤ dim Lie from fields with a one-hot mask at one layer
+    (:func:`_pinched_rank`, no D×D matrix), an upper bound dim Lie ≤ D − rank of the known laws'
+    gradients (they are laws: checked orthogonal to the fields); when the two meet, that is
+    dim Lie, with no bracket needed. An identity between two Linear layers (GL symmetry) needs
+    brackets: the dense ALGO 2 runs on D masked-net fields then. ``pinch`` forces the layer."""
+    chain = _module_chain(model)
+    estimate = _estimate_chain(chain)
+    _check_memory(estimate, max_memory, chain.description)
+    start = time.perf_counter()
+    gen = torch.Generator().manual_seed(seed + 1)
+    thetas = [chain.random_point(gen) for _ in range(points)]
+    if estimate.method == "dense":
+        rows = chain.D + _OVERSAMPLE
+        found = lie_algebra_dimension(_module_fields(chain, rows, seed), thetas[0], points=points, seed=seed,
+                                      rtol=rtol, max_level=max_level, random_combinations=random_combinations,
+                                      max_memory=max_memory)
+        found.seconds = time.perf_counter() - start
+        return found
+    dims, accepted, rejected, n_rows = [], [], [], 0
+    with quiet_forward_mode(), torch_threads(1):
+        for theta in thetas:
+            dim, n_rows, acc, rej, residual, law_rank = _pinched_rank(chain, theta, rtol, seed, pinch)
+            if residual > 1e-10:
+                raise RuntimeError(f"a known law of {chain.description} is not orthogonal to the fields "
+                                   f"(residual {residual:.3g}): the factorisation is wrong")
+            ceiling = chain.D - law_rank
+            if dim != ceiling:
+                raise RuntimeError(f"dim W_phi = {dim} falls short of D − (independent known laws) = {ceiling} "
+                                   f"for {chain.description}; brackets would be needed, which this path does "
+                                   "not take")
+            dims.append(dim)
+            accepted.append(acc)
+            rejected.append(rej)
+    if len(set(dims)) != 1:
+        raise ValueError(f"dim Lie(W_phi) differs between the points checked: {dims}")
+    return LieAlgebraDimension(D=chain.D, dim=dims[0], dims_per_level=[dims[0]], dims_at_points=dims,
+                               smallest_accepted=min(accepted), largest_rejected=max(rejected), rtol=rtol,
+                               seconds=time.perf_counter() - start, generators=n_rows)

@@ -216,3 +216,139 @@ def test_random_bracket_combinations_give_the_count_of_all_pairs(fact):
     every_pair = L.lie_algebra_dimension(fact, random_combinations=False)
     assert fast.laws == every_pair.laws == L.known_law_count(fact)
     assert fast.dims_per_level[-1] == every_pair.dims_per_level[-1]
+
+
+# --- torch.nn.Module input, memory guard ---------------------------------------------------------
+
+def mlp(widths, bias=True, act=torch.nn.ReLU):
+    layers = []
+    for i in range(len(widths) - 1):
+        layers.append(torch.nn.Linear(widths[i], widths[i + 1], bias=bias))
+        if i < len(widths) - 2:
+            layers.append(act())
+    return torch.nn.Sequential(*layers)
+
+
+@pytest.mark.parametrize("widths", [(3, 4, 2), (3, 4, 3, 2), (4, 5, 3, 3), (2, 6, 5, 3, 2), (5, 4, 1)])
+@pytest.mark.parametrize("bias", [False, True])
+def test_module_count_equals_the_path_factorisation_count(widths, bias):
+    found = L.lie_algebra_dimension(mlp(widths, bias))
+    fact = L.lie_algebra_dimension(L.relu_net(widths, bias))
+    assert found.D == fact.D and found.laws == fact.laws == sum(widths[1:-1])
+    assert found.smallest_accepted > 1e5 * found.largest_rejected
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_every_one_hot_layer_gives_the_same_count(bias):
+    # fields one-hot at the input or at any hidden layer: different block arrows, one count
+    widths = (2, 3, 9, 2, 4, 3)
+    chain = L._module_chain(mlp(widths, bias))
+    theta = chain.random_point(torch.Generator().manual_seed(1))
+    for layer in range(len(widths) - 1):
+        dim, _, accepted, rejected, residual, law_rank = L._pinched_rank(chain, theta, L.RANK_RTOL, 0, layer)
+        assert chain.D - dim == law_rank == sum(widths[1:-1])
+        assert accepted > 1e5 * rejected and residual < 1e-12
+
+
+def test_module_count_for_leaky_relu_nested_sequential_and_linear_blocks():
+    leaky = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Sequential(torch.nn.LeakyReLU(0.1), torch.nn.Linear(4, 3)),
+                                torch.nn.ReLU(), torch.nn.Linear(3, 2), torch.nn.Identity())
+    assert L.count_conservation_laws(leaky) == L.count_conservation_laws(L.relu_net((3, 4, 3, 2), True)) == 7
+    # identity between Linear layers: GL symmetry, the brackets are needed (dense ALGO 2)
+    for widths in [(3, 2, 4), (2, 5, 2), (3, 2, 3, 2)]:
+        assert L.count_conservation_laws(mlp(widths, False, torch.nn.Identity)) == L.known_law_count(L.linear_net(widths))
+    # LeakyReLU with slope 1 is the identity: the count of a linear net, not of a ReLU net
+    linear = torch.nn.Sequential(torch.nn.Linear(3, 2, bias=False), torch.nn.LeakyReLU(1.0), torch.nn.Linear(2, 4, bias=False))
+    assert L.count_conservation_laws(linear) == 3
+
+
+def test_mid_size_module_has_one_law_per_hidden_neuron():
+    found = L.lie_algebra_dimension(mlp((78, 26, 13, 10)), points=1)  # D = 2545
+    assert found.D == 2545 and found.laws == 26 + 13
+    assert found.smallest_accepted > 1e8 * found.largest_rejected
+
+
+def test_module_bad_input_names_the_layer_and_the_supported_set():
+    with pytest.raises(ValueError, match=r"layer 1 \(Tanh\) is not supported.*Linear, ReLU, LeakyReLU, Identity"):
+        L.count_conservation_laws(torch.nn.Sequential(torch.nn.Linear(2, 3), torch.nn.Tanh(), torch.nn.Linear(3, 1)))
+    shared = torch.nn.Linear(3, 3)
+    with pytest.raises(ValueError, match="shared \\(tied\\) weights"):
+        L.count_conservation_laws(torch.nn.Sequential(shared, torch.nn.ReLU(), shared))
+    with pytest.raises(ValueError, match="takes 4 inputs"):
+        L.count_conservation_laws(torch.nn.Sequential(torch.nn.Linear(2, 3), torch.nn.Linear(4, 1)))
+    with pytest.raises(ValueError, match="theta must be None"):
+        L.lie_algebra_dimension(mlp((2, 3, 1)), torch.zeros(13, dtype=torch.float64))
+    with pytest.raises(ValueError, match="max_memory must be a positive number"):
+        L.count_conservation_laws(mlp((2, 3, 1)), max_memory=0)
+
+
+def _resident_mb() -> tuple[float, float]:
+    status = dict(line.split(":", 1) for line in open("/proc/self/status").read().splitlines())
+    return int(status["VmRSS"].split()[0]) / 1024, int(status["VmHWM"].split()[0]) / 1024
+
+
+def _reset_peak() -> float:
+    """Reset the kernel's peak-RSS mark of this process (Linux: clear_refs 5); returns RSS in MB."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pytest.skip("cannot reset the peak RSS here (/proc/self/clear_refs)")
+    return _resident_mb()[0]
+
+
+def test_refusal_above_max_memory_is_clear_and_comes_before_any_allocation(monkeypatch):
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("the count started although it should have been refused")
+    monkeypatch.setattr(L, "_pinched_rank", must_not_run)
+    monkeypatch.setattr(L, "_module_fields", must_not_run)
+    monkeypatch.setattr(L, "vector_fields", must_not_run)
+    small = mlp((3, 4, 2))
+    estimate = L.memory_estimate(small)
+    with pytest.raises(MemoryError, match=r"needs an estimated .* GB .*above max_memory = 1e-06 GB"):
+        L.count_conservation_laws(small, max_memory=1000)
+    assert estimate.bytes > 1000
+    with pytest.raises(MemoryError, match="path factorisation: phi has N = "):
+        L.count_conservation_laws(L.relu_net((3, 4, 2)), max_memory=1000)
+    # the issue's MLP (about 0.3 GB) under a 0.1 GB limit, and a wider one under the default 4 GB:
+    # refused at once, with the estimate, allocating nothing big
+    before = _reset_peak()
+    with pytest.raises(MemoryError, match=r"needs an estimated 0.2\d+ GB.*above max_memory = 0.1 GB"):
+        L.count_conservation_laws(mlp((784, 256, 128, 10)), max_memory=1e8)
+    with pytest.raises(MemoryError, match=r"needs an estimated \d+ GB.*above max_memory = 4 GB"):
+        L.count_conservation_laws(mlp((784, 2048, 2048, 10)))
+    with pytest.raises(MemoryError, match="as a torch.nn.Module the same net is counted without listing its paths"):
+        L.count_conservation_laws(L.relu_net((784, 256, 128, 10), bias=True))  # 257 million paths
+    assert _resident_mb()[1] - before < 50
+
+
+_PEAK_SCRIPT = """
+import json, sys, torch
+from symmetry import laws as L
+sys.path.insert(0, "tests")
+from test_laws import mlp, _reset_peak, _resident_mb
+L.count_conservation_laws(mlp((3, 4, 2)))  # torch.func's first-call buffers are not the count's
+out = []
+for widths in json.loads(sys.argv[1]):
+    model = mlp(tuple(widths))
+    estimate = L.memory_estimate(model).bytes
+    before = _reset_peak()
+    L.lie_algebra_dimension(model, points=1)
+    out.append([estimate, (_resident_mb()[1] - before) * 2**20])
+print(json.dumps(out))
+"""
+
+
+def test_memory_estimate_bounds_the_measured_peak_within_a_factor_3():
+    # a fresh process: in this one, memory freed by earlier tests would hide the count's peak
+    import json
+    import os
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {**os.environ, "PYTHONPATH": root + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    done = subprocess.run([sys.executable, "-c", _PEAK_SCRIPT, json.dumps([[78, 26, 13, 10], [118, 38, 19, 10]])],
+                          cwd=root, env=env, capture_output=True, text=True, check=True)
+    for estimate, measured in json.loads(done.stdout.strip().splitlines()[-1]):
+        assert measured <= estimate <= 3 * measured
