@@ -23,7 +23,7 @@ Groups (each a :class:`Group`: ``algebra_zero(params)``, ``exp(ξ)``, ``act(elem
 - :class:`ModuleGroup`: adapter for ``symmetry.modules.ModuleSymmetries`` (a user's ``nn.Module``)
 
 Objectives: :func:`grad_norm` (maximise ‖∇L‖², NeurIPS 2022), :func:`sharpness` (minimise the top
-Hessian eigenvalue by power iteration on Hessian-vector products, or Hutchinson's trace estimate,
+Hessian eigenvalue by Lanczos on Hessian-vector products, or Hutchinson's trace estimate,
 ICLR 2024), :func:`conserved_target` (reach a target value of a conserved quantity), or any callable.
 
 Inside training: :func:`train` runs GD, SGD, momentum, AdaGrad or Adam (``torch.optim``) through
@@ -376,42 +376,52 @@ def _inner(a: Params, b: Params) -> Tensor:
     return sum((x * y).sum() for x, y in zip(a, b))
 
 
-def top_eigenvalue_power(loss_fn: LossFn, params: Params, iters: int = 100, seed: int = 0,
-                         start: Params | None = None, tol: float = 1e-10) -> tuple[Tensor, Params]:
-    """(vᵀHv, v): the Hessian's largest-magnitude eigenvalue by power iteration on Hessian-vector
-    products; at a minimum (H ⪰ 0) that is λ_max. vᵀH(θ)v with v held fixed has the gradient of λ_max
-    in θ (Hellmann–Feynman), so the returned value is differentiable the right way."""
+def top_hessian_eigenpair(loss_fn: LossFn, params: Params, start: Params | None = None, seed: int = 0,
+                          tol: float = 1e-10) -> tuple[Tensor, Params]:
+    """(vᵀH(θ)v, v) with v the unit eigenvector of the Hessian's largest (algebraic) eigenvalue, found by
+    Lanczos (scipy ``eigsh``, warm-started at ``start``) on Hessian-vector products; small problems
+    (D ≤ 32) take the dense H from D products. With v held fixed, vᵀH(θ)v has the gradient of λ_max in θ
+    (Hellmann–Feynman), so the returned value is differentiable the right way."""
+    import numpy as np
+
     params = tuple(params)
-    if start is None:
-        gen = torch.Generator().manual_seed(seed)
-        start = tuple(torch.randn(p.shape, generator=gen, dtype=p.dtype).to(p.device) for p in params)
-    v = start
     hvp = _hvp(loss_fn, params, create_graph=False)
-    previous = math.nan
-    for _ in range(iters):
-        norm = torch.sqrt(_inner(v, v))
-        v = tuple((x / norm).detach() for x in v)
-        Hv = hvp(v)
-        value = float(_inner(v, Hv))
-        v = Hv
-        if abs(value - previous) <= tol * abs(value):  # converged (a warm start often is at once)
-            break
-        previous = value
-    norm = torch.sqrt(_inner(v, v))
-    v = tuple((x / norm).detach() for x in v)
+    sizes = [p.numel() for p in params]
+    D = sum(sizes)
+
+    def unflat(x: Tensor) -> Params:
+        return tuple(c.reshape(p.shape) for c, p in zip(torch.split(x, sizes), params))
+
+    def matvec(x) -> np.ndarray:
+        x = torch.as_tensor(np.asarray(x, dtype=np.float64).reshape(-1)).to(params[0])
+        return torch.cat([h.reshape(-1) for h in hvp(unflat(x))]).detach().cpu().to(torch.float64).numpy()
+
+    if D <= 32:
+        H = np.stack([matvec(e) for e in np.eye(D)], axis=1)
+        _, vecs = np.linalg.eigh(0.5 * (H + H.T))
+        top = vecs[:, -1]
+    else:
+        from scipy.sparse.linalg import LinearOperator, eigsh
+
+        v0 = (np.random.default_rng(seed).standard_normal(D) if start is None
+              else torch.cat([x.reshape(-1) for x in start]).cpu().to(torch.float64).numpy())
+        _, vecs = eigsh(LinearOperator((D, D), matvec=matvec, dtype=np.float64), k=1, which="LA", v0=v0, tol=tol)
+        top = vecs[:, 0]
+    v = unflat(torch.as_tensor(top).to(params[0]))
     value = _inner(v, _hvp(loss_fn, params, create_graph=True)(v))
     return value, v
 
 
-def sharpness(method: str = "power", iters: int = 100, samples: int = 10, seed: int = 0) -> Objective:
-    """Minimise sharpness (ICLR 2024): ``power`` = top Hessian eigenvalue by power iteration (warm-started
-    from the previous ascent step's vector), ``hutchinson`` = trace estimate mean zᵀHz over ``samples``
-    fixed Rademacher vectors (fixed across steps, so the objective is one smooth function of ξ)."""
-    check_choice("method", method, ("power", "hutchinson"))
+def sharpness(method: str = "lanczos", samples: int = 10, seed: int = 0) -> Objective:
+    """Minimise sharpness (ICLR 2024): ``lanczos`` = the top Hessian eigenvalue λ_max by Lanczos on
+    Hessian-vector products (warm-started from the previous ascent step's eigenvector);
+    ``hutchinson`` = the trace estimate mean zᵀHz over ``samples`` Rademacher vectors z, fixed across
+    steps so that the objective is one smooth function of ξ."""
+    check_choice("method", method, ("lanczos", "hutchinson"))
     state: dict[str, Any] = {}
 
-    def power(loss_fn, params):
-        value, state["v"] = top_eigenvalue_power(loss_fn, params, iters, seed, state.get("v"))
+    def lanczos(loss_fn, params):
+        value, state["v"] = top_hessian_eigenpair(loss_fn, params, state.get("v"), seed)
         return value
 
     def hutchinson(loss_fn, params):
@@ -422,8 +432,8 @@ def sharpness(method: str = "power", iters: int = 100, samples: int = 10, seed: 
         hvp = _hvp(loss_fn, params, create_graph=True)
         return sum(_inner(z, hvp(z)) for z in state["z"]) / samples
 
-    name = "top Hessian eigenvalue (power iteration)" if method == "power" else "Hessian trace (Hutchinson)"
-    return Objective(name, power if method == "power" else hutchinson, False)
+    name = "top Hessian eigenvalue (Lanczos)" if method == "lanczos" else "Hessian trace (Hutchinson)"
+    return Objective(name, lanczos if method == "lanczos" else hutchinson, False)
 
 
 def conserved_target(quantity: Callable[[Params], Tensor], target: float | Tensor, name: str = "Q") -> Objective:
@@ -475,6 +485,7 @@ class TeleportReport:
     seconds: float
     history: list[float] = field(default_factory=list)  # objective at each ascent iterate
     stopped: str | None = None  # why the ascent stopped early (on_loss_change="stop"), if it did
+    halvings: int = 0  # backtracking halvings of the step
 
     @property
     def improved(self) -> bool:
@@ -510,7 +521,8 @@ def _module_problem(model, params, loss_fn, X, Y, group):
 def teleport(model, params, data: tuple, group: str | Group, objective: str | Objective | Callable = "grad_norm", *,
              lr: float = 0.1, steps: int = 10, max_step: float | None = None, loss_fn: Callable | None = None,
              loss_rtol: float | None = None, loss_atol: float | None = None, on_loss_change: str = "stop",
-             check_symmetry: bool = True, max_condition: float = 1e8, seed: int = 0) -> tuple[Any, TeleportReport]:
+             check_symmetry: bool = True, max_condition: float = 1e8, max_halvings: int = 30,
+             backtrack: bool = True, seed: int = 0) -> tuple[Any, TeleportReport]:
     """Teleport θ to g*·θ, g* = exp(ξ*) ≈ argmax_g J(g·θ) (or argmin), found by ``steps`` gradient steps
     on ξ from ξ = 0 (the identity) with step size ``lr`` (each step's norm capped at ``max_step``).
 
@@ -525,8 +537,9 @@ def teleport(model, params, data: tuple, group: str | Group, objective: str | Ob
     1e-9 in float64, 1e-6 + 1e-4 otherwise), else the group is not a symmetry of this model; a NaN
     objective; an element with condition number above ``max_condition`` (singular); and the applied
     teleport's loss change. ``on_loss_change``: ``stop`` (default) refuses every ascent iterate whose
-    loss change or condition number is above tolerance and stops the ascent at the last valid one
-    (``report.stopped`` says why); ``raise`` raises a ValueError if the chosen point breaks them;
+    loss change or condition number is above tolerance: the step is halved (backtracking; with ``backtrack=True``,
+    also every step that does not improve J), up to ``max_halvings`` times in all, then the ascent stops at the
+    last valid iterate (``report.stopped`` says why; ``report.halvings`` counts them); ``raise`` raises a ValueError if the chosen point breaks them;
     ``warn`` applies it with a :class:`TeleportWarning`. The input is never modified when a check fails. Returns (new parameters, :class:`TeleportReport`).
     """
     check_choice("on_loss_change", on_loss_change, ("stop", "raise", "warn"))
@@ -582,49 +595,69 @@ def teleport(model, params, data: tuple, group: str | Group, objective: str | Ob
     best = (-math.inf, 0, xi)
     stopped = None
 
-    def keeps_loss(value: float) -> bool:
+    def keeps_loss(value: float) -> bool:  # noqa: E306
         return abs(value - loss0) <= atol + rtol * abs(loss0)
 
-    for k in range(steps + 1):
-        leaves = tuple(x.detach().requires_grad_(True) for x in xi)
-        element = group.exp(leaves)
-        if k > 0 and on_loss_change == "stop":
-            # refuse an iterate that left the group's good region: stop at the last valid one
-            cond = condition_number(element)
-            try:
-                with torch.no_grad():
-                    here = float(loss_of(tuple(t.detach() for t in group.act(element, base, X))))
-            except torch.linalg.LinAlgError:  # e.g. σ(gZ) lost rank in the data-dependent action
-                here = math.nan
-            if not cond <= max_condition:
-                stopped = f"step {k}: condition number {cond:.3g} > max_condition={max_condition:g}"
-            elif not keeps_loss(here):
-                stopped = f"step {k}: loss {here:.10g} vs {loss0:.10g} (relative {abs(here - loss0) / max(abs(loss0), atol):.3g})"
-            if stopped:
-                break
+    def invalid(element) -> str | None:
+        """Why an iterate is refused (on_loss_change="stop"), or None."""
+        cond = condition_number(element)
+        if not cond <= max_condition:
+            return f"condition number {cond:.3g} > max_condition={max_condition:g}"
+        try:
+            with torch.no_grad():
+                here = float(loss_of(tuple(t.detach() for t in group.act(element, base, X))))
+        except torch.linalg.LinAlgError:  # e.g. σ(gZ) lost rank in the data-dependent action
+            here = math.nan
+        if not keeps_loss(here):
+            return f"loss {here:.10g} vs {loss0:.10g} (relative {abs(here - loss0) / max(abs(loss0), atol):.3g})"
+        return None
+
+    def evaluate(leaves: Algebra) -> tuple[Tensor, float]:
         # a tensor the group leaves alone is still differentiated by the objective
-        moved = tuple(p if p.requires_grad else p.detach().requires_grad_(True) for p in group.act(element, base, X))
+        moved = tuple(p if p.requires_grad else p.detach().requires_grad_(True)
+                      for p in group.act(group.exp(leaves), base, X))
         value = obj.fn(loss_of, moved)
         if value.ndim != 0:
             raise ValueError(f"objective {obj.name!r} must return a scalar, got shape {tuple(value.shape)}")
-        v = float(value.detach())
-        if not math.isfinite(v):
-            if k == 0:
-                raise ValueError(f"objective {obj.name!r} is {v} at the starting parameters")
-            stopped = f"step {k}: objective is {v}"
-            break
-        history.append(v)
-        if sign * v > best[0]:
-            best = (sign * v, k, tuple(x.detach() for x in leaves))
-        if k == steps:
-            break
+        return value, float(value.detach())
+
+    leaves = tuple(x.detach().requires_grad_(True) for x in xi)
+    value, v = evaluate(leaves)
+    if not math.isfinite(v):
+        raise ValueError(f"objective {obj.name!r} is {v} at the starting parameters")
+    history.append(v)
+    best = (sign * v, 0, tuple(x.detach() for x in leaves))
+    scale, halvings, k = 1.0, 0, 0
+    while k < steps:
         grads = torch.autograd.grad(value, leaves, allow_unused=True)
         step = [sign * lr * (g if g is not None else torch.zeros_like(x)) for g, x in zip(grads, leaves)]
         if max_step is not None:
             norm = float(torch.sqrt(sum((s * s).sum() for s in step)))
             if norm > max_step:
                 step = [s * (max_step / norm) for s in step]
-        xi = tuple(x.detach() + s for x, s in zip(leaves, step))
+        while True:  # backtracking: halve a step that is refused, or (backtrack=True) does not improve J
+            candidate = tuple((x.detach() + scale * s).requires_grad_(True) for x, s in zip(leaves, step))
+            why = invalid(group.exp(candidate)) if on_loss_change == "stop" else None
+            if why is None:
+                new_value, new_v = evaluate(candidate)
+                if not math.isfinite(new_v):
+                    why = f"objective is {new_v}"
+                elif backtrack and not sign * new_v > sign * v:
+                    why = "the objective did not improve"
+            if why is None:
+                break
+            halvings += 1
+            scale *= 0.5
+            if halvings > max_halvings:
+                stopped = f"step {k + 1}: {why} after {max_halvings} halvings of the step"
+                break
+        if stopped:
+            break
+        leaves, value, v, k = candidate, new_value, new_v, k + 1
+        scale = min(1.0, 2 * scale)  # let the step grow back after a success
+        history.append(v)
+        if sign * v > best[0]:
+            best = (sign * v, k, tuple(x.detach() for x in leaves))
 
     _, best_step, xi_best = best
     element = group.exp(xi_best)
@@ -647,7 +680,7 @@ def teleport(model, params, data: tuple, group: str | Group, objective: str | Ob
             raise ValueError(msg + "; params were left unchanged")
     xi_norm = float(torch.sqrt(sum((x * x).sum() for x in xi_best))) if xi_best else 0.0
     report = TeleportReport(group.name, obj.name, obj.maximize, history[0], history[best_step], loss0, loss1, rel,
-                            cond, xi_norm, steps, best_step, time.perf_counter() - start, history, stopped)
+                            cond, xi_norm, k, best_step, time.perf_counter() - start, history, stopped, halvings)
     if module:
         with torch.no_grad():
             for p, q in zip(params, new):
