@@ -412,6 +412,11 @@ def top_hessian_eigenpair(loss_fn: LossFn, params: Params, start: Params | None 
     return value, v
 
 
+def lambda_max(loss_fn: LossFn, params: Params) -> float:
+    """The Hessian's largest eigenvalue at ``params`` (:func:`top_hessian_eigenpair`, reverse-mode HVPs)."""
+    return float(top_hessian_eigenpair(loss_fn, _detached_leaves(params))[0].detach())
+
+
 def sharpness(method: str = "lanczos", samples: int = 10, seed: int = 0) -> Objective:
     """Minimise sharpness (ICLR 2024): ``lanczos`` = the top Hessian eigenvalue λ_max by Lanczos on
     Hessian-vector products (warm-started from the previous ascent step's eigenvector);
@@ -522,7 +527,7 @@ def teleport(model, params, data: tuple, group: str | Group, objective: str | Ob
              lr: float = 0.1, steps: int = 10, max_step: float | None = None, loss_fn: Callable | None = None,
              loss_rtol: float | None = None, loss_atol: float | None = None, on_loss_change: str = "stop",
              check_symmetry: bool = True, max_condition: float = 1e8, max_halvings: int = 30,
-             backtrack: bool = True, seed: int = 0) -> tuple[Any, TeleportReport]:
+             backtrack: bool = True, objective_limit: float | None = None, seed: int = 0) -> tuple[Any, TeleportReport]:
     """Teleport θ to g*·θ, g* = exp(ξ*) ≈ argmax_g J(g·θ) (or argmin), found by ``steps`` gradient steps
     on ξ from ξ = 0 (the identity) with step size ``lr`` (each step's norm capped at ``max_step``).
 
@@ -531,6 +536,9 @@ def teleport(model, params, data: tuple, group: str | Group, objective: str | Ob
     is also written into the module). ``data`` = (X, Y): the batch the loss (and a data-dependent
     action) uses. ``group``: a :class:`Group`, a name in ``GROUPS``, or for a module its
     ``ModuleSymmetries``. The best iterate (largest J, or smallest) is applied.
+
+    ``objective_limit``: steps past this value of J are refused like invalid ones (the ICLR 2024 code
+    stops the ascent at ‖∇L‖² > 100: a very large gradient can make the next optimiser step diverge).
 
     Checks, each a ValueError naming the argument: non-finite parameters; ``check_symmetry``: a random
     element exp(ξ), ‖ξ‖ ~ 1e-2, must keep the loss within ``loss_atol + loss_rtol·|L|`` (defaults 1e-12 +
@@ -644,6 +652,8 @@ def teleport(model, params, data: tuple, group: str | Group, objective: str | Ob
                     why = f"objective is {new_v}"
                 elif backtrack and not sign * new_v > sign * v:
                     why = "the objective did not improve"
+                elif objective_limit is not None and sign * new_v > sign * objective_limit:
+                    why = f"the objective {new_v:.4g} passed objective_limit={objective_limit:g}"
             if why is None:
                 break
             halvings += 1

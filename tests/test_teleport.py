@@ -253,3 +253,17 @@ def test_stop_refuses_iterates_that_break_the_loss():
     new, report = T.teleport(model, W, data, "nonlinear", "grad_norm", lr=1e-7, steps=8)  # far too large a step
     assert report.stopped is not None and report.relative_loss_change < 1e-9
     assert report.condition_number <= 1e8
+
+
+def test_teleportation_figure_quick(tmp_path):
+    from conftest import load_script
+
+    script = load_script("teleportation")
+    payload = script.main(["--quick", "--out", str(tmp_path)])
+    for ext in ("pdf", "png", "json"):
+        assert (tmp_path / f"teleportation.{ext}").stat().st_size > 0
+    rows = script.claims(payload)
+    assert rows and all(set(r) == {"claim", "criterion", "holds", "measured"} for r in rows)
+    by_claim = {r["claim"]: r for r in rows}
+    assert by_claim["a teleport keeps the loss on its batch (exact action g = exp ξ, inputs recomputed)"]["holds"]
+    assert by_claim["1-D valley (App. G.1): teleporting to minimum sharpness lands at Q = 0, λ_max = √(0+4) = 2"]["holds"]
