@@ -527,7 +527,8 @@ def teleport(model, params, data: tuple, group: str | Group, objective: str | Ob
              lr: float = 0.1, steps: int = 10, max_step: float | None = None, loss_fn: Callable | None = None,
              loss_rtol: float | None = None, loss_atol: float | None = None, on_loss_change: str = "stop",
              check_symmetry: bool = True, max_condition: float = 1e8, max_halvings: int = 30,
-             backtrack: bool = True, objective_limit: float | None = None, seed: int = 0) -> tuple[Any, TeleportReport]:
+             backtrack: bool = True, objective_limit: float | None = None, max_ratio: float | None = None,
+             seed: int = 0) -> tuple[Any, TeleportReport]:
     """Teleport θ to g*·θ, g* = exp(ξ*) ≈ argmax_g J(g·θ) (or argmin), found by ``steps`` gradient steps
     on ξ from ξ = 0 (the identity) with step size ``lr`` (each step's norm capped at ``max_step``).
 
@@ -538,7 +539,8 @@ def teleport(model, params, data: tuple, group: str | Group, objective: str | Ob
     ``ModuleSymmetries``. The best iterate (largest J, or smallest) is applied.
 
     ``objective_limit``: steps past this value of J are refused like invalid ones (the ICLR 2024 code
-    stops the ascent at ‖∇L‖² > 100: a very large gradient can make the next optimiser step diverge).
+    stops the ascent at ‖∇L‖² > 100: a very large gradient can make the next optimiser step diverge);
+    ``max_ratio``: likewise for |J| above ``max_ratio`` × |J| at the start (a scale-free cap).
 
     Checks, each a ValueError naming the argument: non-finite parameters; ``check_symmetry``: a random
     element exp(ξ), ‖ξ‖ ~ 1e-2, must keep the loss within ``loss_atol + loss_rtol·|L|`` (defaults 1e-12 +
@@ -589,8 +591,11 @@ def teleport(model, params, data: tuple, group: str | Group, objective: str | Ob
     if check_symmetry:
         gen = torch.Generator().manual_seed(seed + 7919)
         probe = tuple(1e-2 * torch.randn(z.shape, generator=gen, dtype=z.dtype).to(z.device) for z in zero)
-        with torch.no_grad():
-            moved = float(loss_of(apply(probe)))
+        try:
+            with torch.no_grad():
+                moved = float(loss_of(apply(probe)))
+        except KeyError as error:  # a ModuleSymmetries found in another model
+            raise ValueError(f"group does not act on this model's parameters: {error}") from None
         if not abs(moved - loss0) <= atol + rtol * abs(loss0):
             raise ValueError(f"group={group.name!r} is not a symmetry of {model!r} here: a random element "
                              f"exp(ξ) with ‖ξ‖ ≈ {float(torch.sqrt(sum((p * p).sum() for p in probe))):.2g} changed "
@@ -654,6 +659,8 @@ def teleport(model, params, data: tuple, group: str | Group, objective: str | Ob
                     why = "the objective did not improve"
                 elif objective_limit is not None and sign * new_v > sign * objective_limit:
                     why = f"the objective {new_v:.4g} passed objective_limit={objective_limit:g}"
+                elif max_ratio is not None and abs(new_v) > max_ratio * abs(history[0]):
+                    why = f"the objective {new_v:.4g} passed max_ratio={max_ratio:g} × its start {history[0]:.4g}"
             if why is None:
                 break
             halvings += 1
