@@ -32,6 +32,7 @@ Inside training: :func:`train` runs GD, SGD, momentum, AdaGrad or Adam (``torch.
 """
 from __future__ import annotations
 
+import functools
 import math
 import time
 import warnings
@@ -523,6 +524,17 @@ def _module_problem(model, params, loss_fn, X, Y, group):
     return tuple(params), loss, group, names
 
 
+def _with_grad(function):
+    """Run with autograd on, even when called inside a ``torch.no_grad`` training loop."""
+    @functools.wraps(function)
+    def wrapped(*args, **kwargs):
+        with torch.enable_grad():
+            return function(*args, **kwargs)
+
+    return wrapped
+
+
+@_with_grad
 def teleport(model, params, data: tuple, group: str | Group, objective: str | Objective | Callable = "grad_norm", *,
              lr: float = 0.1, steps: int = 10, max_step: float | None = None, loss_fn: Callable | None = None,
              loss_rtol: float | None = None, loss_atol: float | None = None, on_loss_change: str = "stop",
@@ -709,6 +721,47 @@ def teleport(model, params, data: tuple, group: str | Group, objective: str | Ob
 # ---------------------------------------------------------------------------------------
 # Teleporting inside training
 # ---------------------------------------------------------------------------------------
+
+class TeleportingStepper:
+    """A stepper of the engine's protocol (``symmetry.dynamics.Stepper``: ``init_state(params, velocity)
+    -> State``, ``step(state, grad) -> State``) that teleports before the scheduled steps.
+
+    Written against that protocol by duck typing: before ``stepper.step`` at a scheduled ``state.step``,
+    ``teleport`` moves ``state.params`` on ``data`` ((X, Y), or a function step ↦ (X, Y) for mini-batches)
+    and hands the inner stepper ``dataclasses.replace(state, params=new)``: its memory (momentum, Adam's
+    moments, AdaGrad's sum) is kept, not transported (``state="keep"``, as NeurIPS 2022 keeps AdaGrad's
+    accumulator); ``state="reset"`` restarts it with ``init_state(new)`` (as the ICLR 2024 code rebuilds
+    its optimiser). ``events`` lists (step, report).
+    """
+
+    def __init__(self, stepper, model, data, schedule: TeleportSchedule, *, state: str = "keep",
+                 **teleport_kwargs):
+        self.stepper, self.model, self.data, self.schedule = stepper, model, data, schedule
+        self.state = check_choice("state", state, ("keep", "reset"))
+        self.kwargs = teleport_kwargs
+        self.name = f"{getattr(stepper, 'name', 'stepper')}+teleport"
+        self.dt = getattr(stepper, "dt", 1.0)
+        self.events: list[dict] = []
+
+    def __repr__(self) -> str:
+        return f"TeleportingStepper({self.stepper!r}, {self.schedule})"
+
+    def init_state(self, params: Params, velocity: Params | None = None):
+        return self.stepper.init_state(params, velocity)
+
+    def step(self, state, grad):
+        import dataclasses
+
+        if self.schedule.due(state.step):
+            data = self.data(state.step) if callable(self.data) else self.data
+            new, report = teleport(self.model, tuple(state.params), data, **self.kwargs)
+            if self.state == "reset":
+                state = dataclasses.replace(self.stepper.init_state(new), time=state.time, step=state.step)
+            else:
+                state = dataclasses.replace(state, params=new)
+            self.events.append({"step": state.step, "report": report})
+        return self.stepper.step(state, grad)
+
 
 class Stepper(Protocol):
     """The minimal stepper protocol that :class:`Teleporting` wraps.

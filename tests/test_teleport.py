@@ -267,3 +267,45 @@ def test_teleportation_figure_quick(tmp_path):
     by_claim = {r["claim"]: r for r in rows}
     assert by_claim["a teleport keeps the loss on its batch (exact action g = exp ξ, inputs recomputed)"]["holds"]
     assert by_claim["1-D valley (App. G.1): teleporting to minimum sharpness lands at Q = 0, λ_max = √(0+4) = 2"]["holds"]
+
+
+def test_teleporting_stepper_on_the_engine_protocol():
+    """TeleportingStepper against a minimal stepper of the engine's protocol (init_state/step(state, grad),
+    dataclasses.replace(state, params=new)): same losses as train() with plain GD, teleports recorded."""
+    import dataclasses
+
+    @dataclasses.dataclass
+    class State:
+        params: tuple
+        velocity: object = None
+        time: float = 0.0
+        step: int = 0
+        memory: dict = dataclasses.field(default_factory=dict)
+
+    class GD:
+        name, dt = "gd", 1e-4
+
+        def init_state(self, params, velocity=None):
+            return State(tuple(p.clone() for p in params))
+
+        def step(self, state, grad):
+            _, g = grad(state.params)
+            return State(tuple(p - 1e-4 * x for p, x in zip(state.params, g)), None, state.time + self.dt, state.step + 1)
+
+    model, W, data = regression(3)
+    wrapped = T.TeleportingStepper(GD(), model, data, T.TeleportSchedule(at=(4,)), group="nonlinear", lr=1e-8, steps=2)
+
+    def grad(p):
+        with torch.enable_grad():
+            p = T._detached_leaves(p)
+            loss = model.loss(p, *data)
+            return loss.detach(), torch.autograd.grad(loss, p)
+
+    state = wrapped.init_state(W)
+    with torch.no_grad():  # the engine's loop steps under no_grad; teleport turns autograd on itself
+        for _ in range(10):
+            state = wrapped.step(state, grad)
+    reference = T.train(model, W, data, "gd", 1e-4, 10, schedule=T.TeleportSchedule(at=(4,)), group="nonlinear",
+                        teleport_lr=1e-8, teleport_steps=2)
+    assert [e["step"] for e in wrapped.events] == [4]
+    assert float(model.loss(state.params, *data)) == pytest.approx(reference.loss[-1], rel=1e-10)
