@@ -262,11 +262,12 @@ def run(cfg: Settings) -> dict:
 
 
 def _band(ax, steps, runs, color, label, x_runs=None):
-    y = torch.tensor(runs, dtype=D)
+    """Geometric mean over seeds, band = × / ÷ the geometric std (the losses span decades)."""
+    y = torch.log(torch.tensor(runs, dtype=D))
     mean, std = y.mean(0), y.std(0) if len(runs) > 1 else torch.zeros_like(y[0])
     x = torch.tensor(steps, dtype=D) if x_runs is None else torch.tensor(x_runs, dtype=D).mean(0)
-    ax.semilogy(x, mean, color=color, label=label)
-    ax.fill_between(x, (mean - std).clamp(min=1e-12), mean + std, color=color, alpha=0.2)
+    ax.semilogy(x, mean.exp(), color=color, label=label)
+    ax.fill_between(x, (mean - std).exp(), (mean + std).exp(), color=color, alpha=0.2)
 
 
 def plot(res: dict, cfg: Settings):
@@ -283,7 +284,7 @@ def plot(res: dict, cfg: Settings):
                 _band(axes[row, 1], r[key]["steps"], r[key]["loss"], colors[(opt, key)], label, r[key]["seconds"])
             for ax in axes[row, :2]:
                 ax.axhline(r["target_loss"], color=colors[(opt, "without")], ls=":", lw=0.8)
-        axes[row, 0].set(xlabel="step", ylabel=f"{task} training loss", title=f"{task}: loss vs steps (mean ± std)")
+        axes[row, 0].set(xlabel="step", ylabel=f"{task} training loss", title=f"{task}: loss vs steps (geometric mean, ×/÷ std)")
         axes[row, 1].set(xlabel="wall-clock seconds (teleports included)", title=f"{task}: loss vs time")
         axes[row, 0].legend(fontsize=7)
     for col, act in ((2, "identity"), (3, "tanh")):
@@ -293,9 +294,9 @@ def plot(res: dict, cfg: Settings):
             ax.semilogy(r[key]["steps"], r[key]["loss"], color=color,
                         label=f"{key} teleport at init (Q₀ = {r['Q0_before' if key == 'without' else 'Q0_after']:.3g})")
         ax.axhline(cfg.fig6_target, color="k", ls=":", lw=0.8)
-        mt = r["minimum_teleport"]
-        ax.set(xlabel="GD step", title=f"Fig. 6 net, σ = {act}: λ_max at the minimum "
-                                      f"{mt['lambda_max_before']:.3g} → {mt['lambda_max_after']:.3g}")
+        mt = r.get("minimum_teleport", {"lambda_max_before": math.nan, "lambda_max_after": math.nan})
+        ax.plot([], [], " ", label=f"teleport at the minimum: λ_max {mt['lambda_max_before']:.3g} → {mt['lambda_max_after']:.3g}")
+        ax.set(xlabel="GD step", ylabel="training loss (MSE)", title=f"Fig. 6/9 net, σ = {act}")
         ax.legend(fontsize=7)
     ax = axes[1, 2]
     q = torch.linspace(-2.5, 2.5, 200)

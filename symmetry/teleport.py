@@ -34,7 +34,9 @@ from __future__ import annotations
 
 import functools
 import math
+import sys
 import time
+import types
 import warnings
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Mapping, Protocol, Sequence
@@ -550,6 +552,8 @@ def teleport(model, params, data: tuple, group: str | Group, objective: str | Ob
     action) uses. ``group``: a :class:`Group`, a name in ``GROUPS``, or for a module its
     ``ModuleSymmetries``. The best iterate (largest J, or smallest) is applied.
 
+    On a non-compact group (GL, scalings) ‖∇L‖² has no maximum on the orbit: ``lr`` × ``steps`` and the
+    caps below decide how far a teleport goes (the papers take a few small steps).
     ``objective_limit``: steps past this value of J are refused like invalid ones (the ICLR 2024 code
     stops the ascent at ‖∇L‖² > 100: a very large gradient can make the next optimiser step diverge);
     ``max_ratio``: likewise for |J| above ``max_ratio`` × |J| at the start (a scale-free cap).
@@ -973,3 +977,13 @@ def train(model, params: Params, data: tuple, optimizer: str, lr: float, steps: 
             raise DivergenceError(f"loss became {float(loss)} at step {t} of {optimizer} (lr={lr:g})")
     record.params = tuple(p.detach() for p in inner.params)
     return record
+
+
+class _CallableModule(types.ModuleType):
+    """``symmetry.teleport(...)`` calls :func:`teleport`; ``symmetry.teleport.X`` is the rest of this module."""
+
+    def __call__(self, *args, **kwargs):
+        return teleport(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule
