@@ -309,3 +309,18 @@ def test_teleporting_stepper_on_the_engine_protocol():
                         teleport_lr=1e-8, teleport_steps=2)
     assert [e["step"] for e in wrapped.events] == [4]
     assert float(model.loss(state.params, *data)) == pytest.approx(reference.loss[-1], rel=1e-10)
+
+
+@pytest.mark.parametrize("layers", ["relu", "linear"])
+def test_module_symmetries_of_the_modules_helper(layers):
+    """Against symmetry.modules (issue 11) once merged: the loss of a Module with biases is kept."""
+    modules = pytest.importorskip("symmetry.modules")
+    torch.manual_seed(1)
+    hidden = [torch.nn.ReLU()] if layers == "relu" else []
+    net = torch.nn.Sequential(torch.nn.Linear(4, 6), *hidden, torch.nn.Linear(6, 3)).double()
+    X, Y = torch.randn(10, 4, dtype=D), torch.randn(10, 3, dtype=D)
+    before = torch.nn.functional.mse_loss(net(X), Y).item()
+    _, report = T.teleport(net, None, (X, Y), modules.module_symmetries(net), "grad_norm",
+                           loss_fn=torch.nn.functional.mse_loss, lr=0.05, steps=5)
+    assert abs(torch.nn.functional.mse_loss(net(X), Y).item() - before) <= 1e-9 * before
+    assert report.objective_after > report.objective_before
