@@ -357,7 +357,7 @@ def _detached_leaves(params: Params) -> Params:
 
 def gradient_norm_squared(loss_fn: LossFn, params: Params) -> Tensor:
     """‖∇L(θ)‖² summed over all parameter tensors (= −dL/dt under gradient flow at η = 1)."""
-    return sum((g * g).sum() for g in _grad(loss_fn, params))
+    return torch.stack([(g * g).sum() for g in _grad(loss_fn, params)]).sum()
 
 
 def grad_norm() -> Objective:
@@ -369,14 +369,14 @@ def _hvp(loss_fn: LossFn, params: Params, create_graph: bool):
     grads = _grad(loss_fn, params, create_graph=True)
 
     def hvp(v: Params) -> Params:
-        return torch.autograd.grad(sum((g * x).sum() for g, x in zip(grads, v)), params,
+        return torch.autograd.grad(_inner(grads, v), params,
                                    retain_graph=True, create_graph=create_graph)
 
     return hvp
 
 
 def _inner(a: Params, b: Params) -> Tensor:
-    return sum((x * y).sum() for x, y in zip(a, b))
+    return torch.stack([(x * y).sum() for x, y in zip(a, b)]).sum()
 
 
 def top_hessian_eigenpair(loss_fn: LossFn, params: Params, start: Params | None = None, seed: int = 0,
@@ -526,6 +526,11 @@ def _module_problem(model, params, loss_fn, X, Y, group):
     return tuple(params), loss, group, names
 
 
+def _norm(tensors: Sequence[Tensor]) -> float:
+    """Euclidean norm of a tuple of tensors taken as one vector."""
+    return float(torch.sqrt(torch.stack([(t * t).sum() for t in tensors]).sum())) if len(tensors) else 0.0
+
+
 def _with_grad(function):
     """Run with autograd on, even when called inside a ``torch.no_grad`` training loop."""
     @functools.wraps(function)
@@ -577,11 +582,11 @@ def teleport(model, params, data: tuple, group: str | Group, objective: str | Ob
     start = time.perf_counter()
     module = isinstance(model, torch.nn.Module)
     if module:
-        params, loss_of, group, names = _module_problem(model, params, loss_fn, X, Y, group)
+        params, loss_of, grp, names = _module_problem(model, params, loss_fn, X, Y, group)
     else:
         params = tuple(params)
-        group = make_group(group)
-        group.check(model, params, X)
+        grp = make_group(group)
+        grp.check(model, params, X)
 
         def loss_of(p):
             value = model.loss(p, X, Y) if loss_fn is None else loss_fn(model, p, X, Y)
@@ -601,9 +606,9 @@ def teleport(model, params, data: tuple, group: str | Group, objective: str | Ob
         raise ValueError(f"the loss at params is {loss0}: teleport needs a finite loss")
 
     def apply(xi: Algebra) -> Params:
-        return tuple(group.act(group.exp(xi), base, X))
+        return tuple(grp.act(grp.exp(xi), base, X))
 
-    zero = group.algebra_zero(base)
+    zero = grp.algebra_zero(base)
     if check_symmetry:
         gen = torch.Generator().manual_seed(seed + 7919)
         probe = tuple(1e-2 * torch.randn(z.shape, generator=gen, dtype=z.dtype).to(z.device) for z in zero)
@@ -613,8 +618,8 @@ def teleport(model, params, data: tuple, group: str | Group, objective: str | Ob
         except KeyError as error:  # a ModuleSymmetries found in another model
             raise ValueError(f"group does not act on this model's parameters: {error}") from None
         if not abs(moved - loss0) <= atol + rtol * abs(loss0):
-            raise ValueError(f"group={group.name!r} is not a symmetry of {model!r} here: a random element "
-                             f"exp(ξ) with ‖ξ‖ ≈ {float(torch.sqrt(sum((p * p).sum() for p in probe))):.2g} changed "
+            raise ValueError(f"group={grp.name!r} is not a symmetry of {model!r} here: a random element "
+                             f"exp(ξ) with ‖ξ‖ ≈ {_norm(probe):.2g} changed "
                              f"the loss from {loss0:.6g} to {moved:.6g} (relative {abs(moved - loss0) / max(abs(loss0), atol):.2g}, "
                              f"tolerance {rtol:g}). Pick the group of this model's activation (GROUPS: {sorted(GROUPS)})")
 
@@ -634,7 +639,7 @@ def teleport(model, params, data: tuple, group: str | Group, objective: str | Ob
             return f"condition number {cond:.3g} > max_condition={max_condition:g}"
         try:
             with torch.no_grad():
-                here = float(loss_of(tuple(t.detach() for t in group.act(element, base, X))))
+                here = float(loss_of(tuple(t.detach() for t in grp.act(element, base, X))))
         except torch.linalg.LinAlgError:  # e.g. σ(gZ) lost rank in the data-dependent action
             here = math.nan
         if not keeps_loss(here):
@@ -644,7 +649,7 @@ def teleport(model, params, data: tuple, group: str | Group, objective: str | Ob
     def evaluate(leaves: Algebra) -> tuple[Tensor, float]:
         # a tensor the group leaves alone is still differentiated by the objective
         moved = tuple(p if p.requires_grad else p.detach().requires_grad_(True)
-                      for p in group.act(group.exp(leaves), base, X))
+                      for p in grp.act(grp.exp(leaves), base, X))
         value = obj.fn(loss_of, moved)
         if value.ndim != 0:
             raise ValueError(f"objective {obj.name!r} must return a scalar, got shape {tuple(value.shape)}")
@@ -661,12 +666,12 @@ def teleport(model, params, data: tuple, group: str | Group, objective: str | Ob
         grads = torch.autograd.grad(value, leaves, allow_unused=True)
         step = [sign * lr * (g if g is not None else torch.zeros_like(x)) for g, x in zip(grads, leaves)]
         if max_step is not None:
-            norm = float(torch.sqrt(sum((s * s).sum() for s in step)))
+            norm = _norm(step)
             if norm > max_step:
                 step = [s * (max_step / norm) for s in step]
         while True:  # backtracking: halve a step that is refused, or (backtrack=True) does not improve J
             candidate = tuple((x.detach() + scale * s).requires_grad_(True) for x, s in zip(leaves, step))
-            why = invalid(group.exp(candidate)) if on_loss_change == "stop" else None
+            why = invalid(grp.exp(candidate)) if on_loss_change == "stop" else None
             if why is None:
                 new_value, new_v = evaluate(candidate)
                 if not math.isfinite(new_v):
@@ -693,14 +698,14 @@ def teleport(model, params, data: tuple, group: str | Group, objective: str | Ob
             best = (sign * v, k, tuple(x.detach() for x in leaves))
 
     _, best_step, xi_best = best
-    element = group.exp(xi_best)
+    element = grp.exp(xi_best)
     cond = condition_number(element)
     if not cond <= max_condition:
         raise ValueError(f"the teleport's group element is singular or ill-conditioned (condition number {cond:.3g} > "
                          f"max_condition={max_condition:g}); lower lr or steps, set max_step, or use "
                          f"on_loss_change='stop'; params were left unchanged")
     with torch.no_grad():
-        new = tuple(t.detach() for t in group.act(element, base, X))
+        new = tuple(t.detach() for t in grp.act(element, base, X))
         check_finite("teleported params", new)
         loss1 = float(loss_of(new))
     rel = abs(loss1 - loss0) / max(abs(loss0), atol)
@@ -711,8 +716,8 @@ def teleport(model, params, data: tuple, group: str | Group, objective: str | Ob
             warnings.warn(msg, TeleportWarning, stacklevel=2)
         else:
             raise ValueError(msg + "; params were left unchanged")
-    xi_norm = float(torch.sqrt(sum((x * x).sum() for x in xi_best))) if xi_best else 0.0
-    report = TeleportReport(group.name, obj.name, obj.maximize, history[0], history[best_step], loss0, loss1, rel,
+    xi_norm = _norm(xi_best)
+    report = TeleportReport(grp.name, obj.name, obj.maximize, history[0], history[best_step], loss0, loss1, rel,
                             cond, xi_norm, k, best_step, time.perf_counter() - start, history, stopped, halvings)
     if module:
         with torch.no_grad():
@@ -929,7 +934,7 @@ def train(model, params: Params, data: tuple, optimizer: str, lr: float, steps: 
     for short in ("lr", "steps"):
         if f"teleport_{short}" in tkw:
             tkw[short] = tkw.pop(f"teleport_{short}")
-    stepper = inner if schedule is None else Teleporting(inner, model, schedule, state=state, **tkw)
+    teleporter = None if schedule is None else Teleporting(inner, model, schedule, state=state, **tkw)
 
     order, pos = torch.randperm(N, generator=gen), 0
 
@@ -963,7 +968,8 @@ def train(model, params: Params, data: tuple, optimizer: str, lr: float, steps: 
                            for _ in range(schedule.batches)]
             tic = time.perf_counter()
             for b in tel_batches:
-                report = stepper.teleport_now(b)
+                assert teleporter is not None
+                report = teleporter.teleport_now(b)
                 record.teleports.append({"step": t, "report": report.to_dict()})
             spent += time.perf_counter() - tic
             after = evaluate()

@@ -77,7 +77,7 @@ def test_orthogonal_group_keeps_loss_and_gradient_norm():
     model, params, data = radial("hidden")
     new, report = T.teleport(model, params, data, "orthogonal", lambda p: p[0][0].sum(), lr=0.1, steps=10)
     assert report.relative_loss_change < 1e-9 and report.objective_after > report.objective_before + 0.1
-    norm = lambda p: float(T.gradient_norm_squared(model.loss_function(*data), T._detached_leaves(p)))  # noqa: E731
+    norm = lambda p: float(T.gradient_norm_squared(model.loss_function(*data), T._detached_leaves(p)).detach())  # noqa: E731
     assert norm(new) == pytest.approx(norm(params), rel=1e-9)
 
 
