@@ -28,7 +28,8 @@ ICLR 2024), :func:`conserved_target` (reach a target value of a conserved quanti
 
 Inside training: :func:`train` runs GD, SGD, momentum, AdaGrad or Adam (``torch.optim``) through
 :class:`OptimizerStepper` and teleports at the steps of a :class:`TeleportSchedule` via
-:class:`Teleporting`, a wrapper around any object with the small stepper protocol documented there.
+:class:`Teleporting`, a wrapper around any object with the small stepper protocol documented there;
+:class:`TeleportingStepper` wraps a stepper of the engine's protocol (``init_state``/``step(state, grad)``).
 """
 from __future__ import annotations
 
