@@ -1,0 +1,326 @@
+"""Teleportation (symmetry/teleport.py): loss kept, objective improved, the paper's geometric facts, training, errors."""
+import math
+
+import pytest
+import torch
+
+import symmetry as S
+from symmetry import teleport as T
+
+D = torch.float64
+
+
+def gen(seed=0):
+    return torch.Generator().manual_seed(seed)
+
+
+def dense_hessian(model, data, params):
+    """The oracle: the full Hessian by torch.autograd.functional on the flattened parameters."""
+    sizes = [p.numel() for p in params]
+
+    def f(x):
+        return model.loss(tuple(c.reshape(p.shape) for c, p in zip(torch.split(x, sizes), params)), *data)
+
+    return torch.autograd.functional.hessian(f, torch.cat([p.detach().reshape(-1) for p in params]))
+
+
+def two_layer(activation, m=3, n=4, h=6, seed=0, reduction="mean"):
+    g = gen(seed)
+    U, V = torch.randn(m, h, generator=g, dtype=D), torch.randn(n, h, generator=g, dtype=D)
+    Y = torch.randn(m, n, generator=g, dtype=D)
+    return S.TwoLayerNet(activation, reduction=reduction), (U, V), (None, Y)  # whitened X = I_n: k = n ≤ h
+
+
+def mlp(activation, dims=(5, 6, 7, 8), k=4, seed=0):
+    g = gen(seed)
+    W = tuple(0.5 * torch.randn(dims[i + 1], dims[i], generator=g, dtype=D) for i in range(len(dims) - 1))
+    X, Y = torch.randn(dims[0], k, generator=g, dtype=D), torch.randn(dims[-1], k, generator=g, dtype=D)
+    return S.MLP(activation, reduction="half_sum"), W, (X, Y)
+
+
+def radial(over, seed=0):
+    g = gen(seed)
+    U, V = torch.randn(3, 5, generator=g, dtype=D), torch.randn(4, 5, generator=g, dtype=D)
+    return S.TwoLayerRadialNet(over=over), (U, V), (None, torch.randn(3, 4, generator=g, dtype=D))
+
+
+CASES = {
+    "gl/two-layer linear": (lambda: two_layer("identity"), "gl"),
+    "gl/MLP linear": (lambda: mlp("identity"), "gl"),
+    "scaling/two-layer relu": (lambda: two_layer("relu"), "scaling"),
+    "scaling/MLP leaky_relu": (lambda: mlp(S.activations.leaky_relu(0.1)), "scaling"),
+    "scaling/two-layer repu": (lambda: two_layer("repu"), "scaling"),
+    "nonlinear/two-layer tanh": (lambda: two_layer("tanh"), "nonlinear"),
+    "nonlinear/two-layer sigmoid": (lambda: two_layer("sigmoid"), "nonlinear"),
+    "nonlinear/MLP leaky_relu": (lambda: mlp(S.activations.leaky_relu(0.1)), "nonlinear"),
+    "neuron_scaling/radial neuron": (lambda: radial("neuron"), "neuron_scaling"),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_teleport_keeps_loss_and_raises_gradient_norm(case):
+    make, group = CASES[case]
+    model, params, data = make()
+    new, report = T.teleport(model, params, data, group, "grad_norm", lr=1e-2, steps=5)
+    assert report.relative_loss_change < 1e-9
+    # the oracle: the loss recomputed from scratch, not the report's own numbers
+    assert abs(float(model.loss(new, *data)) - float(model.loss(params, *data))) < 1e-9 * float(model.loss(params, *data))
+    assert report.objective_after > report.objective_before
+    assert T.gradient_norm_squared(model.loss_function(*data), T._detached_leaves(new)) > \
+        T.gradient_norm_squared(model.loss_function(*data), T._detached_leaves(params))
+    assert max(float((a - b).abs().max()) for a, b in zip(new, params)) > 1e-4  # it moved
+
+
+def test_orthogonal_group_keeps_loss_and_gradient_norm():
+    """O(h) acts by isometries (U gᵀ, V gᵀ), so ‖∇L‖ is the same all along the orbit (SPEC-ext. A4.2);
+    a callable objective that is not invariant still moves the parameters, at the same loss."""
+    model, params, data = radial("hidden")
+    new, report = T.teleport(model, params, data, "orthogonal", lambda p: p[0][0].sum(), lr=0.1, steps=10)
+    assert report.relative_loss_change < 1e-9 and report.objective_after > report.objective_before + 0.1
+    norm = lambda p: float(T.gradient_norm_squared(model.loss_function(*data), T._detached_leaves(p)).detach())  # noqa: E731
+    assert norm(new) == pytest.approx(norm(params), rel=1e-9)
+
+
+def test_sharpness_decreases_and_hutchinson_trace_decreases():
+    model, params, data = two_layer("identity", seed=3)
+    exact = lambda p: float(torch.linalg.eigvalsh(dense_hessian(model, data, p))[-1])  # noqa: E731
+    new, report = T.teleport(model, params, data, "gl", "sharpness", lr=1e-2, steps=8)
+    assert report.relative_loss_change < 1e-9 and exact(new) < exact(params)
+    assert report.objective_before == pytest.approx(exact(params), rel=1e-6)  # Lanczos finds λ_max
+    new2, report2 = T.teleport(model, params, data, "gl", T.sharpness("hutchinson", samples=3), lr=1e-2, steps=4)
+    trace = lambda p: float(torch.trace(dense_hessian(model, data, p)))  # noqa: E731
+    assert report2.objective_after < report2.objective_before and trace(new2) < trace(params)
+
+
+def test_conserved_target_reaches_the_target_Q():
+    model, params, data = two_layer("identity", seed=1)
+    trace_Q = lambda p: S.conserved_Q(p, "identity")  # noqa: E731  (Eq. 48, a scalar)
+    target = float(trace_Q(params)) + 1.0
+    new, report = T.teleport(model, params, data, "gl", T.conserved_target(trace_Q, target), lr=0.05, steps=200)
+    assert abs(float(trace_Q(new)) - target) < 1e-3
+    assert report.relative_loss_change < 1e-9
+
+
+def test_module_adapter_with_biases():
+    """ModuleGroup through the promised ModuleSymmetries API, on a local oracle implementation of
+    positive scaling for Linear(bias) → ReLU → Linear(bias)."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(4, 6), torch.nn.ReLU(), torch.nn.Linear(6, 3)).double()
+
+    class Scaling:  # hidden neuron i: (row i of W1, b1_i) ↦ c_i ·, column i of W2 ↦ / c_i
+        def algebra_zero(self):
+            return {"0": torch.zeros(6, dtype=D)}
+
+        def exp(self, xi):
+            return {k: torch.exp(v) for k, v in xi.items()}
+
+        def act_params(self, params, element):
+            c = element["0"]
+            out = dict(params)
+            out["0.weight"], out["0.bias"] = c[:, None] * params["0.weight"], c * params["0.bias"]
+            out["2.weight"] = params["2.weight"] / c
+            return out
+
+        def describe(self):
+            return "positive scaling of layer 0"
+
+    X, Y = torch.randn(10, 4, dtype=D), torch.randn(10, 3, dtype=D)
+    before = torch.nn.functional.mse_loss(net(X), Y).item()
+    old_w = net[0].weight.detach().clone()
+    new, report = T.teleport(net, None, (X, Y), Scaling(), "grad_norm", loss_fn=torch.nn.functional.mse_loss,
+                             lr=0.05, steps=5)
+    assert set(new) == {n for n, _ in net.named_parameters()}
+    assert abs(torch.nn.functional.mse_loss(net(X), Y).item() - before) < 1e-9 * before
+    assert report.objective_after > report.objective_before
+    assert not torch.equal(net[0].weight, old_w)  # written into the module
+
+
+def test_quadratic_gradient_at_maximal_norm_is_a_hessian_eigenvector():
+    """L = ½wᵀAw with G = A^{-1/2} SO(3) A^{1/2} (transitive on each level set): the point of largest
+    ‖∇L‖ on the level set has ∇L = Aw along A's top eigenvector (the Newton direction, NeurIPS Sec. 5)."""
+    g = gen(5)
+    Q, _ = torch.linalg.qr(torch.randn(3, 3, generator=g, dtype=D))
+    evals = torch.tensor([1.0, 2.0, 4.0], dtype=D)
+    A = Q @ torch.diag(evals) @ Q.T
+    half, inv_half = Q @ torch.diag(evals.sqrt()) @ Q.T, Q @ torch.diag(evals.rsqrt()) @ Q.T
+
+    class Conjugated(T.Group):
+        name = "A^{-1/2} SO(3) A^{1/2}"
+
+        def algebra_zero(self, params):
+            return (torch.zeros(3, 3, dtype=D),)
+
+        def exp(self, xi):
+            return (torch.linalg.matrix_exp(xi[0] - xi[0].T),)
+
+        def act(self, element, params, X=None):
+            return (inv_half @ element[0] @ half @ params[0],)
+
+    model = S.PotentialModel(lambda p: 0.5 * (p[0] * (A @ p[0])).sum())
+    w = torch.randn(3, 1, generator=g, dtype=D)
+    new, report = T.teleport(model, (w,), (None, None), Conjugated(), "grad_norm", lr=0.05, steps=400)
+    grad = A @ new[0]
+    rayleigh = float(grad.T @ A @ grad / (grad.T @ grad))
+    assert torch.linalg.norm(A @ grad - rayleigh * grad) < 1e-6 * torch.linalg.norm(A @ grad)  # eigenvector
+    assert rayleigh == pytest.approx(4.0, rel=1e-6)  # the top one: the largest gradient on the level set
+    assert report.relative_loss_change < 1e-9
+
+
+def valley_point(Q, product):
+    u = math.sqrt((Q + math.sqrt(Q * Q + 4 * product * product)) / 2)
+    return (torch.tensor([[u]], dtype=D), torch.tensor([[product / u]], dtype=D))
+
+
+def test_1d_valley_min_sharpness_lands_at_Q0_and_max_gradient_moves_away():
+    net, data = S.TwoLayerNet("identity", reduction="half_sum"), (None, torch.ones(1, 1, dtype=D))
+    new, report = T.teleport(net, valley_point(2.0, 1.0), data, "gl", "sharpness", lr=0.2, steps=60)
+    assert abs(float(new[0] ** 2 - new[1] ** 2)) < 1e-4  # Q = U² − V² = 0
+    assert float(torch.linalg.eigvalsh(dense_hessian(net, data, new))[-1]) == pytest.approx(2.0, abs=1e-6)  # √(0+4)
+    start = valley_point(0.1, 0.5)  # off the valley (UV = 0.5), near Q = 0
+    new, _ = T.teleport(net, start, data, "gl", "grad_norm", lr=0.1, steps=20)
+    assert abs(float(new[0] ** 2 - new[1] ** 2)) > 0.5
+
+
+def regression(seed=0):
+    g = gen(seed)
+    dims = (5, 6, 7, 8)
+    W = tuple(torch.rand(dims[i + 1], dims[i], generator=g, dtype=D) for i in range(3))
+    X, Y = torch.rand(5, 4, generator=g, dtype=D), torch.rand(8, 4, generator=g, dtype=D)
+    return S.MLP(S.activations.leaky_relu(0.1), reduction="half_sum"), W, (X, Y)
+
+
+def test_training_records_teleports_and_the_loss_is_continuous():
+    model, W, data = regression()
+    schedule = T.TeleportSchedule(at=(0,), every=10, until=20)
+    rec = T.train(model, W, data, "gd", 1e-4, 30, schedule=schedule, group="nonlinear", objective="grad_norm",
+                  teleport_lr=1e-8, teleport_steps=3)
+    assert [e["step"] for e in rec.teleports] == [0, 10, 20]
+    for e in rec.teleports:
+        assert abs(e["eval_loss_after"] - e["eval_loss_before"]) <= 1e-9 * e["eval_loss_before"]
+        assert e["report"]["objective_after"] > e["report"]["objective_before"]
+    plain = T.train(model, W, data, "gd", 1e-4, 30)
+    assert rec.loss[0] == plain.loss[0] and rec.loss[-1] != plain.loss[-1]
+    assert len(rec.steps) == len(rec.seconds) == 31 and rec.seconds == sorted(rec.seconds)
+
+
+@pytest.mark.parametrize("optimizer,lr", [("gd", 1e-4), ("sgd", 1e-4), ("momentum", 1e-5), ("adagrad", 1e-1),
+                                          ("adam", 1e-2)])
+@pytest.mark.parametrize("state", ["keep", "reset"])
+def test_every_optimizer_teleports(optimizer, lr, state):
+    model, W, data = regression(1)
+    rec = T.train(model, W, data, optimizer, lr, 12, batch_size=None if optimizer == "gd" else 3,
+                  schedule=T.TeleportSchedule(at=(2, 6)), state=state, group="nonlinear", teleport_lr=1e-8,
+                  teleport_steps=2)
+    assert [e["step"] for e in rec.teleports] == [2, 6]
+    assert all(math.isfinite(x) for x in rec.loss) and rec.loss[-1] < rec.loss[0]
+
+
+def test_teleporting_wrapper_around_a_stepper():
+    model, W, data = regression(2)
+    inner = T.OptimizerStepper(lambda p, b: model.loss(p, *b), W, "adagrad", 0.1)
+    wrapped = T.Teleporting(inner, model, T.TeleportSchedule(at=(), every=2), group="nonlinear", lr=1e-8, steps=2)
+    for _ in range(5):
+        wrapped.step(data)
+    assert [e["step"] for e in wrapped.events] == [0, 2, 4]
+    assert all(e["report"].relative_loss_change < 1e-9 for e in wrapped.events)
+
+
+def test_bad_input_errors():
+    model, params, data = two_layer("relu")
+    with pytest.raises(ValueError, match="not a symmetry"):
+        T.teleport(model, params, data, "gl")  # GL is not a symmetry of a ReLU net
+    with pytest.raises(ValueError, match="group"):
+        T.teleport(model, params, data, "rotation")
+    with pytest.raises(ValueError, match="objective"):
+        T.teleport(model, params, data, "scaling", "flatness")
+    bad = (params[0].clone(), params[1].clone())
+    bad[0][0, 0] = float("nan")
+    with pytest.raises(ValueError, match="NaN"):
+        T.teleport(model, bad, data, "scaling")
+    wide_model, W, (X, Y) = mlp(S.activations.leaky_relu(0.1), k=7)  # batch 7 > hidden width 6
+    with pytest.raises(ValueError, match="batch"):
+        T.teleport(wide_model, W, (X, Y), "nonlinear")
+    lin, lp, ld = two_layer("identity")
+    with pytest.raises(ValueError, match="singular or ill-conditioned"):
+        T.teleport(lin, lp, ld, "gl", "grad_norm", lr=1e3, steps=5, on_loss_change="raise", max_condition=10.0)
+    assert T.condition_number((torch.zeros(2, 2),)) == math.inf
+    with pytest.raises(ValueError, match="on_loss_change"):
+        T.teleport(lin, lp, ld, "gl", on_loss_change="ignore")
+
+
+def test_stop_refuses_iterates_that_break_the_loss():
+    model, W, data = regression(1)
+    new, report = T.teleport(model, W, data, "nonlinear", "grad_norm", lr=1e-7, steps=8)  # far too large a step
+    assert report.stopped is not None and report.relative_loss_change < 1e-9
+    assert report.condition_number <= 1e8
+
+
+def test_teleportation_figure_quick(tmp_path):
+    from conftest import load_script
+
+    script = load_script("teleportation")
+    payload = script.main(["--quick", "--out", str(tmp_path)])
+    for ext in ("pdf", "png", "json"):
+        assert (tmp_path / f"teleportation.{ext}").stat().st_size > 0
+    rows = script.claims(payload)
+    assert rows and all(set(r) == {"claim", "criterion", "holds", "measured"} for r in rows)
+    by_claim = {r["claim"]: r for r in rows}
+    assert by_claim["a teleport keeps the loss on its batch (exact action g = exp ξ, inputs recomputed)"]["holds"]
+    assert by_claim["1-D valley (App. G.1): teleporting to minimum sharpness lands at Q = 0, λ_max = √(0+4) = 2"]["holds"]
+
+
+def test_teleporting_stepper_on_the_engine_protocol():
+    """TeleportingStepper against a minimal stepper of the engine's protocol (init_state/step(state, grad),
+    dataclasses.replace(state, params=new)): same losses as train() with plain GD, teleports recorded."""
+    import dataclasses
+
+    @dataclasses.dataclass
+    class State:
+        params: tuple
+        velocity: object = None
+        time: float = 0.0
+        step: int = 0
+        memory: dict = dataclasses.field(default_factory=dict)
+
+    class GD:
+        name, dt = "gd", 1e-4
+
+        def init_state(self, params, velocity=None):
+            return State(tuple(p.clone() for p in params))
+
+        def step(self, state, grad):
+            _, g = grad(state.params)
+            return State(tuple(p - 1e-4 * x for p, x in zip(state.params, g)), None, state.time + self.dt, state.step + 1)
+
+    model, W, data = regression(3)
+    wrapped = T.TeleportingStepper(GD(), model, data, T.TeleportSchedule(at=(4,)), group="nonlinear", lr=1e-8, steps=2)
+
+    def grad(p):
+        with torch.enable_grad():
+            p = T._detached_leaves(p)
+            loss = model.loss(p, *data)
+            return loss.detach(), torch.autograd.grad(loss, p)
+
+    state = wrapped.init_state(W)
+    with torch.no_grad():  # the engine's loop steps under no_grad; teleport turns autograd on itself
+        for _ in range(10):
+            state = wrapped.step(state, grad)
+    reference = T.train(model, W, data, "gd", 1e-4, 10, schedule=T.TeleportSchedule(at=(4,)), group="nonlinear",
+                        teleport_lr=1e-8, teleport_steps=2)
+    assert [e["step"] for e in wrapped.events] == [4]
+    assert float(model.loss(state.params, *data)) == pytest.approx(reference.loss[-1], rel=1e-10)
+
+
+@pytest.mark.parametrize("layers", ["relu", "linear"])
+def test_module_symmetries_of_the_modules_helper(layers):
+    """Against symmetry.modules (issue 11) once merged: the loss of a Module with biases is kept."""
+    modules = pytest.importorskip("symmetry.modules")
+    torch.manual_seed(1)
+    hidden = [torch.nn.ReLU()] if layers == "relu" else []
+    net = torch.nn.Sequential(torch.nn.Linear(4, 6), *hidden, torch.nn.Linear(6, 3)).double()
+    X, Y = torch.randn(10, 4, dtype=D), torch.randn(10, 3, dtype=D)
+    before = torch.nn.functional.mse_loss(net(X), Y).item()
+    _, report = T.teleport(net, None, (X, Y), modules.module_symmetries(net), "grad_norm",
+                           loss_fn=torch.nn.functional.mse_loss, lr=0.05, steps=5)
+    assert abs(torch.nn.functional.mse_loss(net(X), Y).item() - before) <= 1e-9 * before
+    assert report.objective_after > report.objective_before
