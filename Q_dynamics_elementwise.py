@@ -18,6 +18,7 @@ import torch
 
 import symmetry as S
 from symmetry import experiment as E
+from symmetry import training as T
 
 NAME = "Q_dynamics_elementwise"
 
@@ -45,12 +46,12 @@ def quick(cfg: Settings) -> Settings:
 def run(cfg: Settings, out: str, resume: bool) -> dict:
     """{(activation, lr, dtype): {"steps", "loss", "dQ_tilde"}} for every configuration."""
     curves = {}
-    groups = E.step_budgets(cfg.activations, cfg.steps, cfg.sigmoid_steps)
+    groups = T.step_budgets(cfg.activations, cfg.steps, cfg.sigmoid_steps)
     configs = {steps: [(a, lr, cfg.init_std) for a in acts for lr in cfg.lrs] for steps, acts in groups.items()}
     for dtype in cfg.dtypes:
         # one batch for every budget: sigmoid's extra steps run on after the others stop
         results = E.cached(out, NAME, {"cfg": cfg, "dtype": dtype}, lambda dtype=dtype: {
-            str(k): v for k, v in E.train_two_layer_budgets(
+            str(k): v for k, v in T.train_two_layer_budgets(
                 cfg.m, cfg.n, cfg.h, configs, seed=cfg.seed, dtype=dtype, device=cfg.device,
                 record_every=cfg.record_every, description=f"Fig. 3 {dtype}").items()}, resume)
         for steps, group in configs.items():

@@ -18,6 +18,7 @@ import torch
 
 import symmetry as S
 from symmetry import experiment as E
+from symmetry import training as T
 
 NAME = "Q_hessian_eigenvalues"
 
@@ -44,13 +45,13 @@ def quick(cfg: Settings) -> Settings:
 
 
 def run(cfg: Settings, out: str, resume: bool) -> list[dict]:
-    groups = E.step_budgets(cfg.activations, cfg.steps, cfg.sigmoid_steps)
+    groups = T.step_budgets(cfg.activations, cfg.steps, cfg.sigmoid_steps)
     rows = []
     for steps, acts in groups.items():
         configs = [(a, cfg.lr, s) for a in acts for s in cfg.init_stds]
 
         def compute():
-            res = E.train_two_layer(cfg.m, cfg.n, cfg.h, configs, steps, seed=cfg.seed, dtype=cfg.dtype,
+            res = T.train_two_layer(cfg.m, cfg.n, cfg.h, configs, steps, seed=cfg.seed, dtype=cfg.dtype,
                                     device=cfg.device, record_every=max(1, steps // 100),
                                     description=f"Fig. 9, {steps} steps")
             eigenvalues = []
