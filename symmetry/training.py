@@ -38,14 +38,15 @@ def _two_layer_start(m: int, n: int, h: int, configs: list[tuple[str, float, flo
 
 def _two_layer_run(configs: list[tuple[str, float, float]], params, init64, Y: torch.Tensor, steps: int, *,
                    dtype: str, record_every: int, description: str) -> Trajectory:
-    """Batched GD of the configurations from ``params``, with Q and Q̃ (against ``init64``) in float64."""
+    """Batched GD of the configurations from ``params``, with Q and Q̃ (against ``init64``) in float64.
+    η is held in the parameters' dtype (a float64 run steps with η in float64, not rounded to float32)."""
     net = TwoLayerNet([a for a, _, _ in configs])
 
     def as64(p):
         return tuple(x.double() for x in p)
 
     return gradient_descent(
-        net, params, None, Y.to(params[0]), torch.tensor([lr for _, lr, _ in configs]), steps,
+        net, params, None, Y.to(params[0]), torch.tensor([lr for _, lr, _ in configs], dtype=params[0].dtype), steps,
         record_every=record_every, progress=True, description=description,
         labels=[f"{a}, lr={lr:g}, std={s:g}, {dtype}" for a, lr, s in configs],
         observables={"Q": lambda s: conserved_Q(as64(s.params), net.activation),
