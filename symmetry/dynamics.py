@@ -24,8 +24,8 @@ Observables everywhere are functions of a :class:`Snapshot` (``.params``, ``.vel
 ``.step``, ``.loss``, ``.integrals``): ``{"Q": lambda s: conserved_Q(s.params, "tanh")}``.
 
 Gradients: ``model.loss_and_grad`` — the closed form where a model has one (two-layer nets), else
-plain reverse-mode autograd (:meth:`symmetry.models.Model.loss_and_grad`; about 15× less overhead per
-call than ``torch.func.grad`` on these small problems), which falls back to ``torch.func.grad`` inside
+plain reverse-mode autograd (:meth:`symmetry.models.Model.loss_and_grad`; 2.2–2.6× less time per call
+than ``torch.func.grad`` on G&U's small problems, benchmarks/bench_grad.py), which falls back to ``torch.func.grad`` inside
 a ``torch.func`` transform so that a step can still be nested (vmap, jacrev of a step).
 
 Replacing the parameters between steps (teleportation): a wrapper may hand ``step`` a state whose

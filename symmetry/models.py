@@ -111,8 +111,8 @@ class Model:
         """(loss per configuration, gradient tuple): the one gradient path of the dynamics engine.
 
         Configurations are independent, so the gradient of the summed loss is each one's own.
-        Plain reverse-mode autograd (about 15× less overhead per call than ``torch.func.grad`` on
-        these small problems). It nests: parameters that already require grad keep their graph
+        Plain reverse-mode autograd (2.2–2.6× less time per call than ``torch.func.grad`` on
+        G&U's small problems: benchmarks/bench_grad.py). It nests: parameters that already require grad keep their graph
         (``create_graph``), and inside a ``torch.func`` transform (vmap, jacrev of a step) it
         takes ``torch.func.grad``, which composes with the transform. Subclasses with a closed
         form override it.
