@@ -564,6 +564,7 @@ class TwoLayerGD:
     """
 
     name = "two_layer_gd"
+    uses_grad = False  # steps on its own (model, X, Y): the loop refuses mini-batches for it
 
     def __init__(self, model: TwoLayerNet, X: Tensor | None, Y: Tensor, lr):
         if not isinstance(model, TwoLayerNet):
@@ -691,6 +692,8 @@ def run(model, params: Params, X: Tensor | None, Y: Tensor | None, stepper: Step
     batch = _batch_shape(params)
     if labels is not None and (len(batch) != 1 or len(labels) != batch[0]):
         raise ValueError(f"labels must name each of the {tuple(batch)} configurations")
+    if batches is not None and not getattr(stepper, "uses_grad", True):
+        raise ValueError(f"{stepper!r} steps on its own data and cannot take mini-batches; use GD or SGD")
     integrands = dict(integrands or {})
     n_records = steps // record_every + 1 + (steps % record_every != 0)
     record = _Recorder(n_records, observables or {})
@@ -721,7 +724,7 @@ def run(model, params: Params, X: Tensor | None, Y: Tensor | None, stepper: Step
             if batches is not None:
                 grad = gradient_fn(model, *batches(k))
             state = stepper.step(state, grad)
-            if batches is not None:
+            if batches is not None and state.loss is not None:
                 step_loss.append(state.loss.detach())
             for name, f in integrands.items():
                 now = f(state.time, state.params, state.velocity)
