@@ -342,3 +342,20 @@ def test_a_module_runs_through_the_loop_as_with_torch_optim():
             torch.testing.assert_close(run.step_loss, torch.stack(losses), rtol=1e-12, atol=0)
     model.load(run.params)
     torch.testing.assert_close(module[2].bias.detach(), run.params[3])
+
+
+def test_engine_bad_input_is_named():
+    net = S.TwoLayerNet("tanh")
+    params, X, Y = two_layer_problem(3, 4, 5, batch=(2,))
+    with pytest.raises(ValueError, match="cannot take mini-batches"):
+        S.run(net, params, X, Y, S.TwoLayerGD(net, X, Y, 0.1), 3, batches=lambda k: (X, Y))
+    with pytest.raises(ValueError, match="nesterov=True needs momentum > 0"):
+        S.SGD(0.1, nesterov=True)
+    with pytest.raises(ValueError, match="betas"):
+        S.Adam(0.1, betas=(0.9, 1.0))
+    with pytest.raises(TypeError, match="torch.optim.Optimizer subclass"):
+        S.wrap_optimizer(S.SGD)
+    with pytest.raises(ValueError, match="clock='wall' is not allowed"):
+        S.run(net, params, X, Y, S.GD(0.1), 3, clock="wall")
+    with pytest.raises(ValueError, match="starts from rest"):
+        S.run(net, params, X, Y, S.Adam(0.1), 3, velocity=params)
