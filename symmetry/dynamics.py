@@ -831,8 +831,7 @@ def integrate(model, params: Params, X: Tensor | None, Y: Tensor | None, times: 
         evaluations += 1
         if evaluations > max_evaluations:
             raise RuntimeError(f"{dynamics} needed more than max_evaluations={max_evaluations} gradient evaluations "
-                               f"(a non-smooth activation sliding along its kink?); loosen rtol/atol, use whitened "
-                               f"input, or use a stepper with a small step")
+                               f"(a non-smooth activation sliding along its kink?); loosen rtol/atol")
         if not np.isfinite(y).all():  # a trial step of the solver overflowed: reject it (the error is inf)
             return np.full_like(y, np.inf)
         theta, v, _ = split(y)
