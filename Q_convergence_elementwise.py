@@ -19,6 +19,7 @@ import torch
 
 import symmetry as S
 from symmetry import experiment as E
+from symmetry import training as T
 
 NAME = "Q_convergence_elementwise"
 
@@ -53,11 +54,11 @@ def steps_to_converge(steps: torch.Tensor, error: torch.Tensor, level: float) ->
 
 
 def run(cfg: Settings, out: str, resume: bool) -> list[dict]:
-    groups = E.step_budgets(cfg.activations, cfg.steps, cfg.sigmoid_steps)
+    groups = T.step_budgets(cfg.activations, cfg.steps, cfg.sigmoid_steps)
     rows = []
     configs = {steps: [(a, cfg.lr, s) for a in acts for s in cfg.init_stds] for steps, acts in groups.items()}
     # one batch for every budget: sigmoid's extra steps run on after the others stop
-    results = E.cached(out, NAME, {"cfg": cfg}, lambda: {str(k): v for k, v in E.train_two_layer_budgets(
+    results = E.cached(out, NAME, {"cfg": cfg}, lambda: {str(k): v for k, v in T.train_two_layer_budgets(
         cfg.m, cfg.n, cfg.h, configs, seed=cfg.seed, dtype=cfg.dtype, device=cfg.device,
         record_every=cfg.record_every, description="Fig. 6").items()}, resume)
     for steps, group in configs.items():

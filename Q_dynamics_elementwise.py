@@ -21,6 +21,7 @@ import torch
 
 import symmetry as S
 from symmetry import experiment as E
+from symmetry import training as T
 
 NAME = "Q_dynamics_elementwise"
 
@@ -46,7 +47,7 @@ def quick(cfg: Settings) -> Settings:
 
 
 def initial_params(cfg: Settings, init_std: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """The float64 init every configuration starts from (E.train_two_layer: one N(0, 1) draw × init_std)."""
+    """The float64 init every configuration starts from (T.train_two_layer: one N(0, 1) draw × init_std)."""
     U0, V0 = S.gaussian_init(cfg.m, cfg.h, cfg.n, std=1.0, seed=cfg.seed, dtype=torch.float64)
     return init_std * U0, init_std * V0
 
@@ -54,13 +55,13 @@ def initial_params(cfg: Settings, init_std: float) -> tuple[torch.Tensor, torch.
 def run(cfg: Settings, out: str, resume: bool) -> dict:
     """{(activation, lr, dtype): {"steps", "loss", "dQ_tilde", "dQ_tilde_ours"}} for every configuration."""
     curves = {}
-    groups = E.step_budgets(cfg.activations, cfg.steps, cfg.sigmoid_steps)
+    groups = T.step_budgets(cfg.activations, cfg.steps, cfg.sigmoid_steps)
     configs = {steps: [(a, lr, cfg.init_std) for a in acts for lr in cfg.lrs] for steps, acts in groups.items()}
     init = initial_params(cfg, cfg.init_std)
     for dtype in cfg.dtypes:
         # one batch for every budget: sigmoid's extra steps run on after the others stop
         results = E.cached(out, NAME, {"cfg": cfg, "dtype": dtype}, lambda dtype=dtype: {
-            str(k): v for k, v in E.train_two_layer_budgets(
+            str(k): v for k, v in T.train_two_layer_budgets(
                 cfg.m, cfg.n, cfg.h, configs, seed=cfg.seed, dtype=dtype, device=cfg.device,
                 record_every=cfg.record_every, description=f"Fig. 3 {dtype}").items()}, resume)
         for steps, group in configs.items():

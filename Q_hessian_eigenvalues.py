@@ -20,6 +20,7 @@ import torch
 
 import symmetry as S
 from symmetry import experiment as E
+from symmetry import training as T
 
 NAME = "Q_hessian_eigenvalues"
 
@@ -50,7 +51,7 @@ def quick(cfg: Settings) -> Settings:
 
 
 def train_and_diagonalise(cfg: Settings, configs: list, steps: int, seed: int) -> dict:
-    res = E.train_two_layer(cfg.m, cfg.n, cfg.h, configs, steps, seed=seed, dtype=cfg.dtype, device=cfg.device,
+    res = T.train_two_layer(cfg.m, cfg.n, cfg.h, configs, steps, seed=seed, dtype=cfg.dtype, device=cfg.device,
                             record_every=max(1, steps // 100), description=f"Fig. 9, seed {seed}, {steps} steps")
     eigenvalues = []
     for b, (a, _, _) in enumerate(configs):
@@ -74,7 +75,7 @@ def summarize_run(cfg: Settings, eig: torch.Tensor, **info) -> dict:
 
 
 def run(cfg: Settings, out: str, resume: bool) -> list[dict]:
-    groups = E.step_budgets(cfg.activations, cfg.steps, cfg.sigmoid_steps)
+    groups = T.step_budgets(cfg.activations, cfg.steps, cfg.sigmoid_steps)
     rows = []
     for seed in range(cfg.seed, cfg.seed + cfg.seeds):
         for steps, acts in groups.items():

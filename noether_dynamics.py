@@ -25,6 +25,7 @@ import torch
 
 import symmetry as S
 from symmetry import conserved as C
+from symmetry import dynamics as D
 from symmetry import experiment as E
 from symmetry import noether as N
 from symmetry.data import (
@@ -94,9 +95,9 @@ def train_mlp(cfg: Settings, data: dict, activation: str) -> dict:
     X, Y = data["x"].to(cfg.device), data["y"].to(cfg.device)
     params = tuple(p.to(cfg.device) for p in params)
     runs = {}
-    for name, stepper in (("GD", N.GD(cfg.lr)), ("ND (heavy ball)", N.Leapfrog(math.sqrt(cfg.lr))),
-                          ("NAGD", N.Nesterov(cfg.lr))):
-        run = N.run_stepper(net, params, X, Y, stepper, cfg.steps, record_every=cfg.record_every, progress=True,
+    for name, stepper in (("GD", D.GD(cfg.lr)), ("ND (heavy ball)", D.Leapfrog(math.sqrt(cfg.lr))),
+                          ("NAGD", D.Nesterov(cfg.lr))):
+        run = D.run(net, params, X, Y, stepper, cfg.steps, record_every=cfg.record_every, progress=True, clock="time",
                             description=f"{activation}: {name}",
                             observables={"balance": lambda s: C.layer_balance(s.params, alpha=alpha),
                                          "accuracy": lambda s: net.accuracy(s.params, X, Y)})
@@ -134,7 +135,7 @@ def rotation_runs(cfg: Settings) -> dict:
     out = {}
     for dyn, t0, vel in (("gf", 0.0, None), ("nd", 0.0, v0), ("nagf", cfg.nagf_t0, v0)):
         times = torch.linspace(t0, cfg.rotation_time, 1501, dtype=torch.float64)
-        run = N.flow(model, w0, None, None, times, dyn, velocity=vel, t0=t0, observables=obs)
+        run = D.integrate(model, w0, None, None, times, dyn, velocity=vel, t0=t0, observables=obs)
         ell = run.observables["L"]
         weighted = ell * N.charge_weight(dyn, times).unsqueeze(-1)
         normal = C.angular_momentum_vector(C.data_angular_momentum(w0, v0))
@@ -190,7 +191,7 @@ def drift_table(cfg: Settings) -> list[dict]:
             dkey = (problem, dyn, lr)
             if dkey not in cache:
                 cache[dkey] = N.measure(model, params, X, Y, quantities, dyn, cfg.table_time,
-                                        stepper=N.make_stepper(stepper_name, step), velocity=velocity)
+                                        stepper=D.make_stepper(stepper_name, step), velocity=velocity)
             row[f"discrete_lr={lr:g}"] = cache[dkey][quantity]["relative_drift"]
         rows.append(row)
     return rows

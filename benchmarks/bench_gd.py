@@ -20,6 +20,7 @@ import torch
 
 import symmetry as S
 from symmetry import experiment as E
+from symmetry import training as T
 
 M, N, H, STD = 5, 10, 50, 0.1
 LRS = (0.1, 0.01, 0.001)
@@ -70,9 +71,9 @@ def main(argv=None) -> dict:
 
     def time_batched() -> float:
         started = time.perf_counter()
-        groups = E.step_budgets(S.PAPER_ACTIVATIONS, steps_for("identity", args.fraction),
+        groups = T.step_budgets(S.PAPER_ACTIVATIONS, steps_for("identity", args.fraction),
                                 steps_for("sigmoid", args.fraction))
-        E.train_two_layer_budgets(M, N, H, {steps: [(a, lr, STD) for a in acts for lr in LRS]
+        T.train_two_layer_budgets(M, N, H, {steps: [(a, lr, STD) for a in acts for lr in LRS]
                                             for steps, acts in groups.items()},
                                   seed=0, dtype="float32", record_every=100, description="batched")
         return time.perf_counter() - started

@@ -6,11 +6,12 @@ Modules, each named for the paper's object it holds:
 - ``models``: two-layer elementwise and radial nets, bias-free MLP; losses as pure functions
 - ``actions``: group actions on parameters (App. B), infinitesimal actions, orbits, Prop. 8
 - ``conserved``: Q (Eq. 48), imbalance matrices (Examples 7, 9), Q_M (Prop. 12), λ_i (Prop. 15)
-- ``dynamics``: batched gradient descent and gradient flow (ODE solver)
+- ``dynamics``: the one engine: steppers (GD, SGD with momentum/Nesterov, Adam/AdamW, AdaGrad, heavy
+  ball, leapfrog, Nesterov, any torch.optim optimizer), one loop (``run``), one ODE integrator for GF/ND/NAGF
 - ``hessian``: exact Hessian, eigenvalues, Lanczos top-k
 - ``init``: Gaussian, Xavier (Eq. 46), spectral (Prop. 14), init at a chosen Q
-- ``noether``: gradient flow, Newtonian dynamics and Nesterov's flow (ODE), and GD, heavy ball,
-  leapfrog and Nesterov steppers, with their conserved charges (Gluch & Urbanke)
+- ``noether``: the conserved quantities and charges of GF, Newtonian dynamics and Nesterov's flow,
+  and their test problems (Gluch & Urbanke)
 - ``teleport``: symmetry teleportation (Zhao et al., NeurIPS 2022; ICLR 2024): move along a group orbit
   to the largest gradient norm, the smallest sharpness or a chosen Q; ``symmetry.teleport(...)`` calls
   ``symmetry.teleport.teleport``; teleporting inside training for GD, SGD, momentum, AdaGrad, Adam
@@ -54,7 +55,28 @@ from .conserved import (
     radial_lambda,
     swish_balance,
 )
-from .dynamics import DivergenceError, Trajectory, gradient_descent, gradient_flow
+from .dynamics import (
+    GD,
+    SGD,
+    AdaGrad,
+    Adam,
+    AdamW,
+    DivergenceError,
+    HeavyBall,
+    Leapfrog,
+    ModuleModel,
+    Nesterov,
+    Snapshot,
+    State,
+    Stepper,
+    Trajectory,
+    TwoLayerGD,
+    gradient_descent,
+    gradient_flow,
+    integrate,
+    run,
+    wrap_optimizer,
+)
 from .hessian import (Eigenpairs, eigenvector_parameters, hessian_eigenvalues, hessian_top_k, hessian_vector_product, lanczos,
                       loss_hessian, module_hessian_vector_product, top_hessian_eigenvalues)
 from .init import expected_Q_xavier, gaussian_init, init_at_Q, spectral_init, xavier_init

@@ -33,7 +33,7 @@ class Activation:
     gaussian_mean_integral: Callable[[float], float] | None = None  # E[A(x)] for x ~ N(0, s²), argument s²
     dsigma_from_output: Callable[[Tensor], Tensor] | None = None  # σ' written in s = σ(z), when cheaper
     # (z, s, d) ↦ None: writes σ(z) into s and σ'(z) into d in place, with no allocation (the
-    # preallocated training step of TwoLayerNet.stepper); a constant σ' is written once, not per step
+    # preallocated training step of dynamics.TwoLayerGD); a constant σ' is written once, not per step
     into: Callable[[Tensor, Tensor, Tensor], object] | None = None
     constant_dsigma: bool = False
 

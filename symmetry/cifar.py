@@ -61,28 +61,37 @@ def make_model(seed: int, hidden: int = 16, activation: ActivationLike | None = 
 
 def train_classifier(model: nn.Module, x: Tensor, y: Tensor, epochs: int = 10, batch_size: int = 32,
                      seed: int = 0, progress: bool = True) -> list[float]:
-    """Adam (default settings) on the cross-entropy of the logits; returns the mean loss of each epoch."""
-    from tqdm.auto import tqdm
+    """Adam (``torch.optim.Adam``, default settings) on the cross-entropy of the logits, shuffled mini-batches
+    (one permutation per epoch from ``seed``), run by the dynamics engine; trains ``model`` in place and
+    returns the mean loss of each epoch."""
+    from .dynamics import ModuleModel, run, wrap_optimizer
 
-    opt = torch.optim.Adam(model.parameters())
+    n_batches = math.ceil(len(x) / batch_size)
     generator = torch.Generator().manual_seed(seed)
-    history = []
+    orders: list[Tensor] = []  # one permutation per epoch, drawn in epoch order
+
+    def batch(k: int) -> tuple[Tensor, Tensor]:
+        epoch, start = divmod(k, n_batches)
+        while len(orders) <= epoch:
+            orders.append(torch.randperm(len(x), generator=generator))
+        idx = orders[epoch][start * batch_size:(start + 1) * batch_size]
+        return x[idx], y[idx]
+
+    net = ModuleModel(model, F.cross_entropy)
     model.train()
+    trajectory = run(net, net.parameters(), None, None, wrap_optimizer(torch.optim.Adam), epochs * n_batches,
+                     record_every=max(1, epochs * n_batches), batches=batch, progress=progress,
+                     description=f"Adam, {epochs} epochs")
+    net.load(trajectory.params)
+    model.eval()
+    sizes = [min(batch_size, len(x) - start * batch_size) for start in range(n_batches)]
+    step_loss = trajectory.step_loss.tolist() if trajectory.step_loss is not None else []
+    history = []
     for epoch in range(epochs):
-        order = torch.randperm(len(x), generator=generator)
-        total = 0.0
-        for start in tqdm(range(0, len(x), batch_size), desc=f"epoch {epoch + 1}/{epochs}", disable=not progress,
-                          leave=False, mininterval=1.0):
-            idx = order[start:start + batch_size]
-            loss = F.cross_entropy(model(x[idx]), y[idx])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            total += loss.item() * len(idx)
-        history.append(total / len(x))
+        losses = step_loss[epoch * n_batches:(epoch + 1) * n_batches]
+        history.append(sum(loss * size for loss, size in zip(losses, sizes)) / len(x))
         if not math.isfinite(history[-1]):
             raise FloatingPointError(f"training loss became {history[-1]} in epoch {epoch + 1}")
-    model.eval()
     return history
 
 

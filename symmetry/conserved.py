@@ -216,7 +216,7 @@ def noether_charge(rate: Tensor, kinetic_integral: Tensor, weight: float | Tenso
     """w(t)·f(θ̇, θ) − ∫₀ᵗ w f(θ̇, θ̇) ds: the conserved form of G&U Eq. 30 / 41 (ND: w = 1; NAGF: w = t³).
 
     ``rate`` = f(θ̇, θ) and ``kinetic_integral`` = the path integral, from the trajectory
-    (:func:`symmetry.noether.flow` integrates it with the ODE; the discrete steppers sum it).
+    (:func:`symmetry.dynamics.integrate` integrates it with the ODE; the discrete steppers sum it).
     """
     return weight * rate - kinetic_integral
 

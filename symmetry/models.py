@@ -108,23 +108,29 @@ class Model:
         return squared_error(F, Y, self.reduction)
 
     def loss_and_grad(self, params: Params, X: Tensor | None, Y: Tensor) -> tuple[Tensor, Params]:
-        """(loss per configuration, gradient tuple), by ``torch.func.grad``.
+        """(loss per configuration, gradient tuple): the one gradient path of the dynamics engine.
 
         Configurations are independent, so the gradient of the summed loss is each one's own.
+        Plain reverse-mode autograd (2.2–2.6× less time per call than ``torch.func.grad`` on
+        G&U's small problems: benchmarks/bench_grad.py). It nests: parameters that already require grad keep their graph
+        (``create_graph``), and inside a ``torch.func`` transform (vmap, jacrev of a step) it
+        takes ``torch.func.grad``, which composes with the transform. Subclasses with a closed
+        form override it.
         """
+        params = tuple(params)
+        if any(torch._C._functorch.is_functorch_wrapped_tensor(p) for p in params):
+            def total(p):
+                loss = self.loss(p, X, Y)
+                return loss.sum(), loss
 
-        def total(p):
-            loss = self.loss(p, X, Y)
-            return loss.sum(), loss
-
-        grads, loss = torch.func.grad(total, has_aux=True)(tuple(params))
-        return loss, grads
-
-    def descent_step(self, params: Params, X: Tensor | None, Y: Tensor, lr: Tensor | float) -> None:
-        """One GD step θ ← θ − η∇L(θ), in place (the loop's hot path; no loss computed)."""
-        _, grads = self.loss_and_grad(params, X, Y)
-        for p, g in zip(params, grads):
-            p.sub_(lr * g)
+            grads, loss = torch.func.grad(total, has_aux=True)(params)
+            return loss, grads
+        nested = torch.is_grad_enabled() and any(p.requires_grad for p in params)
+        with torch.enable_grad():
+            leaves = params if nested else tuple(p.detach().requires_grad_(True) for p in params)
+            loss = self.loss(leaves, X, Y)
+            grads = torch.autograd.grad(loss.sum(), leaves, create_graph=nested)
+        return (loss if nested else loss.detach()), grads
 
     def loss_function(self, X: Tensor | None, Y: Tensor) -> Callable[[Params], Tensor]:
         """θ ↦ L(θ) on fixed data: the pure function that ``hessian`` and ``torch.func`` take."""
@@ -180,75 +186,6 @@ class TwoLayerNet(Model):
         grad_Z = (U.mT @ G) * self.activation.dsigma(Z)  # (..., h, k)
         grad_V = grad_Z.mT if X is None else X @ grad_Z.mT  # (..., n, h)
         return loss, (grad_U, grad_V)
-
-    def descent_step(self, params: Params, X: Tensor | None, Y: Tensor, lr: Tensor | float) -> None:
-        """The same gradient as ``loss_and_grad`` in fewer tensor ops: σ and σ' in one pass, the
-        residual scale folded into the update, in-place updates (per-step overhead dominates here)."""
-        U, V = params
-        Z = V.mT if X is None else V.mT @ X  # (..., h, k)
-        S, D = self.activation.sigma_and_dsigma(Z)
-        if U.ndim == 3 and S.ndim == 3:  # one batch dimension: bmm/baddbmm skip matmul's shape logic
-            R = torch.baddbmm(Y, U, S, beta=-1)  # F − Y, (B, m, k)
-            grad_U, grad_Z = torch.bmm(R, S.mT), torch.bmm(U.mT, R)
-        else:
-            R = (U @ S).sub_(Y)
-            grad_U, grad_Z = R @ S.mT, U.mT @ R
-        grad_Z.mul_(D)  # ∂L/∂Z up to the residual scale, taken before U changes
-        scale = _residual_scale(self.reduction, R)
-        _descend(U, grad_U, lr, scale)
-        _descend(V, grad_Z.mT if X is None else X @ grad_Z.mT, lr, scale)
-
-
-    def stepper(self, params: Params, X: Tensor | None, Y: Tensor, lr: Tensor | float) -> Callable[[], None] | None:
-        """A closure that does ``descent_step`` on ``params`` in place with every buffer
-        preallocated and every view made once: 4 tensor ops (5 with one lr per configuration)
-        plus 1–2 per activation, no allocation; Python and dispatch overhead per op is the
-        cost here. None where it does not apply (data X, not exactly one batch dimension, an
-        activation without ``into`` in the table).
-
-        Both gradients are linear in the residual, so the step −η·scale is folded into it once:
-        R' = −η·scale·(F − Y), U += R'σ(Z)ᵀ, V += (R'ᵀU) ⊙ σ'(Z)ᵀ.
-        """
-        U, V = params
-        if X is not None or U.ndim != 3 or V.ndim != 3 or Y.shape[-2:] != (U.shape[-2], V.shape[-2]):
-            return None
-        act = self.activation
-        pieces = act._slices if hasattr(act, "_slices") else [(0, U.shape[0], act)]
-        if pieces is None or any(a.into is None for _, _, a in pieces):
-            return None
-        Z = V.mT  # a view: it follows V's in-place updates
-        S, D = torch.empty_like(Z), torch.empty_like(Z)
-        R = torch.empty(U.shape[0], U.shape[1], Z.shape[-1], dtype=U.dtype, device=U.device)
-        step_V = torch.empty_like(V)
-        for start, stop, a in pieces:
-            if a.constant_dsigma:
-                D[start:stop] = a.dsigma(Z[start:stop])
-        parts = [(a.into, Z[start:stop], S[start:stop], D[start:stop]) for start, stop, a in pieces]
-        S_T, R_T, D_T = S.mT, R.mT, D.mT
-        Y = Y.expand_as(R) if Y.ndim == 2 else Y
-        scale = _residual_scale(self.reduction, R)
-        per_config = isinstance(lr, Tensor)
-        c = -scale * lr if per_config else -scale * float(lr)
-
-        def step() -> None:
-            for into, z, s, d in parts:
-                into(z, s, d)  # type: ignore[misc]  # the stepper is only built when every into is set
-            if per_config:
-                torch.baddbmm(Y, U, S, beta=-1, out=R).mul_(c)
-            else:
-                torch.baddbmm(Y, U, S, beta=-c, alpha=c, out=R)  # type: ignore[arg-type]  # c is a float here
-            torch.bmm(R_T, U, out=step_V)  # (UᵀR')ᵀ with U before its update
-            U.baddbmm_(R, S_T)
-            V.addcmul_(step_V, D_T)
-        return step
-
-
-def _descend(p: Tensor, grad: Tensor, lr: Tensor | float, scale: float) -> None:
-    """p ← p − lr·scale·grad in one in-place op (lr: a number or one value per configuration)."""
-    if isinstance(lr, Tensor):
-        p.addcmul_(lr, grad, value=-scale)
-    else:
-        p.add_(grad, alpha=-scale * lr)
 
 
 RADIAL_AXES = {"neuron": -1, "hidden": -2}

@@ -136,10 +136,10 @@ def test_bad_flags_are_refused(tmp_path, capsys):
 def test_divergence_stops_with_the_configuration_named(tmp_path):
     """A NaN loss stops a script with a message naming the configuration."""
     import symmetry as S
-    from symmetry import experiment as E
+    from symmetry import training as T
 
     with pytest.raises(S.DivergenceError, match=r"identity, lr=1000"):
-        E.train_two_layer(3, 4, 5, [("identity", 1000.0, 1.0)], 200, seed=0, record_every=10)
+        T.train_two_layer(3, 4, 5, [("identity", 1000.0, 1.0)], 200, seed=0, record_every=10)
 
 
 def test_script_exits_cleanly_on_divergence(tmp_path):
@@ -171,21 +171,21 @@ def test_budgets_in_one_batch_equal_separate_runs(dtype):
     budget, what a separate train_two_layer run gives: same records, same numbers."""
     import torch
 
-    from symmetry import experiment as E
+    from symmetry import training as T
 
     groups = {40: [("identity", 0.1, 0.1), ("relu", 0.1, 0.5), ("tanh", 0.01, 0.1)],
               80: [("sigmoid", 0.1, 0.1), ("sigmoid", 0.01, 0.2)], 120: [("tanh", 0.05, 0.3)]}
-    merged = E.train_two_layer_budgets(3, 4, 6, groups, seed=0, dtype=dtype, record_every=10)
+    merged = T.train_two_layer_budgets(3, 4, 6, groups, seed=0, dtype=dtype, record_every=10)
     assert sorted(merged) == [40, 80, 120]
     for steps, configs in groups.items():
-        alone = E.train_two_layer(3, 4, 6, configs, steps, seed=0, dtype=dtype, record_every=10)
+        alone = T.train_two_layer(3, 4, 6, configs, steps, seed=0, dtype=dtype, record_every=10)
         assert torch.equal(merged[steps]["steps"], alone["steps"]) and merged[steps]["steps"][-1] == steps
         for key in ("loss", "Q", "Q_tilde"):
             assert torch.allclose(merged[steps][key], alone[key], rtol=1e-6 if dtype == "float32" else 1e-12)
         for a, b in zip(merged[steps]["final_params"], alone["final_params"]):
             assert torch.allclose(a, b, rtol=1e-5 if dtype == "float32" else 1e-12)
     with pytest.raises(ValueError, match="multiple of record_every"):
-        E.train_two_layer_budgets(3, 4, 6, {45: groups[40]}, seed=0, record_every=10)
+        T.train_two_layer_budgets(3, 4, 6, {45: groups[40]}, seed=0, record_every=10)
 
 
 def test_float64_runs_take_the_learning_rate_in_float64():
@@ -193,10 +193,10 @@ def test_float64_runs_take_the_learning_rate_in_float64():
     import torch
 
     import symmetry as S
-    from symmetry import experiment as E
+    from symmetry import training as T
 
     lr = 1e-3
-    res = E.train_two_layer(3, 4, 5, [("tanh", lr, 0.5)], 1, seed=0, dtype="float64", record_every=1)
+    res = T.train_two_layer(3, 4, 5, [("tanh", lr, 0.5)], 1, seed=0, dtype="float64", record_every=1)
     U0, V0 = S.gaussian_init(3, 5, 4, std=1.0, seed=0, dtype=torch.float64)
     params = (0.5 * U0, 0.5 * V0)
     _, grads = S.TwoLayerNet("tanh").loss_and_grad(params, None, res["Y"])

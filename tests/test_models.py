@@ -109,25 +109,6 @@ def test_radial_closed_form_gradient_matches_autograd(over, reduction, k):
         torch.testing.assert_close(g, ref, rtol=1e-11, atol=1e-11)
 
 
-@pytest.mark.parametrize("k", [None, 6])
-def test_fused_descent_step_is_one_gradient_step(k):
-    """descent_step (the loop's in-place hot path) = θ − η ∇L with the closed-form/autograd gradient."""
-    models = [S.TwoLayerNet(list(S.ACTIVATIONS)), S.TwoLayerNet(["tanh", "relu", "tanh", "sigmoid", "repu", "identity"]),
-              S.TwoLayerRadialNet(reduction="sum"), S.TwoLayerNet("sigmoid", reduction="half_sum")]
-    for net in models:
-        params, X, Y = two_layer_problem(4, 5, 3, seed=5, k=k, batch=(6,))
-        lr = torch.linspace(0.01, 0.3, 6, dtype=DTYPE).reshape(6, 1, 1)
-        expected = [p - lr * g for p, g in zip(params, grad_of(net, params, X, Y))]
-        stepped = tuple(p.clone() for p in params)
-        net.descent_step(stepped, X, Y, lr)
-        for a, b in zip(stepped, expected):
-            torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
-    single = tuple(p[0].clone() for p in params)
-    S.TwoLayerNet("tanh").descent_step(single, X, Y[0], 0.1)
-    for a, b in zip(single, (p[0] - 0.1 * g for p, g in zip(params, grad_of(S.TwoLayerNet("tanh"), tuple(p[0] for p in params), X, Y[0])))):
-        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
-
-
 @pytest.mark.parametrize("name", S.ACTIVATIONS)
 def test_sigma_and_dsigma_agree_with_the_table(name):
     act = S.get_activation(name)
@@ -136,32 +117,3 @@ def test_sigma_and_dsigma_agree_with_the_table(name):
     s, d = act.sigma_and_dsigma(z)
     torch.testing.assert_close(s, act.sigma(z), rtol=0, atol=0)
     torch.testing.assert_close(d, act.dsigma(z), rtol=1e-12, atol=1e-14)
-
-
-@pytest.mark.parametrize("activations,lr", [([a for a in S.PAPER_ACTIVATIONS for _ in range(2)], "per_config"),
-                                            (["tanh"] * 3, 0.05), (["relu", "relu", "sigmoid"], "per_config")])
-def test_preallocated_stepper_matches_descent_step(activations, lr):
-    B, (m, h, n) = len(activations), (3, 5, 4)
-    net = S.TwoLayerNet(S.activations.MixedActivation([S.get_activation(a) for a in activations]))
-    (U, V), _, Y = two_layer_problem(m, h, n, seed=3, batch=(B,))
-    eta = torch.linspace(0.01, 0.2, B, dtype=DTYPE).reshape(B, 1, 1) if lr == "per_config" else lr
-    a, b = (U.clone(), V.clone()), (U.clone(), V.clone())
-    step = net.stepper(a, None, Y, eta)
-    assert step is not None
-    for _ in range(20):
-        step()
-        net.descent_step(b, None, Y, eta)
-    for x, y in zip(a, b):
-        assert torch.allclose(x, y, rtol=1e-12, atol=1e-14)
-    assert not torch.allclose(a[0], U)  # it moved
-
-
-def test_stepper_declines_what_it_does_not_cover():
-    (U, V), X, Y = two_layer_problem(3, 4, 5, k=6, batch=(2,))
-    assert S.TwoLayerNet("tanh").stepper((U, V), X, Y, 0.1) is None  # data X
-    assert S.TwoLayerNet("leaky_relu").stepper((U, V), None, Y[..., :5], 0.1) is None  # no `into` in the table
-    interleaved = S.activations.MixedActivation([S.get_activation(a) for a in ("tanh", "relu", "tanh")])
-    (U3, V3), _, Y3 = two_layer_problem(3, 4, 5, batch=(3,))
-    assert S.TwoLayerNet(interleaved).stepper((U3, V3), None, Y3, 0.1) is None  # not one slice per activation
-    (U1, V1), _, Y1 = two_layer_problem(3, 4, 5)
-    assert S.TwoLayerNet("tanh").stepper((U1, V1), None, Y1, 0.1) is None  # no batch dimension

@@ -11,6 +11,7 @@ from conftest import load_script, randn
 
 import symmetry as S
 from symmetry import conserved as C
+from symmetry import dynamics as D
 from symmetry import noether as N
 from symmetry.data import DatasetUnavailable, load_image_dataset
 from symmetry.models import PotentialModel
@@ -48,7 +49,7 @@ def test_not_conserved_pairs_drift_well_above(problem, quantity, dynamics, claim
 def test_relu_balance_drift_under_gd_vanishes_with_the_step():
     """ReLU + GF (Eq. 31) in the limit GD → GF: the balance drift at fixed time 3 falls at least ∝ η."""
     model, params, X, Y, _, quantities = N.small_problems(0)["relu"]
-    drift = {lr: N.measure(model, params, X, Y, quantities, "gf", HORIZON, stepper=N.GD(lr), points=31)["balance"]
+    drift = {lr: N.measure(model, params, X, Y, quantities, "gf", HORIZON, stepper=D.GD(lr), points=31)["balance"]
              ["relative_drift"] for lr in (0.01, 0.001)}
     assert drift[0.01] / drift[0.001] > 5 and drift[0.001] < 1e-3
 
@@ -74,7 +75,7 @@ def test_hamiltonian_of_nagf_never_increases():
 def test_nd_balance_obeys_eq34_bound(problem, alpha):
     """|Δ(α‖W_{i+1}‖² − ‖W_i‖²)| ≤ 2 max(1, α) L(θ₀) t² along ND from rest, in the ODE and under leapfrog."""
     model, params, X, Y, _, quantities = N.small_problems(0)[problem]
-    for stepper in (None, N.Leapfrog(0.01)):
+    for stepper in (None, D.Leapfrog(0.01)):
         r = N.measure(model, params, X, Y, quantities, "nd", HORIZON, stepper=stepper, points=61)
         balance = r["balance"]["values"]
         delta = (balance - balance[0]).abs()
@@ -86,10 +87,10 @@ def test_nd_balance_obeys_eq34_bound(problem, alpha):
 def _radial_leapfrog(h, steps):
     model = PotentialModel(N.radial_loss)
     w, v = (torch.tensor([[1.2, 0.3, -0.4]], dtype=torch.float64),), (torch.tensor([[0.2, 0.8, 0.5]], dtype=torch.float64),)
-    run = N.run_stepper(model, w, None, None, N.Leapfrog(h), steps, velocity=v,
-                        observables={"H": lambda s: C.hamiltonian(s.loss, s.velocity),
-                                     "L": lambda s: C.angular_momentum_vector(C.data_angular_momentum(s.params, s.velocity)),
-                                     "w": lambda s: s.params[0]})
+    run = D.run(model, w, None, None, D.Leapfrog(h), steps, velocity=v,
+                observables={"H": lambda s: C.hamiltonian(s.loss, s.velocity),
+                             "L": lambda s: C.angular_momentum_vector(C.data_angular_momentum(s.params, s.velocity)),
+                             "w": lambda s: s.params[0]})
     return run
 
 
@@ -109,8 +110,10 @@ def test_leapfrog_hamiltonian_stays_within_h_squared_over_1e4_steps():
 def test_heavy_ball_is_leapfrog_in_position():
     """θ_{k+1} = 2θ_k − θ_{k−1} − η∇L with η = h² and Störmer's first step = leapfrog's positions."""
     model, params, X, Y, velocity, _ = N.small_problems(0)["rotation_nn"]
-    a = N.run_stepper(model, params, X, Y, N.HeavyBall(0.01), 200, record_every=50, velocity=velocity)
-    b = N.run_stepper(model, params, X, Y, N.Leapfrog(0.1), 200, record_every=50, velocity=velocity)
+    a = D.run(model, params, X, Y, D.HeavyBall(0.01), 200, record_every=50, velocity=velocity,
+              clock="time")
+    b = D.run(model, params, X, Y, D.Leapfrog(0.1), 200, record_every=50, velocity=velocity,
+              clock="time")
     for p, q in zip(a.params, b.params):
         torch.testing.assert_close(p, q, rtol=1e-10, atol=1e-12)
     torch.testing.assert_close(a.times, b.times)
@@ -119,7 +122,7 @@ def test_heavy_ball_is_leapfrog_in_position():
 def test_gd_stepper_matches_the_foundation_loop():
     """The GD stepper takes the same steps as symmetry.dynamics.gradient_descent."""
     model, params, X, Y, _, _ = N.small_problems(0)["repu2"]
-    a = N.run_stepper(model, params, X, Y, N.GD(0.05), 30, record_every=10)
+    a = D.run(model, params, X, Y, D.GD(0.05), 30, record_every=10)
     b = S.gradient_descent(model, params, X, Y, 0.05, 30, record_every=10)
     torch.testing.assert_close(a.loss, b.loss)
     for p, q in zip(a.params, b.params):
@@ -133,13 +136,13 @@ def test_angular_momentum_of_nd_is_conserved_and_gf_stays_on_a_line():
     w0, v0 = (torch.tensor([[1.2, 0.3, -0.4]], dtype=torch.float64),), (torch.tensor([[0.2, 0.8, 0.5]], dtype=torch.float64),)
     ell0 = C.angular_momentum_vector(C.data_angular_momentum(w0, v0))
     obs = {"L": lambda s: C.angular_momentum_vector(C.data_angular_momentum(s.params, s.velocity)), "w": lambda s: s.params[0][0]}
-    nd = N.flow(model, w0, None, None, torch.linspace(0, 20, 201), "nd", velocity=v0, observables=obs)
+    nd = D.integrate(model, w0, None, None, torch.linspace(0, 20, 201), "nd", velocity=v0, observables=obs)
     assert float((nd.observables["L"] - ell0).norm(dim=-1).max()) < 1e-9 * float(ell0.norm())
     assert float((nd.observables["w"] @ ell0).abs().max()) < 1e-9
     assert float(nd.observables["w"].norm(dim=-1).std()) > 0.05  # it does move (not a circle at rest)
     leap = _radial_leapfrog(0.05, 2000).observables["L"]
     assert float((leap - ell0).abs().max()) < 1e-12
-    gf = N.flow(model, w0, None, None, torch.linspace(0, 20, 101), "gf", observables=obs)
+    gf = D.integrate(model, w0, None, None, torch.linspace(0, 20, 101), "gf", observables=obs)
     w = gf.observables["w"]
     cross = torch.linalg.cross(w, w0[0][0].expand_as(w))
     assert float(cross.norm(dim=-1).max()) < 1e-12
@@ -151,16 +154,16 @@ def test_nagf_from_rest_at_t0_and_its_singularity():
     """NAGF from rest starts at t = 0 (θ̈(0) = −∇L/4); with a velocity it needs t0 > 0; GF takes no velocity."""
     model = PotentialModel(N.radial_loss)
     w0, v0 = (randn(1, 3),), (randn(1, 3, seed=1),)
-    run = N.flow(model, w0, None, None, [0.0, 1e-3], "nagf")
+    run = D.integrate(model, w0, None, None, [0.0, 1e-3], "nagf")
     # θ(t) ≈ θ₀ − t²∇L/8 for small t
     grad = (float((w0[0] ** 2).sum()) - 1) * w0[0]
     torch.testing.assert_close(run.params[0], w0[0] - 1e-6 / 8 * grad, rtol=0, atol=1e-10)
     with pytest.raises(ValueError, match="t0 > 0"):
-        N.flow(model, w0, None, None, [0.0, 1.0], "nagf", velocity=v0)
+        D.integrate(model, w0, None, None, [0.0, 1.0], "nagf", velocity=v0)
     with pytest.raises(ValueError, match="first order"):
-        N.flow(model, w0, None, None, [0.0, 1.0], "gf", velocity=v0)
+        D.integrate(model, w0, None, None, [0.0, 1.0], "gf", velocity=v0)
     with pytest.raises(ValueError, match="starts from rest"):
-        N.Nesterov(0.01).init_state(w0, v0)
+        D.Nesterov(0.01).init_state(w0, v0)
 
 
 def test_quantity_functions_agree_with_the_main_papers():
