@@ -70,12 +70,13 @@ class SpectralModes(Model):
     def loss(self, params, X, Y):
         return self.scale * ((Y - self.forward(params)) ** 2).sum(dim=(-2, -1))
 
-    def descent_step(self, params, X, Y, lr) -> None:
+    def loss_and_grad(self, params, X, Y):
+        """Closed form: ∂L/∂ū = −2(σʸ − q)/(mn v̄), ∂L/∂v̄ = 2(σʸ − q)q/(mn v̄), q = ū/v̄."""
         u, v = params
         q = u / v
-        c = (lr * 2 * self.scale) * (Y - q) / v  # −η ∂L/∂ū; −η ∂L/∂v̄ = −c q
-        u.add_(c)
-        v.sub_(c * q)
+        r = Y - q
+        g = (-2 * self.scale) * r / v
+        return self.scale * (r ** 2).sum(dim=(-2, -1)), (g, -g * q)
 
 
 def _setup(cfg: Settings):
@@ -99,6 +100,11 @@ def train(cfg: Settings, dtype: str, lrs: tuple | None = None, steps: int | None
     def sigma_X(p):  # diag(Φᵀ F Ψ): the (signed) singular values that Prop. 15 tracks
         F = net(tuple(x.double() for x in p))
         return torch.diagonal(Phi.mT @ F @ PsiT.mT, dim1=-2, dim2=-1)[..., :h]
+
+    def off_manifold(p):  # ‖off-diagonal part of (ΦᵀU, ΨᵀV)‖: zero on the spectral manifold
+        A, B = Phi.mT @ p[0].double(), PsiT @ p[1].double()
+        return ((A ** 2).sum((-2, -1)) - (torch.diagonal(A, dim1=-2, dim2=-1) ** 2).sum(-1)
+                + (B ** 2).sum((-2, -1)) - (torch.diagonal(B, dim1=-2, dim2=-1) ** 2).sum(-1)).clamp_min(0).sqrt()
 
     lr = cfg.lr if lrs is None else torch.tensor(lrs, dtype=E.DTYPES[dtype], device=cfg.device)
     labels = [f"mu={mu:g}" for mu in cfg.means] if lrs is None else [f"mu={cfg.means[0]:g}, lr={x:g}" for x in lrs]

@@ -153,39 +153,53 @@ def radial_stepper(model, params: tuple[Tensor, ...], X: Tensor | None, Y: Tenso
     return RadialStepper((U, V), Y, lr, scale)
 
 
-class _Chunked:
-    """The model seen by the engine loop with one compiled call per recorded interval: each "step"
-    of the loop is ``every`` GD steps (the loop's step counts are in units of ``every``)."""
+class CompiledRadialGD:
+    """A stepper of the engine (:class:`symmetry.dynamics.Stepper`): ``every`` GD steps on a
+    ``TwoLayerRadialNet`` per ``step`` call, in one compiled call (:func:`radial_stepper`). The loop's
+    step counts are then in units of ``every``; :func:`compiled_gradient_descent` rescales them.
+    Parameters replaced between steps (a wrapper) are rebound, as in ``dynamics.TwoLayerGD``."""
 
-    def __init__(self, model, every: int):
-        self.model, self.every = model, every
-        self.n_params = getattr(model, "n_params", None)
+    name = "compiled_radial_gd"
+    uses_grad = False  # steps on its own (model, Y): no mini-batches
 
-    def loss(self, params, X, Y):
-        return self.model.loss(params, X, Y)
+    def __init__(self, model, X: Tensor | None, Y: Tensor, lr, every: int = 1):
+        self.model, self.X, self.Y, self.lr, self.every = model, X, Y, lr, every
+        self.dt = every * float(lr) if not isinstance(lr, Tensor) else float(every)
 
-    def stepper(self, params, X, Y, lr):
-        stepper = radial_stepper(self.model, params, X, Y, lr)
-        if stepper is None:  # decided before the loop started; the parameters cannot have changed kind
-            raise RuntimeError("the compiled step stopped applying")
-        return lambda: stepper.advance(self.every)
+    def init_state(self, params, velocity=None):
+        from .dynamics import State
+
+        return State(tuple(p.detach().clone().contiguous() for p in params), None)
+
+    def step(self, state, grad=None):
+        from .dynamics import State
+
+        if state.memory.get("bound") is not state.params:  # first step, or parameters replaced: (re)bind
+            params = tuple(p.detach().clone().contiguous() for p in state.params)
+            stepper = radial_stepper(self.model, params, self.X, self.Y, self.lr)
+            if stepper is None:  # decided before the loop started; the parameters cannot have changed kind
+                raise RuntimeError("the compiled radial step stopped applying")
+            state.memory.update(bound=params, stepper=stepper)
+        state.memory["stepper"].advance(self.every)
+        return State(state.memory["bound"], None, state.time + self.dt, state.step + 1, state.memory)
 
 
 def compiled_gradient_descent(model, params, X: Tensor | None, Y: Tensor, lr, steps: int, *, record_every: int = 1,
                               **options):
-    """``symmetry.gradient_descent`` with the compiled step where it applies (see :func:`radial_stepper`),
-    the same Trajectory (step numbers, loss and observables at the same steps); ``None`` where the kernel
-    does not apply or ``steps`` is not a multiple of ``record_every`` (then run the torch loop)."""
-    from .dynamics import DivergenceError, gradient_descent
+    """``symmetry.gradient_descent`` with the compiled step where it applies (see :func:`radial_stepper`):
+    the engine's loop (``dynamics.run``) with :class:`CompiledRadialGD`, one compiled call per recorded
+    interval, and the same Trajectory (step numbers, loss and observables at the same steps); ``None``
+    where the kernel does not apply or ``steps`` is not a multiple of ``record_every`` (then run the torch loop)."""
+    from .dynamics import DivergenceError, run
 
     probe = tuple(p.detach().clone() for p in params)
     if steps % record_every or radial_stepper(model, probe, X, Y, lr) is None:
         return None
     try:
-        run = gradient_descent(_Chunked(model, record_every), params, X, Y, lr, steps // record_every,
-                               record_every=1, **options)
+        trajectory = run(model, params, X, Y, CompiledRadialGD(model, X, Y, lr, record_every), steps // record_every,
+                         record_every=1, **options)
     except DivergenceError as error:  # the loop counted blocks of record_every steps: name the GD step
         raise DivergenceError(re.sub(r"at step (\d+)", lambda m: f"by GD step {int(m.group(1)) * record_every}",
                                      str(error))) from None
-    run.times = run.times * record_every
-    return run
+    trajectory.times = trajectory.times * record_every
+    return trajectory

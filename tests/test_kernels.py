@@ -1,4 +1,4 @@
-"""The compiled radial GD kernel against the torch step it replaces (TwoLayerRadialNet.descent_step)."""
+"""The compiled radial GD kernel against the torch step it replaces (the engine's GD on TwoLayerRadialNet)."""
 
 import pytest
 import torch
@@ -18,10 +18,9 @@ def radial_problem(batch=3, m=5, n=10, h=5, dtype=torch.float64):
 
 
 def torch_steps(net, params, Y, lr, steps):
-    params = tuple(p.clone() for p in params)
-    for _ in range(steps):
-        net.descent_step(params, None, Y, lr)
-    return params
+    """The engine's torch GD step (closed-form gradient of TwoLayerRadialNet), ``steps`` times."""
+    lr = lr.reshape(-1) if isinstance(lr, torch.Tensor) else lr
+    return S.gradient_descent(net, params, None, Y, lr, steps, record_every=steps).params
 
 
 @pytest.mark.parametrize("dtype, rtol", [(torch.float64, 1e-12), (torch.float32, 1e-6)])
