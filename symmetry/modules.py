@@ -12,7 +12,8 @@ Conserved by gradient flow (Example 9, Eq. 25 with biases; sign "outer minus inn
     scaling:  Q_i = α‖O_i‖² − ‖I_i‖²   (I_i = (w_i, b_i): the bias is part of the incoming weights)
     GL:       Q   = O Oᵀ − I Iᵀ         (C × C; its diagonal is the α = 1 rescaling quantity)
 One GD step θ' = θ − η∇L changes them by exactly η²·B(∇L, ∇L), B the bilinear form of
-:meth:`ModuleSymmetries.balance`, because B(θ, ∇L) = 0 is the symmetry's infinitesimal invariance.
+:meth:`ModuleSymmetries.balance`, because B(θ, ∇L) = 0 (for GL: its symmetric part) is the symmetry's
+infinitesimal invariance.
 
 Group elements and Lie-algebra coordinates are dicts keyed by the producing layer's name
 (``"0"``, ``"features.3"``): a positive vector g (C,) for a scaling (algebra: log g), an invertible
@@ -206,7 +207,8 @@ class ModuleSymmetries:
         """The bilinear form B(a, b) with B(θ, θ) = :meth:`quantities`: α⟨O_a,i, O_b,i⟩ − ⟨I_a,i, I_b,i⟩, or
         O_a O_bᵀ − I_a I_bᵀ for GL. ``a``, ``b``: modules or parameter dicts (gradients, updates, …).
 
-        B(θ, ∇L) = 0 (the symmetry's invariance), so a step θ − ηd changes Q by −2ηB(θ, d) + η²B(d, d).
+        B(θ, ∇L) = 0 (the symmetry's invariance; for GL its symmetric part), so a step θ − ηd changes Q by
+        −2ηB(θ, d) + η²B(d, d) (for GL: −η(B(θ, d) + B(θ, d)ᵀ) + η²B(d, d)).
         """
         pa = self._params(a, "a")
         pb = pa if b is None else self._params(b, "b")
