@@ -27,7 +27,7 @@ from symmetry import experiment as E
 from symmetry.data import class_balanced_subset, load_cifar10, load_image_dataset, to_model_input
 
 NAME = "conservation_under_optimizers"
-DEFAULT_DATA = "data/cifar10"  # inside the repository (ignored by git); pass --data for anything else
+DEFAULT_DATA = None  # None: data/ inside the repository (symmetry.data.default_data_root); --data for anything else
 
 
 @dataclass
@@ -42,7 +42,7 @@ class Settings:
     adam_lr: float = 1e-3
     decay_lr: float = 0.05
     weight_decay: float = 0.05
-    data: str = DEFAULT_DATA
+    data: str | None = DEFAULT_DATA
     seed: int = 0
     device: str = "cpu"
     threads: int = 2

@@ -101,5 +101,9 @@ __all__ = [
     "orbit_dimension", "orthogonal_action", "PAPER_ACTIVATIONS", "polynomial_laws", "PotentialModel",
     "radial_lambda", "radial_rescaling", "RankDeficiencyWarning", "scaling_action", "spectral_init",
     "swish_balance", "SwishMLP", "top_hessian_eigenvalues", "Trajectory", "TwoLayerNet", "TwoLayerRadialNet",
+    "modules", "teleport", "GD", "SGD", "AdaGrad", "Adam", "AdamW", "HeavyBall", "Leapfrog", "ModuleModel",
+    "Nesterov", "Snapshot", "State", "Stepper", "TwoLayerGD", "integrate", "run", "wrap_optimizer",
+    "Eigenpairs", "eigenvector_parameters", "hessian_top_k", "lanczos", "module_hessian_vector_product",
+    "ConservationMonitor", "Elementwise", "ModuleSymmetries", "module_symmetries",
     "unflatten", "xavier_init", "__version__",
 ]
