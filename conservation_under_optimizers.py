@@ -45,7 +45,7 @@ class Settings:
     data: str | None = DEFAULT_DATA
     seed: int = 0
     device: str = "cpu"
-    threads: int = 2
+    threads: int = 1  # torch intra-op threads (--threads)
     models: tuple = ("mlp", "cnn")
 
 
@@ -264,9 +264,7 @@ def main(argv: list[str] | None = None) -> dict:
     E.add_common_arguments(parser, dtype=False)  # float64 throughout: the exact identities are checked to round-off
     parser.add_argument("--data", default=DEFAULT_DATA,
                         help="CIFAR-10: an ImageFolder tree, its .tar.gz, or torchvision's root (default: %(default)s)")
-    parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
-    args = parser.parse_args(argv)
-    E.resolve_device(args.device)
+    args = E.parse_common(parser, argv, (NAME,))  # --out checked before anything is computed
     cfg = Settings(seed=args.seed, device=args.device, data=args.data, threads=args.threads)
     cfg = quick(cfg) if args.quick else cfg
     with E.torch_threads(cfg.threads), E.Stopwatch() as clock:

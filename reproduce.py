@@ -214,7 +214,8 @@ def run_figures(names: list[str], argv: list[str], jobs: int, threads: int = 1, 
 
 
 FIGURES = ("Q_dynamics_elementwise", "Q_distribution", "Q_convergence_elementwise", "Q_convergence_radial",
-           "Q_sharpness_1d", "Q_hessian_eigenvalues", "noether_dynamics", "conservation_laws")
+           "Q_sharpness_1d", "Q_hessian_eigenvalues", "noether_dynamics", "conservation_laws",
+           "conservation_under_optimizers", "teleportation")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -407,7 +407,7 @@ def claims(payload: dict) -> list[dict]:
 
 def main(argv: list[str] | None = None) -> dict:
     args, cfg = E.settings_from_cli(__doc__, Settings, quick, argv, dtype=False)  # float64 throughout
-    with E.Stopwatch() as clock:
+    with E.torch_threads(args.threads), E.Stopwatch() as clock:
         res = run(cfg)
     fig = plot(res, cfg)
     results = {**_strip(res), "summary": E.to_jsonable(summarize(res))}
