@@ -104,6 +104,6 @@ __all__ = [
     "modules", "teleport", "GD", "SGD", "AdaGrad", "Adam", "AdamW", "HeavyBall", "Leapfrog", "ModuleModel",
     "Nesterov", "Snapshot", "State", "Stepper", "TwoLayerGD", "integrate", "run", "wrap_optimizer",
     "Eigenpairs", "eigenvector_parameters", "hessian_top_k", "lanczos", "module_hessian_vector_product",
-    "ConservationMonitor", "Elementwise", "ModuleSymmetries", "module_symmetries",
+    "ConservationMonitor", "Elementwise", "ModuleSymmetries", "module_symmetries", "Q_normalizer",
     "unflatten", "xavier_init", "__version__",
 ]

@@ -122,7 +122,7 @@ def test_case1_reproduce_has_no_resume_and_passes_it_on(tmp_path, monkeypatch):
     monkeypatch.setattr(reproduce, "collect_claims", lambda name, payload: [])
     monkeypatch.setattr(reproduce, "run", lambda cfg: [{"activation": "tanh", "Q0": 0.0, "gf_drift": 0.0, "loss_start": 1.0,
                                                         "loss_end": 0.5, "gd_drift_lr0.1": 2e-3, "gd_drift_lr0.01": 1e-4}])
-    assert reproduce.main(["--no-resume", "--out", str(tmp_path), "--only", "Q_distribution"]) == 0
+    assert reproduce.main(["--no-resume", "--jobs", "1", "--out", str(tmp_path), "--only", "Q_distribution"]) == 0
     assert seen and "--no-resume" in seen[0]
 
 
