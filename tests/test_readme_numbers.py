@@ -24,6 +24,7 @@ NUMBER = re.compile(r"(?<![\w.·])(\d+(?:\.\d+)?(?:e[+-]?\d+)?|\d*\.\d+)(?![\w.]
 REFERENCE = re.compile(r"(Eq|Eqs|Sec|Fig|Figs|Prop|App|Example|Examples|Table|Appendix|Algo|ALGO|Part)\.?\s*[A-Z]?\.?$")
 BOUND = re.compile(r"(≤|<)\s*$")
 SETTING = re.compile(r"(=|≤|<|>|≥|η|\+)\s*$")
+CRITERION_NUMBER = re.compile(r"\d+(?:\.\d+)?e[-+]?\d+")
 
 
 def json_numbers() -> list[float]:
@@ -35,8 +36,11 @@ def json_numbers() -> list[float]:
         if isinstance(x, (int, float)):
             values.append(abs(float(x)))
         elif isinstance(x, dict):
-            for v in x.values():
-                walk(v)
+            for k, v in x.items():
+                if k == "criterion" and isinstance(v, str):  # a claim's thresholds are stated in its criterion
+                    values.extend(abs(float(t)) for t in CRITERION_NUMBER.findall(v))
+                else:
+                    walk(v)
         elif isinstance(x, list):
             for v in x:
                 walk(v)
