@@ -428,6 +428,7 @@ class HeavyBall:
     def step(self, state: State, grad: GradFn) -> State:
         loss, g = grad(state.params)
         h = self.dt
+        assert state.velocity is not None  # _start always keeps a velocity
         if state.step == 0:
             new = tuple(p + h * v - 0.5 * self.lr * x for p, v, x in zip(state.params, state.velocity, g))
         else:
@@ -458,11 +459,12 @@ class Leapfrog:
         loss = None
         if g is None or state.memory.get("at") is not state.params:  # first step, or parameters replaced
             loss, g = grad(state.params)
+        assert state.velocity is not None  # _start always keeps a velocity
         half = tuple(v - 0.5 * h * x for v, x in zip(state.velocity, g))
         new = tuple(p + h * v for p, v in zip(state.params, half))
         _, g_new = grad(new)
         velocity = tuple(v - 0.5 * h * x for v, x in zip(half, g_new))
-        return State(new, velocity, state.time + h, state.step + 1, {"grad": g_new, "at": new}, loss)
+        return State(new, velocity, state.time + h, state.step + 1, {"grad": g_new, "at": new}, loss)  # type: ignore[arg-type]  # time is a tensor for a per-configuration step
 
 
 class Nesterov:
@@ -627,7 +629,7 @@ class TwoLayerGD:
 
         def step() -> None:
             for into, z, s, d in parts:
-                into(z, s, d)
+                into(z, s, d)  # type: ignore[misc]  # pieces without `into` returned None above
             if per_config:
                 torch.baddbmm(Y, U, S, beta=-1, out=R).mul_(c)
             else:
@@ -692,8 +694,8 @@ def run(model, params: Params, X: Tensor | None, Y: Tensor | None, stepper: Step
     state = stepper.init_state(params, velocity)
     if integrands and state.velocity is None:
         raise ValueError(f"integrands need a velocity estimate, which {stepper!r} does not keep")
-    totals = {k: torch.zeros_like(f(state.time, state.params, state.velocity)) for k, f in integrands.items()}
-    last = {k: f(state.time, state.params, state.velocity) for k, f in integrands.items()}
+    totals = {k: torch.zeros_like(f(state.time, state.params, state.velocity)) for k, f in integrands.items()}  # type: ignore[arg-type]  # velocity checked above
+    last = {k: f(state.time, state.params, state.velocity) for k, f in integrands.items()}  # type: ignore[arg-type]  # velocity checked above
     step_loss: list[Tensor] = []
 
     def data(k: int) -> tuple[Tensor | None, Tensor | None]:
@@ -719,7 +721,7 @@ def run(model, params: Params, X: Tensor | None, Y: Tensor | None, stepper: Step
             if batches is not None and state.loss is not None:
                 step_loss.append(state.loss.detach())
             for name, f in integrands.items():
-                now = f(state.time, state.params, state.velocity)
+                now = f(state.time, state.params, state.velocity)  # type: ignore[arg-type]  # velocity checked above
                 totals[name] = totals[name] + 0.5 * stepper.dt * (now + last[name])
                 last[name] = now
         snapshot(state)
@@ -838,7 +840,7 @@ def integrate(model, params: Params, X: Tensor | None, Y: Tensor | None, times: 
         parts += [integrands[k](t, theta, dtheta).reshape(-1).to(torch.float64) for k in integrands]
         return torch.cat(parts).cpu().numpy()
 
-    y0 = [flatten(params)] + ([] if dynamics == "gf" else [flatten(velocity)])
+    y0: Any = [flatten(params)] + ([] if dynamics == "gf" else [flatten(velocity)])
     y0 = torch.cat(y0 + [torch.zeros(sizes[k], dtype=torch.float64, device=device) for k in integrands]).cpu().numpy()
     t_end = float(times[-1])
     if t_end > t0:

@@ -1193,7 +1193,7 @@ class _LawGradients:
 
     def norms(self) -> Tensor:
         if self._norms is None:
-            _, pullback = torch.func.vjp(self.chain.known_laws, self.theta)
+            _, pullback = torch.func.vjp(self.chain.known_laws, self.theta)  # type: ignore[misc]  # stub counts has_aux's output
             eye = torch.eye(self.count, dtype=self.theta.dtype)
             self._norms = torch.cat([torch.func.vmap(lambda c: pullback(c)[0])(eye[i:i + self.step]).norm(dim=1)
                                      for i in range(0, self.count, self.step)]).clamp_min(1e-300)

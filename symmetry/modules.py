@@ -25,7 +25,7 @@ import json
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Mapping
+from typing import Mapping, cast
 
 import torch
 from torch import nn
@@ -160,7 +160,7 @@ class ModuleSymmetries:
     # --- parameters: a module or a name → tensor dict ----------------------------------------
     def _params(self, model_or_params, argument: str = "model") -> Mapping[str, Tensor]:
         if isinstance(model_or_params, nn.Module):
-            params = dict(model_or_params.named_parameters())
+            params: Mapping[str, Tensor] = dict(model_or_params.named_parameters())
         elif isinstance(model_or_params, Mapping):
             params = model_or_params
         else:
@@ -386,14 +386,14 @@ def _make_group(producer: tuple[str, nn.Module], between: list[tuple[str, nn.Mod
                 consumer: tuple[str, nn.Module]) -> _Group:
     pname, player = producer
     cname, clayer = consumer
-    C = player.out_features if isinstance(player, nn.Linear) else player.out_channels
+    C = cast(int, player.out_features if isinstance(player, nn.Linear) else player.out_channels)
     flattened = any(isinstance(layer, nn.Flatten) for _, layer in between)
     if isinstance(clayer, nn.Conv2d):
         if flattened or clayer.in_channels != C:
             raise ValueError(f"layer {cname!r} (Conv2d, {clayer.in_channels} input channels) cannot follow layer "
                              f"{pname!r} ({C} channels)" + (" after a Flatten" if flattened else ""))
     else:
-        n_in = clayer.in_features
+        n_in = cast(int, clayer.in_features)
         if (flattened and n_in % C) or (not flattened and n_in != C):
             raise ValueError(f"layer {cname!r} (Linear, {n_in} inputs) does not read the {C} "
                              f"{'channels' if isinstance(player, nn.Conv2d) else 'outputs'} of layer {pname!r}"
@@ -463,6 +463,7 @@ class ConservationMonitor:
             raise ValueError(f"reduce={reduce!r} is not allowed; choose one of 'max', 'mean', None")
         out = {}
         for k, Q in self.stacked().items():
+            assert self.reference_magnitudes is not None  # set by the first record(), which stacked() requires
             scale = self.reference_magnitudes[k]
             change = Q - Q[0]
             if Q.ndim == 3:

@@ -158,11 +158,11 @@ def rotation_quantities() -> dict[str, Quantity]:
         return 2 * _norm(s.params[0]) * _norm(s.velocity[0]) * abs(charge_weight(d, s.time))
 
     return {
-        "angular_momentum": Quantity("angular_momentum", lambda s, d: C.data_angular_momentum(s.params, s.velocity),
+        "angular_momentum": Quantity("angular_momentum", lambda s, d: C.data_angular_momentum(s.params, s.velocity),  # type: ignore[arg-type]  # runs with a velocity
                                      lambda s, d: scale(s, "nd")),
         "weighted_angular_momentum": Quantity(
             "weighted_angular_momentum",
-            lambda s, d: C.data_angular_momentum(s.params, s.velocity) * charge_weight(d, s.time), scale),
+            lambda s, d: C.data_angular_momentum(s.params, s.velocity) * charge_weight(d, s.time), scale),  # type: ignore[arg-type]  # runs with a velocity
     }
 
 
@@ -170,8 +170,8 @@ def energy_quantities() -> dict[str, Quantity]:
     """H = ½‖θ̇‖² + L (Sec. 7)."""
     from . import conserved as C
 
-    return {"hamiltonian": Quantity("hamiltonian", lambda s, d: C.hamiltonian(s.loss, s.velocity),
-                                    lambda s, d: C.hamiltonian(s.loss.abs(), s.velocity))}
+    return {"hamiltonian": Quantity("hamiltonian", lambda s, d: C.hamiltonian(s.loss, s.velocity),  # type: ignore[arg-type]  # runs with a velocity
+                                    lambda s, d: C.hamiltonian(s.loss.abs(), s.velocity))}  # type: ignore[arg-type]  # runs with a velocity
 
 
 def measure(model, params: Params, X, Y, quantities: Mapping[str, Quantity], dynamics: str, t_end: float, *,
@@ -196,7 +196,7 @@ def measure(model, params: Params, X, Y, quantities: Mapping[str, Quantity], dyn
         steps = max(1, round((t_end - t0) / stepper.dt))
         run = D.run(model, params, X, Y, stepper, steps, velocity=velocity, integrands=integrands,
                     observables=observables, record_every=max(1, steps // (points - 1)), clock="time")
-    out = {"trajectory": run}
+    out: dict = {"trajectory": run}
     for name in quantities:
         values, scales = run.observables[name], run.observables[name + ":scale"]
         flat = values.reshape(len(values), -1)
