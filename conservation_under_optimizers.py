@@ -67,10 +67,12 @@ def optimizers(cfg: Settings) -> dict[str, tuple[type, dict]]:
 
 def load(name: str, cfg: Settings) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(cfg.seed)
+    init_seed = int(torch.randint(0, 2 ** 31, (1,), generator=g))  # torch's default init, seeded below
     if name == "mlp":
         data = load_image_dataset("mnist-subset")
         idx = class_balanced_subset(data["y"], cfg.mnist_images // 10, cfg.seed)
         x, y = data["x"][idx], data["y"][idx]
+        torch.manual_seed(init_seed)  # just before the layers draw their weights: a rerun gets the same init
         model = nn.Sequential(nn.Linear(784, 256), nn.ReLU(), nn.Linear(256, 128), nn.ReLU(), nn.Linear(128, 10))
     else:
         data = load_cifar10(cfg.data)
@@ -79,9 +81,9 @@ def load(name: str, cfg: Settings) -> tuple[nn.Module, torch.Tensor, torch.Tenso
         idx = class_balanced_subset(data["train_y"], per_class, cfg.seed)
         x, y = to_model_input(data["train_x"][idx]), data["train_y"][idx]
         c = cfg.cnn_channels
+        torch.manual_seed(init_seed)
         model = nn.Sequential(nn.Conv2d(3, c, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
                               nn.Linear(c * 16 * 16, 10))
-    torch.manual_seed(int(torch.randint(0, 2 ** 31, (1,), generator=g)))  # torch's default init, seeded
     model = model.double().to(cfg.device)
     return model, x.double().to(cfg.device), y.to(cfg.device)
 
