@@ -931,16 +931,21 @@ def _masked_output(chain: _Chain, first: Tensor, rest: tuple[Tensor, ...], masks
     """aᵀ W_q M_(q−1)(⋯ M_1(first + s_1 b_1) ⋯) with W_1x = ``first`` and the other blocks in ``rest``:
     the net on one activation region with diagonal masks M_l (rows of ``masks``, zero-padded), its
     biases scaled by s_l. ⟨c, φ⟩ for a product-form cotangent c of the path factorisation."""
-    it = iter(rest)
-    h = first
-    for l in range(chain.q):
-        if l > 0:
-            h = next(it) @ h
+    return a @ _through_layers(chain, iter(rest), first, 0, chain.q, masks, s, weighted_first=False)
+
+
+def _through_layers(chain: _Chain, blocks, h: Tensor, start: int, stop: int, masks: Tensor, s: Tensor,
+                    weighted_first: bool = True) -> Tensor:
+    """Layers ``start``…``stop − 1`` of the masked net on h: W_l h (skipped at ``start`` when the weight is
+    already applied), + s_l b_l, then the diagonal mask M_l below the output layer; W and b come from ``blocks``."""
+    for l in range(start, stop):
+        if l > start or weighted_first:
+            h = next(blocks) @ h
         if chain.bias[l]:
-            h = h + s[l] * next(it)
+            h = h + s[l] * next(blocks)
         if l < chain.q - 1:
             h = masks[l, : chain.widths[l + 1]] * h
-    return a @ h
+    return h
 
 
 def _random_factors(chain: _Chain, rows: int, gen: torch.Generator) -> tuple[Tensor, Tensor, Tensor]:
@@ -1122,27 +1127,11 @@ def _pinched_output(chain: _Chain, layer: int, w_in: Tensor, b_in: Tensor, w_out
     if layer == 0:
         z = c
     else:
-        h = x
-        for l in range(layer - 1):
-            h = next(it) @ h
-            if chain.bias[l]:
-                h = h + s[l] * next(it)
-            h = masks[l, : chain.widths[l + 1]] * h
-        z = w_in @ h
+        z = w_in @ _through_layers(chain, it, x, 0, layer - 1, masks, s)
         if chain.bias[layer - 1]:
             z = z + s[layer - 1] * b_in
         z = c * z
-    h = w_out * z
-    if chain.bias[layer]:
-        h = h + s[layer] * next(it)
-    for l in range(layer, chain.q):
-        if l > layer:
-            h = next(it) @ h
-            if chain.bias[l]:
-                h = h + s[l] * next(it)
-        if l < chain.q - 1:
-            h = masks[l, : chain.widths[l + 1]] * h
-    return a @ h
+    return a @ _through_layers(chain, it, w_out * z, layer, chain.q, masks, s, weighted_first=False)
 
 
 def _pinch_blocks(chain: _Chain, layer: int, theta: Tensor) -> tuple[Tensor, Tensor, Tensor, tuple[Tensor, ...], Tensor, Tensor]:
