@@ -11,8 +11,8 @@ rate η is GD on ½‖Y − F‖² at rate 2η/(mn): flow time t = step · 2η/(
 Beside the full (U, V) model, in float64: Prop. 14's decoupled per-mode system (ūᵢ, v̄ᵢ) stepped at the
 same η, and the full model at smaller η over the first flow time (where its violations are), to
 separate the step size from the instability of the spectral manifold in the full model.
-The full model's GD runs in the compiled step (symmetry.kernels, numba) where it applies, else the torch
-step; μ = 0.01 is sensitive to round-off (one ulp at init moves its parameters by 13% within 1000
+GD on the full model and on the decoupled modes runs in the compiled steps (symmetry.kernels, numba) where
+they apply, else the torch step; μ = 0.01 is sensitive to round-off (one ulp at init moves its parameters by 13% within 1000
 steps), so its numbers differ between the two steps in the last digits that the claims do not read.
 """
 from __future__ import annotations
@@ -23,7 +23,6 @@ import torch
 
 import symmetry as S
 from symmetry import experiment as E
-from symmetry.models import Model
 from symmetry import kernels
 
 NAME = "Q_convergence_radial"
@@ -51,32 +50,6 @@ class Settings:
 def quick(cfg: Settings) -> Settings:
     return Settings(means=(0.3, 1.0, 3.0), lr=2e-3, steps=400, record_every=4, small_lrs=(2e-4,), window_steps=40,
                     window_record_every=4, seed=cfg.seed, device=cfg.device)
-
-
-class SpectralModes(Model):
-    """Prop. 14's decoupled system: per mode σᵢˣ = ūᵢ/v̄ᵢ, loss (1/mn)Σᵢ(σᵢʸ − ūᵢ/v̄ᵢ)² — the full model's MSE
-    on the spectral manifold (h = rank Y, so nothing else is left of Y). Parameters (ū, v̄) of shape (…, 1, h)."""
-
-    n_params = 2
-
-    def __init__(self, entries: int):
-        super().__init__("sum")
-        self.scale = 1.0 / entries  # 1/(mn): the MSE of the full model
-
-    def forward(self, params, X=None):
-        u, v = params
-        return u / v
-
-    def loss(self, params, X, Y):
-        return self.scale * ((Y - self.forward(params)) ** 2).sum(dim=(-2, -1))
-
-    def loss_and_grad(self, params, X, Y):
-        """Closed form: ∂L/∂ū = −2(σʸ − q)/(mn v̄), ∂L/∂v̄ = 2(σʸ − q)q/(mn v̄), q = ū/v̄."""
-        u, v = params
-        q = u / v
-        r = Y - q
-        g = (-2 * self.scale) * r / v
-        return self.scale * (r ** 2).sum(dim=(-2, -1)), (g, -g * q)
 
 
 def _setup(cfg: Settings):
@@ -127,12 +100,13 @@ def train_decoupled(cfg: Settings) -> dict:
     Y, params64, Phi, sigma_Y, PsiT = _setup(cfg)
     ubar = torch.diagonal(Phi.mT @ params64[0], dim1=-2, dim2=-1)[..., : cfg.h]  # (B, h)
     vbar = torch.diagonal(PsiT @ params64[1], dim1=-2, dim2=-1)[..., : cfg.h]
-    model = SpectralModes(cfg.m * cfg.n)
-    run = S.gradient_descent(model, (ubar.unsqueeze(-2), vbar.unsqueeze(-2)), None, sigma_Y[: cfg.h].reshape(1, -1),
-                             cfg.lr, cfg.steps, record_every=cfg.record_every, progress=True,
-                             description="Fig. 7 decoupled modes",
-                             observables={"sigma_X": lambda p: (p[0] / p[1])[..., 0, :],
-                                          "lambda": lambda p: (p[0] ** 2 + p[1] ** 2)[..., 0, :]})
+    model = S.SpectralModes(1.0 / (cfg.m * cfg.n))  # the full model's MSE on the spectral manifold
+    start = ((ubar.unsqueeze(-2), vbar.unsqueeze(-2)), None, sigma_Y[: cfg.h].reshape(1, -1), cfg.lr, cfg.steps)
+    options = dict(record_every=cfg.record_every, progress=True, description="Fig. 7 decoupled modes",
+                   observables={"sigma_X": lambda p: (p[0] / p[1])[..., 0, :],
+                                "lambda": lambda p: (p[0] ** 2 + p[1] ** 2)[..., 0, :]})
+    run = (cfg.compiled and kernels.compiled_gradient_descent(model, *start, **options)) or \
+        S.gradient_descent(model, *start, **options)
     return {"steps": run.times, "loss": run.loss.double().cpu(), "sigma_X": run.observables["sigma_X"].cpu(),
             "lambda": run.observables["lambda"].cpu(), "sigma_Y": sigma_Y[: cfg.h].cpu(), "Y_norm2": float((Y ** 2).sum())}
 

@@ -52,18 +52,41 @@ def initial_params(cfg: Settings, init_std: float) -> tuple[torch.Tensor, torch.
     return init_std * U0, init_std * V0
 
 
+#: reproduce.py may train the two precisions in separate worker processes (run_part), main then reads them
+PARTS = ("float32", "float64")
+
+
+def _configs(cfg: Settings) -> dict[int, list[tuple[str, float, float]]]:
+    groups = T.step_budgets(cfg.activations, cfg.steps, cfg.sigmoid_steps)
+    return {steps: [(a, lr, cfg.init_std) for a in acts for lr in cfg.lrs] for steps, acts in groups.items()}
+
+
+def train(cfg: Settings, dtype: str, out: str, resume: bool) -> dict:
+    """Every configuration in one precision, cached: {step budget: training record}."""
+    # one batch for every budget: sigmoid's extra steps run on after the others stop
+    return E.cached(out, NAME, {"cfg": cfg, "dtype": dtype}, lambda: {
+        str(k): v for k, v in T.train_two_layer_budgets(
+            cfg.m, cfg.n, cfg.h, _configs(cfg), seed=cfg.seed, dtype=dtype, device=cfg.device,
+            record_every=cfg.record_every, description=f"Fig. 3 {dtype}").items()}, resume)
+
+
+def run_part(part: str, argv: list[str] | None = None) -> None:
+    """One precision (a name in PARTS) trained and cached, nothing written: reproduce.py's worker job."""
+    args, cfg = E.settings_from_cli(__doc__, Settings, quick, argv, dtype=False)
+    if part not in PARTS:
+        raise ValueError(f"part={part!r}: must be one of {PARTS}")
+    if part in cfg.dtypes:
+        with E.torch_threads(args.threads):
+            train(cfg, part, args.out, args.resume)
+
+
 def run(cfg: Settings, out: str, resume: bool) -> dict:
     """{(activation, lr, dtype): {"steps", "loss", "dQ_tilde", "dQ_tilde_ours"}} for every configuration."""
     curves = {}
-    groups = T.step_budgets(cfg.activations, cfg.steps, cfg.sigmoid_steps)
-    configs = {steps: [(a, lr, cfg.init_std) for a in acts for lr in cfg.lrs] for steps, acts in groups.items()}
+    configs = _configs(cfg)
     init = initial_params(cfg, cfg.init_std)
     for dtype in cfg.dtypes:
-        # one batch for every budget: sigmoid's extra steps run on after the others stop
-        results = E.cached(out, NAME, {"cfg": cfg, "dtype": dtype}, lambda dtype=dtype: {
-            str(k): v for k, v in T.train_two_layer_budgets(
-                cfg.m, cfg.n, cfg.h, configs, seed=cfg.seed, dtype=dtype, device=cfg.device,
-                record_every=cfg.record_every, description=f"Fig. 3 {dtype}").items()}, resume)
+        results = train(cfg, dtype, out, resume)
         for steps, group in configs.items():
             res = results[str(steps)]
             for b, (a, lr, _) in enumerate(group):

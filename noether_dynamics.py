@@ -154,13 +154,19 @@ STEPPER_OF = {"gf": "gd", "nd": "leapfrog", "nagf": "nesterov"}
 DISCRETE_NAME = {"gd": "GD", "leapfrog": "heavy ball", "nesterov": "Nesterov"}
 
 
-def drift_table(cfg: Settings) -> list[dict]:
-    problems = N.small_problems(cfg.seed)
+#: the drift table's problems in two groups of about equal cost (the ReLU net's ODE crawls along its kinks)
+TABLE_GROUPS = {"table-relu": ("relu",), "table-others": ("repu2", "linear", "swish", "rotation", "rotation_nn")}
+
+
+def drift_table(cfg: Settings, problems: tuple[str, ...] | None = None) -> list[dict]:
+    """The rows of N.CLAIMS (those of ``problems`` only, if given), in their order."""
+    setups = N.small_problems(cfg.seed)
+    claims = [c for c in N.CLAIMS if problems is None or c[0] in problems]
     rows, cache = [], {}
     from tqdm.auto import tqdm
 
-    for problem, quantity, dyn, claim in tqdm(N.CLAIMS, desc="drift table", mininterval=0.5):
-        model, params, X, Y, vel, quantities = problems[problem]
+    for problem, quantity, dyn, claim in tqdm(claims, desc="drift table", mininterval=0.5):
+        model, params, X, Y, vel, quantities = setups[problem]
         # NAGF with a velocity starts at t0 > 0; everything else at rest at t = 0 (Eq. 34 assumes rest)
         t0 = 0.1 if (dyn == "nagf" and vel is not None) else 0.0
         velocity = None if dyn == "gf" else vel
@@ -287,7 +293,33 @@ def plot_rotation(runs: dict, cfg: Settings):
     return fig
 
 
-def main(argv: list[str] | None = None) -> dict:
+#: reproduce.py may run these in separate worker processes (run_part); main then reads them from the cache
+PARTS = ("mlp-relu", "mlp-repu", *TABLE_GROUPS)
+
+
+def mlp_runs(cfg: Settings, data: dict, activation: str, out: str, resume: bool) -> dict:
+    return E.cached(out, NAME, {"cfg": cfg, "part": activation, "data": data["name"]},
+                    lambda: train_mlp(cfg, data, activation), resume)
+
+
+def table_rows(cfg: Settings, group: str, out: str, resume: bool) -> list[dict]:
+    return E.cached(out, NAME, {"cfg": cfg, "part": group}, lambda: {"rows": drift_table(cfg, TABLE_GROUPS[group])},
+                    resume)["rows"]
+
+
+def run_part(part: str, argv: list[str] | None = None) -> None:
+    """One part (a name in PARTS) computed and cached, nothing written: reproduce.py's worker job."""
+    if part not in PARTS:
+        raise ValueError(f"part={part!r}: must be one of {PARTS}")
+    args, cfg = parse(argv)
+    with E.torch_threads(cfg.threads):
+        if part in TABLE_GROUPS:
+            table_rows(cfg, part, args.out, args.resume)
+        elif part.removeprefix("mlp-") in cfg.activations:
+            mlp_runs(cfg, load_data(cfg), part.removeprefix("mlp-"), args.out, args.resume)
+
+
+def parse(argv: list[str] | None) -> tuple[argparse.Namespace, Settings]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     E.add_common_arguments(parser, dtype=False)  # float64 throughout
     parser.add_argument("--dataset", choices=["auto", *IMAGE_DATASETS], default=None,
@@ -300,12 +332,16 @@ def main(argv: list[str] | None = None) -> dict:
     cfg.dataset = args.dataset or cfg.dataset
     cfg.allow_fallback = args.allow_fallback or cfg.allow_fallback
     cfg.threads = args.threads
+    return args, cfg
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args, cfg = parse(argv)
     with E.torch_threads(cfg.threads), E.Stopwatch() as clock:
         data = load_data(cfg)
-        mlp = {a: E.cached(args.out, NAME, {"cfg": cfg, "part": a, "data": data["name"]},
-                           lambda a=a: train_mlp(cfg, data, a), args.resume) for a in cfg.activations}
+        mlp = {a: mlp_runs(cfg, data, a, args.out, args.resume) for a in cfg.activations}
         rotation = rotation_runs(cfg)
-        rows = drift_table(cfg)
+        rows = [r for group in TABLE_GROUPS for r in table_rows(cfg, group, args.out, args.resume)]
     for r in rows:
         r["verdict"] = verdict(r)
     table = markdown_table(rows, cfg.table_lrs)

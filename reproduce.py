@@ -114,24 +114,44 @@ class JobResult:
     """One figure script's run: its payload, or the error that stopped it (and where its output went)."""
 
     name: str
-    seconds: float
+    seconds: float  # the figure's own job, plus its parts' jobs where they ran apart (process time each)
     payload: dict | None = None
     error: str | None = None  # "ExceptionType: message" when the script failed
     log: str | None = None  # the worker's stdout and stderr (parallel runs)
+    parts: dict[str, float] | None = None  # seconds of each part run apart (reproduce --jobs > 1)
 
 
-def _expected_seconds(name: str, out: str) -> float:
-    """The wall time of the last run in OUT (longest first keeps both workers busy to the end)."""
+def parts_of(name: str) -> tuple[str, ...]:
+    """A figure script's ``PARTS``: independent cached computations that ``run_part(part, argv)`` makes
+    alone, so that worker processes can share them out; the script's ``main`` then finds them cached."""
+    return tuple(getattr(importlib.import_module(name), "PARTS", ()))
+
+
+def _job_name(name: str, part: str | None) -> str:
+    return name if part is None else f"{name}.{part}"
+
+
+TIMINGS = "job_seconds.json"  # in the log folder: each job's last time, to start the longest first
+
+
+def _expected_seconds(job: str, out: str, log_dir: Path, parts: int = 0) -> float:
+    """The job's time in the last parallel run, else the figure's last wall time in OUT (shared out
+    among its parts): longest first keeps every worker busy to the end."""
+    import json
+
     try:
-        import json
-
-        return float(json.loads((Path(out) / f"{name}.json").read_text())["wall_time_s"])
+        return float(json.loads((log_dir / TIMINGS).read_text())[job])
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    try:
+        return float(json.loads((Path(out) / f"{job.split('.')[0]}.json").read_text())["wall_time_s"]) / (parts + 1)
     except (OSError, ValueError, KeyError, TypeError):
         return 0.0
 
 
-def _figure_job(name: str, argv: list[str], threads: int, log_path: str, conn) -> None:
-    """In a worker process: run one figure script with ``threads`` torch threads, output to its log."""
+def _figure_job(name: str, part: str | None, argv: list[str], threads: int, log_path: str, conn) -> None:
+    """In a worker process: run one figure script (or one of its parts) with ``threads`` torch threads,
+    output to its log."""
     log = open(log_path, "w", buffering=1)
     os.dup2(log.fileno(), 1)  # the C++ side (torch warnings) too
     os.dup2(log.fileno(), 2)
@@ -139,7 +159,8 @@ def _figure_job(name: str, argv: list[str], threads: int, log_path: str, conn) -
     torch.set_num_threads(threads)
     started = time.perf_counter()
     try:
-        payload = importlib.import_module(name).main(argv)
+        module = importlib.import_module(name)
+        payload = module.main(argv) if part is None else module.run_part(part, argv)
         # plain pickle, by value: torch's multiprocessing pickler would share tensors through this process
         conn.send_bytes(pickle.dumps(("ok", payload, time.perf_counter() - started)))
     except BaseException as error:  # SystemExit from a script's checks included: report it, don't hang
@@ -156,9 +177,12 @@ def run_figures(names: list[str], argv: list[str], jobs: int, threads: int = 1, 
 
     ``jobs`` = 1: one after the other in this process (live progress bars), with ``threads`` torch threads.
     ``jobs`` > 1: up to ``jobs`` worker processes at once (spawned, ``threads`` torch threads each), longest
-    first by the last recorded wall time; each worker's output goes to ``log_dir``/NAME.log and this
+    first by the last recorded times; a script's ``PARTS`` (:func:`parts_of`) run as jobs of their own
+    first, and its ``main`` runs when they are done, reading them from the cache (so with --no-resume
+    the parts recompute and ``main`` resumes). Each worker's output goes to ``log_dir``/JOB.log and this
     process prints one line per finished job. A worker that crashes (killed, out of memory) fails only
-    its own figure. Results come back in the order of ``names``.
+    its own figure; a failed part is computed again by the figure's ``main``. Results come back in the
+    order of ``names``.
     """
     results: dict[str, JobResult] = {}
     total = len(names)
@@ -176,26 +200,40 @@ def run_figures(names: list[str], argv: list[str], jobs: int, threads: int = 1, 
                 print(f"[{len(results)}/{total}] {name}: FAILED ({results[name].error})", flush=True)
         return [results[n] for n in names]
 
+    import json
     import multiprocessing
     from multiprocessing.connection import wait
 
     context = multiprocessing.get_context("spawn")  # no fork of a process whose torch thread pool is running
-    Path(log_dir).mkdir(parents=True, exist_ok=True)
-    queue = sorted(names, key=lambda n: -_expected_seconds(n, out))
-    running: dict = {}  # connection → (name, process, start, log)
-    print(f"running {total} figures in {min(jobs, total)} worker processes ({threads} torch thread(s) each); "
-          f"their output goes to {log_dir}/NAME.log", flush=True)
+    log_dir = Path(log_dir)
+    log_dir.mkdir(parents=True, exist_ok=True)
+    parts = {name: parts_of(name) for name in names}
+    waiting = {name: set(p) for name, p in parts.items()}  # parts still to finish before the figure's main
+    part_seconds: dict[str, dict[str, float]] = {name: {} for name in names}
+    resumed = [a for a in argv if a != "--no-resume"]  # main after its parts: they are fresh in the cache
+    queue = sorted([(name, part) for name in names for part in (*parts[name], None)],
+                   key=lambda job: -_expected_seconds(_job_name(*job), out, log_dir, len(parts[job[0]])))
+    timings: dict[str, float] = {}
+    running: dict = {}  # connection → (name, part, process, start, log)
+    print(f"running {total} figures ({sum(map(len, parts.values()))} parts apart) in {jobs} worker processes "
+          f"({threads} torch thread(s) each); their output goes to {log_dir}/JOB.log", flush=True)
     while queue or running:
-        while queue and len(running) < jobs:
-            name = queue.pop(0)
+        while len(running) < jobs:
+            ready = [job for job in queue if job[1] is not None or not waiting[job[0]]]
+            if not ready:
+                break
+            name, part = ready[0]
+            queue.remove((name, part))
             receive, send = context.Pipe(duplex=False)
-            log = str(Path(log_dir) / f"{name}.log")
-            process = context.Process(target=_figure_job, args=(name, argv, threads, log, send), name=name)
+            log = str(log_dir / f"{_job_name(name, part)}.log")
+            job_argv = resumed if part is None and parts[name] else argv
+            process = context.Process(target=_figure_job, args=(name, part, job_argv, threads, log, send),
+                                      name=_job_name(name, part))
             process.start()
             send.close()  # the child holds its own end: EOF here when it dies
-            running[receive] = (name, process, time.perf_counter(), log)
+            running[receive] = (name, part, process, time.perf_counter(), log)
         for conn in wait(list(running)):
-            name, process, started, log = running.pop(conn)
+            name, part, process, started, log = running.pop(conn)
             try:
                 status, value, seconds = pickle.loads(conn.recv_bytes())
             except EOFError:  # the process died without a word
@@ -204,12 +242,26 @@ def run_figures(names: list[str], argv: list[str], jobs: int, threads: int = 1, 
                     time.perf_counter() - started
             process.join()
             conn.close()
+            timings[_job_name(name, part)] = seconds
+            if part is not None:
+                waiting[name].discard(part)
+                part_seconds[name][part] = seconds
+                print(f"      {name} part {part}: " + (f"{seconds:.0f} s" if status == "ok" else
+                      f"FAILED ({value}; see {log}); the figure computes it itself"), flush=True)
+                continue
+            seconds += sum(part_seconds[name].values())
+            kept = part_seconds[name] or None
             if status == "ok":
-                results[name] = JobResult(name, seconds, payload=value, log=log)
+                results[name] = JobResult(name, seconds, payload=value, log=log, parts=kept)
                 print(f"[{len(results)}/{total}] {name}: {seconds:.0f} s", flush=True)
             else:
-                results[name] = JobResult(name, seconds, error=value, log=log)
+                results[name] = JobResult(name, seconds, error=value, log=log, parts=kept)
                 print(f"[{len(results)}/{total}] {name}: FAILED ({value}; see {log})", flush=True)
+    try:  # the order of the next run
+        known = json.loads((log_dir / TIMINGS).read_text()) if (log_dir / TIMINGS).exists() else {}
+        E.write_json(log_dir / TIMINGS, {**known, **{k: round(v, 2) for k, v in timings.items()}})
+    except (OSError, ValueError):
+        pass  # only an ordering hint
     return [results[n] for n in names]
 
 
@@ -284,6 +336,9 @@ def main(argv: list[str] | None = None) -> int:
     write_json(f"{args.out}/claims.json", {"settings": cfg, "figures": args.only, "quick": args.quick,
                                            "conservation_check": rows, "claims": table,
                                            "failed": [{"figure": r.name, "error": r.error} for r in failed],
+                                           # each figure's time: its own job plus its parts run apart (--jobs > 1)
+                                           "figure_seconds": {r.name: {"seconds": round(r.seconds, 2), "parts": r.parts}
+                                                              for r in runs},
                                            "environment": environment(args.device)})
     for r in failed:
         print(f"FAILED: {r.name} ({r.error}){f'; its output: {r.log}' if r.log else ''}")

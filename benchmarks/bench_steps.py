@@ -1,8 +1,9 @@
 """Benchmark: the per-step costs that reproduce.py's time is made of, measured side by side in one process.
 
-(a) Fig. 7: one batched GD step of the radial net (4 configurations, 5×10×5) by the torch step
-    (TwoLayerRadialNet.descent_step) and by the compiled kernel (symmetry.kernels), float32 and float64;
-(b) Fig. 3/6: one batched step of the elementwise net (12 configurations, 5×50×10, TwoLayerNet.stepper)
+(a) Fig. 7: one batched GD step of the radial net (4 configurations, 5×10×5) and of Prop. 14's decoupled
+    per-mode system (4 × 5 modes) by the engine's torch GD step (closed-form gradients) and by the compiled
+    kernels (symmetry.kernels), float32 and float64;
+(b) Fig. 3/6: one batched step of the elementwise net (12 configurations, 5×50×10, dynamics.TwoLayerGD)
     with 1 and 2 torch threads, quiet and with one core kept busy by a spinning process started here;
 (c) Fig. 7's round-off sensitivity: after 1000 steps from Fig. 7's init in float64, the largest relative
     parameter difference per configuration between torch and kernel, and between the kernel from the
@@ -23,6 +24,7 @@ import time
 import torch
 
 import symmetry as S
+from symmetry import dynamics as D
 from symmetry import experiment as E
 from symmetry import kernels as K
 
@@ -44,26 +46,47 @@ def per_step(fn, steps: int, repeats: int) -> list[float]:
     return times
 
 
+def torch_gd(model, params, Y, lr):
+    """The engine's torch GD step on the model's closed-form gradient: ``advance(n)`` and the current state."""
+    stepper, holder = D.GD(lr), {}
+    holder["state"] = stepper.init_state(params)
+
+    def advance(n):
+        state = holder["state"]
+        for _ in range(n):
+            state = stepper.step(state, lambda p: model.loss_and_grad(p, None, Y))
+        holder["state"] = state
+
+    return advance, holder
+
+
+def fig7_modes(dtype):
+    """Prop. 14's per-mode system of Fig. 7's shape: (ū, v̄) of shape (4, 1, 5), targets σʸ (1, 5)."""
+    g = torch.Generator().manual_seed(2)
+    u, v = (1 + 0.5 * torch.randn(4, 1, 5, generator=g, dtype=torch.float64) for _ in range(2))
+    return (u.to(dtype), v.to(dtype)), (1 + torch.rand(1, 5, generator=g, dtype=torch.float64)).to(dtype)
+
+
 def fig7_steps(steps: int, repeats: int) -> dict:
-    net, out = S.TwoLayerRadialNet(reduction="mean"), {}
-    for name, dtype in E.DTYPES.items():
-        params, Y = fig7_problem(dtype)
-        torch_params, fast_params = tuple(p.clone() for p in params), tuple(p.clone() for p in params)
-
-        def torch_loop(n):
-            for _ in range(n):
-                net.descent_step(torch_params, None, Y, 1e-5)
-
-        kernel = K.radial_stepper(net, fast_params, None, Y, 1e-5)
-        kernel.advance(1)  # compile (or load from numba's cache) outside the timing
-        t_torch, t_kernel = [], []
-        for _ in range(repeats):  # interleaved
-            t_torch += per_step(torch_loop, max(steps // 50, 200), 1)
-            t_kernel += per_step(kernel.advance, steps, 1)
-        out[name] = {"torch_us": 1e6 * statistics.median(t_torch), "kernel_us": 1e6 * statistics.median(t_kernel),
-                     "speedup": statistics.median(t_torch) / statistics.median(t_kernel)}
-        print(f"Fig. 7 step {name}: torch {out[name]['torch_us']:.1f} µs, kernel {out[name]['kernel_us']:.2f} µs "
-              f"-> {out[name]['speedup']:.0f}x")
+    models = {"radial": (S.TwoLayerRadialNet(reduction="mean"), fig7_problem),
+              "modes": (S.SpectralModes(1 / 50), fig7_modes)}
+    out = {}
+    for kind, (model, problem) in models.items():
+        for name, dtype in E.DTYPES.items():
+            params, Y = problem(dtype)
+            torch_loop, _ = torch_gd(model, params, Y, 1e-5)
+            fast_params = tuple(p.clone() for p in params)
+            kernel = K.compiled_stepper(model, fast_params, None, Y, 1e-5)
+            kernel.advance(1)  # compile (or load from numba's cache) outside the timing
+            t_torch, t_kernel = [], []
+            for _ in range(repeats):  # interleaved
+                t_torch += per_step(torch_loop, max(steps // 50, 200), 1)
+                t_kernel += per_step(kernel.advance, steps, 1)
+            key = name if kind == "radial" else f"modes_{name}"
+            out[key] = {"torch_us": 1e6 * statistics.median(t_torch), "kernel_us": 1e6 * statistics.median(t_kernel),
+                        "speedup": statistics.median(t_torch) / statistics.median(t_kernel)}
+            print(f"Fig. 7 {kind} step {name}: torch {out[key]['torch_us']:.1f} µs, kernel "
+                  f"{out[key]['kernel_us']:.3f} µs -> {out[key]['speedup']:.0f}x")
     return out
 
 
@@ -72,12 +95,15 @@ def fig3_steps(steps: int, repeats: int) -> dict:
     net = S.TwoLayerNet([a for a, _, _ in configs])
     U, V = S.gaussian_init(5, 50, 10, std=0.1, batch=(len(configs),), seed=0, dtype=torch.float32)
     Y = torch.randn(5, 10, generator=torch.Generator().manual_seed(1))
-    lr = torch.tensor([lr for _, lr, _ in configs]).reshape(-1, 1, 1)
-    step = net.stepper((U, V), None, Y, lr)
+    lr = torch.tensor([lr for _, lr, _ in configs])  # one per configuration
+    stepper = D.TwoLayerGD(net, None, Y, lr)
+    holder = {"state": stepper.init_state((U, V))}
 
     def loop(n):
+        state = holder["state"]
         for _ in range(n):
-            step()
+            state = stepper.step(state)
+        holder["state"] = state
 
     out = {}
     for busy in (False, True):
@@ -103,14 +129,14 @@ def fig3_steps(steps: int, repeats: int) -> dict:
 def roundoff(steps: int = 1000) -> dict:
     net = S.TwoLayerRadialNet(reduction="mean")
     params, Y = fig7_problem(torch.float64)
-    reference = tuple(p.clone() for p in params)
-    for _ in range(steps):
-        net.descent_step(reference, None, Y, 1e-5)
+    torch_loop, holder = torch_gd(net, params, Y, 1e-5)
+    torch_loop(steps)
+    reference = holder["state"].params
     fast = tuple(p.clone() for p in params)
-    K.radial_stepper(net, fast, None, Y, 1e-5).advance(steps)
+    K.compiled_stepper(net, fast, None, Y, 1e-5).advance(steps)
     nudged = tuple(p.clone() for p in params)
     nudged[1][0, 0, 0] = torch.nextafter(nudged[1][0, 0, 0], torch.tensor(1.0, dtype=torch.float64))
-    K.radial_stepper(net, nudged, None, Y, 1e-5).advance(steps)
+    K.compiled_stepper(net, nudged, None, Y, 1e-5).advance(steps)
 
     def rel(a, b):
         return [max(float((x[c] - y[c]).abs().max() / x[c].abs().max()) for x, y in zip(a, b)) for c in range(4)]

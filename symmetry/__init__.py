@@ -84,7 +84,8 @@ from .hessian import (Eigenpairs, eigenvector_parameters, hessian_eigenvalues, h
 from .init import expected_Q_xavier, gaussian_init, init_at_Q, spectral_init, xavier_init
 from .laws import count_conservation_laws, lie_algebra_dimension, polynomial_laws
 from .modules import ConservationMonitor, Elementwise, ModuleSymmetries, module_symmetries
-from .models import MLP, MLPClassifier, PotentialModel, SwishMLP, TwoLayerNet, TwoLayerRadialNet, flatten, unflatten
+from .models import (MLP, MLPClassifier, PotentialModel, SpectralModes, SwishMLP, TwoLayerNet, TwoLayerRadialNet,
+                     flatten, unflatten)
 
 __version__ = "0.1.0"
 
@@ -99,7 +100,7 @@ __all__ = [
     "MLPClassifier", "multilayer_action", "multilayer_infinitesimal_action", "nd_balance_bound",
     "neuron_scaling_action", "noether_charge", "nonlinear_action", "nonlinear_pi", "normalized_Q",
     "orbit_dimension", "orthogonal_action", "PAPER_ACTIVATIONS", "polynomial_laws", "PotentialModel",
-    "radial_lambda", "radial_rescaling", "RankDeficiencyWarning", "scaling_action", "spectral_init",
+    "radial_lambda", "radial_rescaling", "RankDeficiencyWarning", "scaling_action", "spectral_init", "SpectralModes",
     "swish_balance", "SwishMLP", "top_hessian_eigenvalues", "Trajectory", "TwoLayerNet", "TwoLayerRadialNet",
     "modules", "teleport", "GD", "SGD", "AdaGrad", "Adam", "AdamW", "HeavyBall", "Leapfrog", "ModuleModel",
     "Nesterov", "Snapshot", "State", "Stepper", "TwoLayerGD", "integrate", "run", "wrap_optimizer",

@@ -221,6 +221,8 @@ class Stepper(Protocol):
     ``grad(params) -> (loss, gradient tuple)``; ``dt`` is the continuous time of one step (η for GD
     in GF time, √η for heavy ball in ND time, √s for Nesterov in NAGF time, 1 where there is none).
     ``step`` may update the state's tensors in place (the loop owns copies) and returns the new state.
+    Optional ``advance(state, n) -> State``: n steps in one call, which :func:`run` uses between records
+    when nothing is needed per step (no mini-batches, no integrands); it must equal n calls of ``step``.
     A wrapper may replace ``state.params`` between steps: see the module docstring (memory is kept).
     """
 
@@ -548,6 +550,18 @@ def wrap_optimizer(optimizer: type, **kwargs) -> TorchOptimizer:
     return TorchOptimizer(optimizer, **kwargs)
 
 
+def bind_in_place(state: State, make: Callable[[Params], Callable[[], None]], contiguous: bool = False) -> Params:
+    """One step of a stepper that updates bound tensors in place (``TwoLayerGD``, ``kernels.CompiledGD``).
+    On the first step, or when a wrapper replaced ``state.params``, the parameters are cloned (made
+    contiguous if asked) and ``make(clones)`` builds the in-place step on them; it is then called once.
+    Returns the clones, which the step has advanced."""
+    if state.memory.get("bound") is not state.params:
+        params = tuple(p.detach().clone().contiguous() if contiguous else p.clone() for p in state.params)
+        state.memory.update(bound=params, closure=make(params))
+    state.memory["closure"]()
+    return state.memory["bound"]
+
+
 class TwoLayerGD:
     """Full-batch GD on a :class:`~symmetry.models.TwoLayerNet`, θ ← θ − η∇L, in fused in-place tensor ops:
     the hot loop of Figs. 3, 6, 9 (per-step overhead, not arithmetic, is the cost there).
@@ -580,13 +594,19 @@ class TwoLayerGD:
         return state
 
     def step(self, state: State, grad: GradFn | None = None) -> State:
-        if state.memory.get("bound") is not state.params:  # first step, or parameters replaced: (re)bind
-            params = tuple(p.clone() for p in state.params)
-            step = self._preallocated(params, state.memory["lr"]) or (lambda: self._fused(params, state.memory["lr"]))
-            state.memory.update(bound=params, closure=step)
-        state.memory["closure"]()
-        params = state.memory["bound"]
+        lr = state.memory["lr"]
+        params = bind_in_place(state, lambda p: self._preallocated(p, lr) or (lambda: self._fused(p, lr)))
         return State(params, None, state.time + self.dt, state.step + 1, state.memory)
+
+    def advance(self, state: State, steps: int) -> State:
+        """``steps`` calls of :meth:`step` in one (the loop's fast path between records): the same
+        in-place updates and the same clock, without a State per step."""
+        new = self.step(state)
+        closure, time = state.memory["closure"], new.time
+        for _ in range(steps - 1):
+            closure()
+            time += self.dt  # added step by step, as ``step`` does: the same floating-point times
+        return State(new.params, None, time, state.step + steps, state.memory)
 
     def _fused(self, params: Params, lr) -> None:
         U, V = params
@@ -711,19 +731,31 @@ def run(model, params: Params, X: Tensor | None, Y: Tensor | None, stepper: Step
     grad = gradient_fn(model, X, Y)
     from tqdm.auto import tqdm  # lazily: keeps `import symmetry` light
 
-    with torch.no_grad():
-        for k in tqdm(range(steps), desc=description or stepper.name, disable=not progress, mininterval=0.5):
+    # fast path: a stepper with ``advance(state, n)`` runs the steps between two records in one call
+    # (same arithmetic, no State per step); nothing per step may be needed (batches, integrands)
+    advance = getattr(stepper, "advance", None) if batches is None and not integrands else None
+    with torch.no_grad(), tqdm(total=steps, desc=description or stepper.name, disable=not progress,
+                               mininterval=0.5) as bar:
+        k = 0
+        while k < steps:
             if k % record_every == 0:
                 snapshot(state)
-            if batches is not None:
-                grad = gradient_fn(model, *batches(k))
-            state = stepper.step(state, grad)
-            if batches is not None and state.loss is not None:
-                step_loss.append(state.loss.detach())
-            for name, f in integrands.items():
-                now = f(state.time, state.params, state.velocity)  # type: ignore[arg-type]  # velocity checked above
-                totals[name] = totals[name] + 0.5 * stepper.dt * (now + last[name])
-                last[name] = now
+            if advance is not None:
+                n = min(record_every - k % record_every, steps - k)
+                state = advance(state, n)
+            else:
+                n = 1
+                if batches is not None:
+                    grad = gradient_fn(model, *batches(k))
+                state = stepper.step(state, grad)
+                if batches is not None and state.loss is not None:
+                    step_loss.append(state.loss.detach())
+                for name, f in integrands.items():
+                    now = f(state.time, state.params, state.velocity)  # type: ignore[arg-type]  # velocity checked above
+                    totals[name] = totals[name] + 0.5 * stepper.dt * (now + last[name])
+                    last[name] = now
+            k += n
+            bar.update(n)
         snapshot(state)
     return record.trajectory(state.params, torch.stack(step_loss) if step_loss else None)
 
@@ -756,7 +788,8 @@ def integrate(model, params: Params, X: Tensor | None, Y: Tensor | None, times: 
               dynamics: str = "gf", *, lr: float = 1.0, velocity: Params | None = None, t0: float = 0.0,
               integrands: Mapping[str, Integrand] | None = None, observables: Mapping[str, Observable] | None = None,
               labels: Sequence[str] | None = None, rtol: float = 1e-12, atol: float = 1e-12, method: str = "DOP853",
-              first_step: float | None = None, max_evaluations: int = 200_000) -> Trajectory:
+              first_step: float | None = None, max_evaluations: int = 200_000,
+              stall_evaluations: int = 5_000) -> Trajectory:
     """GF, ND or NAGF from θ(t0) = ``params``, θ̇(t0) = ``velocity`` (default 0), recorded at ``times``.
 
     - ``"gf"``   gradient flow θ̇ = −η∇L (Eq. 23; G&U Eq. 27): ``lr`` = η rescales time, so GF time t
@@ -770,8 +803,11 @@ def integrate(model, params: Params, X: Tensor | None, Y: Tensor | None, times: 
     (default DOP853, adaptive 8th-order Runge–Kutta) at ``rtol``/``atol``, together with the path
     integrals ∫_{t0}^t f(s, θ, θ̇) ds of ``integrands`` (``Snapshot.integrals``). Batched
     configurations integrate together. ReLU-type activations on non-whitened data make the vector
-    field discontinuous; where the flow slides along a kink adaptive solvers take ever smaller steps:
-    after ``max_evaluations`` gradient evaluations the run stops with a RuntimeError.
+    field discontinuous; where the flow slides along a kink adaptive solvers take ever smaller steps.
+    The run stops with a RuntimeError after ``max_evaluations`` gradient evaluations, or sooner when
+    ``stall_evaluations`` evaluations in a row reach no time beyond the furthest one evaluated so far
+    (by 1e-9 of the horizon): a stalled solver (G&U's ReLU net under GF is stuck at one t after ~4 000
+    evaluations, while its ND and NAGF runs advance by at least 1% of the horizon every 2 000).
     """
     import numpy as np
     from scipy.integrate import solve_ivp
@@ -794,6 +830,7 @@ def integrate(model, params: Params, X: Tensor | None, Y: Tensor | None, times: 
     lr = check_number("lr", lr, minimum=0, exclusive=True)
     rtol, atol = check_number("rtol", rtol, minimum=0, exclusive=True), check_number("atol", atol, minimum=0)
     max_evaluations = check_count("max_evaluations", max_evaluations, 1)
+    stall_evaluations = check_count("stall_evaluations", stall_evaluations, 1)
     X64 = None if X is None else X.to(torch.float64)
     Y64 = Y if Y is None or not Y.is_floating_point() else Y.to(torch.float64)
     grad = gradient_fn(model, X64, Y64)
@@ -805,6 +842,8 @@ def integrate(model, params: Params, X: Tensor | None, Y: Tensor | None, times: 
     shapes = {k: f(t0, params, velocity).shape for k, f in integrands.items()}
     sizes = {k: int(math.prod(s)) for k, s in shapes.items()}
     evaluations = 0
+    furthest, since_advance = t0, 0  # the furthest time evaluated, and evaluations since it last moved
+    advance = 1e-9 * (float(times[-1]) - t0)  # less than this is no progress
 
     def split(y):
         y = torch.from_numpy(np.ascontiguousarray(y)).to(device)
@@ -825,19 +864,27 @@ def integrate(model, params: Params, X: Tensor | None, Y: Tensor | None, times: 
         return v, tuple(-x - b * u for x, u in zip(g, v)), loss
 
     def rhs(t, y):
-        nonlocal evaluations
+        nonlocal evaluations, furthest, since_advance
         evaluations += 1
         if evaluations > max_evaluations:
             raise RuntimeError(f"{dynamics} needed more than max_evaluations={max_evaluations} gradient evaluations "
                                f"(a non-smooth activation sliding along its kink?); loosen rtol/atol")
+        if t > furthest + advance:
+            furthest, since_advance = t, 0
+        else:
+            since_advance += 1
+            if since_advance > stall_evaluations:
+                raise RuntimeError(f"{dynamics} stalled at t = {furthest:.6g}: stall_evaluations={stall_evaluations} "
+                                   f"gradient evaluations without getting further (a non-smooth activation sliding "
+                                   f"along its kink?); loosen rtol/atol")
         if not np.isfinite(y).all():  # a trial step of the solver overflowed: reject it (the error is inf)
             return np.full_like(y, np.inf)
         theta, v, _ = split(y)
         dtheta, acc, _ = state_velocity(t, theta, v)
-        if not all(bool(torch.isfinite(x).all()) for x in dtheta + (acc or ())):
+        motion = torch.cat([flatten(dtheta)] + ([] if acc is None else [flatten(acc)]))
+        if not bool(torch.isfinite(motion).all()):  # one check (one sync) per evaluation, before the integrands
             return np.full_like(y, np.inf)
-        parts = [flatten(dtheta)] + ([] if acc is None else [flatten(acc)])
-        parts += [integrands[k](t, theta, dtheta).reshape(-1).to(torch.float64) for k in integrands]
+        parts = [motion] + [integrands[k](t, theta, dtheta).reshape(-1).to(torch.float64) for k in integrands]
         return torch.cat(parts).cpu().numpy()
 
     y0: Any = [flatten(params)] + ([] if dynamics == "gf" else [flatten(velocity)])
@@ -871,8 +918,10 @@ def integrate(model, params: Params, X: Tensor | None, Y: Tensor | None, times: 
 def gradient_flow(model, params: Params, X: Tensor | None, Y: Tensor, times: Sequence[float] | Tensor, *,
                   lr: float = 1.0, rtol: float = 1e-10, atol: float = 1e-12, method: str = "DOP853",
                   observables: Mapping[str, Observable] | None = None,
-                  labels: Sequence[str] | None = None, max_evaluations: int = 1_000_000) -> Trajectory:
+                  labels: Sequence[str] | None = None, max_evaluations: int = 1_000_000,
+                  stall_evaluations: int = 5_000) -> Trajectory:
     """Gradient flow θ̇ = −η∇L(θ) (Eq. 23) from t = 0, recorded at ``times``, in float64:
     :func:`integrate` with ``dynamics="gf"``."""
     return integrate(model, params, X, Y, times, "gf", lr=lr, rtol=rtol, atol=atol, method=method,
+                     stall_evaluations=stall_evaluations,
                      observables=observables, labels=labels, max_evaluations=max_evaluations)

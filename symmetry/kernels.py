@@ -1,15 +1,17 @@
 """Compiled whole-loop GD kernels for steps whose cost is per-op overhead (optional: ``pip install .[fast]``).
 
-The radial net of Fig. 7 (m=5, n=10, h=5, four configurations) takes about 10⁴ flops per
-batched step: torch spends ~40 µs per step on dispatching its ~20 small ops, a compiled loop
-~2 µs on the arithmetic. The torch step (:meth:`symmetry.TwoLayerRadialNet.descent_step`)
-stays the reference and the path on CUDA; the kernel here repeats its arithmetic in the same
-order (tests: equal to 1e-12 in float64, to 1e-6 relative in float32 over 1000 steps; BLAS
-sums in a different order, so float32 results are not bit-identical).
+Fig. 7's models are tiny: the radial net (m=5, n=10, h=5, four configurations) takes about 10⁴
+flops per batched step and Prop. 14's decoupled per-mode system (:class:`symmetry.SpectralModes`)
+20 scalars. torch spends ~40 µs per step dispatching ~20 small ops; a compiled loop spends ~2 µs
+(radial) or a few ns (modes) on the arithmetic. The torch steps (the engine's ``GD`` on the model's
+closed-form ``loss_and_grad``) stay the reference and the path on CUDA; each kernel repeats their
+arithmetic in the same order (tests: equal to 1e-12 in float64, to 1e-6 relative in float32 over
+1000 steps; BLAS sums in another order, so float32 results are not bit-identical).
 
-Hook for the dynamics engine: :func:`radial_stepper` returns a callable that advances the
-parameters in place by one GD step, or ``None`` where the kernel does not apply (then use the
-torch step). ``stepper.advance(k)`` runs k steps in one call (no Python per step).
+One entry point over a registry, :data:`KERNELS` (model class → builder): :func:`compiled_stepper`
+returns an object whose ``advance(k)`` runs k GD steps in place in one compiled call, or ``None``
+where no kernel applies (then use the torch step). :class:`CompiledGD` makes it a stepper of the
+engine, :func:`compiled_gradient_descent` the compiled twin of ``symmetry.gradient_descent``.
 """
 from __future__ import annotations
 
@@ -104,99 +106,169 @@ def _radial_kernel() -> Callable:
     return radial_gd
 
 
-class RadialStepper:
-    """GD on ``TwoLayerRadialNet`` (f(r) = r⁻², per-neuron, whitened input) by the compiled kernel.
+def _modes_kernel() -> Callable:
+    """Build (once) the numba kernel: ``steps`` GD steps of Prop. 14's per-mode system, in place."""
+    if "modes" in _compiled:
+        return _compiled["modes"]
+    import numba
 
-    Works on numpy views of the parameter tensors: ``params`` change in place, as with the torch step.
-    """
+    @numba.njit(cache=True, nogil=True)
+    def modes_gd(u, v, y, lr, c, steps):  # pragma: no cover (compiled)
+        # u, v, y, lr: one entry per (configuration, mode), flattened; c = −2·scale in the arrays' dtype.
+        # The modes do not interact, so each runs all its steps in registers. Order of operations as in
+        # SpectralModes.loss_and_grad and GD: q = u/v, r = y − q, g = (c·r)/v, u ← u − η·g, v ← v − η·(−g·q).
+        for k in range(u.shape[0]):
+            uk, vk, yk, eta = u[k], v[k], y[k], lr[k]
+            for _ in range(steps):
+                q = uk / vk
+                g = c * (yk - q) / vk
+                uk = uk - eta * g
+                vk = vk - eta * (-g * q)
+            u[k], v[k] = uk, vk
 
-    def __init__(self, params: tuple[Tensor, Tensor], Y: Tensor, lr, scale: float):
-        U, V = params
-        if U.ndim == 2:  # one configuration: a batch of one, sharing memory
-            U, V = U.unsqueeze(0), V.unsqueeze(0)
-        self._U, self._V = U.numpy(), V.numpy()  # views: the kernel writes into the tensors
-        dtype = self._U.dtype.type
-        self._Y = np.ascontiguousarray(Y.detach().numpy(), dtype=self._U.dtype)
-        # lr and the residual scale rounded to the training dtype, as torch does with a Python scalar
-        lr_values = lr.reshape(-1).tolist() if isinstance(lr, Tensor) else [float(lr)] * self._U.shape[0]
-        self._lr = np.asarray(lr_values, dtype=self._U.dtype)
-        self._scale, self._one = dtype(scale), dtype(1)
-        self._kernel = _radial_kernel()
+    _compiled["modes"] = modes_gd
+    return modes_gd
+
+
+class CompiledSteps:
+    """GD steps of one model by a compiled kernel, on numpy views of the parameter tensors: ``params``
+    change in place, as with the torch step. ``advance(k)``: k steps in one call; calling it: one step."""
+
+    def __init__(self, kernel: Callable, arrays: tuple, constants: tuple):
+        self._kernel, self._arrays, self._constants = kernel, arrays, constants
 
     def advance(self, steps: int) -> None:
         """``steps`` GD steps in one compiled call."""
-        self._kernel(self._U, self._V, self._Y, self._lr, self._scale, self._one, steps)
+        self._kernel(*self._arrays, *self._constants, steps)
 
     def __call__(self) -> None:
         self.advance(1)
 
 
-def radial_stepper(model, params: tuple[Tensor, ...], X: Tensor | None, Y: Tensor, lr) -> RadialStepper | None:
-    """The compiled GD step for ``model`` at ``params`` (updated in place), or ``None`` where it does not
-    apply: CUDA tensors, input data X, another f or axis, a dtype other than float32/float64, or numba
-    missing (then one line on stderr says so). ``lr``: a number or one value per configuration."""
+def _learning_rates(lr, batch: int, dtype) -> np.ndarray:
+    """One lr per configuration, rounded to the training dtype as torch rounds a Python scalar."""
+    values = lr.reshape(-1).tolist() if isinstance(lr, Tensor) else [float(lr)] * batch
+    if len(values) != batch:
+        raise ValueError(f"lr has {len(values)} values for {batch} configurations")
+    return np.asarray(values, dtype=dtype)
+
+
+def _radial(model, params: tuple[Tensor, ...], X: Tensor | None, Y: Tensor, lr) -> CompiledSteps | None:
+    """GD on ``TwoLayerRadialNet`` with f(r) = r⁻² per neuron and whitened input (Fig. 7's model)."""
     from .activations import inverse_square
     from .models import _residual_scale
 
     U, V = params
-    applies = (X is None and getattr(model, "f", None) is inverse_square and getattr(model, "over", None) == "neuron"
-               and U.device.type == "cpu" and V.device == U.device and U.dtype == V.dtype
-               and U.dtype in (torch.float32, torch.float64) and U.ndim == V.ndim and U.ndim in (2, 3)
-               and U.is_contiguous() and V.is_contiguous() and not U.requires_grad and not V.requires_grad)
-    if not applies:
+    if not (X is None and model.f is inverse_square and model.over == "neuron" and U.ndim == V.ndim
+            and U.ndim in (2, 3)):
+        return None
+    if U.ndim == 2:  # one configuration: a batch of one, sharing memory
+        U, V = U.unsqueeze(0), V.unsqueeze(0)
+    U_np, V_np = U.numpy(), V.numpy()  # views: the kernel writes into the tensors
+    dtype = U_np.dtype.type
+    Y_np = np.ascontiguousarray(Y.detach().numpy(), dtype=U_np.dtype)
+    scale = _residual_scale(model.reduction, torch.empty(U.shape[-2], V.shape[-2]))
+    return CompiledSteps(_radial_kernel(), (U_np, V_np, Y_np, _learning_rates(lr, U.shape[0], U_np.dtype)),
+                         (dtype(scale), dtype(1)))
+
+
+def _spectral_modes(model, params: tuple[Tensor, ...], X: Tensor | None, Y: Tensor, lr) -> CompiledSteps | None:
+    """GD on ``SpectralModes`` (Prop. 14's decoupled per-mode system)."""
+    u, v = params
+    if X is not None or u.shape != v.shape or u.ndim < 2:
+        return None
+    try:
+        targets = torch.broadcast_to(Y.detach().to(u.dtype), u.shape)
+    except RuntimeError:
+        return None
+    batch = u.shape[:-2]
+    lr_full = (torch.broadcast_to(lr.detach().to(u.dtype).reshape(*batch, 1, 1), u.shape)
+               if isinstance(lr, Tensor) else torch.full(u.shape, float(lr), dtype=u.dtype))
+    dtype = u.numpy().dtype.type
+    arrays = (u.view(-1).numpy(), v.view(-1).numpy(),  # views: the kernel writes into the tensors
+              np.ascontiguousarray(targets.reshape(-1).numpy()), np.ascontiguousarray(lr_full.reshape(-1).numpy()))
+    return CompiledSteps(_modes_kernel(), arrays, (dtype(-2 * model.scale),))
+
+
+def _kernels() -> dict[type, Callable]:
+    from .models import SpectralModes, TwoLayerRadialNet
+
+    return {TwoLayerRadialNet: _radial, SpectralModes: _spectral_modes}
+
+
+#: Model class → builder ``(model, params, X, Y, lr) -> CompiledSteps | None`` (filled on first use).
+KERNELS: dict[type, Callable] = {}
+
+
+def compiled_stepper(model, params: tuple[Tensor, ...], X: Tensor | None, Y: Tensor, lr) -> CompiledSteps | None:
+    """The compiled GD steps for ``model`` at ``params`` (updated in place), or ``None`` where no kernel
+    applies: a model class not in :data:`KERNELS`, CUDA tensors, input data X the kernel does not take,
+    a dtype other than float32/float64, non-contiguous or grad-requiring parameters, or numba missing
+    (then one line on stderr says so, once). ``lr``: a number or one value per configuration."""
+    if not KERNELS:
+        KERNELS.update(_kernels())
+    build = KERNELS.get(type(model))
+    if build is None or len(params) != 2:
+        return None
+    a, b = params
+    if not (a.device.type == "cpu" and b.device == a.device and a.dtype == b.dtype
+            and a.dtype in (torch.float32, torch.float64) and a.is_contiguous() and b.is_contiguous()
+            and not a.requires_grad and not b.requires_grad):
         return None
     if not numba_available():
-        _announce_fallback("the radial GD step")
+        _announce_fallback(f"GD on {type(model).__name__}")
         return None
-    F_shape = (U.shape[-2], V.shape[-2])
-    scale = _residual_scale(model.reduction, torch.empty(F_shape))
-    return RadialStepper((U, V), Y, lr, scale)
+    return build(model, params, X, Y, lr)
 
 
-class CompiledRadialGD:
-    """A stepper of the engine (:class:`symmetry.dynamics.Stepper`): ``every`` GD steps on a
-    ``TwoLayerRadialNet`` per ``step`` call, in one compiled call (:func:`radial_stepper`). The loop's
-    step counts are then in units of ``every``; :func:`compiled_gradient_descent` rescales them.
-    Parameters replaced between steps (a wrapper) are rebound, as in ``dynamics.TwoLayerGD``."""
+class CompiledGD:
+    """A stepper of the engine (:class:`symmetry.dynamics.Stepper`): ``every`` GD steps per ``step`` call,
+    in one compiled call (:func:`compiled_stepper`). The loop's step counts are then in units of
+    ``every``; :func:`compiled_gradient_descent` rescales them. Parameters replaced between steps (a
+    wrapper) are rebound, as in ``dynamics.TwoLayerGD``."""
 
-    name = "compiled_radial_gd"
-    uses_grad = False  # steps on its own (model, Y): no mini-batches
+    name = "compiled_gd"
+    uses_grad = False  # steps on its own (model, X, Y): no mini-batches
 
     def __init__(self, model, X: Tensor | None, Y: Tensor, lr, every: int = 1):
         self.model, self.X, self.Y, self.lr, self.every = model, X, Y, lr, every
         self.dt = every * float(lr) if not isinstance(lr, Tensor) else float(every)
 
-    def init_state(self, params, velocity=None):
-        from .dynamics import State
+    def __repr__(self) -> str:
+        return f"CompiledGD({self.model!r}, lr={self.lr}, every={self.every})"
 
-        return State(tuple(p.detach().clone().contiguous() for p in params), None)
+    def init_state(self, params, velocity=None):
+        from .dynamics import _rest_only, _start
+
+        _rest_only(self.name, velocity)
+        return _start(tuple(p.contiguous() for p in params), track_velocity=False)
 
     def step(self, state, grad=None):
-        from .dynamics import State
+        from .dynamics import State, bind_in_place
 
-        if state.memory.get("bound") is not state.params:  # first step, or parameters replaced: (re)bind
-            params = tuple(p.detach().clone().contiguous() for p in state.params)
-            stepper = radial_stepper(self.model, params, self.X, self.Y, self.lr)
-            if stepper is None:  # decided before the loop started; the parameters cannot have changed kind
-                raise RuntimeError("the compiled radial step stopped applying")
-            state.memory.update(bound=params, stepper=stepper)
-        state.memory["stepper"].advance(self.every)
-        return State(state.memory["bound"], None, state.time + self.dt, state.step + 1, state.memory)
+        def make(params):
+            steps = compiled_stepper(self.model, params, self.X, self.Y, self.lr)
+            if steps is None:  # decided before the loop started; the parameters cannot have changed kind
+                raise RuntimeError("the compiled GD step stopped applying")
+            return lambda: steps.advance(self.every)
+
+        params = bind_in_place(state, make, contiguous=True)
+        return State(params, None, state.time + self.dt, state.step + 1, state.memory)
 
 
 def compiled_gradient_descent(model, params, X: Tensor | None, Y: Tensor, lr, steps: int, *, record_every: int = 1,
                               **options):
-    """``symmetry.gradient_descent`` with the compiled step where it applies (see :func:`radial_stepper`):
-    the engine's loop (``dynamics.run``) with :class:`CompiledRadialGD`, one compiled call per recorded
+    """``symmetry.gradient_descent`` with the compiled step where it applies (see :func:`compiled_stepper`):
+    the engine's loop (``dynamics.run``) with :class:`CompiledGD`, one compiled call per recorded
     interval, and the same Trajectory (step numbers, loss and observables at the same steps); ``None``
-    where the kernel does not apply or ``steps`` is not a multiple of ``record_every`` (then run the torch loop)."""
+    where no kernel applies or ``steps`` is not a multiple of ``record_every`` (then run the torch loop)."""
     from .dynamics import DivergenceError, run
 
-    probe = tuple(p.detach().clone() for p in params)
-    if steps % record_every or radial_stepper(model, probe, X, Y, lr) is None:
+    probe = tuple(p.detach().clone().contiguous() for p in params)
+    if steps % record_every or compiled_stepper(model, probe, X, Y, lr) is None:
         return None
     try:
-        trajectory = run(model, params, X, Y, CompiledRadialGD(model, X, Y, lr, record_every), steps // record_every,
+        trajectory = run(model, params, X, Y, CompiledGD(model, X, Y, lr, record_every), steps // record_every,
                          record_every=1, **options)
     except DivergenceError as error:  # the loop counted blocks of record_every steps: name the GD step
         raise DivergenceError(re.sub(r"at step (\d+)", lambda m: f"by GD step {int(m.group(1)) * record_every}",

@@ -17,7 +17,7 @@ from typing import Callable
 import torch
 
 from .activations import Activation, ActivationLike, get_activation, inverse_square, radial_rescaling
-from .validation import check_choice
+from .validation import check_choice, check_number
 
 Tensor = torch.Tensor
 Params = tuple[Tensor, ...]
@@ -235,6 +235,37 @@ class TwoLayerRadialNet(Model):
         grad_Z = grad_S * inv_r2 - 2 * Z * inv_r2 ** 2 * (Z * grad_S).sum(dim=dim, keepdim=True)
         grad_V = grad_Z.mT if X is None else X @ grad_Z.mT
         return squared_error(F, Y, self.reduction), (G @ S.mT, grad_V)
+
+
+class SpectralModes(Model):
+    """Prop. 14's decoupled system of the radial net on the spectral manifold: per mode i the product
+    σᵢˣ = ūᵢ/v̄ᵢ, loss ``scale``·Σᵢ(σᵢʸ − ūᵢ/v̄ᵢ)² (``scale`` = 1/(mn): the full model's MSE, with
+    h = rank Y nothing else is left of Y). Parameters (ū, v̄) of shape (…, 1, h); targets Y = σʸ of shape (1, h).
+    λᵢ = ūᵢ² + v̄ᵢ² is conserved under its gradient flow (Prop. 15)."""
+
+    n_params = 2
+
+    def __init__(self, scale: float = 1.0):
+        super().__init__("sum")
+        self.scale = check_number("scale", scale, minimum=0, exclusive=True)
+
+    def __repr__(self) -> str:
+        return f"SpectralModes(scale={self.scale:g})"
+
+    def forward(self, params: Params, X: Tensor | None = None) -> Tensor:
+        u, v = params
+        return u / v
+
+    def loss(self, params: Params, X: Tensor | None, Y: Tensor) -> Tensor:
+        return self.scale * ((Y - self.forward(params)) ** 2).sum(dim=(-2, -1))
+
+    def loss_and_grad(self, params: Params, X: Tensor | None, Y: Tensor) -> tuple[Tensor, Params]:
+        """Closed form: ∂L/∂ū = −2·scale·(σʸ − q)/v̄, ∂L/∂v̄ = −q ∂L/∂ū, q = ū/v̄."""
+        u, v = params
+        q = u / v
+        r = Y - q
+        g = (-2 * self.scale) * r / v
+        return self.scale * (r ** 2).sum(dim=(-2, -1)), (g, -g * q)
 
 
 class MLP(Model):

@@ -134,6 +134,16 @@ def test_gradient_flow_gives_up_instead_of_hanging():
         S.gradient_flow(net, params, X, Y, [0.0, 1.0], max_evaluations=2000)
 
 
+def test_a_stalled_solver_is_stopped_where_it_stalled():
+    """G&U's ReLU net under GF gets stuck at one t (the drift table's stalled row): stopped after
+    stall_evaluations without progress, long before the budget; its ND run crosses the kinks and is not stopped."""
+    model, params, X, Y, velocity, _ = S.noether.small_problems(0)["relu"]
+    with pytest.raises(RuntimeError, match=r"gf stalled at t = 0\.0220771: stall_evaluations=2000"):
+        S.integrate(model, params, X, Y, [0.0, 3.0], "gf", max_evaluations=20_000, stall_evaluations=2000)
+    run = S.integrate(model, params, X, Y, [0.0, 0.5], "nd", velocity=velocity, stall_evaluations=2000)
+    assert run.times[-1] == 0.5
+
+
 def test_gradient_flow_matches_a_closed_form_solution():
     """Balanced 1-D net u = v, L = ½(1 − uv)²: w = u² solves ẇ = 2w(1 − w), a logistic curve.
 
@@ -190,6 +200,26 @@ def test_preallocated_two_layer_step_matches_the_fused_one(activations, lr):
     for x, y in zip(a, b):
         assert torch.allclose(x, y, rtol=1e-12, atol=1e-14)
     assert not torch.allclose(a[0], U)  # it moved
+
+
+@pytest.mark.parametrize("whitened", [True, False])
+def test_the_loops_fast_path_equals_one_step_at_a_time(whitened):
+    """run() advances TwoLayerGD between records in one call: bit-identical to stepping one State at a time."""
+    (U, V), X, Y = two_layer_problem(3, 5, 4, seed=4, k=None if whitened else 6, batch=(3,))
+    net = S.TwoLayerNet(S.activations.MixedActivation([S.get_activation(a) for a in ("tanh", "relu", "sigmoid")]))
+    stepper = S.TwoLayerGD(net, X, Y, torch.tensor([0.05, 0.1, 0.02], dtype=DTYPE))
+    fast = S.run(net, (U, V), X, Y, stepper, 47, record_every=10, clock="time")
+    state = stepper.init_state((U, V))
+    times, losses = [], []
+    for k in range(48):
+        if k % 10 == 0 or k == 47:
+            times.append(state.time)
+            losses.append(net.loss(state.params, X, Y))
+        if k < 47:
+            state = stepper.step(state)
+    assert fast.times.tolist() == times and torch.equal(fast.loss, torch.stack(losses))
+    assert all(torch.equal(a, b) for a, b in zip(fast.params, state.params))
+    assert not torch.equal(fast.params[0], U)  # it moved
 
 
 def test_preallocated_step_declines_what_it_does_not_cover():

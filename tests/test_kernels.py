@@ -1,4 +1,5 @@
-"""The compiled radial GD kernel against the torch step it replaces (the engine's GD on TwoLayerRadialNet)."""
+"""The compiled GD kernels against the torch steps they replace (the engine's GD on TwoLayerRadialNet and on
+SpectralModes, Prop. 14's decoupled per-mode system)."""
 
 import pytest
 import torch
@@ -31,7 +32,7 @@ def test_kernel_equals_the_torch_step_over_1000_steps(dtype, rtol, reduction):
     lr = 1e-2 if reduction == "mean" else 2e-4
     expected = torch_steps(net, params, Y, lr, 1000)
     fast = tuple(p.clone() for p in params)
-    stepper = K.radial_stepper(net, fast, None, Y, lr)
+    stepper = K.compiled_stepper(net, fast, None, Y, lr)
     stepper()  # one step by call, the rest in one compiled loop
     stepper.advance(999)
     for got, want, start in zip(fast, expected, params):
@@ -45,11 +46,11 @@ def test_per_configuration_learning_rates_and_one_configuration():
     lr = torch.tensor([1e-2, 3e-2], dtype=torch.float64).reshape(2, 1, 1)  # as the engine passes it
     expected = torch_steps(net, params, Y, lr, 50)
     fast = tuple(p.clone() for p in params)
-    K.radial_stepper(net, fast, None, Y, lr).advance(50)
+    K.compiled_stepper(net, fast, None, Y, lr).advance(50)
     for got, want in zip(fast, expected):
         torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12 * float(want.abs().max()))
     single = tuple(p[1].clone() for p in params)
-    K.radial_stepper(net, single, None, Y, 3e-2).advance(50)
+    K.compiled_stepper(net, single, None, Y, 3e-2).advance(50)
     for got, want in zip(single, expected):
         torch.testing.assert_close(got, want[1], rtol=1e-12, atol=1e-12 * float(want.abs().max()))
 
@@ -69,19 +70,19 @@ def test_compiled_gradient_descent_records_what_the_torch_loop_records():
 def test_where_the_kernel_does_not_apply_it_says_none():
     params, Y = radial_problem()
     X = randn(10, 7, seed=5)
-    assert K.radial_stepper(S.TwoLayerRadialNet(), params, X, Y @ torch.zeros(10, 7, dtype=Y.dtype), 0.1) is None
-    assert K.radial_stepper(S.TwoLayerRadialNet(over="hidden"), params, None, Y, 0.1) is None
-    assert K.radial_stepper(S.TwoLayerRadialNet(f=lambda r: r ** -3), params, None, Y, 0.1) is None
+    assert K.compiled_stepper(S.TwoLayerRadialNet(), params, X, Y @ torch.zeros(10, 7, dtype=Y.dtype), 0.1) is None
+    assert K.compiled_stepper(S.TwoLayerRadialNet(over="hidden"), params, None, Y, 0.1) is None
+    assert K.compiled_stepper(S.TwoLayerRadialNet(f=lambda r: r ** -3), params, None, Y, 0.1) is None
     half = tuple(p.half() for p in params)
-    assert K.radial_stepper(S.TwoLayerRadialNet(), half, None, Y.half(), 0.1) is None
+    assert K.compiled_stepper(S.TwoLayerRadialNet(), half, None, Y.half(), 0.1) is None
 
 
 def test_without_numba_one_line_and_the_torch_step(monkeypatch, capsys):
     monkeypatch.setattr(K, "numba_available", lambda: False)
     monkeypatch.setattr(K, "_announced", False)
     params, Y = radial_problem()
-    assert K.radial_stepper(S.TwoLayerRadialNet(), params, None, Y, 0.1) is None
-    assert K.radial_stepper(S.TwoLayerRadialNet(), params, None, Y, 0.1) is None
+    assert K.compiled_stepper(S.TwoLayerRadialNet(), params, None, Y, 0.1) is None
+    assert K.compiled_stepper(S.TwoLayerRadialNet(), params, None, Y, 0.1) is None
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and "numba is not installed" in lines[0] and "torch step" in lines[0]
 
@@ -93,3 +94,57 @@ def test_divergence_names_the_gd_step():
     with pytest.raises(S.DivergenceError, match=r"by GD step 0 for configuration\(s\) \(1,\)"):
         K.compiled_gradient_descent(net, params, None, Y, 1e-3, 200, record_every=10,
                                     labels=None)
+
+
+def modes_problem(batch=4, h=5, dtype=torch.float64):
+    """(ū, v̄) of shape (batch, 1, h) away from v̄ = 0, targets σʸ > 0 of shape (1, h)."""
+    u = 1 + 0.5 * randn(batch, 1, h, seed=6)
+    v = 1 + 0.3 * randn(batch, 1, h, seed=7)
+    return (u.to(dtype), v.to(dtype)), (3 * randn(1, h, seed=8).abs()).to(dtype)
+
+
+def test_spectral_modes_gradient_is_autograd_and_conserves_lambda_under_flow():
+    model = S.SpectralModes(1 / 50)
+    params, Y = modes_problem()
+    loss, grad = model.loss_and_grad(params, None, Y)
+    leaves = tuple(p.clone().requires_grad_() for p in params)
+    auto = torch.autograd.grad(model.loss(leaves, None, Y).sum(), leaves)
+    for got, want in zip(grad, auto):
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-14)
+    # Prop. 15: λ = ū² + v̄² is conserved by the flow (ū∂L/∂ū + v̄∂L/∂v̄ = 0), while the loss falls
+    flow = S.gradient_flow(model, params, None, Y, torch.linspace(0, 20, 5, dtype=torch.float64).tolist(),
+                           observables={"lambda": lambda p: p[0] ** 2 + p[1] ** 2})
+    lam = flow.observables["lambda"]
+    assert float((lam - lam[0]).abs().max()) < 1e-9 * float(lam.abs().max())
+    assert bool((flow.loss[-1] < 0.5 * flow.loss[0]).all())
+
+
+@pytest.mark.parametrize("dtype, rtol", [(torch.float64, 1e-12), (torch.float32, 1e-6)])
+@pytest.mark.parametrize("per_config", [False, True])
+def test_modes_kernel_equals_the_torch_step_over_1000_steps(dtype, rtol, per_config):
+    model = S.SpectralModes(1 / 50)
+    params, Y = modes_problem(dtype=dtype)
+    lr = torch.tensor([1e-1, 2e-1, 5e-2, 1e-2], dtype=dtype) if per_config else 1e-1
+    expected = S.gradient_descent(model, params, None, Y, lr, 1000, record_every=1000).params
+    fast = tuple(p.clone() for p in params)
+    steps = K.compiled_stepper(model, fast, None, Y, lr)
+    steps()  # one step by call, the rest in one compiled loop
+    steps.advance(999)
+    for got, want, start in zip(fast, expected, params):
+        assert (want - start).abs().max() > 1e-2  # the parameters moved: a real comparison
+        torch.testing.assert_close(got, want, rtol=rtol, atol=rtol * float(want.abs().max()))
+
+
+def test_compiled_modes_trajectory_records_what_the_torch_loop_records():
+    model = S.SpectralModes(1 / 50)
+    params, Y = modes_problem()
+    observe = {"lambda": lambda p: p[0] ** 2 + p[1] ** 2}
+    fast = K.compiled_gradient_descent(model, params, None, Y, 1e-1, 300, record_every=30, observables=observe)
+    slow = S.gradient_descent(model, params, None, Y, 1e-1, 300, record_every=30, observables=observe)
+    assert torch.equal(fast.times, slow.times)
+    torch.testing.assert_close(fast.loss, slow.loss, rtol=1e-12, atol=1e-15)
+    torch.testing.assert_close(fast.observables["lambda"], slow.observables["lambda"], rtol=1e-12, atol=1e-15)
+    # where it does not apply: data X, a target that does not broadcast, another model class
+    assert K.compiled_stepper(model, params, randn(5, 3, seed=9), Y, 0.1) is None
+    assert K.compiled_stepper(model, params, None, randn(1, 3, seed=9), 0.1) is None
+    assert K.compiled_stepper(S.TwoLayerNet("tanh"), params, None, Y, 0.1) is None
