@@ -81,17 +81,19 @@ def train(cfg: Settings, dtype: str, lrs: tuple | None = None, steps: int | None
 
     lr = cfg.lr if lrs is None else torch.tensor(lrs, dtype=E.DTYPES[dtype], device=cfg.device)
     labels = [f"mu={mu:g}" for mu in cfg.means] if lrs is None else [f"mu={cfg.means[0]:g}, lr={x:g}" for x in lrs]
+    # the loop keeps a float64 copy of (U, V) at each record; the observables are evaluated on all of them
+    # at once afterwards (thousands of records: per-record evaluation cost more than the compiled steps)
     options = dict(record_every=record_every or cfg.record_every, progress=True, labels=labels,
                    description=f"Fig. 7 {dtype}" + ("" if lrs is None else " smaller η"),
-                   observables={"sigma_X": sigma_X, "off_manifold": off_manifold,
-                                "lambda": lambda p: S.radial_lambda(tuple(x.double() for x in p))})
+                   observables={"U": lambda p: p[0].double(), "V": lambda p: p[1].double()})
     start = (tuple(p.to(E.DTYPES[dtype]) for p in params64), None, Y.to(cfg.device, E.DTYPES[dtype]), lr,
              steps or cfg.steps)
     # the compiled whole-loop step (numba, CPU) where it applies, else the torch step: same arithmetic
     run = (cfg.compiled and kernels.compiled_gradient_descent(net, *start, **options)) or \
         S.gradient_descent(net, *start, **options)
-    return {"steps": run.times, "loss": run.loss.double().cpu(), "sigma_X": run.observables["sigma_X"].cpu(),
-            "lambda": run.observables["lambda"].cpu(), "off_manifold": run.observables["off_manifold"].cpu(),
+    recorded = (run.observables["U"], run.observables["V"])  # (records, B, m, h), (records, B, n, h)
+    return {"steps": run.times, "loss": run.loss.double().cpu(), "sigma_X": sigma_X(recorded).cpu(),
+            "lambda": S.radial_lambda(recorded).cpu(), "off_manifold": off_manifold(recorded).cpu(),
             "sigma_Y": sigma_Y[:h].cpu(), "Y_norm2": float((Y ** 2).sum())}
 
 
