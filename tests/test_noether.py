@@ -244,3 +244,15 @@ def test_script_quick(tmp_path):
         nd = on_disk["mlp"][act]["ND (heavy ball)"]
         assert nd["eq34_holds"] and math.isfinite(nd["final_loss"])
     assert on_disk["rotation"]["nd"]["max_distance_from_plane"] < 1e-8
+
+
+def test_the_drift_table_groups_cover_every_problem_once_in_the_claims_order():
+    """reproduce.py runs the table's groups apart (noether_dynamics.PARTS): together they are N.CLAIMS, in order."""
+    script = load_script("noether_dynamics")
+    grouped = [p for group in script.TABLE_GROUPS.values() for p in group]
+    assert sorted(grouped) == sorted(set(grouped)) == sorted({c[0] for c in N.CLAIMS})
+    ordered = [c for group in script.TABLE_GROUPS.values() for c in N.CLAIMS if c[0] in group]
+    assert ordered == N.CLAIMS
+    assert set(script.TABLE_GROUPS) <= set(script.PARTS)
+    with pytest.raises(ValueError, match="part='table'"):
+        script.run_part("table", [])

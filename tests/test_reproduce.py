@@ -101,6 +101,46 @@ def test_a_failing_figure_is_named_and_the_others_still_run(tmp_path, monkeypatc
     assert "this figure cannot be made" in (tmp_path / "logs" / "figure_fails.log").read_text()
 
 
+FIGURE_WITH_PARTS = '''
+from pathlib import Path
+
+PARTS = ("a", "broken")
+
+def run_part(part, argv):
+    if part == "broken":
+        raise RuntimeError("this part fails")
+    Path(argv[0], part).write_text(" ".join(argv[1:]))
+
+def main(argv):
+    folder = Path(argv[0])
+    done = sorted(p.name for p in folder.iterdir())
+    return {"parts_done_before_main": done, "argv": argv[1:]}
+'''
+
+
+def test_parts_run_apart_before_their_figure_which_resumes_from_them(tmp_path, monkeypatch, capsys):
+    reproduce = load("reproduce")
+    (tmp_path / "figure_parts.py").write_text(FIGURE_WITH_PARTS)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    folder = tmp_path / "cache"
+    folder.mkdir()
+    [run] = reproduce.run_figures(["figure_parts"], [str(folder), "--no-resume"], jobs=2, threads=1,
+                                  log_dir=tmp_path / "logs", out=str(tmp_path))
+    assert run.error is None
+    # the good part ran (with --no-resume: it recomputes) before main, which got the argv without it
+    assert run.payload == {"parts_done_before_main": ["a"], "argv": []}
+    assert (folder / "a").read_text() == "--no-resume"
+    assert set(run.parts) == {"a", "broken"} and run.seconds >= sum(run.parts.values())
+    out = capsys.readouterr().out
+    assert "figure_parts part broken: FAILED (RuntimeError: this part fails" in out
+    assert "the figure computes it itself" in out
+    timings = (tmp_path / "logs" / reproduce.TIMINGS).read_text()
+    assert "figure_parts.a" in timings and '"figure_parts"' in timings
+    # one job: no parts, main does everything itself
+    [alone] = reproduce.run_figures(["figure_parts"], [str(folder)], jobs=1, threads=1, out=str(tmp_path))
+    assert alone.parts is None
+
+
 def test_jobs_and_threads_must_be_positive(capsys):
     import pytest
 
