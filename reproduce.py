@@ -1,14 +1,15 @@
 """Regenerate every figure but the CIFAR-10 notebooks (Figs. 3–9, App. G.1, the two related papers) and print the claims with the measured numbers.
 
-First a 6-second check that every figure's Q axis rests on: on the net of Fig. 3, Q of Eq. 48
-stays constant under gradient flow (adaptive ODE solver) and drifts under gradient descent by an
-amount proportional to the step size. Then each figure script runs at the paper's settings and
+First a 6-second check that every figure's Q axis rests on (run while the first figures start): on
+the net of Fig. 3, Q of Eq. 48 stays constant under gradient flow (adaptive ODE solver) and drifts
+under gradient descent by an amount proportional to the step size. Each figure script runs at the paper's settings and
 writes figures/NAME.{pdf,png,json}; the table at the end collects each script's claims(payload):
 the claim, whether it holds, what was measured, and the criterion it was held to.
 Then the two related papers: Gluch & Urbanke (noether_dynamics) and Marcotte et al. (conservation_laws).
 Runtime: about 6 min on a 2-core CPU (--quick: about a minute).
 Usage: python reproduce.py [--device cpu|cuda] [--seed 0] [--out figures] [--quick] [--only NAME ...]
-       [--jobs N (default: cores; figures in parallel worker processes)] [--threads 1]
+       [--jobs N (default: cores; figures, and the parts of Fig. 3 and noether_dynamics, in parallel
+       worker processes)] [--threads 1]
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ import time
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -172,8 +174,9 @@ def _figure_job(name: str, part: str | None, argv: list[str], threads: int, log_
 
 
 def run_figures(names: list[str], argv: list[str], jobs: int, threads: int = 1, log_dir: str | Path = "figures/.logs",
-                out: str = "figures") -> list[JobResult]:
+                out: str = "figures", meanwhile: Callable[[], object] | None = None) -> list[JobResult]:
     """Run each figure script's ``main(argv)``; a failure is recorded and the others still run.
+    ``meanwhile()`` runs in this process: first with ``jobs`` = 1, else once the first workers have started.
 
     ``jobs`` = 1: one after the other in this process (live progress bars), with ``threads`` torch threads.
     ``jobs`` > 1: up to ``jobs`` worker processes at once (spawned, ``threads`` torch threads each), longest
@@ -187,6 +190,8 @@ def run_figures(names: list[str], argv: list[str], jobs: int, threads: int = 1, 
     results: dict[str, JobResult] = {}
     total = len(names)
     if jobs == 1:
+        if meanwhile is not None:
+            meanwhile()
         for name in names:
             started = time.perf_counter()
             try:
@@ -215,7 +220,7 @@ def run_figures(names: list[str], argv: list[str], jobs: int, threads: int = 1, 
                    key=lambda job: -_expected_seconds(_job_name(*job), out, log_dir, len(parts[job[0]])))
     timings: dict[str, float] = {}
     running: dict = {}  # connection → (name, part, process, start, log)
-    print(f"running {total} figures ({sum(map(len, parts.values()))} parts apart) in {jobs} worker processes "
+    print(f"running {total} figures ({sum(map(len, parts.values()))} parts apart) in {min(jobs, len(queue))} worker processes "
           f"({threads} torch thread(s) each); their output goes to {log_dir}/JOB.log", flush=True)
     while queue or running:
         while len(running) < jobs:
@@ -232,6 +237,9 @@ def run_figures(names: list[str], argv: list[str], jobs: int, threads: int = 1, 
             process.start()
             send.close()  # the child holds its own end: EOF here when it dies
             running[receive] = (name, part, process, time.perf_counter(), log)
+        if meanwhile is not None:  # this process's own work, while the workers start theirs
+            meanwhile()
+            meanwhile = None
         for conn in wait(list(running)):
             name, part, process, started, log = running.pop(conn)
             try:
@@ -296,26 +304,28 @@ def main(argv: list[str] | None = None) -> int:
         args.out = E.QUICK_OUT if args.quick else E.DEFAULT_OUT
     E.check_output_location(args.out, tuple(args.only) + ("noether_dynamics_rotation",))  # before any computation
     cfg = Settings(seed=args.seed, device=args.device, steps=args.steps)
-    with E.torch_threads(args.threads):
-        rows = run(cfg)
+    rows: list[dict] = []
 
-    lr_keys = [f"gd_drift_lr{lr:g}" for lr in cfg.lrs]
-    print(f"\nQ of Eq. 48 on the Fig. 3 net (m={cfg.m}, n={cfg.n}, h={cfg.h}), time {cfg.steps * max(cfg.lrs):g} "
-          f"(= {cfg.steps} GD steps at lr {max(cfg.lrs):g}); drift = max |ΔQ̃|")
-    header = f"{'activation':<10} {'Q(0)':>9} {'loss':>17} {'GF drift':>9} " + " ".join(
-        f"{'GD lr=' + k.removeprefix('gd_drift_lr'):>11}" for k in lr_keys)
-    print(header)
-    for r in rows:
-        print(f"{r['activation']:<10} {r['Q0']:>9.4f} {r['loss_start']:>8.4f}→{r['loss_end']:<8.4f} {r['gf_drift']:>9.1e} "
-              + " ".join(f"{r[k]:>11.1e}" for k in lr_keys))
+    def check() -> None:  # the conservation check, in this process while the first figures start
+        with E.torch_threads(args.threads):
+            rows.extend(run(cfg))
+        lr_keys = [f"gd_drift_lr{lr:g}" for lr in cfg.lrs]
+        print(f"\nQ of Eq. 48 on the Fig. 3 net (m={cfg.m}, n={cfg.n}, h={cfg.h}), time {cfg.steps * max(cfg.lrs):g} "
+              f"(= {cfg.steps} GD steps at lr {max(cfg.lrs):g}); drift = max |ΔQ̃|")
+        header = f"{'activation':<10} {'Q(0)':>9} {'loss':>17} {'GF drift':>9} " + " ".join(
+            f"{'GD lr=' + k.removeprefix('gd_drift_lr'):>11}" for k in lr_keys)
+        print(header)
+        for r in rows:
+            print(f"{r['activation']:<10} {r['Q0']:>9.4f} {r['loss_start']:>8.4f}→{r['loss_end']:<8.4f} "
+                  f"{r['gf_drift']:>9.1e} " + " ".join(f"{r[k]:>11.1e}" for k in lr_keys), flush=True)
 
-    table = conservation_claims(rows, cfg)
     common = (["--device", args.device, "--seed", str(args.seed), "--out", args.out, "--threads", str(args.threads)]
               + (["--quick"] if args.quick else []) + ([] if args.resume else ["--no-resume"]))
     jobs = 1 if args.device == "cuda" else args.jobs  # one process owns the GPU
     started = time.perf_counter()
-    runs = run_figures(args.only, common, jobs, args.threads, Path(args.out) / ".logs", args.out)
+    runs = run_figures(args.only, common, jobs, args.threads, Path(args.out) / ".logs", args.out, meanwhile=check)
     print(f"figures: {time.perf_counter() - started:.0f} s wall in all -> {args.out}/NAME.{{pdf,png,json}}")
+    table = conservation_claims(rows, cfg)
     failed = [r for r in runs if r.error is not None]
     for r in runs:
         if r.error is None:

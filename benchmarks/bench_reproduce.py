@@ -12,6 +12,7 @@ Prints the table and the ratios busy/quiet, writes benchmarks/results/bench_repr
 Targets (issue 14): main figures ≤ 60 s quiet, everything ≤ 120 s, busy ≤ 1.3× quiet, Fig. 7 ≤ 10 s,
 peak memory < 2 GB.
 Usage: python benchmarks/bench_reproduce.py [--quick] [--jobs N] [--threads 1] [--out benchmarks/results]
+       [--keep-quiet DIR (the quiet runs' figure files, copied before the temporary folders go)]
        python benchmarks/bench_reproduce.py --table benchmarks/results/bench_reproduce.json
 """
 from __future__ import annotations
@@ -43,7 +44,7 @@ TARGETS = {"main_s": 60.0, "all_s": 120.0, "busy_ratio": 1.3, "fig7_s": 10.0, "p
 def reproduce(figures, quick: bool, jobs: int | None, threads: int, workdir: Path) -> dict:
     """One reproduce.py run into a fresh folder: its wall time, the figures' own times, its exit status."""
     if not figures:  # a group left out by --only
-        return {"wall_s": 0.0, "exit_status": 0, "figures_s": {}, "command": None}
+        return {"wall_s": 0.0, "exit_status": 0, "figures_s": {}, "command": None, "out": None}
     out = Path(tempfile.mkdtemp(prefix="figures-", dir=workdir))
     command = [sys.executable, str(ROOT / "reproduce.py"), "--out", str(out), "--threads", str(threads),
                "--only", *figures] + (["--quick"] if quick else []) + ([] if jobs is None else ["--jobs", str(jobs)])
@@ -60,7 +61,23 @@ def reproduce(figures, quick: bool, jobs: int | None, threads: int, workdir: Pat
         figures_s = {name: seconds[name]["seconds"] if name in seconds else None for name in figures}
     except (OSError, ValueError, KeyError, TypeError):
         figures_s = dict.fromkeys(figures)
-    return {"wall_s": wall, "exit_status": status, "figures_s": figures_s, "command": " ".join(command[1:])}
+    return {"wall_s": wall, "exit_status": status, "figures_s": figures_s, "command": " ".join(command[1:]),
+            "out": out}
+
+
+def keep(condition_result: dict, target: Path) -> None:
+    """The figure files of a condition's runs, copied into ``target`` (claims.json as claims_GROUP.json)."""
+    import shutil
+
+    target.mkdir(parents=True, exist_ok=True)
+    for group in ("main", "related"):
+        out = condition_result[group]["out"]
+        if out is None:
+            continue
+        for path in Path(out).iterdir():
+            if path.is_file() and path.suffix in (".json", ".pdf", ".png"):
+                name = f"claims_{group}.json" if path.name == "claims.json" else path.name
+                shutil.copy2(path, target / name)
 
 
 def condition(busy: bool, args, workdir: Path) -> dict:
@@ -115,6 +132,9 @@ def main(argv=None) -> dict | None:
     parser.add_argument("--only", nargs="+", choices=MAIN + RELATED, default=list(MAIN + RELATED),
                         help="figures to time (default all; fewer only to try the benchmark out)")
     parser.add_argument("--table", metavar="JSON", help="print the Markdown table of a results file and stop")
+    parser.add_argument("--keep-quiet", metavar="DIR", default=None,
+                        help="copy the quiet runs' figures (PDF, PNG, JSON, claims.json) into DIR before the "
+                             "temporary folders go")
     args = parser.parse_args(argv)
     if args.table:
         print(markdown(json.loads(Path(args.table).read_text())))
@@ -122,6 +142,8 @@ def main(argv=None) -> dict | None:
     load_before = os.getloadavg()  # a busy machine makes "quiet" meaningless: recorded with the results
     with tempfile.TemporaryDirectory(prefix="bench-reproduce-") as tmp:
         quiet = condition(False, args, Path(tmp))
+        if args.keep_quiet:
+            keep(quiet, Path(args.keep_quiet))
         busy = condition(True, args, Path(tmp))
     peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     fig7 = quiet["figures_s"].get("Q_convergence_radial")
