@@ -136,19 +136,24 @@ def _job_name(name: str, part: str | None) -> str:
 TIMINGS = "job_seconds.json"  # in the log folder: each job's last time, to start the longest first
 
 
-def _expected_seconds(job: str, out: str, log_dir: Path, parts: int = 0) -> float:
-    """The job's time in the last parallel run, else the figure's last wall time in OUT (shared out
-    among its parts): longest first keeps every worker busy to the end."""
+def _expected_seconds(job: str, out: str, log_dir: Path) -> float:
+    """The job's time in the last parallel run into OUT, else in the committed figures' claims.json
+    (``figure_seconds``), else 0: longest first keeps every worker busy to the end."""
     import json
 
     try:
         return float(json.loads((log_dir / TIMINGS).read_text())[job])
     except (OSError, ValueError, KeyError, TypeError):
         pass
-    try:
-        return float(json.loads((Path(out) / f"{job.split('.')[0]}.json").read_text())["wall_time_s"]) / (parts + 1)
-    except (OSError, ValueError, KeyError, TypeError):
-        return 0.0
+    name, _, part = job.partition(".")
+    for folder in dict.fromkeys((Path(out), Path(__file__).resolve().parent / E.DEFAULT_OUT)):
+        try:
+            record = json.loads((folder / "claims.json").read_text())["figure_seconds"][name]
+            parts = record["parts"] or {}
+            return float(parts[part] if part else record["seconds"] - sum(parts.values()))
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    return 0.0
 
 
 def _figure_job(name: str, part: str | None, argv: list[str], threads: int, log_path: str, conn) -> None:
@@ -217,7 +222,7 @@ def run_figures(names: list[str], argv: list[str], jobs: int, threads: int = 1, 
     part_seconds: dict[str, dict[str, float]] = {name: {} for name in names}
     resumed = [a for a in argv if a != "--no-resume"]  # main after its parts: they are fresh in the cache
     queue = sorted([(name, part) for name in names for part in (*parts[name], None)],
-                   key=lambda job: -_expected_seconds(_job_name(*job), out, log_dir, len(parts[job[0]])))
+                   key=lambda job: -_expected_seconds(_job_name(*job), out, log_dir))
     timings: dict[str, float] = {}
     running: dict = {}  # connection → (name, part, process, start, log)
     print(f"running {total} figures ({sum(map(len, parts.values()))} parts apart) in {min(jobs, len(queue))} worker processes "
