@@ -22,6 +22,21 @@ def run_quick(name, tmp_path, *extra):
     return on_disk
 
 
+# Runs that several tests read, made once per module (a --quick run takes 3-5 s; pytest-xdist runs a module's
+# tests in one worker, --dist loadfile in pyproject.toml).
+@pytest.fixture(scope="module")
+def fig6_run(tmp_path_factory):
+    """Fig. 6's first --quick run into a fresh folder: (folder, payload); its cache is left there."""
+    out = tmp_path_factory.mktemp("fig6")
+    return out, run_quick("Q_convergence_elementwise", out)
+
+
+@pytest.fixture(scope="module")
+def fig9_run(tmp_path_factory):
+    """Fig. 9's --quick run at seed 0 with --no-resume, into a fresh folder (so nothing to resume anyway)."""
+    return run_quick("Q_hessian_eigenvalues", tmp_path_factory.mktemp("fig9"), "--no-resume")
+
+
 def finite_numbers(value):
     if isinstance(value, dict):
         return all(finite_numbers(v) for v in value.values())
@@ -50,8 +65,8 @@ def test_fig45_distribution(tmp_path):
     assert finite_numbers(r)
 
 
-def test_fig6_convergence(tmp_path):
-    r = run_quick("Q_convergence_elementwise", tmp_path)
+def test_fig6_convergence(fig6_run):
+    _, r = fig6_run
     stds = r["settings"]["init_stds"]
     for a, runs in r["per_activation"].items():
         assert len(runs) == len(stds)
@@ -108,8 +123,8 @@ def test_sharpness_1d(tmp_path):
     assert r["flattest_Q"] == 0.0
 
 
-def test_fig9_hessian(tmp_path):
-    r = run_quick("Q_hessian_eigenvalues", tmp_path)
+def test_fig9_hessian(fig9_run):
+    r = fig9_run
     for runs in r["per_activation"].values():
         for x in runs:
             assert {"Q0", "n_near_zero", "median_nonzero", "max"} <= set(x)
@@ -118,10 +133,10 @@ def test_fig9_hessian(tmp_path):
     assert finite_numbers(r)
 
 
-def test_rerun_resumes_from_the_cache(tmp_path):
-    first = run_quick("Q_convergence_elementwise", tmp_path)
-    assert list((tmp_path / ".cache").glob("Q_convergence_elementwise-*.pt"))
-    second = run_quick("Q_convergence_elementwise", tmp_path)
+def test_rerun_resumes_from_the_cache(fig6_run):
+    out, first = fig6_run
+    assert list((out / ".cache").glob("Q_convergence_elementwise-*.pt"))
+    second = run_quick("Q_convergence_elementwise", out)
     assert second["per_activation"] == first["per_activation"]
     assert second["wall_time_s"] <= first["wall_time_s"] + 0.5
 
@@ -156,9 +171,9 @@ def test_script_exits_cleanly_on_divergence(tmp_path):
     assert "Traceback" not in proc.stderr
 
 
-def test_fixed_seed_gives_the_same_numbers(tmp_path):
+def test_fixed_seed_gives_the_same_numbers(fig9_run, tmp_path):
     """Two fresh runs (no cache) with one seed agree exactly; another seed does not."""
-    a = run_quick("Q_hessian_eigenvalues", tmp_path / "a", "--no-resume")
+    a = fig9_run
     b = run_quick("Q_hessian_eigenvalues", tmp_path / "b", "--no-resume")
     c = run_quick("Q_hessian_eigenvalues", tmp_path / "c", "--no-resume", "--seed", "1")
     assert a["per_activation"] == b["per_activation"]

@@ -3,6 +3,7 @@ import json
 from pathlib import Path
 
 import nbformat
+import pytest
 import torch
 from nbclient import NotebookClient
 from PIL import Image
@@ -10,6 +11,13 @@ from PIL import Image
 from conftest import ROOT
 
 CLASSES = [f"class{i}" for i in range(10)]
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread(monkeypatch):
+    """The kernel is a process of its own: conftest's torch.set_num_threads(1) does not reach it, OMP_NUM_THREADS
+    does (a second thread only waits on these small tensors, and beside a pytest-xdist worker it waits for a core)."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
 
 
 def tiny_cifar(root: Path, train_per_class=12, test_per_class=16):

@@ -1,11 +1,20 @@
 """The README's main command: reproduce.py runs, prints its claim table, and every claim holds."""
+import pytest
+
 from conftest import load_script as load
 
 
-def test_reproduce_demo_claims_hold(capsys):
+@pytest.fixture(scope="module")
+def demo():
+    """The conservation check at seed 1, 300 steps (~14 s, nearly all of it the four GF solves), computed once:
+    its claims are tested on these rows, and main is handed them after checking it asked for this run."""
     reproduce = load("reproduce")
-    cfg = reproduce.Settings(steps=300)
-    rows = reproduce.run(cfg)
+    cfg = reproduce.Settings(steps=300, seed=1)
+    return cfg, reproduce.run(cfg)
+
+
+def test_reproduce_demo_claims_hold(demo):
+    cfg, rows = demo
     assert [r["activation"] for r in rows] == ["identity", "relu", "tanh", "sigmoid"]
     for r in rows:
         assert r["gf_drift"] < cfg.gf_tolerance
@@ -15,10 +24,16 @@ def test_reproduce_demo_claims_hold(capsys):
         assert r["loss_end"] < r["loss_start"]
 
 
-def test_reproduce_main_prints_the_table(capsys, tmp_path):
+def test_reproduce_main_prints_the_table(demo, monkeypatch, capsys, tmp_path):
     reproduce = load("reproduce")
-    assert reproduce.main(["--seed", "1", "--steps", "200", "--quick", "--out", str(tmp_path),
+    cfg, rows = demo
+    asked = []
+    monkeypatch.setattr(reproduce, "run", lambda c: asked.append(vars(c)) or rows)
+    # --jobs 1: the figures in this process; spawned workers (each importing torch again) are tested in
+    # test_a_failing_figure_is_named_and_the_others_still_run and test_case5_reproduce_quick_heading
+    assert reproduce.main(["--seed", "1", "--steps", "300", "--quick", "--out", str(tmp_path), "--jobs", "1",
                            "--only", "Q_sharpness_1d", "Q_distribution"]) == 0
+    assert asked == [vars(cfg)]  # --seed and --steps reach the check, so the rows it printed are its own
     out = capsys.readouterr().out
     assert "Q conserved under gradient flow" in out and "App. G.1: λ_max = √(Q²+4)" in out
     assert "NO" not in out
