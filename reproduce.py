@@ -227,49 +227,54 @@ def run_figures(names: list[str], argv: list[str], jobs: int, threads: int = 1, 
     running: dict = {}  # connection → (name, part, process, start, log)
     print(f"running {total} figures ({sum(map(len, parts.values()))} parts apart) in {min(jobs, len(queue))} worker processes "
           f"({threads} torch thread(s) each); their output goes to {log_dir}/JOB.log", flush=True)
-    while queue or running:
-        while len(running) < jobs:
-            ready = [job for job in queue if job[1] is not None or not waiting[job[0]]]
-            if not ready:
-                break
-            name, part = ready[0]
-            queue.remove((name, part))
-            receive, send = context.Pipe(duplex=False)
-            log = str(log_dir / f"{_job_name(name, part)}.log")
-            job_argv = resumed if part is None and parts[name] else argv
-            process = context.Process(target=_figure_job, args=(name, part, job_argv, threads, log, send),
-                                      name=_job_name(name, part))
-            process.start()
-            send.close()  # the child holds its own end: EOF here when it dies
-            running[receive] = (name, part, process, time.perf_counter(), log)
-        if meanwhile is not None:  # this process's own work, while the workers start theirs
-            meanwhile()
-            meanwhile = None
-        for conn in wait(list(running)):
-            name, part, process, started, log = running.pop(conn)
-            try:
-                status, value, seconds = pickle.loads(conn.recv_bytes())
-            except EOFError:  # the process died without a word
+    try:
+        while queue or running:
+            while len(running) < jobs:
+                ready = [job for job in queue if job[1] is not None or not waiting[job[0]]]
+                if not ready:
+                    break
+                name, part = ready[0]
+                queue.remove((name, part))
+                receive, send = context.Pipe(duplex=False)
+                log = str(log_dir / f"{_job_name(name, part)}.log")
+                job_argv = resumed if part is None and parts[name] else argv
+                process = context.Process(target=_figure_job, args=(name, part, job_argv, threads, log, send),
+                                          name=_job_name(name, part))
+                process.start()
+                send.close()  # the child holds its own end: EOF here when it dies
+                running[receive] = (name, part, process, time.perf_counter(), log)
+            if meanwhile is not None:  # this process's own work, while the workers start theirs
+                meanwhile()
+                meanwhile = None
+            for conn in wait(list(running)):
+                name, part, process, started, log = running.pop(conn)
+                try:
+                    status, value, seconds = pickle.loads(conn.recv_bytes())
+                except EOFError:  # the process died without a word
+                    process.join()
+                    status, value, seconds = "error", f"worker exited with code {process.exitcode}", \
+                        time.perf_counter() - started
                 process.join()
-                status, value, seconds = "error", f"worker exited with code {process.exitcode}", \
-                    time.perf_counter() - started
+                conn.close()
+                timings[_job_name(name, part)] = seconds
+                if part is not None:
+                    waiting[name].discard(part)
+                    part_seconds[name][part] = seconds
+                    print(f"      {name} part {part}: " + (f"{seconds:.0f} s" if status == "ok" else
+                          f"FAILED ({value}; see {log}); the figure computes it itself"), flush=True)
+                    continue
+                seconds += sum(part_seconds[name].values())
+                kept = part_seconds[name] or None
+                if status == "ok":
+                    results[name] = JobResult(name, seconds, payload=value, log=log, parts=kept)
+                    print(f"[{len(results)}/{total}] {name}: {seconds:.0f} s", flush=True)
+                else:
+                    results[name] = JobResult(name, seconds, error=value, log=log, parts=kept)
+                    print(f"[{len(results)}/{total}] {name}: FAILED ({value}; see {log})", flush=True)
+    finally:  # an error here (the check in meanwhile, an interrupt) stops the workers still running
+        for _, _, process, _, _ in running.values():
+            process.terminate()
             process.join()
-            conn.close()
-            timings[_job_name(name, part)] = seconds
-            if part is not None:
-                waiting[name].discard(part)
-                part_seconds[name][part] = seconds
-                print(f"      {name} part {part}: " + (f"{seconds:.0f} s" if status == "ok" else
-                      f"FAILED ({value}; see {log}); the figure computes it itself"), flush=True)
-                continue
-            seconds += sum(part_seconds[name].values())
-            kept = part_seconds[name] or None
-            if status == "ok":
-                results[name] = JobResult(name, seconds, payload=value, log=log, parts=kept)
-                print(f"[{len(results)}/{total}] {name}: {seconds:.0f} s", flush=True)
-            else:
-                results[name] = JobResult(name, seconds, error=value, log=log, parts=kept)
-                print(f"[{len(results)}/{total}] {name}: FAILED ({value}; see {log})", flush=True)
     try:  # the order of the next run
         known = json.loads((log_dir / TIMINGS).read_text()) if (log_dir / TIMINGS).exists() else {}
         E.write_json(log_dir / TIMINGS, {**known, **{k: round(v, 2) for k, v in timings.items()}})
