@@ -136,12 +136,11 @@ def test_gradient_flow_gives_up_instead_of_hanging():
 
 def test_a_stalled_solver_is_stopped_where_it_stalled():
     """G&U's ReLU net under GF gets stuck at one t (the drift table's stalled row): stopped after
-    stall_evaluations without progress, long before the budget; its ND run crosses the kinks and is not stopped."""
-    model, params, X, Y, velocity, _ = S.noether.small_problems(0)["relu"]
+    stall_evaluations without progress, long before the budget. (Its ND and NAGF runs cross the kinks
+    under the default stall_evaluations: test_noether's conserved pairs.)"""
+    model, params, X, Y, _, _ = S.noether.small_problems(0)["relu"]
     with pytest.raises(RuntimeError, match=r"gf stalled at t = 0\.0220771: stall_evaluations=2000"):
         S.integrate(model, params, X, Y, [0.0, 3.0], "gf", max_evaluations=20_000, stall_evaluations=2000)
-    run = S.integrate(model, params, X, Y, [0.0, 0.5], "nd", velocity=velocity, stall_evaluations=2000)
-    assert run.times[-1] == 0.5
 
 
 def test_gradient_flow_matches_a_closed_form_solution():
