@@ -6,7 +6,8 @@ under gradient descent by an amount proportional to the step size. Each figure s
 writes figures/NAME.{pdf,png,json}; the table at the end collects each script's claims(payload):
 the claim, whether it holds, what was measured, and the criterion it was held to.
 Then the two related papers: Gluch & Urbanke (noether_dynamics) and Marcotte et al. (conservation_laws).
-Runtime: about 6 min on a 2-core CPU (--quick: about a minute).
+Runtime with --jobs 2 on a quiet 2-core CPU (benchmarks/bench_reproduce.py): 2.6 min for the main paper's
+figures, 2.5 min for the related papers; the two extensions add theirs (--quick: about a minute).
 Usage: python reproduce.py [--device cpu|cuda] [--seed 0] [--out figures] [--quick] [--only NAME ...]
        [--jobs N (default: cores; figures, and the parts of Fig. 3 and noether_dynamics, in parallel
        worker processes)] [--threads 1]
