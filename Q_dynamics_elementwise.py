@@ -22,6 +22,7 @@ import torch
 import symmetry as S
 from symmetry import experiment as E
 from symmetry import training as T
+from symmetry.validation import check_choice
 
 NAME = "Q_dynamics_elementwise"
 
@@ -72,9 +73,8 @@ def train(cfg: Settings, dtype: str, out: str, resume: bool) -> dict:
 
 def run_part(part: str, argv: list[str] | None = None) -> None:
     """One precision (a name in PARTS) trained and cached, nothing written: reproduce.py's worker job."""
+    check_choice("part", part, PARTS)
     args, cfg = E.settings_from_cli(__doc__, Settings, quick, argv, dtype=False)
-    if part not in PARTS:
-        raise ValueError(f"part={part!r}: must be one of {PARTS}")
     if part in cfg.dtypes:
         with E.torch_threads(args.threads):
             train(cfg, part, args.out, args.resume)

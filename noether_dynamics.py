@@ -36,6 +36,7 @@ from symmetry.data import (
     load_image_dataset,
 )
 from symmetry.models import MLPClassifier, PotentialModel
+from symmetry.validation import check_choice
 
 NAME = "noether_dynamics"
 ROTATION = NAME + "_rotation"
@@ -310,8 +311,7 @@ def table_rows(cfg: Settings, group: str, out: str, resume: bool) -> list[dict]:
 
 def run_part(part: str, argv: list[str] | None = None) -> None:
     """One part (a name in PARTS) computed and cached, nothing written: reproduce.py's worker job."""
-    if part not in PARTS:
-        raise ValueError(f"part={part!r}: must be one of {PARTS}")
+    check_choice("part", part, PARTS)
     args, cfg = parse(argv)
     with E.torch_threads(cfg.threads):
         if part in TABLE_GROUPS:

@@ -137,24 +137,27 @@ def _job_name(name: str, part: str | None) -> str:
 TIMINGS = "job_seconds.json"  # in the log folder: each job's last time, to start the longest first
 
 
-def _expected_seconds(job: str, out: str, log_dir: Path) -> float:
-    """The job's time in the last parallel run into OUT, else in the committed figures' claims.json
-    (``figure_seconds``), else 0: longest first keeps every worker busy to the end."""
+def _last_times(out: str, log_dir: Path) -> dict[str, float]:
+    """Each job's time in the last parallel run into OUT (``log_dir``/job_seconds.json), else in OUT's or
+    the committed figures' claims.json (``figure_seconds``): longest first keeps every worker busy to the end."""
     import json
 
-    try:
-        return float(json.loads((log_dir / TIMINGS).read_text())[job])
-    except (OSError, ValueError, KeyError, TypeError):
-        pass
-    name, _, part = job.partition(".")
-    for folder in dict.fromkeys((Path(out), Path(__file__).resolve().parent / E.DEFAULT_OUT)):
+    def read(path: Path):
         try:
-            record = json.loads((folder / "claims.json").read_text())["figure_seconds"][name]
-            parts = record["parts"] or {}
-            return float(parts[part] if part else record["seconds"] - sum(parts.values()))
-        except (OSError, ValueError, KeyError, TypeError):
-            continue
-    return 0.0
+            return json.loads(path.read_text())
+        except (OSError, ValueError):
+            return None
+
+    times = {job: float(t) for job, t in (read(log_dir / TIMINGS) or {}).items()}
+    for folder in dict.fromkeys((Path(out), Path(__file__).resolve().parent / E.DEFAULT_OUT)):
+        for name, record in ((read(folder / "claims.json") or {}).get("figure_seconds") or {}).items():
+            if not isinstance(record, dict) or "seconds" not in record:
+                continue
+            parts = record.get("parts") or {}
+            times.setdefault(name, float(record["seconds"]) - sum(parts.values()))
+            for part, seconds in parts.items():
+                times.setdefault(_job_name(name, part), float(seconds))
+    return times
 
 
 def _figure_job(name: str, part: str | None, argv: list[str], threads: int, log_path: str, conn) -> None:
@@ -222,8 +225,9 @@ def run_figures(names: list[str], argv: list[str], jobs: int, threads: int = 1, 
     waiting = {name: set(p) for name, p in parts.items()}  # parts still to finish before the figure's main
     part_seconds: dict[str, dict[str, float]] = {name: {} for name in names}
     resumed = [a for a in argv if a != "--no-resume"]  # main after its parts: they are fresh in the cache
+    last = _last_times(out, log_dir)
     queue = sorted([(name, part) for name in names for part in (*parts[name], None)],
-                   key=lambda job: -_expected_seconds(_job_name(*job), out, log_dir))
+                   key=lambda job: -last.get(_job_name(*job), 0.0))
     timings: dict[str, float] = {}
     running: dict = {}  # connection → (name, part, process, start, log)
     print(f"running {total} figures ({sum(map(len, parts.values()))} parts apart) in {min(jobs, len(queue))} worker processes "

@@ -22,6 +22,10 @@ from typing import Callable
 import numpy as np
 import torch
 
+from .activations import inverse_square
+from .dynamics import DivergenceError, State, _rest_only, _start, bind_in_place, run
+from .models import SpectralModes, TwoLayerRadialNet, _residual_scale
+
 Tensor = torch.Tensor
 
 _compiled: dict[str, Callable] = {}
@@ -155,9 +159,6 @@ def _learning_rates(lr, batch: int, dtype) -> np.ndarray:
 
 def _radial(model, params: tuple[Tensor, ...], X: Tensor | None, Y: Tensor, lr) -> CompiledSteps | None:
     """GD on ``TwoLayerRadialNet`` with f(r) = r⁻² per neuron and whitened input (Fig. 7's model)."""
-    from .activations import inverse_square
-    from .models import _residual_scale
-
     U, V = params
     if not (X is None and model.f is inverse_square and model.over == "neuron" and U.ndim == V.ndim
             and U.ndim in (2, 3)):
@@ -190,14 +191,8 @@ def _spectral_modes(model, params: tuple[Tensor, ...], X: Tensor | None, Y: Tens
     return CompiledSteps(_modes_kernel(), arrays, (dtype(-2 * model.scale),))
 
 
-def _kernels() -> dict[type, Callable]:
-    from .models import SpectralModes, TwoLayerRadialNet
-
-    return {TwoLayerRadialNet: _radial, SpectralModes: _spectral_modes}
-
-
-#: Model class → builder ``(model, params, X, Y, lr) -> CompiledSteps | None`` (filled on first use).
-KERNELS: dict[type, Callable] = {}
+#: Model class → builder ``(model, params, X, Y, lr) -> CompiledSteps | None``.
+KERNELS: dict[type, Callable] = {TwoLayerRadialNet: _radial, SpectralModes: _spectral_modes}
 
 
 def compiled_stepper(model, params: tuple[Tensor, ...], X: Tensor | None, Y: Tensor, lr) -> CompiledSteps | None:
@@ -205,8 +200,6 @@ def compiled_stepper(model, params: tuple[Tensor, ...], X: Tensor | None, Y: Ten
     applies: a model class not in :data:`KERNELS`, CUDA tensors, input data X the kernel does not take,
     a dtype other than float32/float64, non-contiguous or grad-requiring parameters, or numba missing
     (then one line on stderr says so, once). ``lr``: a number or one value per configuration."""
-    if not KERNELS:
-        KERNELS.update(_kernels())
     build = KERNELS.get(type(model))
     if build is None or len(params) != 2:
         return None
@@ -238,14 +231,10 @@ class CompiledGD:
         return f"CompiledGD({self.model!r}, lr={self.lr}, every={self.every})"
 
     def init_state(self, params, velocity=None):
-        from .dynamics import _rest_only, _start
-
         _rest_only(self.name, velocity)
         return _start(tuple(p.contiguous() for p in params), track_velocity=False)
 
     def step(self, state, grad=None):
-        from .dynamics import State, bind_in_place
-
         def make(params):
             steps = compiled_stepper(self.model, params, self.X, self.Y, self.lr)
             if steps is None:  # decided before the loop started; the parameters cannot have changed kind
@@ -262,8 +251,6 @@ def compiled_gradient_descent(model, params, X: Tensor | None, Y: Tensor, lr, st
     the engine's loop (``dynamics.run``) with :class:`CompiledGD`, one compiled call per recorded
     interval, and the same Trajectory (step numbers, loss and observables at the same steps); ``None``
     where no kernel applies or ``steps`` is not a multiple of ``record_every`` (then run the torch loop)."""
-    from .dynamics import DivergenceError, run
-
     probe = tuple(p.detach().clone().contiguous() for p in params)
     if steps % record_every or compiled_stepper(model, probe, X, Y, lr) is None:
         return None

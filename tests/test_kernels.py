@@ -19,25 +19,30 @@ def radial_problem(batch=3, m=5, n=10, h=5, dtype=torch.float64):
 
 
 def torch_steps(net, params, Y, lr, steps):
-    """The engine's torch GD step (closed-form gradient of TwoLayerRadialNet), ``steps`` times."""
+    """The engine's torch GD step (the model's closed-form gradient), ``steps`` times."""
     lr = lr.reshape(-1) if isinstance(lr, torch.Tensor) else lr
     return S.gradient_descent(net, params, None, Y, lr, steps, record_every=steps).params
+
+
+def assert_kernel_equals_torch_over_1000_steps(model, params, Y, lr, rtol, moved):
+    """1000 GD steps by the compiled kernel (one by call, the rest in one compiled loop) against the
+    same steps by the engine's torch GD; the parameters must have moved by more than ``moved``."""
+    expected = torch_steps(model, params, Y, lr, 1000)
+    fast = tuple(p.clone() for p in params)
+    stepper = K.compiled_stepper(model, fast, None, Y, lr)
+    stepper()
+    stepper.advance(999)
+    for got, want, start in zip(fast, expected, params):
+        assert (want - start).abs().max() > moved  # a real comparison
+        torch.testing.assert_close(got, want, rtol=rtol, atol=rtol * float(want.abs().max()))
 
 
 @pytest.mark.parametrize("dtype, rtol", [(torch.float64, 1e-12), (torch.float32, 1e-6)])
 @pytest.mark.parametrize("reduction", ["mean", "half_sum"])
 def test_kernel_equals_the_torch_step_over_1000_steps(dtype, rtol, reduction):
-    net = S.TwoLayerRadialNet(reduction=reduction)
     params, Y = radial_problem(dtype=dtype)
-    lr = 1e-2 if reduction == "mean" else 2e-4
-    expected = torch_steps(net, params, Y, lr, 1000)
-    fast = tuple(p.clone() for p in params)
-    stepper = K.compiled_stepper(net, fast, None, Y, lr)
-    stepper()  # one step by call, the rest in one compiled loop
-    stepper.advance(999)
-    for got, want, start in zip(fast, expected, params):
-        assert (want - start).abs().max() > 1e-3  # the parameters moved: a real comparison
-        torch.testing.assert_close(got, want, rtol=rtol, atol=rtol * float(want.abs().max()))
+    assert_kernel_equals_torch_over_1000_steps(S.TwoLayerRadialNet(reduction=reduction), params, Y,
+                                               1e-2 if reduction == "mean" else 2e-4, rtol, moved=1e-3)
 
 
 def test_per_configuration_learning_rates_and_one_configuration():
@@ -122,17 +127,9 @@ def test_spectral_modes_gradient_is_autograd_and_conserves_lambda_under_flow():
 @pytest.mark.parametrize("dtype, rtol", [(torch.float64, 1e-12), (torch.float32, 1e-6)])
 @pytest.mark.parametrize("per_config", [False, True])
 def test_modes_kernel_equals_the_torch_step_over_1000_steps(dtype, rtol, per_config):
-    model = S.SpectralModes(1 / 50)
     params, Y = modes_problem(dtype=dtype)
     lr = torch.tensor([1e-1, 2e-1, 5e-2, 1e-2], dtype=dtype) if per_config else 1e-1
-    expected = S.gradient_descent(model, params, None, Y, lr, 1000, record_every=1000).params
-    fast = tuple(p.clone() for p in params)
-    steps = K.compiled_stepper(model, fast, None, Y, lr)
-    steps()  # one step by call, the rest in one compiled loop
-    steps.advance(999)
-    for got, want, start in zip(fast, expected, params):
-        assert (want - start).abs().max() > 1e-2  # the parameters moved: a real comparison
-        torch.testing.assert_close(got, want, rtol=rtol, atol=rtol * float(want.abs().max()))
+    assert_kernel_equals_torch_over_1000_steps(S.SpectralModes(1 / 50), params, Y, lr, rtol, moved=1e-2)
 
 
 def test_compiled_modes_trajectory_records_what_the_torch_loop_records():
