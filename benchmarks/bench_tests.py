@@ -1,10 +1,11 @@
 """Benchmark: the README's test command (`pytest`, settings in pyproject.toml) timed end to end.
 
-Runs the suite once in a subprocess from the repository root and records its wall time, the CPU time
-of everything it started (pytest-xdist workers, notebook kernels, figure subprocesses), the pass/fail
-counts from pytest's summary line, and the load average before and after (a busy machine makes the
-wall time an upper bound). Target (issue 14): under 3 minutes on a 2-core CPU.
-Usage: python benchmarks/bench_tests.py [--out benchmarks/results] [-- extra pytest arguments]
+Runs the suite ``--repeats`` times in a subprocess from the repository root and records each run's
+wall time, the CPU time of everything it started (pytest-xdist workers, notebook kernels, figure
+subprocesses), the pass/fail counts from pytest's summary line, and the load average before and after
+(a busy machine makes the wall time an upper bound). Target (issue 14): under 3 minutes on a 2-core
+CPU, judged on the slowest run (one fast run is not "the suite takes under 3 minutes").
+Usage: python benchmarks/bench_tests.py [--repeats 3] [--out benchmarks/results] [-- extra pytest arguments]
 """
 from __future__ import annotations
 
@@ -25,27 +26,42 @@ from symmetry import experiment as E  # noqa: E402
 TARGET_S = 180.0
 
 
-def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"), help="folder for bench_tests.json")
-    parser.add_argument("pytest_args", nargs="*", help="extra arguments for pytest (after --)")
-    args = parser.parse_args(argv)
-    command = [sys.executable, "-m", "pytest", "-q", *args.pytest_args]
+def _one_run(pytest_args: list[str]) -> dict:
+    """One run of the suite: wall and CPU seconds (CPU of this run's children only), summary, load."""
+    command = [sys.executable, "-m", "pytest", "-q", *pytest_args]
     load_before = os.getloadavg()
+    cpu_before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
     wall = time.perf_counter() - started
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = usage.ru_utime + usage.ru_stime - cpu_before.ru_utime - cpu_before.ru_stime
     summary = done.stdout.strip().splitlines()[-1] if done.stdout.strip() else ""
     counts = {kind: int(n) for n, kind in re.findall(r"(\d+) (passed|failed|errors?|skipped|xfailed|xpassed)", summary)}
+    print(f"run: {wall:.1f} s wall, {cpu:.1f} s CPU: {summary}", flush=True)
+    return {"wall_s": round(wall, 1), "cpu_s": round(cpu, 1), "exit_status": done.returncode, "summary": summary,
+            "counts": counts, "load_average_before": load_before, "load_average_after": os.getloadavg()}
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"), help="folder for bench_tests.json")
+    parser.add_argument("pytest_args", nargs="*", help="extra arguments for pytest (after --)")
+    parser.add_argument("--repeats", type=int, default=1, help="runs of the suite; the target is judged on the slowest")
+    args = parser.parse_args(argv)
+    if args.repeats < 1:
+        parser.error(f"--repeats must be at least 1, got {args.repeats}")
+    runs = [_one_run(args.pytest_args) for _ in range(args.repeats)]
+    slowest = max(r["wall_s"] for r in runs)
     results = {"benchmark": "bench_tests", "command": " ".join(["pytest", "-q", *args.pytest_args]),
-               "environment": E.environment(), "cpu_count": os.cpu_count(), "wall_s": round(wall, 1),
-               "cpu_s": round(usage.ru_utime + usage.ru_stime, 1), "exit_status": done.returncode,
-               "summary": summary, "counts": counts, "load_average_before": load_before,
-               "load_average_after": os.getloadavg(), "target_s": TARGET_S, "target_met": wall <= TARGET_S}
+               "environment": E.environment(), "cpu_count": os.cpu_count(), "repeats": args.repeats,
+               "runs": runs, "wall_s": slowest, "wall_s_min": min(r["wall_s"] for r in runs),
+               "exit_status": max(r["exit_status"] for r in runs), "target_s": TARGET_S,
+               "target_met": slowest <= TARGET_S and all(r["exit_status"] == 0 for r in runs)}
     E.write_json(Path(args.out) / "bench_tests.json", results)
-    print(f"{summary}\npytest: {wall:.1f} s wall, {results['cpu_s']:.1f} s CPU (target {TARGET_S:g} s: "
-          f"{'met' if results['target_met'] else 'NOT met'})")
+    walls = ", ".join(f"{r['wall_s']:.1f}" for r in runs)
+    print(f"{runs[-1]['summary']}\npytest: {walls} s wall over {len(runs)} run(s); slowest {slowest:.1f} s "
+          f"(target {TARGET_S:g} s: {'met' if results['target_met'] else 'NOT met'})")
     return results
 
 
