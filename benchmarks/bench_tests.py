@@ -38,9 +38,10 @@ def _one_run(pytest_args: list[str]) -> dict:
     cpu = usage.ru_utime + usage.ru_stime - cpu_before.ru_utime - cpu_before.ru_stime
     summary = done.stdout.strip().splitlines()[-1] if done.stdout.strip() else ""
     counts = {kind: int(n) for n, kind in re.findall(r"(\d+) (passed|failed|errors?|skipped|xfailed|xpassed)", summary)}
-    print(f"run: {wall:.1f} s wall, {cpu:.1f} s CPU: {summary}", flush=True)
+    failed = [line for line in done.stdout.splitlines() if line.startswith(("FAILED", "ERROR"))]
+    print(f"run: {wall:.1f} s wall, {cpu:.1f} s CPU: {summary}", *failed, sep="\n", flush=True)
     return {"wall_s": round(wall, 1), "cpu_s": round(cpu, 1), "exit_status": done.returncode, "summary": summary,
-            "counts": counts, "load_average_before": load_before, "load_average_after": os.getloadavg()}
+            "counts": counts, "failed": failed, "load_average_before": load_before, "load_average_after": os.getloadavg()}
 
 
 def main(argv=None) -> dict:
