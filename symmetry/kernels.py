@@ -15,9 +15,12 @@ engine, :func:`compiled_gradient_descent` the compiled twin of ``symmetry.gradie
 """
 from __future__ import annotations
 
+import contextlib
 import re
+import signal
 import sys
-from typing import Callable
+import threading
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -134,6 +137,30 @@ def _modes_kernel() -> Callable:
     return modes_gd
 
 
+@contextlib.contextmanager
+def interrupt_after() -> Iterator[None]:
+    """Hold SIGINT (Ctrl-C) until the block ends, then deliver it to the handler it was meant for.
+
+    The first call of a numba kernel loads it from numba's cache through llvmlite's ctypes callbacks;
+    a KeyboardInterrupt raised inside one is printed as "Exception ignored on calling ctypes callback
+    function" and lost, and the run went on to its end (tests/test_kernels.py shows it). A compiled
+    call does not see signals before it returns anyway. Only the main thread receives signals, so
+    elsewhere, or with a handler that is not a Python function, the block runs as it is.
+    """
+    previous = signal.getsignal(signal.SIGINT)
+    if threading.current_thread() is not threading.main_thread() or not callable(previous):
+        yield
+        return
+    pending: list = []
+    signal.signal(signal.SIGINT, lambda signum, frame: pending.append((signum, frame)))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if pending:
+            previous(*pending[0])
+
+
 class CompiledSteps:
     """GD steps of one model by a compiled kernel, on numpy views of the parameter tensors: ``params``
     change in place, as with the torch step. ``advance(k)``: k steps in one call; calling it: one step."""
@@ -142,8 +169,9 @@ class CompiledSteps:
         self._kernel, self._arrays, self._constants = kernel, arrays, constants
 
     def advance(self, steps: int) -> None:
-        """``steps`` GD steps in one compiled call."""
-        self._kernel(*self._arrays, *self._constants, steps)
+        """``steps`` GD steps in one compiled call (a Ctrl-C during it is delivered when it returns)."""
+        with interrupt_after():
+            self._kernel(*self._arrays, *self._constants, steps)
 
     def __call__(self) -> None:
         self.advance(1)

@@ -145,3 +145,50 @@ def test_compiled_modes_trajectory_records_what_the_torch_loop_records():
     assert K.compiled_stepper(model, params, randn(5, 3, seed=9), Y, 0.1) is None
     assert K.compiled_stepper(model, params, None, randn(1, 3, seed=9), 0.1) is None
     assert K.compiled_stepper(S.TwoLayerNet("tanh"), params, None, Y, 0.1) is None
+
+
+@pytest.fixture
+def python_sigint_handler():
+    """SIGINT raises KeyboardInterrupt (Python's default handler) for the test, whatever the runner set."""
+    import signal
+
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+def _ctypes_callback_that_gets_ctrl_c():
+    """A C → Python callback, as llvmlite's when numba loads a cached kernel, during which SIGINT arrives."""
+    import ctypes
+    import signal
+
+    def callback():
+        signal.raise_signal(signal.SIGINT)
+        for _ in range(1000):  # Python keeps running inside the callback: the handler runs here
+            pass
+
+    return ctypes.CFUNCTYPE(None)(callback)
+
+
+def test_ctrl_c_inside_a_ctypes_callback_is_lost_without_the_guard(python_sigint_handler, monkeypatch):
+    """The cause of a lost Ctrl-C (Fig. 7 ran to its end after SIGINT): the interrupt dies in the callback."""
+    import sys
+
+    ignored = []
+    monkeypatch.setattr(sys, "unraisablehook", ignored.append)  # "Exception ignored on calling ctypes callback"
+    _ctypes_callback_that_gets_ctrl_c()()  # no KeyboardInterrupt reaches here
+    assert [type(u.exc_value) for u in ignored] == [KeyboardInterrupt]
+
+
+def test_a_compiled_call_delivers_ctrl_c_when_it_returns(python_sigint_handler):
+    """CompiledSteps.advance holds SIGINT during the kernel call (load, compile, steps), then raises it."""
+    callback, done = _ctypes_callback_that_gets_ctrl_c(), []
+    steps = K.CompiledSteps(lambda k: (done or callback(), done.append(k)), (), ())  # Ctrl-C in the 1st call
+    with pytest.raises(KeyboardInterrupt):
+        steps.advance(7)
+    assert done == [7]  # the call finished (the parameters are whole), then the interrupt came
+    import signal
+
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler is restored
+    steps.advance(3)  # and nothing is left pending
+    assert done == [7, 3]
