@@ -41,7 +41,7 @@ def _one_run(pytest_args: list[str]) -> dict:
     failed = [line for line in done.stdout.splitlines() if line.startswith(("FAILED", "ERROR"))]
     print(f"run: {wall:.1f} s wall, {cpu:.1f} s CPU: {summary}", *failed, sep="\n", flush=True)
     return {"wall_s": round(wall, 1), "cpu_s": round(cpu, 1), "exit_status": done.returncode, "summary": summary,
-            "counts": counts, "failed": failed, "load_average_before": load_before, "load_average_after": os.getloadavg()}
+            "counts": counts, "failed": failed, "output_tail": done.stdout[-4000:] if done.returncode else "", "load_average_before": load_before, "load_average_after": os.getloadavg()}
 
 
 def main(argv=None) -> dict:
