@@ -566,8 +566,11 @@ def test_case10_sigint_during_a_run_is_one_line(tmp_path):
 
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     out = tmp_path / "out"
+    # Ctrl-C's default disposition in the child: a shell's background job (`pytest &`) ignores SIGINT, its
+    # children inherit that, and Python then keeps ignoring it (the run went on to its end: rc 0)
     process = subprocess.Popen([sys.executable, str(ROOT / "Q_convergence_radial.py"), "--out", str(out)],
-                               cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                               cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 60
     while not out.exists() and time.monotonic() < deadline:  # created once --out is checked: the run starts
         time.sleep(0.1)
