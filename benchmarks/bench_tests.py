@@ -4,7 +4,9 @@ Runs the suite ``--repeats`` times in a subprocess from the repository root and 
 wall time, the CPU time of everything it started (pytest-xdist workers, notebook kernels, figure
 subprocesses), the pass/fail counts from pytest's summary line, and the load average before and after
 (a busy machine makes the wall time an upper bound). Target (issue 14): under 3 minutes on a 2-core
-CPU, judged on the slowest run (one fast run is not "the suite takes under 3 minutes").
+CPU, judged on the slowest run (one fast run is not "the suite takes under 3 minutes"). Before the runs
+it times Fig. 3's float32 torch step (bench_two_layer_kernel's ``torch_us``, one thread), so that suites
+timed on other days, when this shared machine ran faster or slower, can be put side by side.
 Usage: python benchmarks/bench_tests.py [--repeats 3] [--out benchmarks/results] [-- extra pytest arguments]
 """
 from __future__ import annotations
@@ -23,7 +25,20 @@ sys.path.insert(0, str(ROOT))
 
 from symmetry import experiment as E  # noqa: E402
 
+from bench_two_layer_kernel import fig3_problem, torch_step_seconds  # noqa: E402
+
 TARGET_S = 180.0
+
+
+def _reference_step_us(steps: int = 5000, repeats: int = 3) -> float:
+    """Median µs per step of Fig. 3's float32 torch step on one thread (as bench_two_layer_kernel times it)."""
+    import statistics
+
+    import torch
+
+    *_, U0, V0, _, _, stepper = fig3_problem(torch.float32)
+    with E.torch_threads(1):
+        return 1e6 * statistics.median(torch_step_seconds(stepper, U0, V0, steps) for _ in range(repeats))
 
 
 def _one_run(pytest_args: list[str]) -> dict:
@@ -52,10 +67,13 @@ def main(argv=None) -> dict:
     args = parser.parse_args(argv)
     if args.repeats < 1:
         parser.error(f"--repeats must be at least 1, got {args.repeats}")
+    reference = _reference_step_us()
+    print(f"machine: Fig. 3's float32 torch step {reference:.1f} µs", flush=True)
     runs = [_one_run(args.pytest_args) for _ in range(args.repeats)]
     slowest = max(r["wall_s"] for r in runs)
     results = {"benchmark": "bench_tests", "command": " ".join(["pytest", "-q", *args.pytest_args]),
                "environment": E.environment(), "cpu_count": os.cpu_count(), "repeats": args.repeats,
+               "reference_step_us": round(reference, 1),
                "runs": runs, "wall_s": slowest, "wall_s_min": min(r["wall_s"] for r in runs),
                "exit_status": max(r["exit_status"] for r in runs), "target_s": TARGET_S,
                "target_met": slowest <= TARGET_S and all(r["exit_status"] == 0 for r in runs)}

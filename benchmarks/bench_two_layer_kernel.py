@@ -79,14 +79,27 @@ def kernel():
     return two_layer_gd
 
 
-def measure(dtype: torch.dtype, steps: int, repeats: int) -> dict:
+def fig3_problem(dtype: torch.dtype):
+    """Fig. 3's batch (4 activations × 3 learning rates, m=5, h=50, n=10): (activations, U0, V0, Y, lr, torch stepper)."""
     activations = [a for a in S.PAPER_ACTIVATIONS for _ in range(3)]
     U0, V0 = S.gaussian_init(5, 50, 10, std=0.1, batch=(12,), seed=0, dtype=torch.float64)
     U0, V0 = U0.to(dtype), V0.to(dtype)
     Y = torch.randn(5, 10, generator=torch.Generator().manual_seed(1), dtype=torch.float64).to(dtype)
     lr = torch.tensor([0.1, 0.01, 0.001] * 4, dtype=dtype)
     net = S.TwoLayerNet(S.activations.MixedActivation([S.get_activation(a) for a in activations]))
-    stepper = S.TwoLayerGD(net, None, Y, lr)
+    return activations, U0, V0, Y, lr, S.TwoLayerGD(net, None, Y, lr)
+
+
+def torch_step_seconds(stepper, U0, V0, steps: int) -> float:
+    """Seconds per step of the torch stepper's fast path over ``steps`` steps from (U0, V0)."""
+    state = stepper.init_state((U0, V0))
+    start = time.perf_counter()
+    stepper.advance(state, steps)
+    return (time.perf_counter() - start) / steps
+
+
+def measure(dtype: torch.dtype, steps: int, repeats: int) -> dict:
+    activations, U0, V0, Y, lr, stepper = fig3_problem(dtype)
     codes = np.array([CODES[a] for a in activations], dtype=np.int64)
     c = (-2.0 / 50 * lr).numpy()  # −η·∂/∂F of the mean over the m·n entries, per configuration
     gd = kernel()
