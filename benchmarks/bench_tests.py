@@ -15,10 +15,13 @@ import argparse
 import os
 import re
 import resource
+import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -32,13 +35,9 @@ TARGET_S = 180.0
 
 def _reference_step_us(steps: int = 5000, repeats: int = 3) -> float:
     """Median µs per step of Fig. 3's float32 torch step on one thread (as bench_two_layer_kernel times it)."""
-    import statistics
-
-    import torch
-
     *_, U0, V0, _, _, stepper = fig3_problem(torch.float32)
     with E.torch_threads(1):
-        return 1e6 * statistics.median(torch_step_seconds(stepper, U0, V0, steps) for _ in range(repeats))
+        return 1e6 * statistics.median(torch_step_seconds(stepper, U0, V0, steps)[0] for _ in range(repeats))
 
 
 def _one_run(pytest_args: list[str]) -> dict:
@@ -56,17 +55,17 @@ def _one_run(pytest_args: list[str]) -> dict:
     failed = [line for line in done.stdout.splitlines() if line.startswith(("FAILED", "ERROR"))]
     print(f"run: {wall:.1f} s wall, {cpu:.1f} s CPU: {summary}", *failed, sep="\n", flush=True)
     return {"wall_s": round(wall, 1), "cpu_s": round(cpu, 1), "exit_status": done.returncode, "summary": summary,
-            "counts": counts, "failed": failed, "output_tail": done.stdout[-4000:] if done.returncode else "", "load_average_before": load_before, "load_average_after": os.getloadavg()}
+            "counts": counts, "failed": failed, "output_tail": done.stdout[-4000:] if done.returncode else "",
+            "load_average_before": load_before, "load_average_after": os.getloadavg()}
 
 
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"), help="folder for bench_tests.json")
     parser.add_argument("pytest_args", nargs="*", help="extra arguments for pytest (after --)")
-    parser.add_argument("--repeats", type=int, default=1, help="runs of the suite; the target is judged on the slowest")
+    parser.add_argument("--repeats", type=E.positive_int, default=1,
+                        help="runs of the suite; the target is judged on the slowest")
     args = parser.parse_args(argv)
-    if args.repeats < 1:
-        parser.error(f"--repeats must be at least 1, got {args.repeats}")
     reference = _reference_step_us()
     print(f"machine: Fig. 3's float32 torch step {reference:.1f} µs", flush=True)
     runs = [_one_run(args.pytest_args) for _ in range(args.repeats)]

@@ -1,6 +1,10 @@
 """The compiled GD kernels against the torch steps they replace (the engine's GD on TwoLayerRadialNet and on
 SpectralModes, Prop. 14's decoupled per-mode system)."""
 
+import ctypes
+import signal
+import sys
+
 import pytest
 import torch
 
@@ -150,8 +154,6 @@ def test_compiled_modes_trajectory_records_what_the_torch_loop_records():
 @pytest.fixture
 def python_sigint_handler():
     """SIGINT raises KeyboardInterrupt (Python's default handler) for the test, whatever the runner set."""
-    import signal
-
     previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     yield
     signal.signal(signal.SIGINT, previous)
@@ -159,9 +161,6 @@ def python_sigint_handler():
 
 def _ctypes_callback_that_gets_ctrl_c():
     """A C → Python callback, as llvmlite's when numba loads a cached kernel, during which SIGINT arrives."""
-    import ctypes
-    import signal
-
     def callback():
         signal.raise_signal(signal.SIGINT)
         for _ in range(1000):  # Python keeps running inside the callback: the handler runs here
@@ -172,8 +171,6 @@ def _ctypes_callback_that_gets_ctrl_c():
 
 def test_ctrl_c_inside_a_ctypes_callback_is_lost_without_the_guard(python_sigint_handler, monkeypatch):
     """The cause of a lost Ctrl-C (Fig. 7 ran to its end after SIGINT): the interrupt dies in the callback."""
-    import sys
-
     ignored = []
     monkeypatch.setattr(sys, "unraisablehook", ignored.append)  # "Exception ignored on calling ctypes callback"
     _ctypes_callback_that_gets_ctrl_c()()  # no KeyboardInterrupt reaches here
@@ -187,8 +184,6 @@ def test_a_compiled_call_delivers_ctrl_c_when_it_returns(python_sigint_handler):
     with pytest.raises(KeyboardInterrupt):
         steps.advance(7)
     assert done == [7]  # the call finished (the parameters are whole), then the interrupt came
-    import signal
-
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler is restored
     steps.advance(3)  # and nothing is left pending
     assert done == [7, 3]
