@@ -36,6 +36,9 @@ class Activation:
     # preallocated training step of dynamics.TwoLayerGD); a constant σ' is written once, not per step
     into: Callable[[Tensor, Tensor, Tensor], object] | None = None
     constant_dsigma: bool = False
+    # (g, z, s = σ(z)) ↦ g·σ'(z) with the arithmetic autograd does through ``sigma``, bit for bit
+    # (tests/test_models.py): MLP's gradient without an autograd graph; None: MLP uses autograd
+    autograd_vjp: Callable[[Tensor, Tensor, Tensor], Tensor] | None = None
 
     def __call__(self, z: Tensor) -> Tensor:
         return self.sigma(z)
@@ -52,11 +55,21 @@ class Activation:
 _ONE = torch.ones(())  # a 0-dim 1 for in-place 1 − s² (0-dim tensors take the other operands' dtype and device)
 
 
+def _relu_backward(g: Tensor, s: Tensor) -> Tensor:
+    """autograd's ReLU backward (threshold_backward on the output): 0 where s ≤ 0, else g."""
+    return torch.where(s <= 0, 0.0, g)
+
+
+def _pow_backward(g: Tensor, x: Tensor, power: float) -> Tensor:
+    """autograd's backward of x ** power: g · (power · x^(power − 1))."""
+    return g * (power * x.pow(power - 1))
+
+
 def identity() -> Activation:
     """σ(x) = x: linear nets (Example 2); σ/σ' = x, A = x²/2."""
     return Activation("identity", lambda z: z, torch.ones_like, lambda z: 0.5 * z * z,
                       homogeneity=1.0, gaussian_mean_integral=lambda s2: 0.5 * s2,
-                      into=lambda z, s, d: s.copy_(z), constant_dsigma=True)
+                      into=lambda z, s, d: s.copy_(z), constant_dsigma=True, autograd_vjp=lambda g, z, s: g)
 
 
 def relu() -> Activation:
@@ -65,7 +78,8 @@ def relu() -> Activation:
                       lambda z: 0.5 * torch.relu(z) ** 2,
                       homogeneity=1.0, gaussian_mean_integral=lambda s2: 0.25 * s2,
                       dsigma_from_output=torch.sign,  # s = relu(z) ≥ 0: sign(s) = 1 exactly where z > 0
-                      into=lambda z, s, d: torch.sign(torch.clamp(z, min=0, out=s), out=d))
+                      into=lambda z, s, d: torch.sign(torch.clamp(z, min=0, out=s), out=d),
+                      autograd_vjp=lambda g, z, s: _relu_backward(g, s))
 
 
 def leaky_relu(slope: float = 0.01) -> Activation:
@@ -87,7 +101,8 @@ def repu(power: float = 2.0) -> Activation:
                       lambda z: torch.relu(z) ** power,
                       lambda z: power * torch.relu(z) ** (power - 1) * (z > 0).to(z.dtype),
                       lambda z: torch.relu(z) ** 2 / (2 * power),
-                      homogeneity=float(power), gaussian_mean_integral=lambda s2: s2 / (4 * power))
+                      homogeneity=float(power), gaussian_mean_integral=lambda s2: s2 / (4 * power),
+                      autograd_vjp=lambda g, z, s: _relu_backward(_pow_backward(g, torch.relu(z), power), torch.relu(z)))
 
 
 def tanh() -> Activation:

@@ -25,6 +25,26 @@ def test_derivative_matches_autograd(name):
     torch.testing.assert_close(act.dsigma(x.detach()), auto, rtol=1e-12, atol=1e-12)
 
 
+WITH_VJP = [S.get_activation(n) for n in ALL] + [S.activations.repu(1.0), S.activations.repu(3.0)]
+WITH_VJP = [a for a in WITH_VJP if a.autograd_vjp is not None]
+
+
+def test_the_activations_of_the_noether_problems_have_a_vjp():
+    """MLP's closed-form gradient needs it for G&U's ReLU, RePU and linear nets (else it falls back to autograd)."""
+    assert {"identity", "relu", "repu(2)"} <= {a.name for a in WITH_VJP}
+
+
+@pytest.mark.parametrize("act", WITH_VJP, ids=lambda a: a.name)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_autograd_vjp_is_autograd_bit_for_bit(act, dtype):
+    """g·σ'(z) as autograd computes it through σ: the same bits, zeros and the kink included."""
+    z = torch.cat([randn(3000, seed=1, scale=2.0), torch.zeros(5), -torch.zeros(5)]).to(dtype)
+    g = randn(z.numel(), seed=2).to(dtype)
+    leaf = z.clone().requires_grad_(True)
+    (auto,) = torch.autograd.grad(act.sigma(leaf), leaf, g)
+    assert torch.equal(act.autograd_vjp(g, z, act.sigma(z)), auto)
+
+
 @pytest.mark.parametrize("name", ALL)
 def test_integral_is_antiderivative_of_sigma_over_dsigma(name):
     """A'(x) σ'(x) = σ(x) with A(0) = 0: the V-term of Eq. 48 (no division, so σ' = 0 is fine)."""

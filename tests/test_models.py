@@ -24,6 +24,52 @@ def test_closed_form_gradient_matches_autograd(name, reduction, k):
         torch.testing.assert_close(g, ref, rtol=1e-12, atol=1e-12)
 
 
+MLP_VJP = ["identity", "relu", "repu", ["relu", "repu"]]
+
+
+@pytest.mark.parametrize("activations", MLP_VJP, ids=str)
+@pytest.mark.parametrize("reduction", sorted(REDUCTIONS))
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=str)
+@pytest.mark.parametrize("layout", ["row-major", "column-major W", "transposed X", "no X", "width 1"])
+def test_mlp_backpropagation_is_autograd_bit_for_bit(activations, reduction, dtype, layout, monkeypatch):
+    """MLP.loss_and_grad written out (no graph) returns autograd's loss and gradient, bit for bit: the
+    Noether figure's numbers do not depend on which of the two computed them."""
+    sizes = [3, 1, 1, 2] if layout == "width 1" else [3, 4, 5, 2]
+    g = torch.Generator().manual_seed(7)
+    Ws = tuple(torch.randn(b, a, generator=g, dtype=dtype) for a, b in zip(sizes, sizes[1:]))
+    if layout == "column-major W":
+        Ws = tuple(W.t().contiguous().t() for W in Ws)
+    X = torch.randn(3, 6, generator=g, dtype=dtype)
+    X = {"transposed X": X.t().contiguous().t(), "no X": None}.get(layout, X)
+    Y = torch.randn(2, 3 if X is None else 6, generator=g, dtype=dtype)
+    net = S.MLP(activations, reduction=reduction)
+    loss, grads = Model.loss_and_grad(net, Ws, X, Y)  # autograd
+    with monkeypatch.context() as m:  # the written-out path must not fall back on autograd
+        m.setattr(torch.autograd, "grad", lambda *a, **k: pytest.fail("autograd used"))
+        fast_loss, fast = net.loss_and_grad(Ws, X, Y)
+    assert torch.equal(fast_loss, loss)
+    assert all(torch.equal(a, b) for a, b in zip(fast, grads))
+
+
+@pytest.mark.parametrize("case", ["batched", "classifier", "no vjp", "nested"])
+def test_mlp_gradient_falls_back_on_autograd(case):
+    """What the written-out backpropagation does not cover still gets the right gradient."""
+    Ws = (randn(4, 3), randn(2, 4, seed=1))
+    X, Y = randn(3, 5, seed=2), randn(2, 5, seed=3)
+    net = S.MLP("leaky_relu" if case == "no vjp" else "relu", reduction="half_sum")
+    if case == "batched":
+        Ws = tuple(torch.stack([W, 2 * W]) for W in Ws)
+    if case == "classifier":
+        net, Y = S.MLPClassifier("relu"), torch.tensor([0, 1, 1, 0, 1])
+    if case == "nested":
+        Ws = tuple(W.requires_grad_(True) for W in Ws)
+    loss, grads = net.loss_and_grad(Ws, X, Y)
+    for g, ref in zip(grads, grad_of(net, Ws, X, Y)):
+        torch.testing.assert_close(g, ref, rtol=1e-14, atol=1e-14)
+    if case == "nested":  # a graph to differentiate again
+        assert grads[0].requires_grad
+
+
 def test_mean_reduction_is_the_mean_over_entries():
     net = S.TwoLayerNet("tanh")
     params, X, Y = two_layer_problem(5, 50, 10, seed=0)
@@ -87,6 +133,10 @@ def test_shape_errors_name_the_problem():
         net.loss((randn(3, 4), randn(2, 4)), None, randn(3, 5))
     with pytest.raises(ValueError, match="Y has shape"):
         net.loss_and_grad((randn(3, 4), randn(2, 4)), None, randn(3, 5))
+    with pytest.raises(ValueError, match="Y has shape"):
+        S.MLP("relu").loss_and_grad((randn(4, 3), randn(2, 4)), randn(3, 6), randn(2, 5))
+    with pytest.raises(ValueError, match="X has 2 rows"):
+        S.MLP("relu").loss_and_grad((randn(4, 3), randn(2, 4)), randn(2, 6), randn(2, 6))
     with pytest.raises(ValueError, match="reduction='avg'.*half_sum, mean, sum"):
         S.TwoLayerNet("relu", reduction="avg")
     with pytest.raises(ValueError, match="over='rows'.*hidden, neuron"):
