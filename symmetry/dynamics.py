@@ -887,29 +887,27 @@ def integrate(model, params: Params, X: Tensor | None, Y: Tensor | None, times: 
                                    f"along its kink?); loosen rtol/atol")
         if not np.isfinite(y).all():  # a trial step of the solver overflowed: reject it (the error is inf)
             return np.full_like(y, np.inf)
-        # state_velocity's arithmetic on the flat state (the same numbers, a few ops instead of a few per tensor):
-        # the evaluations of G&U's small nets are overhead-bound
-        y_t = torch.from_numpy(np.ascontiguousarray(y)).to(device)
-        theta = unflatten(y_t[:n], params)
+        # state_velocity's arithmetic (the same IEEE operations, so the same numbers) on the flat state in
+        # numpy: the evaluations of G&U's small nets are bound by the overhead per torch call
+        y = np.ascontiguousarray(y)
+        theta = unflatten(torch.from_numpy(y[:n]).to(device), params)
         with torch.no_grad():
             _, g = grad(theta)
-        g = flatten(g)
+        g = flatten(g).cpu().numpy()
         if dynamics == "gf":
             motion = -g if lr == 1.0 else -lr * g
-            dtheta = unflatten(motion, params)
         else:
-            v = y_t[n:2 * n]
+            v = y[n:2 * n]
             b = 0.0 if dynamics == "nd" else (None if t == 0 else 3.0 / t)
-            motion = torch.cat([v, -g / 4 if b is None else -g - b * v])  # b is None: NAGF at t = 0 from rest
-            dtheta = unflatten(v, params)
-        out = motion.cpu().numpy()
-        if not np.isfinite(out).all():  # one check per evaluation, before the integrands
+            motion = np.concatenate([v, -g / 4 if b is None else -g - b * v])  # b is None: NAGF at t = 0 from rest
+        if not np.isfinite(motion).all():  # one check per evaluation, before the integrands
             return np.full_like(y, np.inf)
         if not integrands:
-            return out
+            return motion
+        dtheta = unflatten(torch.from_numpy(motion[:n]).to(device), params)  # θ̇: −η∇L for GF, v otherwise
         with checked_by_caller():  # θ and θ̇ are the engine's own, just checked
             parts = [integrands[k](t, theta, dtheta).reshape(-1).to(torch.float64) for k in integrands]
-        return np.concatenate([out, torch.cat(parts).cpu().numpy()])
+        return np.concatenate([motion, torch.cat(parts).cpu().numpy()])
 
     y0: Any = [flatten(params)] + ([] if dynamics == "gf" else [flatten(velocity)])
     y0 = torch.cat(y0 + [torch.zeros(sizes[k], dtype=torch.float64, device=device) for k in integrands]).cpu().numpy()

@@ -26,16 +26,16 @@ torch.set_num_threads(1)
 # (--no-loadscope-reorder in pyproject.toml), so the long files start first and the short ones fill the gaps at
 # the end (longest-first scheduling). In alphabetical order the last long file started late and one worker
 # finished ~25 s after the other. Files not named keep their order, after these.
-SLOW_FILES = ("test_noether.py",  # 61 s
-              "test_noether_script.py",  # 44 s
-              "test_figures.py",  # 35 s
-              "test_reproduce.py",  # 32 s
-              "test_laws.py",  # 28 s
-              "test_robustness.py",  # 27 s
+SLOW_FILES = ("test_noether_script.py",  # 43 s
+              "test_noether.py",  # 41 s
+              "test_figures.py",  # 36 s
+              "test_reproduce.py",  # 29 s
               "test_notebooks.py",  # 25 s
-              "test_conserved.py",  # 23 s
-              "test_teleport.py",  # 12 s
-              "test_noether_steppers.py")  # 11 s
+              "test_robustness.py",  # 24 s
+              "test_laws.py",  # 20 s
+              "test_conserved.py",  # 18 s
+              "test_teleport.py",  # 13 s
+              "test_noether_steppers.py")  # 8 s
 
 
 def pytest_collection_modifyitems(items):

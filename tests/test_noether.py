@@ -10,14 +10,19 @@ from symmetry import dynamics as D
 from symmetry import noether as N
 
 HORIZON = 3.0  # ODE time of the drift checks (the drift table's)
+# The solver's tolerance: the drift table's 1e-12, but 1e-9 for the ReLU net, whose kinks cost DOP853 a
+# cascade of rejected steps at each crossing, fewer at a looser tolerance (its ND and NAGF solves to t = 3
+# take about half the time); its charges still drift by < 3e-11, far below the 1e-6 tested.
+RTOL = {"relu": 1e-9}
 
 
 @functools.cache
 def ode_run(problem: str, dynamics: str):
     model, params, X, Y, velocity, quantities = N.small_problems(0)[problem]
     t0 = 0.1 if (dynamics == "nagf" and velocity is not None) else 0.0
+    tol = RTOL.get(problem, 1e-12)
     return N.measure(model, params, X, Y, quantities, dynamics, HORIZON,
-                     velocity=None if dynamics == "gf" else velocity, t0=t0, points=61)
+                     velocity=None if dynamics == "gf" else velocity, t0=t0, points=61, rtol=tol, atol=tol)
 
 
 # GF of the ReLU net slides along a kink, where the ODE solver stalls: tested through GD's η → 0 limit below
@@ -27,7 +32,7 @@ NOT_CONSERVED = [c for c in N.CLAIMS if c[3].startswith("not conserved")]
 
 @pytest.mark.parametrize("problem,quantity,dynamics,claim", CONSERVED, ids=lambda x: str(x)[:24])
 def test_conserved_pairs_drift_below_1e_6(problem, quantity, dynamics, claim):
-    """Every (quantity, dynamics) the paper calls conserved: relative ODE drift < 1e-6 (DOP853, rtol 1e-12)."""
+    """Every (quantity, dynamics) the paper calls conserved: relative ODE drift < 1e-6 (DOP853, rtol ``RTOL``)."""
     r = ode_run(problem, dynamics)[quantity]
     assert r["relative_drift"] < 1e-6, (claim, r["relative_drift"])
     assert r["scale"] > 1e-3  # the terms that cancel are not themselves ~0
@@ -68,7 +73,7 @@ def test_hamiltonian_of_nagf_never_increases():
 def test_nd_balance_obeys_eq34_bound(problem, alpha):
     """|Δ(α‖W_{i+1}‖² − ‖W_i‖²)| ≤ 2 max(1, α) L(θ₀) t² along ND from rest, in the ODE and under leapfrog."""
     model, params, X, Y, _, quantities = N.small_problems(0)[problem]
-    # the ODE run is ode_run's (the same call: from rest, t0 = 0, 61 points); the ReLU one alone takes ~20 s
+    # the ODE run is ode_run's (the same call: from rest, t0 = 0, 61 points, rtol RTOL); the ReLU one takes ~7 s
     for r in (ode_run(problem, "nd"), N.measure(model, params, X, Y, quantities, "nd", HORIZON, stepper=D.Leapfrog(0.01),
                                                 points=61)):
         balance = r["balance"]["values"]
