@@ -115,7 +115,7 @@ class Model:
         """(loss per configuration, gradient tuple): the one gradient path of the dynamics engine.
 
         Configurations are independent, so the gradient of the summed loss is each one's own.
-        Plain reverse-mode autograd (2.2–2.6× less time per call than ``torch.func.grad`` on
+        Plain reverse-mode autograd (1.9–2.4× less time per call than ``torch.func.grad`` on
         G&U's small problems: benchmarks/bench_grad.py). It nests: parameters that already require grad keep their graph
         (``create_graph``), and inside a ``torch.func`` transform (vmap, jacrev of a step) it
         takes ``torch.func.grad``, which composes with the transform. Subclasses with a closed
@@ -325,11 +325,13 @@ class MLP(Model):
     def loss_and_grad(self, params: Params, X: Tensor | None, Y: Tensor) -> tuple[Tensor, Params]:
         """Backpropagation written out for one unbatched configuration (2-D weights and data) whose
         activations have an ``autograd_vjp``: the same operations as autograd's backward, so the same
-        bits (tests/test_models.py), at 2.5–4.5× less time on G&U's small nets (no graph). Anything
-        else (batched, a subclass's loss, nested or transformed calls) takes :meth:`Model.loss_and_grad`."""
+        bits (tests/test_models.py), without building a graph (1.8× and 2.7× less time per call on G&U's
+        ReLU and linear nets: benchmarks/bench_grad.py). Anything else (batched, a subclass's forward or
+        loss, nested or transformed calls) takes :meth:`Model.loss_and_grad`."""
         params = tuple(params)
         acts = self.hidden_activations(len(params)) if len(params) > 0 else ()
-        if not (type(self).loss is Model.loss and all(p.ndim == 2 for p in params) and Y.ndim == 2
+        if not (type(self).loss is Model.loss and type(self).forward is MLP.forward
+                and all(p.ndim == 2 for p in params) and Y.ndim == 2
                 and (X is None or X.ndim == 2) and not any(p.requires_grad for p in params)
                 and all(getattr(a, "autograd_vjp", None) is not None for a in acts)
                 and not any(torch._C._functorch.is_functorch_wrapped_tensor(p) for p in params)):

@@ -9,7 +9,7 @@ import torch
 
 # Set by the dynamics engine around its own calls of conserved quantities: their tensors come from the
 # engine's state, which it has checked (once per evaluation). The per-call checks of a parameter tuple
-# (types, alike, one sync per tensor for finiteness) were ~1/4 of an ODE evaluation of G&U's nets.
+# (types, alike, one sync per tensor for finiteness) were a large share of an ODE evaluation of G&U's nets.
 _CHECKED_BY_CALLER = contextvars.ContextVar("checked_by_caller", default=False)
 
 

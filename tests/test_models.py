@@ -51,7 +51,14 @@ def test_mlp_backpropagation_is_autograd_bit_for_bit(activations, reduction, dty
     assert all(torch.equal(a, b) for a, b in zip(fast, grads))
 
 
-@pytest.mark.parametrize("case", ["batched", "classifier", "no vjp", "nested"])
+class _ScaledMLP(S.MLP):
+    """A subclass with its own forward: the written-out backpropagation must not stand in for it."""
+
+    def forward(self, params, X=None):
+        return 2.0 * super().forward(params, X)
+
+
+@pytest.mark.parametrize("case", ["batched", "classifier", "no vjp", "nested", "own forward"])
 def test_mlp_gradient_falls_back_on_autograd(case):
     """What the written-out backpropagation does not cover still gets the right gradient."""
     Ws = (randn(4, 3), randn(2, 4, seed=1))
@@ -63,6 +70,8 @@ def test_mlp_gradient_falls_back_on_autograd(case):
         net, Y = S.MLPClassifier("relu"), torch.tensor([0, 1, 1, 0, 1])
     if case == "nested":
         Ws = tuple(W.requires_grad_(True) for W in Ws)
+    if case == "own forward":
+        net = _ScaledMLP("relu", reduction="half_sum")
     loss, grads = net.loss_and_grad(Ws, X, Y)
     for g, ref in zip(grads, grad_of(net, Ws, X, Y)):
         torch.testing.assert_close(g, ref, rtol=1e-14, atol=1e-14)
