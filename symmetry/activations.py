@@ -65,6 +65,11 @@ def _pow_backward(g: Tensor, x: Tensor, power: float) -> Tensor:
     return g * (power * x.pow(power - 1))
 
 
+def _repu_backward(g: Tensor, r: Tensor, power: float) -> Tensor:
+    """autograd's backward through relu(z) ** power, given r = relu(z): pow's, then ReLU's on r."""
+    return _relu_backward(_pow_backward(g, r, power), r)
+
+
 def identity() -> Activation:
     """σ(x) = x: linear nets (Example 2); σ/σ' = x, A = x²/2."""
     return Activation("identity", lambda z: z, torch.ones_like, lambda z: 0.5 * z * z,
@@ -102,7 +107,7 @@ def repu(power: float = 2.0) -> Activation:
                       lambda z: power * torch.relu(z) ** (power - 1) * (z > 0).to(z.dtype),
                       lambda z: torch.relu(z) ** 2 / (2 * power),
                       homogeneity=float(power), gaussian_mean_integral=lambda s2: s2 / (4 * power),
-                      autograd_vjp=lambda g, z, s: _relu_backward(_pow_backward(g, torch.relu(z), power), torch.relu(z)))
+                      autograd_vjp=lambda g, z, s: _repu_backward(g, torch.relu(z), power))
 
 
 def tanh() -> Activation:

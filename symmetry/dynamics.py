@@ -853,23 +853,23 @@ def integrate(model, params: Params, X: Tensor | None, Y: Tensor | None, times: 
     furthest, since_advance = t0, 0  # the furthest time evaluated, and evaluations since it last moved
     advance = 1e-9 * (float(times[-1]) - t0)  # less than this is no progress
 
-    def split(y):
-        y = torch.from_numpy(np.ascontiguousarray(y)).to(device)
-        theta = unflatten(y[:n], params)
-        if dynamics == "gf":
-            return theta, None, y[n:]
-        return theta, unflatten(y[n:2 * n], params), y[2 * n:]
+    def as_params(flat):
+        """The first n entries of a flat numpy vector as a parameter tuple (θ of a state, θ̇ of a motion)."""
+        return unflatten(torch.from_numpy(flat[:n]).to(device), params)
 
-    def state_velocity(t, theta, v):
-        """(θ̇, θ̈, loss): θ̈ is None for GF."""
+    def motion(t, y):
+        """(θ, [θ̇, θ̈] flat in numpy) at state y: GF θ̇ = −η∇L; ND and NAGF θ̈ = −∇L − bθ̇. In numpy on the flat
+        state: the evaluations of G&U's small nets are bound by the overhead per torch call."""
+        theta = as_params(y)
         with torch.no_grad():
-            loss, g = grad(theta)
+            _, g = grad(theta)
+        g = flatten(g).cpu().numpy()
         if dynamics == "gf":
-            return tuple(-x for x in g) if lr == 1.0 else tuple(-lr * x for x in g), None, loss
+            return theta, (-g if lr == 1.0 else -lr * g)
+        v = y[n:2 * n]
         b = 0.0 if dynamics == "nd" else (None if t == 0 else 3.0 / t)
-        if b is None:  # NAGF at t = 0 from rest: the limit θ̈(0) = −∇L/4
-            return v, tuple(-x / 4 for x in g), loss
-        return v, tuple(-x - b * u for x, u in zip(g, v)), loss
+        # b is None: NAGF at t = 0 from rest, where the limit is θ̈(0) = −∇L/4
+        return theta, np.concatenate([v, -g / 4 if b is None else -g - b * v])
 
     def rhs(t, y):
         nonlocal evaluations, furthest, since_advance
@@ -887,27 +887,15 @@ def integrate(model, params: Params, X: Tensor | None, Y: Tensor | None, times: 
                                    f"along its kink?); loosen rtol/atol")
         if not np.isfinite(y).all():  # a trial step of the solver overflowed: reject it (the error is inf)
             return np.full_like(y, np.inf)
-        # state_velocity's arithmetic (the same IEEE operations, so the same numbers) on the flat state in
-        # numpy: the evaluations of G&U's small nets are bound by the overhead per torch call
-        y = np.ascontiguousarray(y)
-        theta = unflatten(torch.from_numpy(y[:n]).to(device), params)
-        with torch.no_grad():
-            _, g = grad(theta)
-        g = flatten(g).cpu().numpy()
-        if dynamics == "gf":
-            motion = -g if lr == 1.0 else -lr * g
-        else:
-            v = y[n:2 * n]
-            b = 0.0 if dynamics == "nd" else (None if t == 0 else 3.0 / t)
-            motion = np.concatenate([v, -g / 4 if b is None else -g - b * v])  # b is None: NAGF at t = 0 from rest
-        if not np.isfinite(motion).all():  # one check per evaluation, before the integrands
+        theta, move = motion(t, np.ascontiguousarray(y))
+        if not np.isfinite(move).all():  # one check per evaluation, before the integrands
             return np.full_like(y, np.inf)
         if not integrands:
-            return motion
-        dtheta = unflatten(torch.from_numpy(motion[:n]).to(device), params)  # θ̇: −η∇L for GF, v otherwise
+            return move
+        dtheta = as_params(move)  # θ̇: −η∇L for GF, v otherwise
         with checked_by_caller():  # θ and θ̇ are the engine's own, just checked
             parts = [integrands[k](t, theta, dtheta).reshape(-1).to(torch.float64) for k in integrands]
-        return np.concatenate([motion, torch.cat(parts).cpu().numpy()])
+        return np.concatenate([move, torch.cat(parts).cpu().numpy()])
 
     y0: Any = [flatten(params)] + ([] if dynamics == "gf" else [flatten(velocity)])
     y0 = torch.cat(y0 + [torch.zeros(sizes[k], dtype=torch.float64, device=device) for k in integrands]).cpu().numpy()
@@ -923,8 +911,10 @@ def integrate(model, params: Params, X: Tensor | None, Y: Tensor | None, times: 
 
     record = _Recorder(times.numel(), observables or {})
     for t, y in zip(times.tolist(), states):
-        theta, v, rest = split(y)
-        dtheta, _, _ = state_velocity(t, theta, v)
+        y = np.ascontiguousarray(y)
+        theta, move = motion(t, y)
+        dtheta = as_params(move)
+        rest = torch.from_numpy(y[n if dynamics == "gf" else 2 * n:]).to(device)  # the path integrals
         with torch.no_grad():
             loss = model.loss(theta, X64, Y64)
         _check_finite_loss(loss, f"time {t:g}", labels)

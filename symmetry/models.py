@@ -106,7 +106,10 @@ class Model:
 
     def loss(self, params: Params, X: Tensor | None, Y: Tensor) -> Tensor:
         """Loss of each configuration: shape = the parameters' batch shape."""
-        F = self.forward(params, X)
+        return self._loss_of_output(self.forward(params, X), Y)
+
+    def _loss_of_output(self, F: Tensor, Y: Tensor) -> Tensor:
+        """The reduced squared error of the model's output F (shapes checked)."""
         if F.shape[-2:] != Y.shape[-2:]:
             raise ValueError(f"Y has shape {tuple(Y.shape)} but the model outputs {tuple(F.shape)}")
         return squared_error(F, Y, self.reduction)
@@ -181,10 +184,8 @@ class TwoLayerNet(Model):
         Z = self.preactivation(params, X)  # (..., h, k)
         S = self.activation.sigma(Z)
         F = U @ S  # (..., m, k)
-        if F.shape[-2:] != Y.shape[-2:]:
-            raise ValueError(f"Y has shape {tuple(Y.shape)} but the model outputs {tuple(F.shape)}")
+        loss = self._loss_of_output(F, Y)
         R = F - Y
-        loss = squared_error(F, Y, self.reduction)
         G = _residual_scale(self.reduction, F) * R
         grad_U = G @ S.mT  # (..., m, h)
         grad_Z = (U.mT @ G) * self.activation.dsigma(Z)  # (..., h, k)
@@ -232,13 +233,12 @@ class TwoLayerRadialNet(Model):
         inv_r2 = 1 / (Z * Z).sum(dim=dim, keepdim=True)
         S = Z * inv_r2
         F = U @ S
-        if F.shape[-2:] != Y.shape[-2:]:
-            raise ValueError(f"Y has shape {tuple(Y.shape)} but the model outputs {tuple(F.shape)}")
+        loss = self._loss_of_output(F, Y)
         G = _residual_scale(self.reduction, F) * (F - Y)
         grad_S = U.mT @ G  # (..., h, k)
         grad_Z = grad_S * inv_r2 - 2 * Z * inv_r2 ** 2 * (Z * grad_S).sum(dim=dim, keepdim=True)
         grad_V = grad_Z.mT if X is None else X @ grad_Z.mT
-        return squared_error(F, Y, self.reduction), (G @ S.mT, grad_V)
+        return loss, (G @ S.mT, grad_V)
 
 
 class SpectralModes(Model):
@@ -345,9 +345,7 @@ class MLP(Model):
             A = act.sigma(H)
             inputs.append(A)
             H = W @ A
-        if H.shape[-2:] != Y.shape[-2:]:
-            raise ValueError(f"Y has shape {tuple(Y.shape)} but the model outputs {tuple(H.shape)}")
-        loss = squared_error(H, Y, self.reduction)
+        loss = self._loss_of_output(H, Y)
         # d/dF of the reduced (F − Y)²: autograd's (upstream · 2(F − Y)), upstream ½, 1 or 1/(m·k)
         r = H - Y
         if self.reduction == "mean":
