@@ -1,42 +1,40 @@
-"""A user's ``nn.Module``: its symmetries found from its layers, their conserved quantities, the action.
+"""A user's ``nn.Module``: the symmetries found in its computation graph, checked, and their conserved quantities.
 
-The groups (App. B, Examples 2–3, Eq. 17, with biases): between a layer that *produces* a hidden
-neuron or channel (``Linear``/``Conv2d``, rows of the weight and the bias = the *incoming* weights I_i)
-and the next one that *consumes* it (its columns = the *outgoing* weights O_i),
-- an α-homogeneous activation (ReLU, LeakyReLU, RePU of the table; MaxPool passes a positive
-  scaling through) gives the positive rescaling I_i ↦ g_i I_i, O_i ↦ g_i^{−α} O_i per neuron/channel;
-- no nonlinearity (Identity, Flatten, AvgPool only) gives GL of the hidden width: I ↦ G I, O ↦ G^{−T} O.
+:func:`module_symmetries` traces the model (:mod:`symmetry.graph`), reads the blocks of
+:mod:`symmetry.groups.blocks` off the graph and checks each one on the example input before it returns them: a
+random element must keep the output (the log-softmax of the output for the loss-level translation of a
+``loss="cross_entropy"`` head) to a relative 1e-9 in float64 (1e-4 in float32). The result,
+:class:`ModuleSymmetries`, is the product of the blocks and follows the one protocol
+(:class:`symmetry.groups.Symmetry`) that ``teleport``, ``ConservationMonitor`` and the law count take.
 
-Conserved by gradient flow (Example 9, Eq. 25 with biases; sign "outer minus inner" as in
-:func:`symmetry.conserved.homogeneous_imbalance`):
-    scaling:  Q_i = α‖O_i‖² − ‖I_i‖²   (I_i = (w_i, b_i): the bias is part of the incoming weights)
-    GL:       Q   = O Oᵀ − I Iᵀ         (C × C; its diagonal is the α = 1 rescaling quantity)
-One GD step θ' = θ − η∇L changes them by exactly η²·B(∇L, ∇L), B the bilinear form of
-:meth:`ModuleSymmetries.balance`, because B(θ, ∇L) = 0 (for GL: its symmetric part) is the symmetry's
-infinitesimal invariance.
-
-Group elements and Lie-algebra coordinates are dicts keyed by the producing layer's name
-(``"0"``, ``"features.3"``): a positive vector g (C,) for a scaling (algebra: log g), an invertible
-matrix G (C, C) for GL (algebra: A, G = matrix_exp(A)).
+Normalization's ε. BatchNorm's, LayerNorm's and RMSNorm's scale symmetries are exact only at ε = 0, which torch
+refuses in training. They are checked with every ε of the model set to 1e-300 (exact to round-off wherever a
+normalized variance is above ~1e-290), then measured at the model's own ε: ``describe()`` marks them approximate
+and prints that measured relative change of the output (first order in ε/σ² for a variance σ²: rescaling a
+channel by g moves x̂ = x/√(σ² + ε) by about ε|1 − g⁻²|/(2σ²)).
 """
 from __future__ import annotations
 
-import json
 import math
-import time
 from dataclasses import dataclass, field
-from typing import Mapping, cast
+from typing import Mapping, Sequence
 
 import torch
 from torch import nn
 
 from .activations import ActivationLike, get_activation
-from .conserved import homogeneous_imbalance, imbalance_matrix
+from .graph import Producer, SymmetryCheckError, _Walker, trace
+from .groups import NotSupportedError
+from .groups.blocks import Block, Leg, LinearBlock, ScalingBlock, TranslationBlock
 
 Tensor = torch.Tensor
-ParamDict = dict[str, Tensor]
 
-__all__ = ["Elementwise", "ModuleSymmetries", "ConservationMonitor", "module_symmetries", "SUPPORTED_LAYERS"]
+__all__ = ["Elementwise", "ModuleSymmetries", "module_symmetries", "NotSupportedError", "SymmetryCheckError"]
+
+LOSSES = (None, "mse", "cross_entropy")
+#: relative change of the output a symmetry may cause on the example input, by dtype
+CHECK_TOLERANCE = {torch.float64: 1e-9, torch.float32: 1e-4}
+_TINY_EPS = 1e-300
 
 
 class Elementwise(nn.Module):
@@ -53,111 +51,61 @@ class Elementwise(nn.Module):
         return self.activation.name
 
 
-_AFFINE = (nn.Linear, nn.Conv2d)
-_POOL_MAX = (nn.MaxPool1d, nn.MaxPool2d)
-_POOL_AVG = (nn.AvgPool1d, nn.AvgPool2d)
-#: Layers :func:`module_symmetries` understands (nested in any depth of ``nn.Sequential``).
-SUPPORTED_LAYERS = ("Sequential", "Linear", "Conv2d", "ReLU", "LeakyReLU", "Identity", "Elementwise (table: "
-                    "identity, relu, leaky_relu, repu)", "Flatten", "MaxPool1d", "MaxPool2d", "AvgPool1d", "AvgPool2d")
-
-
-def _unsupported(name: str, layer: nn.Module, why: str = "") -> TypeError:
-    where = f"layer {name!r}" if name else "the model"
-    return TypeError(f"{where} is a {type(layer).__name__}{why}, which module_symmetries does not support; "
-                     f"supported layers: {', '.join(SUPPORTED_LAYERS)}")
-
-
-def _degree(name: str, layer: nn.Module) -> float | None:
-    """Homogeneity degree of a between-layer: None = linear (keeps GL), a number = positively homogeneous only."""
-    if isinstance(layer, (nn.Identity, nn.Flatten) + _POOL_AVG):
-        return None
-    if isinstance(layer, (nn.ReLU, nn.LeakyReLU) + _POOL_MAX):
-        return 1.0  # σ(cx) = cσ(x) for c > 0, any negative slope
-    if isinstance(layer, Elementwise):
-        act = layer.activation
-        if act.name == "identity":
-            return None
-        if act.homogeneity is None:
-            raise _unsupported(name, layer, f" ({act.name}: not positively homogeneous, so no rescaling symmetry)")
-        return float(act.homogeneity)
-    raise _unsupported(name, layer)
-
-
-def _leaves(module: nn.Module, prefix: str = "") -> list[tuple[str, nn.Module]]:
-    if isinstance(module, nn.Sequential):
-        out = []
-        for child_name, child in module.named_children():
-            out += _leaves(child, f"{prefix}.{child_name}" if prefix else child_name)
-        return out
-    return [(prefix, module)]
-
-
-def _param_name(layer: str, what: str) -> str:
-    return f"{layer}.{what}" if layer else what
-
-
-@dataclass(frozen=True)
-class _Group:
-    """One hidden layer's symmetry: ``producer`` writes C neurons/channels that ``consumer`` reads."""
-
-    name: str  # the producing layer: key of quantities, elements and algebra coordinates
-    kind: str  # "scaling" or "GL"
-    alpha: float  # homogeneity degree (1 for GL)
-    channels: int
-    producer_weight: str
-    producer_bias: str | None
-    consumer_weight: str
-    consumer: str
-    between: tuple[str, ...]
-
-    def incoming(self, p: Mapping[str, Tensor]) -> Tensor:
-        """I (C, K_in): each neuron's incoming weights, its bias as the last column."""
-        W = p[self.producer_weight].reshape(self.channels, -1)
-        return W if self.producer_bias is None else torch.cat([W, p[self.producer_bias].reshape(-1, 1)], dim=1)
-
-    def outgoing(self, p: Mapping[str, Tensor]) -> Tensor:
-        """O (C, K_out): each neuron's outgoing weights (over output units and, after Flatten/conv, positions)."""
-        W = p[self.consumer_weight]
-        return W.reshape(W.shape[0], self.channels, -1).transpose(0, 1).reshape(self.channels, -1)
-
-
+# --------------------------------------------------------------------------------------------------------------
+# the product of the blocks
+# --------------------------------------------------------------------------------------------------------------
 @dataclass
 class ModuleSymmetries:
-    """The symmetry groups of a module's hidden layers (see the module docstring). Build with :func:`module_symmetries`."""
+    """The symmetry blocks of a module, their product group, its algebra and its conserved quantities.
 
-    groups: tuple[_Group, ...]
+    Elements and algebra coordinates are dicts keyed by block name: (classes,) positive scales for a rescaling,
+    (C, C) invertible matrices for GL, (K,) shifts for a translation.
+    """
+
+    blocks: tuple[Block, ...]
     parameter_names: tuple[str, ...]
     dtype: torch.dtype
     device: torch.device
-    model_name: str = field(default="model")
+    model_name: str = "model"
+    coverage: dict[str, list[str]] = field(default_factory=dict)  # parameter → block names, or ["none: why"]
 
-    # --- names and readable summary ------------------------------------------------------------
+    # --- names and summary ----------------------------------------------------------------------------------
     def keys(self) -> list[str]:
-        return [g.name for g in self.groups]
+        return [b.name for b in self.blocks]
+
+    @property
+    def groups(self) -> tuple[Block, ...]:
+        return self.blocks
+
+    def block(self, name: str) -> Block:
+        for b in self.blocks:
+            if b.name == name:
+                return b
+        raise KeyError(f"no block {name!r}; blocks: {self.keys()}")
+
+    def dimension(self) -> int:
+        """Dimension of the group: classes per rescaling, C² per GL, K per translation."""
+        return sum(math.prod(b.element_shape()) for b in self.blocks)
+
+    def law_count(self) -> int:
+        """Independent quantities the blocks report (rescaling: one per class; GL: C(C+1)/2; translation: K)."""
+        return sum(b.laws() for b in self.blocks)
 
     def describe(self) -> str:
-        if not self.groups:
-            return f"{self.model_name}: no hidden layers, no symmetry found"
-        lines = [f"{self.model_name}: {len(self.groups)} hidden layer(s), group dimension {self.dimension()}"]
-        for g in self.groups:
-            via = " → ".join(g.between) or "nothing"
-            if g.kind == "scaling":
-                group = f"positive rescaling (R_{{>0}})^{g.channels}, degree α = {g.alpha:g}"
-                q = f"Q_i = {g.alpha:g}‖outgoing_i‖² − ‖incoming_i" + (", bias_i" if g.producer_bias else "") + "‖²"
-            else:
-                group = f"GL({g.channels})"
-                q = "Q = O Oᵀ − I Iᵀ (" + ("incoming with bias" if g.producer_bias else "incoming") + f", {g.channels}×{g.channels})"
-            lines.append(f"  [{g.name!r}] {g.producer_weight} → ({via}) → {g.consumer_weight}: {group}; {q}")
+        lines = [f"{self.model_name}: {len(self.blocks)} symmetry block(s), group dimension {self.dimension()}, "
+                 f"{self.law_count()} conserved quantities"]
+        for b in self.blocks:
+            lines.append(f"  [{b.name!r}] {_group_text(b)}; {_quantity_text(b)}")
+            lines.append(f"      {b.where}" + (f"; APPROXIMATE: {b.approximate}" if b.approximate else ""))
+        lines.append("  parameters:")
+        for name in self.parameter_names:
+            lines.append(f"    {name}: {', '.join(self.coverage.get(name, ['none']))}")
         return "\n".join(lines)
 
     def __repr__(self) -> str:
-        return f"ModuleSymmetries({', '.join(f'{g.name}: {g.kind}({g.channels})' for g in self.groups)})"
+        return f"ModuleSymmetries({', '.join(f'{b.name}: {b.kind}({b.units})' for b in self.blocks)})"
 
-    def dimension(self) -> int:
-        """Dimension of the group: C per rescaling, C² per GL."""
-        return sum(g.channels if g.kind == "scaling" else g.channels ** 2 for g in self.groups)
-
-    # --- parameters: a module or a name → tensor dict ----------------------------------------
+    # --- parameters -------------------------------------------------------------------------------------------
     def _params(self, model_or_params, argument: str = "model") -> Mapping[str, Tensor]:
         if isinstance(model_or_params, nn.Module):
             params: Mapping[str, Tensor] = dict(model_or_params.named_parameters())
@@ -166,7 +114,7 @@ class ModuleSymmetries:
         else:
             raise TypeError(f"{argument} must be an nn.Module or a dict of named parameters "
                             f"(dict(model.named_parameters())), got {type(model_or_params).__name__}")
-        needed = {n for g in self.groups for n in (g.producer_weight, g.producer_bias, g.consumer_weight) if n}
+        needed = {p for b in self.blocks for p in b.parameters()}
         missing = sorted(needed - set(params))
         if missing:
             raise KeyError(f"{argument} lacks the parameters {missing} of the model these symmetries were found in")
@@ -177,150 +125,88 @@ class ModuleSymmetries:
                 raise TypeError(f"{argument}[{n!r}] must be a floating-point tensor, got {kind}")
         return params
 
-    # --- conserved quantities ---------------------------------------------------------------
+    # --- conserved quantities ---------------------------------------------------------------------------------
     def quantities(self, model) -> dict[str, Tensor]:
-        """Per hidden layer: Q_i = α‖O_i‖² − ‖I_i‖² (C,) for a rescaling, O Oᵀ − I Iᵀ (C, C) for GL.
+        """Per block: α‖O‖² − ‖I‖² per class (rescaling), O Oᵀ − I Iᵀ (GL), column sums (translation).
 
-        ``model``: the module, or a dict of its named parameters. Conserved by gradient flow.
-        """
+        ``model``: the module, or a dict of its named parameters. Conserved by gradient flow."""
         p = self._params(model)
-        out = {}
-        for g in self.groups:
-            # the tuple-model functions with U = Oᵀ, V = Iᵀ (Example 9 / Example 7)
-            U, V = g.outgoing(p).mT, g.incoming(p).mT
-            out[g.name] = homogeneous_imbalance((U, V), g.alpha) if g.kind == "scaling" else imbalance_matrix((U, V))
-        return out
+        return {b.name: b.quantity(p) for b in self.blocks}
 
     def magnitudes(self, model) -> dict[str, Tensor]:
-        """The size of each quantity's two terms: α‖O_i‖² + ‖I_i‖² (C,), or ‖O Oᵀ‖_F + ‖I Iᵀ‖_F (scalar) for GL."""
+        """The size of each quantity's terms (the scale its drift is measured against)."""
         p = self._params(model)
-        out = {}
-        for g in self.groups:
-            O, I = g.outgoing(p), g.incoming(p)
-            if g.kind == "scaling":
-                out[g.name] = g.alpha * (O * O).sum(1) + (I * I).sum(1)
-            else:
-                out[g.name] = torch.linalg.matrix_norm(O @ O.mT) + torch.linalg.matrix_norm(I @ I.mT)
-        return out
+        return {b.name: b.magnitude(p) for b in self.blocks}
 
     def balance(self, a, b=None) -> dict[str, Tensor]:
-        """The bilinear form B(a, b) with B(θ, θ) = :meth:`quantities`: α⟨O_a,i, O_b,i⟩ − ⟨I_a,i, I_b,i⟩, or
-        O_a O_bᵀ − I_a I_bᵀ for GL. ``a``, ``b``: modules or parameter dicts (gradients, updates, …).
-
-        B(θ, ∇L) = 0 (the symmetry's invariance; for GL its symmetric part), so a step θ − ηd changes Q by
-        −2ηB(θ, d) + η²B(d, d) (for GL: −η(B(θ, d) + B(θ, d)ᵀ) + η²B(d, d)).
-        """
+        """The bilinear form B(a, b) with B(θ, θ) = :meth:`quantities` (zero for translations); a step θ − ηd with
+        B(θ, d) = 0 (d a gradient) changes each quadratic quantity by exactly η²B(d, d)."""
         pa = self._params(a, "a")
         pb = pa if b is None else self._params(b, "b")
-        out = {}
-        for g in self.groups:
-            Oa, Ia, Ob, Ib = g.outgoing(pa), g.incoming(pa), g.outgoing(pb), g.incoming(pb)
-            if g.kind == "scaling":
-                out[g.name] = g.alpha * (Oa * Ob).sum(1) - (Ia * Ib).sum(1)
-            else:
-                out[g.name] = Oa @ Ob.mT - Ia @ Ib.mT
-        return out
+        return {blk.name: blk.balance(pa, pb) for blk in self.blocks}
 
-    # --- group elements and Lie algebra -------------------------------------------------------
-    def _check_keys(self, argument: str, element: Mapping[str, Tensor]) -> None:
+    # --- elements and algebra ---------------------------------------------------------------------------------
+    def _check_keys(self, argument: str, element) -> None:
         if not isinstance(element, Mapping):
-            raise TypeError(f"{argument} must be a dict {{layer name: tensor}} with keys {self.keys()}, "
+            raise TypeError(f"{argument} must be a dict {{block name: tensor}} with keys {self.keys()}, "
                             f"got {type(element).__name__}")
         if set(element) != set(self.keys()):
             raise ValueError(f"{argument} has keys {sorted(element)}, but this model's groups are {self.keys()}")
-
-    def _check_shapes(self, argument: str, element: Mapping[str, Tensor]) -> None:
-        for g in self.groups:
-            t = element[g.name]
-            shape = (g.channels,) if g.kind == "scaling" else (g.channels, g.channels)
+        for b in self.blocks:
+            t = element[b.name]
+            shape = b.element_shape()
             if not isinstance(t, Tensor) or tuple(t.shape) != shape:
                 got = tuple(t.shape) if isinstance(t, Tensor) else type(t).__name__
-                what = "a positive vector" if g.kind == "scaling" else "an invertible matrix"
-                raise ValueError(f"{argument}[{g.name!r}] must be {what} of shape {shape} "
-                                 f"({g.kind} on {g.channels} channels), got {got}")
+                raise ValueError(f"{argument}[{b.name!r}] must have shape {shape} ({b.kind} block), got {got}")
             if not t.is_floating_point():
-                raise TypeError(f"{argument}[{g.name!r}] must be a floating-point tensor, got dtype {t.dtype}")
+                raise TypeError(f"{argument}[{b.name!r}] must be a floating-point tensor, got dtype {t.dtype}")
 
     def check_element(self, element: Mapping[str, Tensor]) -> None:
-        """Raise a clear error unless ``element`` belongs to this model's group (keys, shapes, g > 0, G invertible)."""
+        """Raise a clear error unless ``element`` belongs to the group (keys, shapes, g > 0, G invertible)."""
         self._check_keys("element", element)
-        self._check_shapes("element", element)
         with torch.no_grad():
-            for g in self.groups:
-                t = element[g.name]
-                if not bool(torch.isfinite(t).all()):
-                    raise ValueError(f"element[{g.name!r}] contains NaN or infinity")
-                if g.kind == "scaling":
-                    if not bool((t > 0).all()):
-                        raise ValueError(f"element[{g.name!r}] must be positive: the rescaling group of a "
-                                         f"{g.alpha:g}-homogeneous activation is (R_>0)^{g.channels}; "
-                                         f"got min {float(t.min()):.3g}")
-                else:
-                    s = torch.linalg.svdvals(t.detach())
-                    if float(s[-1]) <= float(s[0]) * torch.finfo(t.dtype).eps * g.channels:
-                        raise ValueError(f"element[{g.name!r}] is singular (condition number "
-                                         f"{float(s[0] / s[-1]) if float(s[-1]) > 0 else math.inf:.3g}): GL({g.channels}) needs an invertible matrix")
+            for b in self.blocks:
+                b.check_element(f"element[{b.name!r}]", element[b.name])
 
     def algebra_zero(self, requires_grad: bool = False) -> dict[str, Tensor]:
-        """Lie-algebra coordinates of the identity: log g = 0 (C,) per rescaling, A = 0 (C, C) per GL."""
-        out = {}
-        for g in self.groups:
-            shape = (g.channels,) if g.kind == "scaling" else (g.channels, g.channels)
-            out[g.name] = torch.zeros(shape, dtype=self.dtype, device=self.device, requires_grad=requires_grad)
-        return out
+        return {b.name: b.algebra_zero(self.dtype, self.device, requires_grad) for b in self.blocks}
 
     def exp(self, xi: Mapping[str, Tensor]) -> dict[str, Tensor]:
-        """Algebra → group: g = exp(ξ) elementwise, G = matrix_exp(A). Differentiable."""
+        """Algebra → group, differentiable: exp per class, matrix_exp per GL block, identity for translations."""
         self._check_keys("xi", xi)
-        self._check_shapes("xi", xi)
-        return {g.name: torch.exp(xi[g.name]) if g.kind == "scaling" else torch.linalg.matrix_exp(xi[g.name])
-                for g in self.groups}
+        return {b.name: b.exp(xi[b.name]) for b in self.blocks}
 
-    def random_element(self, scale: float, generator: torch.Generator | None = None) -> dict[str, Tensor]:
-        """exp(scale·ξ), ξ standard normal (A/√C for GL): the identity at scale 0."""
-        if not isinstance(scale, (int, float)) or not math.isfinite(scale) or scale < 0:
+    def identity(self) -> dict[str, Tensor]:
+        return {b.name: b.identity(self.dtype, self.device) for b in self.blocks}
+
+    def random_element(self, scale: float, generator: torch.Generator | None = None,
+                       params=None) -> dict[str, Tensor]:
+        """exp(scale·ξ), ξ standard normal (A/√C for GL; translations sized by the entries they shift, which
+        needs ``params``: the module or its parameter dict); the identity at scale 0."""
+        if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale) or scale < 0:
             raise ValueError(f"scale={scale!r} must be a finite number >= 0")
-        xi = {}
-        for g in self.groups:
-            shape = (g.channels,) if g.kind == "scaling" else (g.channels, g.channels)
-            draw = torch.randn(shape, generator=generator, dtype=torch.float64)
-            xi[g.name] = (scale * draw / (1 if g.kind == "scaling" else math.sqrt(g.channels))).to(self.dtype).to(self.device)
-        return self.exp(xi)
+        p = self._params(params, "params") if params is not None else None
+        out = {}
+        for b in self.blocks:
+            if isinstance(b, TranslationBlock) and p is None:
+                xi = b.random_algebra(scale, generator, self.dtype, self.device, _ones_like_legs(b, self.dtype))
+            else:
+                xi = b.random_algebra(scale, generator, self.dtype, self.device, p or {})
+            out[b.name] = b.exp(xi)
+        return out
 
-    # --- the action -----------------------------------------------------------------------------
+    # --- the action -------------------------------------------------------------------------------------------
     def act_params(self, params, element: Mapping[str, Tensor], check: bool = True) -> dict[str, Tensor]:
-        """The action on a dict of named parameters (or a module's): a new dict, differentiable in both.
-
-        Rescaling: rows of the producer's weight and its bias × g, the consumer's columns × g^{−α};
-        GL: rows and bias ← G·, columns ← ·G⁻¹. Parameters of no group are passed through.
-        """
+        """The action on a dict of named parameters (or a module's): a new dict, differentiable in both."""
         p = dict(self._params(params, "params"))
         if check:
             self.check_element(element)
-        for g in self.groups:
-            t = element[g.name]
-            C = g.channels
-            W = p[g.producer_weight]
-            if g.kind == "scaling":
-                p[g.producer_weight] = W * t.reshape(C, *([1] * (W.ndim - 1)))
-                if g.producer_bias:
-                    p[g.producer_bias] = p[g.producer_bias] * t
-                inverse = t ** (-g.alpha)
-                Wc = p[g.consumer_weight]
-                p[g.consumer_weight] = (Wc.reshape(Wc.shape[0], C, -1) * inverse.reshape(1, C, 1)).reshape(Wc.shape)
-            else:
-                p[g.producer_weight] = (t @ W.reshape(C, -1)).reshape(W.shape)
-                if g.producer_bias:
-                    p[g.producer_bias] = t @ p[g.producer_bias]
-                Wc = p[g.consumer_weight]
-                W3 = Wc.reshape(Wc.shape[0], C, -1)  # (out, C, positions)
-                # (W3 G⁻¹ along C) = solve(Gᵀ, ·): no explicit inverse
-                moved = torch.linalg.solve(t.mT, W3.transpose(0, 1).reshape(C, -1))
-                p[g.consumer_weight] = moved.reshape(C, Wc.shape[0], -1).transpose(0, 1).reshape(Wc.shape)
+        for b in self.blocks:
+            b.act(p, element[b.name])
         return p
 
     def act(self, model: nn.Module, element: Mapping[str, Tensor]) -> nn.Module:
-        """Apply ``element`` to ``model`` in place (biases included); returns ``model``."""
+        """Apply ``element`` to ``model`` in place; returns ``model`` (nothing is written if the element is invalid)."""
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be an nn.Module (use act_params for a parameter dict), got {type(model).__name__}")
         params = dict(model.named_parameters())
@@ -332,157 +218,339 @@ class ModuleSymmetries:
         return model
 
 
+def _ones_like_legs(b: Block, dtype) -> dict[str, Tensor]:
+    size = max(int(leg.index.max()) + 1 for leg in b.legs)
+    return {leg.param: torch.ones(size, dtype=dtype) for leg in b.legs}
+
+
+def _group_text(b: Block) -> str:
+    if isinstance(b, ScalingBlock):
+        degrees = sorted({-leg.exponent for leg in b.legs if leg.exponent < 0})
+        deg = ", outgoing degree " + "/".join(f"{d:g}" for d in degrees) if degrees else ", no outgoing weights (scale-invariant)"
+        tied = f" ({b.units} units tied into {b.n_classes} scales)" if b.n_classes != b.units else ""
+        return f"positive rescaling (R_>0)^{b.n_classes}{tied}{deg}"
+    if isinstance(b, LinearBlock):
+        return f"GL({b.units})"
+    return f"translation R^{b.element_shape()[0]}"
+
+
+def _quantity_text(b: Block) -> str:
+    legs_in = ", ".join(sorted({leg.param for leg in b.legs if leg.exponent > 0}))
+    legs_out = ", ".join(sorted({leg.param for leg in b.legs if leg.exponent < 0}))
+    if isinstance(b, ScalingBlock):
+        if not legs_out:
+            return f"Q_c = −‖I_c‖² (I: {legs_in})"
+        return f"Q_c = Σ α‖O_c‖² − ‖I_c‖² (I: {legs_in}; O: {legs_out})"
+    if isinstance(b, LinearBlock):
+        return f"Q = O Oᵀ − I Iᵀ (I: {legs_in}; O: {legs_out})"
+    return f"h_k = Σ_units θ_k (column sums of {legs_in})"
+
+
+# --------------------------------------------------------------------------------------------------------------
+# from the walker's producers to checked blocks
+# --------------------------------------------------------------------------------------------------------------
+def _rows_for(leg: Leg, units: Tensor, n: int) -> Tensor | None:
+    """The leg's rows for ``units`` in that order, or None if the leg lacks some of them."""
+    have = leg.rows(n).tolist()
+    where = {u: i for i, u in enumerate(have)}
+    if not all(int(u) in where for u in units):
+        return None
+    return torch.tensor([where[int(u)] for u in units], dtype=torch.long)
+
+
+def _merge_pairs(walker: _Walker) -> set[int]:
+    """Attention scores: the key projection's rows join the query projection's block with exponent −1."""
+    merged: set[int] = set()
+    count: dict[int, int] = {}
+    for qid, kid, _ in walker.pairs:
+        count[qid] = count.get(qid, 0) + 1
+        count[kid] = count.get(kid, 0) + 1
+    for qid, kid, mapping in walker.pairs:
+        Pq, Pk = walker.producers[qid], walker.producers[kid]
+        if count[qid] > 1 or count[kid] > 1 or Pk.outgoing or Pq.outgoing:
+            for p in (Pq, Pk):
+                p.break_("its attention score pairs it with more than one projection, or it is also read elsewhere")
+            continue
+        if Pk.broken or Pq.broken:
+            why = Pk.broken or Pq.broken
+            for p in (Pq, Pk):
+                p.break_(f"paired in attention with a projection whose symmetry is broken ({why})")
+            continue
+        q_units = torch.tensor(sorted(mapping), dtype=torch.long)
+        k_units = torch.tensor([mapping[int(u)] for u in q_units], dtype=torch.long)
+        for leg in Pk.incoming:
+            rows = _rows_for(leg, k_units, Pk.units)
+            if rows is None:
+                Pq.break_("its attention key has units the score does not pair")
+                break
+            Pq.outgoing.append(Leg(leg.param, leg.index[rows], -leg.exponent, units=q_units))
+        if Pk.kind == "scaling":
+            Pq.restrict(Pk.positive)
+        inverse = {k: q for q, k in mapping.items()}
+        for k in range(Pk.units):
+            root = Pk.find(k)
+            if root != k and k in inverse and root in inverse:
+                Pq.tie(inverse[k], inverse[root])
+        for q, k in mapping.items():
+            Pq.signature[q] += Pk.signature[k]
+        Pq.eps += Pk.eps
+        Pq.name = f"{Pq.name}–{Pk.name}"
+        Pq.where = f"attention scores of {Pq.where} with {Pk.where}"
+        merged.add(kid)
+    return merged
+
+
+def _blocks_of(p: Producer) -> list[Block]:
+    legs = p.incoming + p.outgoing
+    if p.kind == "GL" and any(abs(leg.exponent) != 1 for leg in legs):
+        p.restrict()
+    where = p.where + (f" → {', '.join(dict.fromkeys(p.consumers))}" if p.consumers else "") + \
+        (f"; invariant under {', '.join(p.invariant)}" if p.invariant else "")
+    eps = _eps_text(p)
+    if p.kind == "scaling":
+        roots = [p.find(u) for u in range(p.units)]
+        ids = {r: i for i, r in enumerate(dict.fromkeys(roots))}
+        classes = torch.tensor([ids[r] for r in roots], dtype=torch.long)
+        return [ScalingBlock(p.name, p.units, tuple(legs), where, eps, classes=classes)]
+    groups: dict[tuple, list[int]] = {}
+    for u in range(p.units):
+        groups.setdefault(tuple(sorted(p.signature[u])), []).append(u)
+    blocks: list[Block] = []
+    for i, units in enumerate(groups.values()):
+        u = torch.tensor(units, dtype=torch.long)
+        chosen = []
+        for leg in legs:
+            rows = _rows_for(leg, u, p.units)
+            if rows is None:
+                if leg.units is not None and not set(leg.units.tolist()) & set(units):
+                    continue  # this leg belongs to other blocks only
+                raise SymmetryCheckError(f"{p.name}: a leg of {leg.param!r} covers part of a GL block")
+            chosen.append(Leg(leg.param, leg.index[rows], leg.exponent))
+        name = p.name if len(groups) == 1 else f"{p.name}[{i}]"
+        blocks.append(LinearBlock(name, len(units), tuple(chosen), where, eps))
+    return blocks
+
+
+def _eps_text(p: Producer) -> str | None:
+    if not p.eps:
+        return None
+    return "exact at ε = 0; " + ", ".join(f"ε = {e:g} at {w}" for w, e in dict.fromkeys(p.eps))
+
+
+def _translations_of(p: Producer) -> list[Block]:
+    out: list[Block] = []
+    for mode, valid in p.translation.items():
+        if not valid or not p.translation_absorbed.get(mode):
+            continue
+        where = f"{p.where}, absorbed by {', '.join(dict.fromkeys(p.translation_absorbed[mode]))}"
+        if mode == "row":
+            legs = tuple(Leg(leg.param, leg.index, 1.0) for leg in p.incoming if leg.units is None)
+            out.append(TranslationBlock(f"{p.name}:translation", p.units, legs, where))
+        else:
+            bias = [leg for leg in p.incoming if leg.index.shape[1] == 1 and leg.units is None][-1:]
+            if bias:
+                out.append(TranslationBlock(f"{p.name}:bias", 1, (Leg(bias[0].param, bias[0].index.reshape(1, -1), 1.0),),
+                                            where))
+    return out
+
+
 def _check_model(model: nn.Module) -> None:
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     seen: dict[int, str] = {}
     for name, p in model.named_parameters(remove_duplicate=False):
         if id(p) in seen:
-            raise ValueError(f"parameter {name!r} is the same tensor as {seen[id(p)]!r} (shared/tied weights): "
-                             f"the per-layer symmetries assume each layer owns its weights")
+            raise NotSupportedError(f"parameter {name!r} is the same tensor as {seen[id(p)]!r} (shared/tied weights): "
+                                    f"the per-layer symmetries assume each layer owns its weights")
         seen[id(p)] = name
         if not p.is_floating_point():
             raise TypeError(f"parameter {name!r} has dtype {p.dtype}; symmetries act on floating-point weights")
+        if p.numel() == 0:
+            raise ValueError(f"parameter {name!r} has no entries (shape {tuple(p.shape)}): a zero-width layer")
 
 
-def module_symmetries(model: nn.Module) -> ModuleSymmetries:
-    """Find the symmetry groups of ``model`` from its layers (module docstring); clear errors for the rest.
+def _default_input(model: nn.Module, dtype) -> tuple[Tensor, ...]:
+    first = next((m for m in model.modules() if not isinstance(m, (nn.Sequential,)) and
+                  any(True for _ in m.parameters(recurse=False))), None)
+    if isinstance(model, nn.Sequential) and isinstance(first, nn.Linear):
+        return (torch.randn(8, first.in_features, generator=torch.Generator().manual_seed(0), dtype=torch.float64).to(dtype),)
+    raise TypeError(f"example_input is needed for a {type(model).__name__} (what the model computes depends on the "
+                    "input's shape): pass one batch, e.g. module_symmetries(model, x[:8])")
 
-    ``model``: an ``nn.Sequential`` (nested at any depth) of the :data:`SUPPORTED_LAYERS`, or a single one.
+
+def module_symmetries(model: nn.Module, example_input=None, loss: str | None = None, *,
+                      leaves: Sequence[str] = (), check: bool = True, seed: int = 0) -> ModuleSymmetries:
+    """The symmetries of ``model`` read from its computation graph, each checked on ``example_input``.
+
+    ``example_input``: one batch (a tensor or a tuple of the forward's arguments); optional for an
+    ``nn.Sequential`` that starts with a ``Linear``. ``loss``: None or "mse" (symmetries of the output), or
+    "cross_entropy" over the output's last axis (as in ``F.cross_entropy(out.reshape(-1, out.shape[-1]), y)``;
+    adds the softmax head's translation, a symmetry of the loss). ``leaves``: submodule names
+    kept opaque (for code torch.fx cannot trace); their parameters are reported as not covered. Blocks that fail
+    the check raise :class:`SymmetryCheckError` naming the block.
     """
     _check_model(model)
-    leaves = _leaves(model)
-    affine_ids: dict[int, str] = {}
-    groups: list[_Group] = []
-    producer: tuple[str, nn.Module] | None = None
-    between: list[tuple[str, nn.Module]] = []
-    for name, layer in leaves:
-        if isinstance(layer, _AFFINE):
-            if id(layer) in affine_ids:
-                raise ValueError(f"layer {name!r} is the same module as layer {affine_ids[id(layer)]!r} "
-                                 f"(shared/tied weights): the per-layer symmetries assume each layer owns its weights")
-            affine_ids[id(layer)] = name
-            if isinstance(layer, nn.Conv2d) and layer.groups != 1:
-                raise _unsupported(name, layer, f" with groups={layer.groups} (grouped convolution)")
-            if producer is not None:
-                groups.append(_make_group(producer, between, (name, layer)))
-            producer, between = (name, layer), []
-        elif isinstance(layer, nn.Flatten):
-            if layer.start_dim != 1 or layer.end_dim != -1:
-                raise _unsupported(name, layer, f"(start_dim={layer.start_dim}, end_dim={layer.end_dim}): "
-                                               f"only Flatten(1, -1) keeps channels contiguous")
-            between.append((name, layer))
-        else:
-            _degree(name, layer)  # raises for an unsupported layer
-            between.append((name, layer))
-    params = [p for p in model.parameters()]
-    dtype = params[0].dtype if params else torch.get_default_dtype()
-    device = params[0].device if params else torch.device("cpu")
-    return ModuleSymmetries(tuple(groups), tuple(n for n, _ in model.named_parameters()), dtype, device,
-                            type(model).__name__)
+    if loss not in LOSSES:
+        raise ValueError(f"loss={loss!r} is not allowed; choose one of {', '.join(map(repr, LOSSES))}")
+    params = dict(model.named_parameters())
+    dtype = next(iter(params.values())).dtype if params else torch.get_default_dtype()
+    device = next(iter(params.values())).device if params else torch.device("cpu")
+    if example_input is None:
+        example_input = _default_input(model, dtype)
+    inputs = example_input if isinstance(example_input, tuple) else (example_input,)
+    for i, x in enumerate(inputs):
+        if isinstance(x, Tensor) and x.is_floating_point() and x.dtype != dtype:
+            raise TypeError(f"example_input{'[%d]' % i if len(inputs) > 1 else ''} has dtype {x.dtype} but the "
+                            f"model's parameters are {dtype}: convert one of them")
+    gm = trace(model, leaves, len(inputs))
+    buffers = {n: b.clone() for n, b in model.named_buffers()}
+    walker = _Walker(gm, loss)
+    with torch.no_grad(), torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        _with_buffers(gm, buffers, lambda: walker.run(*inputs))
+    merged = _merge_pairs(walker)
+    blocks: list[Block] = []
+    for p in walker.producers:
+        if p.pid in merged:
+            continue
+        if p.broken is None and (p.outgoing or p.invariant):
+            blocks.extend(_blocks_of(p))
+        blocks.extend(_translations_of(p))
+    coverage = _coverage(params, blocks, walker, merged)
+    sym = ModuleSymmetries(tuple(blocks), tuple(params), dtype, device, type(model).__name__, coverage)
+    if check:
+        _verify(sym, model, gm, inputs, loss, walker, seed)
+    return sym
 
 
-def _make_group(producer: tuple[str, nn.Module], between: list[tuple[str, nn.Module]],
-                consumer: tuple[str, nn.Module]) -> _Group:
-    pname, player = producer
-    cname, clayer = consumer
-    C = cast(int, player.out_features if isinstance(player, nn.Linear) else player.out_channels)
-    flattened = any(isinstance(layer, nn.Flatten) for _, layer in between)
-    if isinstance(clayer, nn.Conv2d):
-        if flattened or clayer.in_channels != C:
-            raise ValueError(f"layer {cname!r} (Conv2d, {clayer.in_channels} input channels) cannot follow layer "
-                             f"{pname!r} ({C} channels)" + (" after a Flatten" if flattened else ""))
-    else:
-        n_in = cast(int, clayer.in_features)
-        if (flattened and n_in % C) or (not flattened and n_in != C):
-            raise ValueError(f"layer {cname!r} (Linear, {n_in} inputs) does not read the {C} "
-                             f"{'channels' if isinstance(player, nn.Conv2d) else 'outputs'} of layer {pname!r}"
-                             + (" as contiguous blocks after Flatten" if flattened else ""))
-        if isinstance(player, nn.Conv2d) and not flattened:
-            raise ValueError(f"layer {cname!r} (Linear) follows the Conv2d {pname!r} without a Flatten")
-    degrees = [_degree(n, layer) for n, layer in between]
-    nonlinear = [d for d in degrees if d is not None]
-    kind = "scaling" if nonlinear else "GL"
-    alpha = math.prod(nonlinear) if nonlinear else 1.0  # composed homogeneous maps: degrees multiply
-    return _Group(name=pname, kind=kind, alpha=float(alpha), channels=C,
-                  producer_weight=_param_name(pname, "weight"),
-                  producer_bias=_param_name(pname, "bias") if player.bias is not None else None,
-                  consumer_weight=_param_name(cname, "weight"), consumer=cname,
-                  between=tuple(f"Elementwise({layer.activation.name})" if isinstance(layer, Elementwise)
-                                else type(layer).__name__ for _, layer in between))
+def _coverage(params, blocks, walker: _Walker, merged: set[int]) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {n: [] for n in params}
+    for b in blocks:
+        for name in b.parameters():
+            out[name].append(b.name)
+    for name, names in out.items():
+        if names:
+            continue
+        reasons = []
+        for p in walker.producers:
+            if any(leg.param == name for leg in p.incoming + p.outgoing) and p.broken:
+                reasons.append(f"{p.name}: its output {p.broken}")
+        reasons += walker.notes.get(name, [])
+        out[name] = [f"none — {'; '.join(dict.fromkeys(reasons)) or 'no operation the walker reads acts on it linearly'}"]
+    return out
 
 
-class ConservationMonitor:
-    """Watch a module's conserved quantities in any training loop: ``monitor.record(step)`` after ``optimizer.step()``.
+def _with_buffers(gm, buffers, fn):
+    """Run fn with the model's buffers replaced by copies (BatchNorm in training mode updates them)."""
+    saved = {n: b for n, b in gm.named_buffers()}
+    try:
+        for n, b in buffers.items():
+            _set(gm, n, b.clone())
+        return fn()
+    finally:
+        for n, b in saved.items():
+            _set(gm, n, b)
 
-    Keeps the quantities at every ``every``-th recorded step (on the CPU, detached). ``drift()`` gives the
-    relative drift |Q(t) − Q(0)| / (α‖O(0)‖² + ‖I(0)‖²) per neuron/channel (Frobenius norms for GL).
-    """
 
-    def __init__(self, model: nn.Module, every: int = 1):
-        if not isinstance(every, int) or every < 1:
-            raise ValueError(f"every={every!r} must be a positive integer")
-        self.model = model
-        self.every = every
-        self.symmetries = module_symmetries(model)
-        self.steps: list[int] = []
-        self.history: dict[str, list[Tensor]] = {k: [] for k in self.symmetries.keys()}
-        self.reference_magnitudes: dict[str, Tensor] | None = None
-        self._calls = 0
-        self.record_seconds = 0.0  # total time spent inside record (for the overhead benchmark)
+def _set(module: nn.Module, name: str, value: Tensor) -> None:
+    owner, _, attr = name.rpartition(".")
+    sub = module.get_submodule(owner) if owner else module
+    sub._buffers[attr] = value
 
-    def record(self, step: int | None = None) -> bool:
-        """Record the quantities now (at ``step``, default: a running count); returns whether it recorded."""
-        start = time.perf_counter()
-        step = self._calls if step is None else step
-        self._calls += 1
-        if not isinstance(step, int) or step < 0:
-            raise ValueError(f"step={step!r} must be a non-negative integer")
-        if step % self.every:
-            return False
-        with torch.no_grad():
-            q = self.symmetries.quantities(self.model)
-            if self.reference_magnitudes is None:
-                self.reference_magnitudes = {k: v.detach().cpu().clone() for k, v in self.symmetries.magnitudes(self.model).items()}
-            for k, v in q.items():
-                self.history[k].append(v.detach().cpu().clone())
-        self.steps.append(step)
-        self.record_seconds += time.perf_counter() - start
-        return True
 
-    def stacked(self) -> dict[str, Tensor]:
-        """Each quantity over the recorded steps: (T, C) or (T, C, C)."""
-        if not self.steps:
-            raise RuntimeError("nothing recorded yet: call record(step) after optimizer.step()")
-        return {k: torch.stack(v) for k, v in self.history.items()}
+def _outputs(result) -> Tensor:
+    if isinstance(result, Tensor):
+        return result.reshape(-1)
+    if isinstance(result, (tuple, list)):
+        parts = [_outputs(r) for r in result if r is not None]
+        return torch.cat([p for p in parts if p.numel()]) if parts else torch.zeros(0)
+    if isinstance(result, dict):
+        return _outputs(list(result.values()))
+    return torch.zeros(0)
 
-    def drift(self, reduce: str | None = "max") -> dict[str, Tensor]:
-        """Relative drift per quantity at each recorded step: (T,) reduced over neurons by ``reduce``
-        ('max' or 'mean'), or (T, C) per neuron with ``reduce=None``. GL quantities: (T,) Frobenius."""
-        if reduce not in ("max", "mean", None):
-            raise ValueError(f"reduce={reduce!r} is not allowed; choose one of 'max', 'mean', None")
-        out = {}
-        for k, Q in self.stacked().items():
-            assert self.reference_magnitudes is not None  # set by the first record(), which stacked() requires
-            scale = self.reference_magnitudes[k]
-            change = Q - Q[0]
-            if Q.ndim == 3:
-                out[k] = torch.linalg.matrix_norm(change) / scale
-                continue
-            rel = change.abs() / scale.clamp_min(torch.finfo(scale.dtype).tiny)
-            out[k] = rel if reduce is None else (rel.amax(1) if reduce == "max" else rel.mean(1))
-        return out
 
-    def to_json(self) -> dict:
-        """The record as plain lists: steps, quantities, reference magnitudes, max and mean drift, groups."""
-        stacked = self.stacked() if self.steps else {k: torch.empty(0) for k in self.history}
-        payload = {
-            "groups": self.symmetries.describe(), "every": self.every, "steps": list(self.steps),
-            "quantities": {k: v.tolist() for k, v in stacked.items()},
-            "reference_magnitudes": {k: v.tolist() for k, v in (self.reference_magnitudes or {}).items()},
-            "max_relative_drift": {k: v.tolist() for k, v in self.drift("max").items()} if self.steps else {},
-            "mean_relative_drift": {k: v.tolist() for k, v in self.drift("mean").items()} if self.steps else {},
-            "record_seconds_total": self.record_seconds,
-        }
-        json.dumps(payload)  # fail here, not in the caller's writer, if anything is not JSON
-        return payload
+def _verify(sym: ModuleSymmetries, model, gm, inputs, loss, walker: _Walker, seed: int) -> None:
+    """Each block: a random element keeps the output (log-softmax for the translations of a cross-entropy head)."""
+    from torch.func import functional_call
+
+    params = {n: p.detach() for n, p in model.named_parameters()}
+    buffers = {n: b.detach() for n, b in model.named_buffers()}
+    tol = CHECK_TOLERANCE.get(sym.dtype, 1e-4)
+
+    def run(p, on_loss: bool) -> Tensor:
+        with torch.no_grad(), torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            out = functional_call(gm, {**p, **{n: b.clone() for n, b in buffers.items()}}, inputs)
+        if on_loss:
+            out = torch.log_softmax(out, dim=-1)
+        return _outputs(out)
+
+    with torch.no_grad(), torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        reference = _outputs(functional_call(model, {**params, **{n: b.clone() for n, b in buffers.items()}}, inputs))
+    traced = run(params, False)
+    error = float((traced - reference).norm() / reference.norm().clamp_min(1e-300))
+    if error > tol:
+        raise SymmetryCheckError(f"the traced graph does not reproduce {type(model).__name__}'s output (relative "
+                                 f"difference {error:.3g}): the model's code does something the trace does not record")
+    gen = torch.Generator().manual_seed(seed + 1)
+    sites = walker.eps_sites
+    for b in sym.blocks:
+        on_loss = isinstance(b, TranslationBlock) and loss == "cross_entropy" and \
+            any("cross-entropy" in w for w in [b.where])
+        element = b.exp(b.random_algebra(0.5, gen, sym.dtype, sym.device, params))
+        moved = dict(params)
+        b.act(moved, element)
+        with _epsilon(gm, sites, _TINY_EPS if b.approximate else None):
+            base, acted = run(params, on_loss), run(moved, on_loss)
+        change = float((acted - base).norm() / base.norm().clamp_min(1e-300))
+        if not change <= tol:
+            raise SymmetryCheckError(f"block {b.name!r} ({b.kind}, {b.where}) changes the output of "
+                                     f"{type(model).__name__} by a relative {change:.3g} > {tol:g} on the example "
+                                     "input: the graph was misread; please report this model")
+        if b.approximate:
+            at_eps = float((run(moved, on_loss) - run(params, on_loss)).norm() / run(params, on_loss).norm())
+            b.approximate += f" (at the model's ε a random element of scale 0.5 moves the output by {at_eps:.2g} relative)"
+
+
+class _epsilon:
+    """Temporarily set every normalization ε found by the walker (modules' ``eps``, graph constants)."""
+
+    def __init__(self, gm, sites, value):
+        self.gm, self.sites, self.value = gm, sites, value
+        self.saved: list = []
+
+    def __enter__(self):
+        if self.value is None:
+            return self
+        changed_graph = False
+        for kind, owner, slot, _ in self.sites:
+            if kind == "module":
+                self.saved.append((kind, owner, slot, getattr(owner, slot)))
+                setattr(owner, slot, self.value)
+            else:
+                node = owner
+                self.saved.append((kind, node, None, (node.args, dict(node.kwargs))))
+                if isinstance(slot, int) and slot < len(node.args):
+                    args = list(node.args)
+                    args[slot] = self.value
+                    node.args = tuple(args)
+                else:
+                    node.kwargs = {**node.kwargs, "eps": self.value}
+                changed_graph = True
+        if changed_graph:
+            self.gm.recompile()
+        return self
+
+    def __exit__(self, *exc):
+        changed_graph = False
+        for kind, owner, slot, value in reversed(self.saved):
+            if kind == "module":
+                setattr(owner, slot, value)
+            else:
+                owner.args, owner.kwargs = value
+                changed_graph = True
+        if changed_graph:
+            self.gm.recompile()
+        self.saved = []
+        return False
