@@ -94,8 +94,8 @@ def concat(d: dict[str, torch.Tensor]) -> torch.Tensor:
 
 def train(model: nn.Module, x, y, optimizer_cls, kwargs: dict, steps: int) -> dict:
     """A user's loop: torch.optim, ConservationMonitor, and the per-step checks of the predictions."""
-    sym = S.module_symmetries(model)
-    monitor = S.ConservationMonitor(model)
+    sym = S.module_symmetries(model, x)
+    monitor = S.ConservationMonitor(model, symmetries=sym)
     opt = optimizer_cls(model.parameters(), **kwargs)
     names = [n for n, _ in model.named_parameters()]
     lr, lam, beta = kwargs["lr"], kwargs.get("weight_decay", 0.0), kwargs.get("momentum", 0.0)
@@ -178,7 +178,7 @@ def run(cfg: Settings) -> dict:
     for name in cfg.models:
         model0, x, y = load(name, cfg)
         state = {k: v.clone() for k, v in model0.state_dict().items()}
-        per_opt = {"groups": S.module_symmetries(model0).describe(), "images": len(y), "by_optimizer": {}}
+        per_opt = {"groups": S.module_symmetries(model0, x).describe(), "images": len(y), "by_optimizer": {}}
         for label, (cls, kwargs) in optimizers(cfg).items():
             model0.load_state_dict(state)  # every optimizer from the same init
             per_opt["by_optimizer"][label] = train(model0, x, y, cls, kwargs, cfg.steps)

@@ -29,7 +29,7 @@ from __future__ import annotations
 import math
 import operator
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Sequence, cast
 
 import torch
 import torch.fx as fx
@@ -116,7 +116,7 @@ def _open_attention(tracer, m: nn.MultiheadAttention, qualname, query, key, valu
     k = F.linear(key, Wk, bk)
     v = F.linear(value, Wv, bv)
     for proxy, role in ((q, "q"), (k, "k"), (v, "v")):
-        proxy.node.meta["symmetry_name"] = f"{qualname}.{role}" if qualname else role
+        cast(Any, proxy).node.meta["symmetry_name"] = f"{qualname}.{role}" if qualname else role
     N, L, S = q.shape[0], q.shape[1], k.shape[1]
     q = q.reshape(N, L, H, d).transpose(1, 2)  # (N, H, L, d)
     k = k.reshape(N, S, H, d).transpose(1, 2)
@@ -136,7 +136,7 @@ def _open_attention(tracer, m: nn.MultiheadAttention, qualname, query, key, valu
                                              is_causal=is_causal and attn_mask is None)
     out = out.transpose(1, 2).reshape(N, L, E)
     out = F.linear(out, P("out_proj.weight"), P("out_proj.bias") if m.out_proj.bias is not None else None)
-    out.node.meta["symmetry_name"] = f"{qualname}.out_proj" if qualname else "out_proj"
+    cast(Any, out).node.meta["symmetry_name"] = f"{qualname}.out_proj" if qualname else "out_proj"
     if not m.batch_first:
         out = out.transpose(0, 1)
     return out, weights
@@ -184,7 +184,7 @@ def trace(model: nn.Module, leaves: Sequence[str] = (), inputs: int = 1) -> fx.G
                 return _open_attention(tracer, self, "", query, key, value, key_padding_mask, need_weights,
                                        attn_mask, average_attn_weights, is_causal)
         else:
-            def forward(self, src, src_mask=None, src_key_padding_mask=None, is_causal=False):
+            def forward(self, src, src_mask=None, src_key_padding_mask=None, is_causal=False):  # type: ignore[misc]
                 return _open_encoder_layer(self, src, src_mask, src_key_padding_mask, is_causal)
         model.__class__ = type(cls.__name__, (cls,), {"forward": forward})
     try:
@@ -397,7 +397,7 @@ class _Walker(fx.Interpreter):
             return None
         name = _name(n)
         if n.op == "call_module":
-            return self.module_rule(n, self.gm.get_submodule(n.target), args, kwargs, result)
+            return self.module_rule(n, self.gm.get_submodule(str(n.target)), args, kwargs, result)
         return self.function_rule(n, name, args, kwargs, result)
 
     # --- rules ---------------------------------------------------------------------------------------------
@@ -527,7 +527,7 @@ class _Walker(fx.Interpreter):
         if isinstance(m, (nn.ReLU, nn.LeakyReLU)):
             return self.homogeneous(a0, 1.0)
         if name == "Elementwise":
-            act = m.activation
+            act: Any = m.activation
             if act.name == "identity":
                 return self.tags(a0)
             if act.homogeneity is None:
@@ -1096,7 +1096,7 @@ class _Walker(fx.Interpreter):
         incoming: dict[tuple[int, str], Tensor] = {}
         for a in self.nodes_in((n.args, n.kwargs)):
             for key, L in (self.shift.get(a) or {}).items():
-                incoming[(key, a)] = L  # type: ignore[index]
+                incoming[(key, a)] = L
         out: dict[tuple[int, str], Tensor] = {}
         for pid in self.created.get(n, []):
             p = self.producers[pid]

@@ -316,18 +316,18 @@ def _blocks_of(p: Producer) -> list[Block]:
     for u in range(p.units):
         groups.setdefault(tuple(sorted(p.signature[u])), []).append(u)
     blocks: list[Block] = []
-    for i, units in enumerate(groups.values()):
-        u = torch.tensor(units, dtype=torch.long)
+    for i, members in enumerate(groups.values()):
+        chosen_units = torch.tensor(members, dtype=torch.long)
         chosen = []
         for leg in legs:
-            rows = _rows_for(leg, u, p.units)
+            rows = _rows_for(leg, chosen_units, p.units)
             if rows is None:
-                if leg.units is not None and not set(leg.units.tolist()) & set(units):
+                if leg.units is not None and not set(leg.units.tolist()) & set(members):
                     continue  # this leg belongs to other blocks only
                 raise SymmetryCheckError(f"{p.name}: a leg of {leg.param!r} covers part of a GL block")
             chosen.append(Leg(leg.param, leg.index[rows], leg.exponent))
         name = p.name if len(groups) == 1 else f"{p.name}[{i}]"
-        blocks.append(LinearBlock(name, len(units), tuple(chosen), where, eps))
+        blocks.append(LinearBlock(name, len(members), tuple(chosen), where, eps))
     return blocks
 
 
