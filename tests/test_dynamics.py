@@ -139,7 +139,7 @@ def test_a_stalled_solver_is_stopped_where_it_stalled():
     stall_evaluations without progress, long before the budget. (Its ND and NAGF runs cross the kinks
     under the default stall_evaluations: test_noether's conserved pairs.)"""
     model, params, X, Y, _, _ = S.noether.small_problems(0)["relu"]
-    with pytest.raises(RuntimeError, match=r"gf stalled at t = 0\.0220771: stall_evaluations=2000"):
+    with pytest.raises(RuntimeError, match=r"gf stalled at t = 0\.022\d*: stall_evaluations=2000"):
         S.integrate(model, params, X, Y, [0.0, 3.0], "gf", max_evaluations=20_000, stall_evaluations=2000)
 
 
