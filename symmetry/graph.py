@@ -261,6 +261,11 @@ class Producer:
         if ra != rb:
             self.parent[max(ra, rb)] = min(ra, rb)
 
+    def tie_where(self, la: Tensor, lb: Tensor, mask: Tensor) -> None:
+        """Tie unit la[i] to lb[i] wherever ``mask`` holds (one scale for both)."""
+        for u, v in torch.stack([la[mask], lb[mask]], 1).unique(dim=0).tolist():
+            self.tie(u, v)
+
     def restrict(self, positive: bool = False) -> None:
         self.kind = "scaling"
         self.positive = self.positive or positive
@@ -632,7 +637,6 @@ class _Walker(fx.Interpreter):
         ra = self.pref(a)
         if rb is not None or ra is not None:
             data, ref = (a, rb) if rb is not None else (b, ra)
-            ref_value = args[1] if rb is not None else args[0]
             tags = self.tags(data)
             if not tags:
                 self.note(ref.param, f"added to a tensor no group acts on (node {n.name!r})")
@@ -642,7 +646,6 @@ class _Walker(fx.Interpreter):
                 if not self.absorb_bias(pid, tag, ref, expanded, n):
                     continue
                 out[pid] = Tag(tag.labels.expand(result.shape), tag.degree)
-            del ref_value
             return out
         for pid in set(A) | set(B):
             p = self.producers[pid]
@@ -655,8 +658,7 @@ class _Walker(fx.Interpreter):
                 differ = (la != lb) & (la >= 0)
                 if bool(differ.any()):
                     p.restrict()
-                    for u, v in torch.stack([la[differ], lb[differ]], 1).unique(dim=0).tolist():
-                        p.tie(u, v)
+                    p.tie_where(la, lb, differ)
                 out[pid] = Tag(la, ta.degree)
             else:
                 p.break_(f"added to a tensor its units do not reach (node {n.name!r}): a residual or skip "
@@ -729,9 +731,7 @@ class _Walker(fx.Interpreter):
                     p.break_(f"multiplied by a function of its units on other entries (node {n.name!r})")
                     continue
                 p.restrict()
-                both = la >= 0
-                for u, v in torch.stack([la[both], lb[both]], 1).unique(dim=0).tolist():
-                    p.tie(u, v)
+                p.tie_where(la, lb, la >= 0)
                 degree = ta.degree - tb.degree if divide else ta.degree + tb.degree
                 if degree != 0:
                     out[pid] = Tag(la, degree)
@@ -1058,7 +1058,6 @@ class _Walker(fx.Interpreter):
 
     def layer_norm(self, n, x, shape: tuple, weight, bias, eps, slot, result, kind: str, name):
         xval = self.env[x]
-        k = len(shape)
         for pid, tag in self.tags(x).items():
             p = self.producers[pid]
             rows = tag.labels.expand(xval.shape).reshape(-1, math.prod(shape))
@@ -1083,7 +1082,6 @@ class _Walker(fx.Interpreter):
         self.producers.append(p)
         labels = torch.arange(units).reshape(shape).expand(result.shape)
         out[p.pid] = Tag(labels)
-        del k
         return out
 
     # --- translations ---------------------------------------------------------------------------------------
