@@ -839,7 +839,7 @@ def integrate(model, params: Params, X: Tensor | None, Y: Tensor | None, times: 
     rtol, atol = check_number("rtol", rtol, minimum=0, exclusive=True), check_number("atol", atol, minimum=0)
     max_evaluations = check_count("max_evaluations", max_evaluations, 1)
     stall_evaluations = check_count("stall_evaluations", stall_evaluations, 1)
-    X64 = None if X is None else X.to(torch.float64)
+    X64 = X if X is None or not X.is_floating_point() else X.to(torch.float64)  # token ids stay integers
     Y64 = Y if Y is None or not Y.is_floating_point() else Y.to(torch.float64)
     grad = gradient_fn(model, X64, Y64)
     integrands = dict(integrands or {})

@@ -876,35 +876,57 @@ class _Chain:
 
 
 def _module_chain(model) -> _Chain:
-    """Read ``model`` as a chain of Linear layers and activations; any other layer is refused."""
+    """Read what ``model`` computes (its fx graph, :func:`symmetry.graph.trace`, the one module walker) as a chain
+    of Linear layers and activations, each node fed by the one before; any other node (a skip connection, a reshape,
+    a functional call, another layer) is refused by name."""
+    import torch.nn.functional as F
     from torch import nn
+
+    from .graph import trace
+    from .groups import NotSupportedError
 
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    leaves: list[tuple[str, nn.Module]] = []
-
-    def visit(module: nn.Module, name: str) -> None:
-        if isinstance(module, nn.Sequential):
-            for i, child in enumerate(module):
-                visit(child, f"{name}.{i}" if name else str(i))
-        else:
-            leaves.append((name or type(module).__name__, module))
-
-    visit(model, "")
+    graph = trace(model)
+    modules = dict(graph.named_modules())
+    supported = ", ".join(SUPPORTED_LAYERS)
     widths: list[int] = []
     bias: list[bool] = []
     free: list[bool] = []
     seen: set[int] = set()
     pending_free = False
-    for name, layer in leaves:
+    previous = None
+    for node in graph.graph.nodes:
+        if node.op == "placeholder":
+            if previous is not None:
+                raise NotSupportedError(f"model takes more than one input ({node.name!r}); count_conservation_laws "
+                                        "counts a chain with one input")
+            previous = node
+            continue
+        if node.op == "output":
+            if node.args[0] is not previous:
+                raise NotSupportedError(f"the model's output is not its last layer's ({node.args[0]!r})")
+            break
+        if node.all_input_nodes != [previous] or len(node.users) != 1:
+            raise NotSupportedError(f"node {node.name!r} ({node.op} {node.target}) is not fed by the layer before it "
+                                    "alone, or feeds more than the layer after it: a skip connection or a branch is "
+                                    f"not a chain; count_conservation_laws counts chains of {supported}")
+        if node.op == "call_function" and node.target in (F.relu, torch.relu):
+            pending_free = True
+            previous = node
+            continue
+        if node.op != "call_module":
+            raise NotSupportedError(f"node {node.name!r} ({node.op} {getattr(node.target, '__name__', node.target)}) "
+                                    f"is not supported by count_conservation_laws; supported layers: {supported}")
+        name, layer = node.target, modules[node.target]
         if isinstance(layer, nn.Linear):
             if id(layer.weight) in seen:
-                raise ValueError(f"layer {name} ({layer}) reuses the weights of an earlier layer: shared (tied) "
-                                 "weights are not supported by count_conservation_laws")
+                raise NotSupportedError(f"layer {name} ({layer}) reuses the weights of an earlier layer: shared (tied) "
+                                        "weights are not supported by count_conservation_laws")
             seen.add(id(layer.weight))
             if widths and layer.in_features != widths[-1]:
-                raise ValueError(f"layer {name} ({layer}) takes {layer.in_features} inputs but the layer before "
-                                 f"gives {widths[-1]}")
+                raise NotSupportedError(f"layer {name} ({layer}) takes {layer.in_features} inputs but the layer "
+                                        f"before gives {widths[-1]}")
             if widths:
                 free.append(pending_free)
             else:
@@ -914,13 +936,12 @@ def _module_chain(model) -> _Chain:
             pending_free = False
         elif isinstance(layer, nn.ReLU) or (isinstance(layer, nn.LeakyReLU) and layer.negative_slope != 1):
             pending_free = True  # positively homogeneous: a diagonal on each activation region
-        elif isinstance(layer, (nn.Identity, nn.LeakyReLU)):
-            pass  # the identity (LeakyReLU with slope 1 included)
-        else:
-            raise ValueError(f"layer {name} ({type(layer).__name__}) is not supported by count_conservation_laws; "
-                             f"supported layers: {', '.join(SUPPORTED_LAYERS)}")
+        elif not isinstance(layer, (nn.Identity, nn.LeakyReLU)):  # the identity (LeakyReLU with slope 1 included)
+            raise NotSupportedError(f"layer {name} ({type(layer).__name__}) is not supported by "
+                                    f"count_conservation_laws; supported layers: {supported}")
+        previous = node
     if not widths:
-        raise ValueError(f"model has no Linear layer; supported layers: {', '.join(SUPPORTED_LAYERS)}")
+        raise NotSupportedError(f"model has no Linear layer; supported layers: {supported}")
     acts = ["free" if f else "identity" for f in free]
     return _Chain(tuple(widths), tuple(bias), tuple(free),
                   f"module, widths {tuple(widths)}, biases {tuple(bias)}, hidden activations {acts}")

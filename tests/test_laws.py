@@ -274,6 +274,12 @@ def test_module_bad_input_names_the_layer_and_the_supported_set():
     shared = torch.nn.Linear(3, 3)
     with pytest.raises(ValueError, match="shared \\(tied\\) weights"):
         L.count_conservation_laws(torch.nn.Sequential(shared, torch.nn.ReLU(), shared))
+    class Residual(torch.nn.Sequential):  # a layer list that is not what the model computes
+        def forward(self, x):
+            return x + super().forward(x)
+
+    with pytest.raises(S.NotSupportedError, match="node 'add'.*skip connection"):
+        L.count_conservation_laws(Residual(torch.nn.Linear(3, 4), torch.nn.ReLU(), torch.nn.Linear(4, 3)))
     with pytest.raises(ValueError, match="takes 4 inputs"):
         L.count_conservation_laws(torch.nn.Sequential(torch.nn.Linear(2, 3), torch.nn.Linear(4, 1)))
     with pytest.raises(ValueError, match="theta must be None"):
