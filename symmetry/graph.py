@@ -263,7 +263,12 @@ class Producer:
 
     def tie_where(self, la: Tensor, lb: Tensor, mask: Tensor) -> None:
         """Tie unit la[i] to lb[i] wherever ``mask`` holds (one scale for both)."""
-        for u, v in torch.stack([la[mask], lb[mask]], 1).unique(dim=0).tolist():
+        a, b = la[mask].long(), lb[mask].long()
+        if not a.numel():
+            return
+        width = int(b.max()) + 1
+        pairs = (a * width + b).unique()  # one int per pair: a 1-D unique, far cheaper than unique(dim=0)
+        for u, v in zip((pairs // width).tolist(), (pairs % width).tolist()):
             self.tie(u, v)
 
     def restrict(self, positive: bool = False) -> None:
@@ -1130,6 +1135,12 @@ class _Walker(fx.Interpreter):
             if module is not None:
                 return module(L)
             return self.call_again(n, name, L, args, kwargs) if name != "getitem" else operator.getitem(L, args[1])
+        if name in ("sub", "isub") and mode == "row" and self._centring(n):
+            p.translation_absorbed.setdefault(mode, []).append(f"the subtraction of its mean (node {n.name!r})")
+            return True
+        if name == "mean" and mode == "row" and n.users and all(self._centring(u) and u.args[1] is n for u in n.users) \
+                and L.ndim and bool((L.reshape(-1, L.shape[-1]).sort(1).values == torch.arange(L.shape[-1])).all()):
+            return L.amin(-1, keepdim=True)  # the mean of a row-shifted x is shifted alike; the sub cancels both
         if name in ("add", "sub", "iadd", "isub") and not any(p.pid in self._depends(o) for o in self.nodes_in(n.args)
                                                                if o is not a):
             return L.expand(result.shape)
@@ -1156,6 +1167,18 @@ class _Walker(fx.Interpreter):
             p.translation_absorbed.setdefault(mode, []).append(absorbed)
             return True
         return None
+
+    @staticmethod
+    def _centring(n: fx.Node) -> bool:
+        """n is x − x.mean(-1, keepdim=True) (a hand-written LayerNorm's centring over the last axis)."""
+        if len(n.args) != 2 or not isinstance(n.args[0], fx.Node) or not isinstance(n.args[1], fx.Node):
+            return False
+        x, m = n.args[0], n.args[1]
+        if _name(m) != "mean" or not m.args or m.args[0] is not x:
+            return False
+        dim = m.kwargs.get("dim", m.args[1] if len(m.args) > 1 else None)
+        dim = dim[0] if isinstance(dim, (list, tuple)) and len(dim) == 1 else dim
+        return bool(dim == -1) and bool(m.kwargs.get("keepdim", m.args[2] if len(m.args) > 2 else False))
 
     def _depends(self, node: fx.Node) -> set[int]:
         if not hasattr(self, "_deps"):

@@ -277,6 +277,38 @@ class VectorFields:
         return theta
 
 
+def output_fields(model, example_input, loss: str | None = None) -> VectorFields:
+    """Any ``nn.Module`` as a family of fields: the gradients ∇_θ f_o(x_n; θ) of every output entry on the example
+    input (the log-softmax of the output for ``loss="cross_entropy"``), in ``named_parameters()`` order.
+
+    A law of every loss on these inputs is orthogonal to all of them (and their brackets), so ALGO 2 on this family
+    counts the laws of the module on ``example_input``; enough inputs make it the laws of the architecture. The
+    count takes nested forward-mode derivatives: an operation torch has no forward-mode rule for is refused there.
+    """
+    from torch import nn
+
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if loss not in (None, "cross_entropy"):
+        raise ValueError(f"loss must be None or 'cross_entropy', got {loss!r}")
+    inputs = example_input if isinstance(example_input, tuple) else (example_input,)
+    named = [(n, p.detach()) for n, p in model.named_parameters()]
+    names = tuple(n for n, _ in named)
+    shapes = [p.shape for _, p in named]
+    sizes = [p.numel() for _, p in named]
+
+    def f(theta: Tensor) -> Tensor:
+        params = {n: t.reshape(s) for n, t, s in zip(names, torch.split(theta, sizes), shapes)}
+        out = torch.func.functional_call(model, params, inputs)
+        if loss == "cross_entropy":
+            out = torch.log_softmax(out, dim=-1)
+        return out.reshape(-1)
+
+    return VectorFields(lambda theta: torch.func.jacrev(f)(theta), sum(sizes), names,
+                        f"the outputs of {type(model).__name__} on an input of shape "
+                        f"{tuple(inputs[0].shape)}", function=f)
+
+
 def vector_fields(model: Factorization | VectorFields, seed: int = 0) -> VectorFields:
     """The fields ∇φ_i of a model (as a :class:`VectorFields`); a VectorFields is returned as is.
 

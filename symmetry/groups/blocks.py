@@ -42,15 +42,86 @@ class Leg:
     def rows(self, n: int) -> Tensor:
         return torch.arange(n) if self.units is None else self.units
 
+    def _view(self, t: Tensor) -> Tensor | None:
+        """The leg's entries of ``t`` as a strided view, rows first ((C, K) after a reshape), or None where the
+        table is no strided pattern. Every leg the walker builds is one (rows of a weight, a convolution's input
+        channels, a head's rows); the pattern is found once per leg (frozen dataclass: stored through object)."""
+        if "_plan" not in self.__dict__:
+            object.__setattr__(self, "_plan", _strided_plan(self.index))
+        plan = self.__dict__["_plan"]
+        if plan is None:
+            return None
+        offset, sizes, strides, _ = plan
+        flat = t.reshape(-1)
+        return flat.as_strided(sizes, strides, flat.storage_offset() + offset)
+
     def values(self, p: Mapping[str, Tensor]) -> Tensor:
         """θ on this leg, (C, K)."""
         t = p[self.param]
-        return t.reshape(-1)[self.index.to(t.device)]
+        view = self._view(t)
+        return view.reshape(self.index.shape) if view is not None else t.reshape(-1)[self.index.to(t.device)]
+
+    def row_dot(self, pa: Mapping[str, Tensor], pb: Mapping[str, Tensor]) -> Tensor:
+        """Σ_k θa_uk θb_uk per row, (C,): reduced on the strided views, without copying the leg out (the monitor's
+        cost per step is a pass over the weights, no more)."""
+        ta, tb = pa[self.param], pb[self.param]
+        va = self._view(ta)
+        if va is None or va.ndim == 0:
+            return (self.values(pa) * self.values(pb)).sum(1)
+        dims = tuple(range(self.__dict__["_plan"][3], va.ndim))
+        vb = va if ta is tb else self._view(tb)
+        assert vb is not None  # the same plan reads both
+        if not dims:
+            out = va * vb
+        elif ta is tb:
+            out = torch.linalg.vector_norm(va, dim=dims) ** 2
+        else:
+            out = (va * vb).sum(dims)
+        return out.reshape(self.index.shape[0])
 
     def write(self, p: dict[str, Tensor], values: Tensor) -> None:
         t = p[self.param]
         flat = t.reshape(-1).index_put((self.index.to(t.device).reshape(-1),), values.reshape(-1))
         p[self.param] = flat.reshape(t.shape)
+
+
+def _progression(r: list[int]) -> tuple[list[int], list[int]] | None:
+    """``r`` (starting at 0) as nested arithmetic progressions: sizes and strides, outermost first, or None."""
+    n = len(r)
+    if n == 1:
+        return [], []
+    stride = r[1] - r[0]
+    run = 1
+    while run < n and r[run] == run * stride:
+        run += 1
+    if n % run:
+        return None
+    outer = r[::run]
+    for j, start in enumerate(outer):
+        if r[j * run:(j + 1) * run] != [start + i * stride for i in range(run)]:
+            return None
+    rest = _progression([v - outer[0] for v in outer])
+    if rest is None:
+        return None
+    return rest[0] + [run], rest[1] + [stride]
+
+
+def _strided_plan(index: Tensor) -> tuple[int, list[int], list[int], int] | None:
+    """(offset, sizes, strides, row dims) with flat.as_strided(sizes, strides, offset) == flat[index] (verified), or None."""
+    if index.ndim != 2 or not index.numel():
+        return None
+    table = index.cpu()
+    offset = int(table[0, 0])
+    rows = _progression((table[:, 0] - offset).tolist())
+    cols = _progression((table[0] - offset).tolist())
+    if rows is None or cols is None:
+        return None
+    sizes, strides = rows[0] + cols[0], rows[1] + cols[1]
+    if any(st < 0 for st in strides):
+        return None
+    base = torch.arange(int(table.max()) + 1, dtype=table.dtype)
+    rebuilt = base.as_strided(sizes, strides, offset).reshape(table.shape)
+    return (offset, sizes, strides, len(rows[0])) if torch.equal(rebuilt, table) else None
 
 
 @dataclass
@@ -137,14 +208,14 @@ class ScalingBlock(Block):
         return out
 
     def balance(self, pa, pb):
-        rows = [(leg, -leg.exponent * (leg.values(pa) * leg.values(pb)).sum(1)) for leg in self.legs]
+        rows = [(leg, -leg.exponent * leg.row_dot(pa, pb)) for leg in self.legs]
         return self._per_class(rows, rows[0][1])
 
     def quantity(self, p):
         return self.balance(p, p)
 
     def magnitude(self, p):
-        rows = [(leg, abs(leg.exponent) * (leg.values(p) ** 2).sum(1)) for leg in self.legs]
+        rows = [(leg, abs(leg.exponent) * leg.row_dot(p, p)) for leg in self.legs]
         return self._per_class(rows, rows[0][1])
 
     def check_element(self, argument, t):
