@@ -74,7 +74,7 @@ class Leg:
         if not dims:
             out = va * vb
         elif ta is tb:
-            out = torch.linalg.vector_norm(va, dim=dims) ** 2
+            out = va.square().sum(dims)  # not vector_norm(...)²: the square root costs the last digits
         else:
             out = (va * vb).sum(dims)
         return out.reshape(self.index.shape[0])
