@@ -144,7 +144,7 @@ def _last_times(out: str, log_dir: Path) -> dict[str, float]:
 
     def read(path: Path):
         try:
-            return json.loads(path.read_text())
+            return json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError):
             return None
 
@@ -163,7 +163,7 @@ def _last_times(out: str, log_dir: Path) -> dict[str, float]:
 def _figure_job(name: str, part: str | None, argv: list[str], threads: int, log_path: str, conn) -> None:
     """In a worker process: run one figure script (or one of its parts) with ``threads`` torch threads,
     output to its log."""
-    log = open(log_path, "w", buffering=1)
+    log = open(log_path, "w", buffering=1, encoding="utf-8")
     os.dup2(log.fileno(), 1)  # the C++ side (torch warnings) too
     os.dup2(log.fileno(), 2)
     sys.stdout = sys.stderr = log
@@ -281,7 +281,7 @@ def run_figures(names: list[str], argv: list[str], jobs: int, threads: int = 1, 
             process.terminate()
             process.join()
     try:  # the order of the next run
-        known = json.loads((log_dir / TIMINGS).read_text()) if (log_dir / TIMINGS).exists() else {}
+        known = json.loads((log_dir / TIMINGS).read_text(encoding="utf-8")) if (log_dir / TIMINGS).exists() else {}
         E.write_json(log_dir / TIMINGS, {**known, **{k: round(v, 2) for k, v in timings.items()}})
     except (OSError, ValueError):
         pass  # only an ordering hint
@@ -311,6 +311,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=E.positive_int, default=1,
                         help="torch threads per figure (default 1: their loops are of tiny ops)")
     args = parser.parse_args(argv)
+    if not args.only:
+        parser.error(f"--only needs at least one figure name; choose from {', '.join(FIGURES)}")
+    args.only = list(dict.fromkeys(args.only))  # a name given twice runs once
     if args.steps < 1:
         parser.error(f"--steps {args.steps}: must be a positive integer")
     if args.device == "cuda" and not torch.cuda.is_available():

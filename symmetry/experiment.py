@@ -24,7 +24,7 @@ from typing import Any, Callable
 import torch
 
 import symmetry as S
-from symmetry.models import torch_threads  # noqa: F401  (for the scripts: E.torch_threads)
+from symmetry.models import computation_threads, torch_threads  # noqa: F401  (for the scripts: E.torch_threads)
 
 from symmetry.training import DTYPES  # noqa: E402  (the training precisions, also for --dtype)
 
@@ -119,6 +119,9 @@ def check_output_location(out: str | Path, names: tuple[str, ...] = ()) -> Path:
     """Refuse (OutputLocationError, naming --out) a location the figure could not be written to, before
     any computation: an existing file, a parent that is a file, a directory that cannot be written, or a
     read-only NAME.pdf / NAME.png / NAME.json. The directory is created if missing."""
+    if not str(out).strip():
+        raise OutputLocationError("--out '': an empty path names no directory (it would write into the current "
+                                  "one and claims.json to /); pass a directory")
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise OutputLocationError(f"--out {out}: is an existing file, not a directory; pass a directory "
@@ -166,7 +169,7 @@ def project_root(start: str | Path | None = None) -> Path | None:
         pyproject = folder / "pyproject.toml"
         if pyproject.is_file():
             try:
-                text = pyproject.read_text()
+                text = pyproject.read_text(encoding="utf-8")
             except OSError:
                 return None
             return folder if f'name = "{PROJECT}"' in text else None
@@ -258,7 +261,7 @@ def environment(device: torch.device | str = "cpu", source: str | Path | None = 
         "code_hash": code_hash(source if source and str(source).endswith(".py") else None),
         "platform": platform.platform(),
         "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
+        "torch_threads": computation_threads(),  # in force during the computation, not at the time of writing
         "device": str(device),
     }
     if device.type == "cuda":
@@ -339,7 +342,7 @@ def _json_text(payload: Any) -> str:
 def write_json(path: str | Path, payload: Any) -> None:
     """Atomic, indented JSON."""
     text = _json_text(payload)
-    _atomic_write(Path(path), lambda tmp: Path(tmp).write_text(text))
+    _atomic_write(Path(path), lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
 
 
 def _savefig(fig, ext: str) -> Callable[[str], object]:
@@ -372,7 +375,7 @@ def write_figure(out: str | Path, name: str, payload: dict, fig=None) -> dict:
 
     def json_last(tmp: str) -> None:
         payload["files"] = {ext: {"name": f"{name}.{ext}", "sha256": file_sha256(path)} for ext, path in written.items()}
-        Path(tmp).write_text(_json_text(payload))
+        Path(tmp).write_text(_json_text(payload), encoding="utf-8")
 
     images = [(out / f"{name}.{ext}", image(ext)) for ext in ("pdf", "png")] if fig is not None else []
     _write_unit([*images, (out / f"{name}.json", json_last)])
@@ -469,10 +472,23 @@ def explain(error: BaseException) -> tuple[int, str] | None:
     return None
 
 
+def printable_streams() -> None:
+    """Under a locale that cannot encode the scripts' text (LC_ALL=C without Python's UTF-8 mode: ASCII), print
+    what it cannot encode as escapes (Δ → \\u0394) instead of failing with UnicodeEncodeError."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            "Δ≤θ→".encode(stream.encoding or "ascii")
+        except (UnicodeEncodeError, LookupError):
+            reconfigure = getattr(stream, "reconfigure", None)
+            if callable(reconfigure):
+                reconfigure(errors="backslashreplace")
+
+
 def run_script(main: Callable[[], Any]) -> None:
     """Entry point of a figure script and reproduce.py: an expected failure (bad --out, disk full,
     interrupt, divergence, missing or offline data) ends with one line and a non-zero exit status, no
     traceback; ``--debug`` on the command line shows the traceback instead."""
+    printable_streams()
     try:
         status = main()
     except Exception as error:

@@ -71,17 +71,31 @@ def quiet_forward_mode():
         yield
 
 
+_threads_state: dict[str, int] = {"depth": 0, "computed_with": 0}  # the outermost torch_threads count (0: none yet)
+
+
 @contextlib.contextmanager
 def torch_threads(n: int):
     """Run with ``n`` intra-op threads and restore the previous count after: small problems are
     overhead-bound, and when another process holds the second core, a second thread mostly
-    waits (tiny ops measured 60× slower)."""
+    waits (tiny ops measured 60× slower). The outermost count is remembered for
+    :func:`computation_threads` (a result's JSON is written after the computation's context ends)."""
     before = torch.get_num_threads()
+    if _threads_state["depth"] == 0:
+        _threads_state["computed_with"] = n
+    _threads_state["depth"] += 1
     torch.set_num_threads(n)
     try:
         yield
     finally:
+        _threads_state["depth"] -= 1
         torch.set_num_threads(before)
+
+
+def computation_threads() -> int:
+    """The intra-op threads of the last computation run under :func:`torch_threads` (its outermost count), or the
+    current count if none was."""
+    return _threads_state["computed_with"] or torch.get_num_threads()
 
 
 def jvp(f, primals: tuple, tangents: tuple):

@@ -376,3 +376,21 @@ def test_readme_your_own_model_runs_as_written():
             exec(compile(code, "README.md", "exec"), namespace)
         if shown:
             assert printed.getvalue() == shown, "the README shows an output the code no longer prints"
+
+
+def test_docs_resnet18_describe_is_what_the_code_prints():
+    """docs/your-own-model.md shows resnet18's describe(): the same text, the measured ε effects to 2 digits
+    (their last digit may move with the machine's round-off: compared at 10 %)."""
+    import contextlib
+    import io
+
+    pytest.importorskip("torchvision")
+    text = (ROOT / "docs" / "your-own-model.md").read_text()
+    code, shown = re.search(r"```python\n(.*?)```\s*```text\n(.*?)```", text, re.S).groups()
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        exec(compile(code, "your-own-model.md", "exec"), {})
+    number = r"\d+\.\d+(?:e-?\d+)?|\d+e-?\d+"
+    assert re.sub(number, "#", printed.getvalue()) == re.sub(number, "#", shown)
+    for got, want in zip(re.findall(number, printed.getvalue()), re.findall(number, shown), strict=True):
+        assert abs(float(got) - float(want)) <= 0.1 * abs(float(want)), (got, want)

@@ -165,3 +165,26 @@ def test_jobs_and_threads_must_be_positive(capsys):
             reproduce.main([flag, "0"])
         assert stop.value.code == 2
         assert f"argument {flag}: '0' is not a positive integer" in capsys.readouterr().err
+
+
+def test_round_two_case1_a_figure_named_twice_runs_once_and_an_empty_only_is_refused(demo, monkeypatch, capsys,
+                                                                                     tmp_path):
+    import pytest
+
+    reproduce = load("reproduce")
+    cfg, rows = demo
+    monkeypatch.setattr(reproduce, "run", lambda c: rows)
+    asked: list[list[str]] = []
+
+    def run_figures(names, common, jobs, threads, log_dir, out, meanwhile=None):
+        asked.append(list(names))
+        if meanwhile is not None:
+            meanwhile()
+        return []
+
+    monkeypatch.setattr(reproduce, "run_figures", run_figures)
+    reproduce.main(["--quick", "--out", str(tmp_path), "--jobs", "1", "--only", "Q_sharpness_1d", "Q_sharpness_1d"])
+    assert asked == [["Q_sharpness_1d"]]
+    with pytest.raises(SystemExit) as stop:
+        reproduce.main(["--quick", "--out", str(tmp_path), "--only"])
+    assert stop.value.code == 2 and "--only needs at least one figure name" in capsys.readouterr().err

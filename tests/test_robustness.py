@@ -582,3 +582,35 @@ def test_case10_sigint_during_a_run_is_one_line(tmp_path):
     assert process.returncode == 130 and "Traceback" not in err, said[-3000:]
     assert len(lines) == 1 and "interrupted" in lines[0] and "rerun" in lines[0]
     assert [p.name for p in out.iterdir()] in ([], [".cache"])  # nothing half-written
+
+
+# ---------------------------------------------------------------- round two (issue 24)
+
+def test_round_two_case2_the_json_records_the_threads_of_the_computation():
+    before = torch.get_num_threads()
+    with E.torch_threads(3):
+        with E.torch_threads(1):  # a library call's own context inside the script's
+            pass
+    assert torch.get_num_threads() == before  # restored after the context, where the JSON is written
+    assert E.environment()["torch_threads"] == 3
+
+
+def test_round_two_case5_an_empty_out_is_refused():
+    with pytest.raises(E.OutputLocationError, match="an empty path names no directory"):
+        E.check_output_location("")
+    with pytest.raises(E.OutputLocationError, match="an empty path"):
+        E.check_output_location("  ")
+
+
+def test_round_two_case9_an_ascii_locale_prints_escapes_instead_of_failing(monkeypatch):
+    """LC_ALL=C without Python's UTF-8 mode gives ASCII streams: the scripts' text (Δ, ≤, θ) is escaped."""
+    import io
+
+    raw = io.BytesIO()
+    ascii_out = io.TextIOWrapper(raw, encoding="ascii")
+    monkeypatch.setattr(sys, "stdout", ascii_out)
+    with pytest.raises(UnicodeEncodeError):
+        print("ΔQ ≤ 1e-6", flush=True)
+    E.printable_streams()
+    print("ΔQ ≤ 1e-6", flush=True)
+    assert raw.getvalue().decode("ascii").endswith("\\u0394Q \\u2264 1e-6\n")

@@ -267,6 +267,26 @@ def test_teleportation_figure_quick(tmp_path):
     by_claim = {r["claim"]: r for r in rows}
     assert by_claim["a teleport keeps the loss on its batch (exact action g = exp ξ, inputs recomputed)"]["holds"]
     assert by_claim["1-D valley (App. G.1): teleporting to minimum sharpness lands at Q = 0, λ_max = √(0+4) = 2"]["holds"]
+    # round two, case 3: --seed reaches the repeated runs (their seeds are offsets added to it)
+    other = script.main(["--quick", "--out", str(tmp_path / "seed7"), "--seed", "7"])
+
+    def losses(p):  # every number of the regression runs but their timings
+        out = []
+
+        def walk(x, key=""):
+            if isinstance(x, dict):
+                for k, v in sorted(x.items()):
+                    walk(v, k)
+            elif isinstance(x, list):
+                for v in x:
+                    walk(v, key)
+            elif isinstance(x, float) and "second" not in key and "time" not in key:
+                out.append(x)
+
+        walk(p["regression"])
+        return out
+
+    assert losses(other) != losses(payload) and other["settings"]["seed"] == 7
 
 
 def test_teleporting_stepper_on_the_engine_protocol():
