@@ -194,6 +194,11 @@ def load_cifar10(root: str | Path | None = None, source: str = "auto", download:
     if root.is_file() and root.name.endswith((".tar.gz", ".tgz")):
         root = extract_archive(root, extract_to)
     found = _resolve(root, source) if root.exists() else None
+    if found is None and root.is_dir() and source in ("auto", "folder"):
+        archives = sorted(p for p in root.iterdir() if p.is_file() and p.name.endswith((".tar.gz", ".tgz")))
+        if len(archives) == 1:  # an archive put where the error below says to put one
+            root = extract_archive(archives[0], extract_to if extract_to is not None else root)
+            found = _resolve(root, source)
     if found is None and download and source in ("auto", "torchvision"):
         found = "torchvision"
     if found is None:

@@ -48,6 +48,7 @@ from .models import Model, TwoLayerNet, _residual_scale, flatten, unflatten
 from .validation import (
     check_choice,
     check_count,
+    check_data,
     check_learning_rate,
     check_number,
     check_params,
@@ -711,6 +712,8 @@ def run(model, params: Params, X: Tensor | None, Y: Tensor | None, stepper: Step
     params = check_params("params", params, getattr(model, "n_params", None))
     steps, record_every = check_count("steps", steps), check_count("record_every", record_every, 1)
     check_choice("clock", clock, ("steps", "time"))
+    if batches is None:
+        check_data(X, Y)
     batch = _batch_shape(params)
     if labels is not None and (len(batch) != 1 or len(labels) != batch[0]):
         raise ValueError(f"labels must name each of the {tuple(batch)} configurations")
@@ -839,6 +842,7 @@ def integrate(model, params: Params, X: Tensor | None, Y: Tensor | None, times: 
     rtol, atol = check_number("rtol", rtol, minimum=0, exclusive=True), check_number("atol", atol, minimum=0)
     max_evaluations = check_count("max_evaluations", max_evaluations, 1)
     stall_evaluations = check_count("stall_evaluations", stall_evaluations, 1)
+    check_data(X, Y)
     X64 = X if X is None or not X.is_floating_point() else X.to(torch.float64)  # token ids stay integers
     Y64 = Y if Y is None or not Y.is_floating_point() else Y.to(torch.float64)
     grad = gradient_fn(model, X64, Y64)

@@ -217,7 +217,9 @@ def module_hessian_vector_product(model: torch.nn.Module, loss: Callable[[Tensor
     product). ``batch_weight="size"``: w_b = |batch b| / |data|, so a mean-reduced loss gives the Hessian of
     the mean over all the data; ``"one"``: w_b = 1 (a sum-reduced loss gives the Hessian of the total).
     Reverse-over-reverse: one batch's gradient graph is kept (a single pair: built once for all products).
-    The module runs as it is: call ``model.eval()`` first for dropout or batch norm in inference mode.
+    The module runs as it is: call ``model.eval()`` first for dropout or batch norm in inference mode. Its buffers
+    are left as found: every evaluation runs on copies of them (batch norm in training mode would otherwise update
+    its running statistics at each product).
     """
     check_choice("batch_weight", batch_weight, ("size", "one"))
     named = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
@@ -229,9 +231,15 @@ def module_hessian_vector_product(model: torch.nn.Module, loss: Callable[[Tensor
             raise TypeError(f"parameter {name} has dtype {p.dtype}; the Hessian needs floating-point parameters")
     batches, single = _batches(data)
 
+    everything = dict(model.named_parameters())
+    buffers = dict(model.named_buffers())
+
+    def forward(X: Tensor) -> Tensor:  # the model's own parameters (for autograd), copies of its buffers
+        return torch.func.functional_call(model, {**everything, **{n: b.clone() for n, b in buffers.items()}}, (X,))
+
     def weighted_gradient(X: Tensor, Y: Tensor, weight: float) -> Tensor:
         with torch.enable_grad():
-            value = loss(model(X), Y)
+            value = loss(forward(X), Y)
             if value.ndim != 0:
                 raise ValueError(f"loss must return a scalar, got shape {tuple(value.shape)} (reduction='none'?)")
             grads = torch.autograd.grad(weight * value, params, create_graph=True, allow_unused=True)

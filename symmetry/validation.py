@@ -157,6 +157,21 @@ def check_finite_tensor(argument: str, tensor) -> torch.Tensor:
     return tensor
 
 
+def check_data(X, Y) -> None:
+    """The data of a run, checked before any step: a batch with samples, finite inputs and targets (a NaN or an
+    infinity there is a data problem, not a divergence of the run)."""
+    for name, t in (("X", X), ("Y", Y)):
+        if t is None:
+            continue
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor or None, got {type(t).__name__}")
+        if t.numel() == 0:
+            raise ValueError(f"{name} holds no samples (shape {tuple(t.shape)}): the data is empty")
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            bad = "NaN" if bool(torch.isnan(t).any()) else "infinity"
+            raise ValueError(f"{name} (shape {tuple(t.shape)}) contains {bad}: a problem of the data, before any step")
+
+
 def check_alike(argument: str, tensors: Sequence[torch.Tensor] | torch.Tensor, reference: torch.Tensor | None = None,
                 reference_name: str | None = None) -> None:
     """All tensors share one dtype and one device (that of ``reference`` if given)."""

@@ -83,3 +83,17 @@ def test_experiment_splits_are_disjoint_and_seeded(tmp_path):
     assert torch.equal(experiment_splits(data, 10, 12)["x_fit"], s["x_fit"])
     with pytest.raises(ValueError, match="exceeds the 24 test images"):
         experiment_splits(data, n_eval=20, n_fit=12)
+
+
+def test_an_archive_put_where_the_error_says_is_found(tmp_path):
+    """Issue 24 case 15: the message says 'put one of them in ROOT'; an archive put there is then loaded."""
+    root = tmp_path / "data"
+    root.mkdir()
+    with pytest.raises(FileNotFoundError, match=rf"put one of them in {root}") as told:
+        load_cifar10(root, download=False)
+    assert ".tar.gz" in str(told.value)
+    write_tree(tmp_path / "src" / "cifar10-jpeg", per_class=(2, 1))
+    with tarfile.open(root / "cifar10-jpeg.tar.gz", "w:gz") as tar:
+        tar.add(tmp_path / "src" / "cifar10-jpeg", arcname="cifar10-jpeg")
+    data = load_cifar10(root, download=False)
+    assert data["train_x"].shape == (6, 3, 32, 32) and data["classes"] == CLASSES

@@ -614,3 +614,31 @@ def test_round_two_case9_an_ascii_locale_prints_escapes_instead_of_failing(monke
     E.printable_streams()
     print("ΔQ ≤ 1e-6", flush=True)
     assert raw.getvalue().decode("ascii").endswith("\\u0394Q \\u2264 1e-6\n")
+
+
+def test_round_two_case14_hessian_top_k_leaves_batchnorm_statistics_as_found():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4), torch.nn.ReLU(),
+                                torch.nn.Linear(4, 1)).double()
+    X, Y = torch.randn(16, 3, dtype=torch.float64), torch.randn(16, 1, dtype=torch.float64)
+    before = {n: b.clone() for n, b in model.named_buffers()}
+    pairs = S.hessian_top_k(model, torch.nn.functional.mse_loss, (X, Y), k=2)
+    assert pairs.values.numel() == 2 and model.training
+    for n, b in model.named_buffers():
+        assert torch.equal(b, before[n]), n
+    with torch.no_grad():  # the control: one plain forward in training mode does move them
+        model(X)
+    assert not torch.equal(model[1].running_mean, before["1.running_mean"])
+
+
+def test_round_two_case13_empty_or_non_finite_data_is_named_before_any_step():
+    params, X, Y = two_layer_problem(5, 3, 2, k=4)  # X (n, k): samples are columns
+    net = S.TwoLayerNet("relu")
+    bad_Y = Y.clone()
+    bad_Y[0, 0] = float("inf")
+    with pytest.raises(ValueError, match=r"Y \(shape .*\) contains infinity: a problem of the data"):
+        S.gradient_descent(net, params, X, bad_Y, 0.1, 3)
+    with pytest.raises(ValueError, match="X holds no samples"):
+        S.gradient_descent(net, params, X[:, :0], Y[:, :0], 0.1, 3)
+    with pytest.raises(ValueError, match="a problem of the data"):
+        S.gradient_flow(net, params, X, bad_Y, [0.0, 1.0])
