@@ -109,6 +109,17 @@ class DivergenceError(FloatingPointError):
     """The loss became NaN or infinite; the message names the configurations."""
 
 
+def _like_params(name: str, t: Tensor | None, params: Params) -> Tensor | None:
+    """Floating data in the parameters' dtype: promoted where that is exact (float32 data, float64 parameters),
+    refused naming both where it would round."""
+    if t is None or not t.is_floating_point() or t.dtype == params[0].dtype:
+        return t
+    if torch.promote_types(t.dtype, params[0].dtype) == params[0].dtype:
+        return t.to(params[0].dtype)
+    raise TypeError(f"{name} has dtype {t.dtype} but params have {params[0].dtype}: casting {name} down would round "
+                    f"it; pass params in {t.dtype} or {name} in {params[0].dtype}")
+
+
 def _batch_shape(params: Params) -> torch.Size:
     return params[0].shape[:-2]
 
@@ -714,6 +725,7 @@ def run(model, params: Params, X: Tensor | None, Y: Tensor | None, stepper: Step
     check_choice("clock", clock, ("steps", "time"))
     if batches is None:
         check_data(X, Y)
+        X, Y = _like_params("X", X, params), _like_params("Y", Y, params)
     batch = _batch_shape(params)
     if labels is not None and (len(batch) != 1 or len(labels) != batch[0]):
         raise ValueError(f"labels must name each of the {tuple(batch)} configurations")

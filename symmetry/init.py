@@ -27,7 +27,13 @@ def make_generator(seed: int | torch.Generator) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
+def _check_dtype(dtype) -> None:
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise TypeError(f"dtype must be a floating-point torch.dtype (torch.float32, torch.float64), got {dtype!r}")
+
+
 def _normal(shape, std, generator, dtype, device) -> Tensor:
+    _check_dtype(dtype)
     std = torch.as_tensor(std, dtype=dtype)
     return (torch.randn(*shape, generator=generator, dtype=dtype) * std).to(device)
 
@@ -51,6 +57,7 @@ def gaussian_init(m: int, h: int, n: int, std: float | Sequence[float] = 0.1, ba
     for name, value in (("m", m), ("h", h), ("n", n)):
         if not isinstance(value, int) or value < 1:
             raise ValueError(f"{name}={value!r} must be a positive integer")
+    _check_dtype(dtype)
     generator = make_generator(seed)
     batch = tuple(batch)
     s = _std_per_config(std, batch, dtype)

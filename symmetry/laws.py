@@ -956,6 +956,8 @@ def _module_chain(model) -> _Chain:
                 raise NotSupportedError(f"layer {name} ({layer}) reuses the weights of an earlier layer: shared (tied) "
                                         "weights are not supported by count_conservation_laws")
             seen.add(id(layer.weight))
+            if not layer.in_features or not layer.out_features:
+                raise NotSupportedError(f"layer {name} ({layer}) has no units (a zero-width layer): nothing to count")
             if widths and layer.in_features != widths[-1]:
                 raise NotSupportedError(f"layer {name} ({layer}) takes {layer.in_features} inputs but the layer "
                                         f"before gives {widths[-1]}")

@@ -642,3 +642,30 @@ def test_round_two_case13_empty_or_non_finite_data_is_named_before_any_step():
         S.gradient_descent(net, params, X[:, :0], Y[:, :0], 0.1, 3)
     with pytest.raises(ValueError, match="a problem of the data"):
         S.gradient_flow(net, params, X, bad_Y, [0.0, 1.0])
+
+
+def test_round_two_case12_integer_dtypes_and_zero_width_layers_get_one_named_error():
+    from symmetry import laws as L
+
+    with pytest.raises(TypeError, match="dtype must be a floating-point torch.dtype"):
+        S.gaussian_init(2, 3, 4, dtype=torch.int64)
+    with pytest.raises(TypeError, match="dtype must be a floating-point torch.dtype"):
+        S.xavier_init(2, 3, 4, dtype=torch.int64)
+    with pytest.warns(UserWarning, match="zero-element"):  # torch's own, at construction
+        zero = torch.nn.Sequential(torch.nn.Linear(3, 0), torch.nn.ReLU(), torch.nn.Linear(0, 2))
+    with pytest.raises(S.NotSupportedError, match=r"layer 0 .*zero-width layer"):
+        L.count_conservation_laws(zero)
+    with pytest.raises(ValueError, match="has no entries"):
+        S.module_symmetries(zero)
+
+
+def test_round_two_case12_float32_data_with_float64_parameters_is_promoted_the_reverse_refused():
+    params, X, Y = two_layer_problem(5, 3, 2, k=4)  # float64
+    net = S.TwoLayerNet("tanh")
+    exact = S.gradient_descent(net, params, X, Y, 0.1, 3)
+    promoted = S.gradient_descent(net, params, X.float().double(), Y.float(), 0.1, 3)  # Y float32 → float64
+    assert promoted.loss.dtype == torch.float64 and torch.isfinite(promoted.loss).all()
+    assert exact.loss.shape == promoted.loss.shape
+    low = tuple(p.float() for p in params)
+    with pytest.raises(TypeError, match="X has dtype torch.float64 but params have torch.float32"):
+        S.gradient_descent(net, low, X, Y.float(), 0.1, 3)
