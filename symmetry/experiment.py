@@ -455,8 +455,10 @@ def explain(error: BaseException) -> tuple[int, str] | None:
     if isinstance(error, OutputLocationError):
         return 2, str(error)
     if isinstance(error, KeyboardInterrupt):
-        return 130, ("interrupted; finished parts are cached under OUT/.cache: rerun the same command to resume "
-                     "(--no-resume to start over)")
+        by = f" by {error.args[0]}" if error.args else ""
+        status = 128 + int(error.args[1]) if len(error.args) > 1 else 130
+        return status, (f"interrupted{by}; workers stopped, finished parts are cached under OUT/.cache: rerun the "
+                        "same command to resume (--no-resume to start over)")
     if isinstance(error, S.DivergenceError):
         advice = "" if "lower the learning rate" in str(error) else " (the run diverged: lower the learning rate or the init scale)"
         return 1, f"{error}{advice}"
@@ -484,11 +486,29 @@ def printable_streams() -> None:
                 reconfigure(errors="backslashreplace")
 
 
+def _stop_on_signal() -> None:
+    """SIGTERM (what a cluster scheduler sends) and SIGHUP end a run like Ctrl-C: as a KeyboardInterrupt, so the
+    cleanup that stops worker processes runs, and the exit status is 128 + the signal's number."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt(signal.Signals(signum).name, signum)
+
+    for name in ("SIGTERM", "SIGHUP"):
+        if hasattr(signal, name):
+            signal.signal(getattr(signal, name), interrupt)
+
+
 def run_script(main: Callable[[], Any]) -> None:
     """Entry point of a figure script and reproduce.py: an expected failure (bad --out, disk full,
-    interrupt, divergence, missing or offline data) ends with one line and a non-zero exit status, no
+    interrupt, SIGTERM, divergence, missing or offline data) ends with one line and a non-zero exit status, no
     traceback; ``--debug`` on the command line shows the traceback instead."""
     printable_streams()
+    _stop_on_signal()
     try:
         status = main()
     except Exception as error:

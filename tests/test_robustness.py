@@ -669,3 +669,35 @@ def test_round_two_case12_float32_data_with_float64_parameters_is_promoted_the_r
     low = tuple(p.float() for p in params)
     with pytest.raises(TypeError, match="X has dtype torch.float64 but params have torch.float32"):
         S.gradient_descent(net, low, X, Y.float(), 0.1, 3)
+
+
+def test_round_two_case7_sigterm_stops_the_workers_and_says_so_in_one_line(tmp_path):
+    import signal
+    import time
+
+    out = tmp_path / "out"
+    command = [sys.executable, str(ROOT / "reproduce.py"), "--quick", "--jobs", "2", "--out", str(out),
+               "--only", "Q_distribution", "Q_sharpness_1d", "--no-resume"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True, start_new_session=True)
+    deadline = time.time() + 60
+    while time.time() < deadline and not list((out / ".logs").glob("*.log")):
+        time.sleep(0.2)  # the workers have started once their logs exist
+    assert list((out / ".logs").glob("*.log")), "no worker started"
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 128 + signal.SIGTERM
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert lines[-1].startswith("error: interrupted by SIGTERM; workers stopped"), err[-500:]
+    assert "Traceback" not in err
+    deadline = time.time() + 20
+    while time.time() < deadline:  # nothing of the run is left: no worker, no resource tracker
+        try:
+            os.killpg(process.pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.2)
+    else:
+        raise AssertionError("processes of the run are still alive after it exited")
+    assert not list(out.glob("*.json")) or all(p.stat().st_size > 0 for p in out.glob("*.json"))
