@@ -321,6 +321,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.out is None:  # --quick never writes over the full-setting figures the README shows
         args.out = E.QUICK_OUT if args.quick else E.DEFAULT_OUT
     E.check_output_location(args.out, tuple(args.only) + ("noether_dynamics_rotation",))  # before any computation
+    with E.OutputLock(args.out):  # a second run on this --out is refused, not mixed with this one
+        return _main(args)
+
+
+def _main(args) -> int:
     cfg = Settings(seed=args.seed, device=args.device, steps=args.steps)
     rows: list[dict] = []
 

@@ -273,7 +273,8 @@ FIGURE_FILES = ("pdf", "png", "json")
 
 
 def _temp_path(path: Path) -> str:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
+    # the writer's pid in the name: a cleanup removes only the temporary files of processes that are gone
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}-", suffix=path.suffix)
     os.close(fd)
     return tmp
 
@@ -311,11 +312,60 @@ def _atomic_write(path: Path, write: Callable[[str], object]) -> None:
     _write_unit([(path, write)])
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process
+    return True
+
+
 def _remove_stale_temps(out: Path, name: str) -> None:
-    """Temporary files of NAME left by a killed process (SIGKILL cannot be caught)."""
+    """Temporary files of NAME left by a killed process (SIGKILL cannot be caught); those of a process still
+    running (another run on the same --out) are left to it."""
     for ext in FIGURE_FILES:
         for stale in out.glob(f".{name}.{ext}.*{ext}"):
+            writer = stale.name[len(f".{name}.{ext}."):].split("-", 1)[0]
+            if writer.isdigit() and _alive(int(writer)):
+                continue
             stale.unlink(missing_ok=True)
+
+
+class OutputLock:
+    """An exclusive lock on ``OUT/.lock`` for a run's lifetime (fcntl.flock; released by the kernel if the process
+    dies): a second run on the same --out is refused with one line instead of mixing its files with the first's."""
+
+    def __init__(self, out: str | Path):
+        self.path = Path(out) / ".lock"
+        self.file: Any = None
+
+    def __enter__(self) -> "OutputLock":
+        try:
+            import fcntl
+        except ImportError:  # not POSIX: no lock, as before
+            return self
+        handle = open(self.path, "a+", encoding="utf-8")
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            handle.close()
+            raise OutputLocationError(f"--out {self.path.parent}: another run (pid {holder}) is writing there; wait "
+                                      "for it to finish, or pass another --out") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(str(os.getpid()))
+        handle.flush()
+        self.file = handle
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.file is not None:
+            self.file.close()  # closing releases the lock
+            self.file = None
 
 
 def to_jsonable(value: Any) -> Any:

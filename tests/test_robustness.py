@@ -701,3 +701,19 @@ def test_round_two_case7_sigterm_stops_the_workers_and_says_so_in_one_line(tmp_p
     else:
         raise AssertionError("processes of the run are still alive after it exited")
     assert not list(out.glob("*.json")) or all(p.stat().st_size > 0 for p in out.glob("*.json"))
+
+
+def test_round_two_case6_a_second_run_on_the_same_out_is_refused_and_cleanup_spares_live_writers(tmp_path):
+    reproduce = load_script("reproduce")
+    with E.OutputLock(tmp_path):  # a first run holds --out
+        with pytest.raises(E.OutputLocationError, match=rf"another run \(pid {os.getpid()}\) is writing there"):
+            reproduce.main(["--quick", "--out", str(tmp_path), "--only", "Q_sharpness_1d", "--jobs", "1"])
+    with E.OutputLock(tmp_path):  # released when the first run ends
+        pass
+    live = tmp_path / f".Q_sharpness_1d.json.{os.getpid()}-abc.json"  # a running writer's temporary file
+    dead = tmp_path / ".Q_sharpness_1d.json.999999999-abc.json"  # a killed one's
+    legacy = tmp_path / ".Q_sharpness_1d.json.xyz.json"
+    for p in (live, dead, legacy):
+        p.write_text("{}")
+    E.write_figure(tmp_path, "Q_sharpness_1d", {"figure": "Q_sharpness_1d"})
+    assert live.exists() and not dead.exists() and not legacy.exists()
