@@ -320,6 +320,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--device cuda: no CUDA device is available")
     if args.out is None:  # --quick never writes over the full-setting figures the README shows
         args.out = E.QUICK_OUT if args.quick else E.DEFAULT_OUT
+    args.out = E.quick_out(args.out, args.quick)  # nor over another checkout's
     E.check_output_location(args.out, tuple(args.only) + ("noether_dynamics_rotation",))  # before any computation
     with E.OutputLock(args.out):  # a second run on this --out is refused, not mixed with this one
         return _main(args)

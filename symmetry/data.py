@@ -188,6 +188,12 @@ def load_cifar10(root: str | Path | None = None, source: str = "auto", download:
     Both splits share one class list (the union of their class folders); ``classes`` names the labels.
     """
     check_choice("source", source, SOURCES)
+    if root is not None:
+        try:
+            Path(root).resolve()
+        except RuntimeError as error:  # Python raises RuntimeError("Symlink loop …") for a link cycle
+            raise DataError(f"CIFAR-10 root {root}: {error}; the path is a cycle of symbolic links, point it at "
+                            "the data itself") from None
     default = root is None or Path(root).resolve() == default_data_root().resolve()
     root = default_data_root() if root is None else Path(root)
     download = default if download is None else download

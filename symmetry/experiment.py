@@ -72,8 +72,23 @@ def parse_common(parser: argparse.ArgumentParser, argv: list[str] | None, names:
     resolve_device(args.device)
     if args.out is None:
         args.out = QUICK_OUT if args.quick else DEFAULT_OUT
+    args.out = quick_out(args.out, args.quick)
     check_output_location(args.out, names)
     return args
+
+
+def quick_out(out: str, quick: bool) -> str:
+    """--quick never replaces a checkout's committed full-setting figures: an --out that is the ``figures/`` folder
+    of a checkout of this project (this one or another) becomes its ``figures/quick/``, said in one line."""
+    if not quick or not str(out).strip():
+        return out
+    folder = Path(out).resolve()
+    root = project_root(folder.parent) if folder.parent.is_dir() else None
+    if folder.name == "figures" and root is not None and root == folder.parent:
+        moved = str(Path(out) / "quick")
+        print(f"--quick: {out} holds a checkout's committed figures; writing to {moved} instead", file=sys.stderr)
+        return moved
+    return out
 
 
 

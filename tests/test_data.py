@@ -97,3 +97,13 @@ def test_an_archive_put_where_the_error_says_is_found(tmp_path):
         tar.add(tmp_path / "src" / "cifar10-jpeg", arcname="cifar10-jpeg")
     data = load_cifar10(root, download=False)
     assert data["train_x"].shape == (6, 3, 32, 32) and data["classes"] == CLASSES
+
+
+def test_a_symlink_loop_is_named(tmp_path):
+    """Issue 24 case 11: a --data that is a cycle of links gets one error naming it, not a RuntimeError."""
+    from symmetry.data import DataError
+
+    (tmp_path / "a").symlink_to(tmp_path / "b")
+    (tmp_path / "b").symlink_to(tmp_path / "a")
+    with pytest.raises(DataError, match="cycle of symbolic links"):
+        load_cifar10(tmp_path / "a", download=False)

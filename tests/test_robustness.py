@@ -717,3 +717,19 @@ def test_round_two_case6_a_second_run_on_the_same_out_is_refused_and_cleanup_spa
         p.write_text("{}")
     E.write_figure(tmp_path, "Q_sharpness_1d", {"figure": "Q_sharpness_1d"})
     assert live.exists() and not dead.exists() and not legacy.exists()
+
+
+def test_round_two_case8_quick_never_replaces_another_checkouts_committed_figures(tmp_path, capsys):
+    other = tmp_path / "other_clone"
+    (other / "figures").mkdir(parents=True)
+    (other / "pyproject.toml").write_text((ROOT / "pyproject.toml").read_text())
+    committed = other / "figures" / "Q_sharpness_1d.json"
+    committed.write_text('{"figure": "Q_sharpness_1d", "settings": {"quick": false}}')
+    script = load_script("Q_sharpness_1d")
+    script.main(["--quick", "--out", str(other / "figures")])
+    assert committed.read_text() == '{"figure": "Q_sharpness_1d", "settings": {"quick": false}}'
+    assert json.loads((other / "figures" / "quick" / "Q_sharpness_1d.json").read_text())["settings"]["quick"]
+    assert "holds a checkout's committed figures" in capsys.readouterr().err
+    plain = tmp_path / "figures"  # a folder named figures outside any checkout is taken as given
+    script.main(["--quick", "--out", str(plain)])
+    assert (plain / "Q_sharpness_1d.json").exists()
