@@ -52,13 +52,27 @@ def _announce_fallback(what: str) -> None:
         _announced = True
 
 
+def _njit(fn: Callable) -> Callable:
+    """numba.njit with its on-disk cache; where numba finds no writable cache directory (a read-only checkout with
+    a read-only HOME: "no locator available") the kernel compiles without one, said in one line."""
+    import numba
+
+    try:
+        return numba.njit(cache=True, nogil=True)(fn)
+    except RuntimeError as error:
+        if "cannot cache" not in str(error):
+            raise
+        print(f"note: numba has no writable cache directory ({str(error).splitlines()[0][:120]}); compiling "
+              f"{fn.__name__} without a cache (each run compiles it again)", file=sys.stderr)
+        return numba.njit(cache=False, nogil=True)(fn)
+
+
 def _radial_kernel() -> Callable:
     """Build (once) the numba kernel: ``steps`` GD steps of F = U g(Vᵀ), g(z) = z/‖z‖² per row, in place."""
     if "radial" in _compiled:
         return _compiled["radial"]
-    import numba
 
-    @numba.njit(cache=True, nogil=True)
+    @_njit
     def radial_gd(U, V, Y, lr, scale, one, steps):  # pragma: no cover (compiled)
         # U (B, m, h), V (B, n, h), Y (m, n), lr (B,); the scalars carry the arrays' dtype so that
         # float32 arithmetic stays in float32. Order of operations as in TwoLayerRadialNet.loss_and_grad.
@@ -117,9 +131,8 @@ def _modes_kernel() -> Callable:
     """Build (once) the numba kernel: ``steps`` GD steps of Prop. 14's per-mode system, in place."""
     if "modes" in _compiled:
         return _compiled["modes"]
-    import numba
 
-    @numba.njit(cache=True, nogil=True)
+    @_njit
     def modes_gd(u, v, y, lr, c, steps):  # pragma: no cover (compiled)
         # u, v, y, lr: one entry per (configuration, mode), flattened; c = −2·scale in the arrays' dtype.
         # The modes do not interact, so each runs all its steps in registers. Order of operations as in

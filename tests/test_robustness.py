@@ -733,3 +733,28 @@ def test_round_two_case8_quick_never_replaces_another_checkouts_committed_figure
     plain = tmp_path / "figures"  # a folder named figures outside any checkout is taken as given
     script.main(["--quick", "--out", str(plain)])
     assert (plain / "Q_sharpness_1d.json").exists()
+
+
+def test_round_two_case10_numba_without_a_writable_cache_compiles_without_one(monkeypatch, capsys):
+    import types
+
+    from symmetry import kernels as K
+
+    calls = []
+
+    def njit(cache, nogil):
+        def decorate(fn):
+            calls.append(cache)
+            if cache:
+                raise RuntimeError(f"cannot cache function {fn.__name__!r}: no locator available for file 'x.py'")
+            return fn
+        return decorate
+
+    monkeypatch.setitem(sys.modules, "numba", types.SimpleNamespace(njit=njit))
+
+    def kernel(x):
+        return x + 1
+
+    compiled = K._njit(kernel)
+    assert compiled(1) == 2 and calls == [True, False]
+    assert "numba has no writable cache directory" in capsys.readouterr().err
