@@ -87,6 +87,10 @@ class GroupActionEnsemble(nn.Module):
         """(B, h) pre-activations → (num_g, B, h): member j's σ(z g_jᵀ) π_jᵀ."""
         if self.g.numel() == 0:
             raise RuntimeError("call fit(hidden) before using the ensemble")
+        h = self.g.shape[-1]
+        if not isinstance(z, Tensor) or z.ndim < 1 or z.shape[-1] != h:
+            shape = tuple(z.shape) if isinstance(z, Tensor) else type(z).__name__
+            raise ValueError(f"z must be (B, h = {h}) pre-activations, the width the ensemble was fitted on; got {shape}")
         return self.activation.sigma(z.unsqueeze(0) @ self.g.mT) @ self.pi.mT
 
 

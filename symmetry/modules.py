@@ -202,7 +202,7 @@ class ModuleSymmetries:
         if check:
             self.check_element(element)
         for b in self.blocks:
-            b.act(p, element[b.name])
+            b.act(p, _in_dtype_of(element[b.name], p[b.legs[0].param], b.name))
         return p
 
     def act(self, model: nn.Module, element: Mapping[str, Tensor]) -> nn.Module:
@@ -216,6 +216,17 @@ class ModuleSymmetries:
                 if t is not params[name]:
                     params[name].copy_(t)
         return model
+
+
+def _in_dtype_of(element: Tensor, param: Tensor, name: str) -> Tensor:
+    """An element in its parameters' dtype (and device): promoted where that is exact (a float32 element on a model
+    turned to float64 after its symmetries were found), refused naming both where it would round."""
+    if element.dtype == param.dtype:
+        return element.to(param.device)
+    if torch.promote_types(element.dtype, param.dtype) == param.dtype:
+        return element.to(param.device, param.dtype)
+    raise TypeError(f"element[{name!r}] has dtype {element.dtype} but the parameters it acts on have {param.dtype}: "
+                    f"draw it in {param.dtype}, or find the symmetries again on the model as it is now")
 
 
 def _ones_like_legs(b: Block, dtype) -> dict[str, Tensor]:

@@ -758,3 +758,22 @@ def test_round_two_case10_numba_without_a_writable_cache_compiles_without_one(mo
     compiled = K._njit(kernel)
     assert compiled(1) == 2 and calls == [True, False]
     assert "numba has no writable cache directory" in capsys.readouterr().err
+
+
+def test_round_two_case12_a_module_symmetry_after_double_and_an_ensemble_of_another_width():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Linear(4, 2))  # GL(4), found in float32
+    x = torch.randn(5, 3)
+    sym = S.module_symmetries(model, x)
+    element = sym.random_element(0.3, torch.Generator().manual_seed(1))
+    model.double()
+    before = model(x.double())
+    sym.act(model, element)  # a float32 element on float64 weights: promoted, exactly
+    assert torch.allclose(model(x.double()), before, rtol=1e-5, atol=1e-6)
+    with pytest.raises(TypeError, match=r"element\['0'\] has dtype torch.float64 but the parameters"):
+        sym.act(model.float(), {k: v.double() for k, v in element.items()})
+    from symmetry.ensemble import GroupActionEnsemble
+
+    ensemble = GroupActionEnsemble("relu", mode="random", num_g=3).fit(torch.randn(3, 4, 4))
+    with pytest.raises(ValueError, match=r"z must be \(B, h = 4\) pre-activations"):
+        ensemble(torch.randn(2, 5))
