@@ -182,6 +182,25 @@ def _figure_job(name: str, part: str | None, argv: list[str], threads: int, log_
         log.close()
 
 
+def _run_here(names: list[str], argv: list[str], threads: int, meanwhile, results: dict) -> list[JobResult]:
+    """``run_figures`` with jobs = 1: one after the other in this process."""
+    total = len(names)
+    if meanwhile is not None:
+        meanwhile()
+    for name in names:
+        started = time.perf_counter()
+        try:
+            with S.models.torch_threads(threads):
+                payload = importlib.import_module(name).main(argv)
+            results[name] = JobResult(name, time.perf_counter() - started, payload)
+            print(f"[{len(results)}/{total}] {name}: {results[name].seconds:.0f} s", flush=True)
+        except (Exception, SystemExit) as error:
+            traceback.print_exc()
+            results[name] = JobResult(name, time.perf_counter() - started, error=f"{type(error).__name__}: {error}")
+            print(f"[{len(results)}/{total}] {name}: FAILED ({results[name].error})", flush=True)
+    return [results[n] for n in names]
+
+
 def run_figures(names: list[str], argv: list[str], jobs: int, threads: int = 1, log_dir: str | Path = "figures/.logs",
                 out: str = "figures", meanwhile: Callable[[], object] | None = None) -> list[JobResult]:
     """Run each figure script's ``main(argv)``; a failure is recorded and the others still run.
@@ -199,20 +218,11 @@ def run_figures(names: list[str], argv: list[str], jobs: int, threads: int = 1, 
     results: dict[str, JobResult] = {}
     total = len(names)
     if jobs == 1:
-        if meanwhile is not None:
-            meanwhile()
-        for name in names:
-            started = time.perf_counter()
-            try:
-                with S.models.torch_threads(threads):
-                    payload = importlib.import_module(name).main(argv)
-                results[name] = JobResult(name, time.perf_counter() - started, payload)
-                print(f"[{len(results)}/{total}] {name}: {results[name].seconds:.0f} s", flush=True)
-            except (Exception, SystemExit) as error:
-                traceback.print_exc()
-                results[name] = JobResult(name, time.perf_counter() - started, error=f"{type(error).__name__}: {error}")
-                print(f"[{len(results)}/{total}] {name}: FAILED ({results[name].error})", flush=True)
-        return [results[n] for n in names]
+        try:
+            return _run_here(names, argv, threads, meanwhile, results)
+        except KeyboardInterrupt as stop:  # the figures finished before it, for the caller to save
+            stop.finished = [results[n] for n in names if n in results]  # type: ignore[attr-defined]
+            raise
 
     import json
     import multiprocessing
@@ -276,6 +286,9 @@ def run_figures(names: list[str], argv: list[str], jobs: int, threads: int = 1, 
                 else:
                     results[name] = JobResult(name, seconds, error=value, log=log, parts=kept)
                     print(f"[{len(results)}/{total}] {name}: FAILED ({value}; see {log})", flush=True)
+    except KeyboardInterrupt as stop:  # the figures finished before it, for the caller to save
+        stop.finished = [results[n] for n in names if n in results]  # type: ignore[attr-defined]
+        raise
     finally:  # an error here (the check in meanwhile, an interrupt) stops the workers still running
         for _, _, process, _, _ in running.values():
             process.terminate()
@@ -347,7 +360,19 @@ def _main(args) -> int:
               + (["--quick"] if args.quick else []) + ([] if args.resume else ["--no-resume"]))
     jobs = 1 if args.device == "cuda" else args.jobs  # one process owns the GPU
     started = time.perf_counter()
-    runs = run_figures(args.only, common, jobs, args.threads, Path(args.out) / ".logs", args.out, meanwhile=check)
+    try:
+        runs = run_figures(args.only, common, jobs, args.threads, Path(args.out) / ".logs", args.out, meanwhile=check)
+    except KeyboardInterrupt as stop:  # stopped (Ctrl-C, SIGTERM): the claims of the figures that finished are kept
+        finished = [r for r in getattr(stop, "finished", []) if r.error is None]
+        if finished:
+            from symmetry.experiment import write_json
+
+            partial = [row for r in finished for row in collect_claims(r.name, r.payload)]
+            write_json(f"{args.out}/claims.partial.json", {"interrupted": True, "figures": [r.name for r in finished],
+                                                           "claims": partial, "quick": args.quick})
+            print(f"stopped: the claims of the {len(finished)} figure(s) that finished are in "
+                  f"{args.out}/claims.partial.json", file=sys.stderr, flush=True)
+        raise
     print(f"figures: {time.perf_counter() - started:.0f} s wall in all -> {args.out}/NAME.{{pdf,png,json}}")
     table = conservation_claims(rows, cfg)
     failed = [r for r in runs if r.error is not None]

@@ -586,6 +586,11 @@ def teleport(model, params, data: tuple, group: str | Group, objective: str | Ob
         params, loss_of, grp, names = _module_problem(model, params, loss_fn, X, Y, group)
     else:
         params = tuple(params)
+        for i, p in enumerate(params):
+            if not isinstance(p, torch.Tensor) or not p.is_floating_point():
+                kind = p.dtype if isinstance(p, torch.Tensor) else type(p).__name__
+                raise TypeError(f"params[{i}] has dtype {kind}: a group acts on floating-point parameters "
+                                "(torch.float32 or torch.float64)")
         grp = make_group(group)
         grp.check(model, params, X)
 

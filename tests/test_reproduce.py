@@ -188,3 +188,43 @@ def test_round_two_case1_a_figure_named_twice_runs_once_and_an_empty_only_is_ref
     with pytest.raises(SystemExit) as stop:
         reproduce.main(["--quick", "--out", str(tmp_path), "--only"])
     assert stop.value.code == 2 and "--only needs at least one figure name" in capsys.readouterr().err
+
+
+FIGURE_STOPPED = '''
+def main(argv):
+    raise KeyboardInterrupt  # what SIGTERM becomes in the main process
+'''
+
+
+def test_round_two_case7_a_stopped_run_keeps_the_claims_of_the_figures_that_finished(demo, tmp_path, monkeypatch,
+                                                                                    capsys):
+    import json
+
+    import pytest
+
+    reproduce = load("reproduce")
+    (tmp_path / "figure_ok.py").write_text(FIGURE_OK)
+    (tmp_path / "figure_stopped.py").write_text(FIGURE_STOPPED)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(KeyboardInterrupt) as stop:  # in this process (jobs = 1): the finished ones ride along
+        reproduce.run_figures(["figure_ok", "figure_stopped"], [str(tmp_path / "w.txt")], jobs=1,
+                              log_dir=tmp_path / "logs", out=str(tmp_path))
+    assert [r.name for r in stop.value.finished] == ["figure_ok"]
+    # main saves what finished: a real figure's claims, then the stop
+    payload = load("Q_sharpness_1d").main(["--quick", "--out", str(tmp_path / "q")])
+    cfg, rows = demo
+    monkeypatch.setattr(reproduce, "run", lambda c: rows)
+
+    def stopped(names, *args, **kwargs):
+        error = KeyboardInterrupt()
+        error.finished = [reproduce.JobResult("Q_sharpness_1d", 1.0, payload)]
+        raise error
+
+    monkeypatch.setattr(reproduce, "run_figures", stopped)
+    out = tmp_path / "out"
+    with pytest.raises(KeyboardInterrupt):
+        reproduce.main(["--quick", "--out", str(out), "--jobs", "1", "--only", "Q_sharpness_1d", "Q_distribution"])
+    saved = json.loads((out / "claims.partial.json").read_text())
+    assert saved["interrupted"] and saved["figures"] == ["Q_sharpness_1d"] and saved["claims"]
+    assert not (out / "claims.json").exists()
+    assert "claims.partial.json" in capsys.readouterr().err

@@ -777,3 +777,11 @@ def test_round_two_case12_a_module_symmetry_after_double_and_an_ensemble_of_anot
     ensemble = GroupActionEnsemble("relu", mode="random", num_g=3).fit(torch.randn(3, 4, 4))
     with pytest.raises(ValueError, match=r"z must be \(B, h = 4\) pre-activations"):
         ensemble(torch.randn(2, 5))
+
+
+def test_round_two_case12_teleport_refuses_integer_parameters_by_name():
+    params, X, Y = two_layer_problem(3, 4, 2, k=5)
+    net = S.TwoLayerNet("identity")
+    integer = (params[0].round().long(), params[1])
+    with pytest.raises(TypeError, match=r"params\[0\] has dtype torch.int64: a group acts on floating-point"):
+        S.teleport(net, integer, (X, Y), "gl")
