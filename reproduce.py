@@ -216,20 +216,24 @@ def run_figures(names: list[str], argv: list[str], jobs: int, threads: int = 1, 
     order of ``names``.
     """
     results: dict[str, JobResult] = {}
-    total = len(names)
-    if jobs == 1:
-        try:
+    try:
+        if jobs == 1:
             return _run_here(names, argv, threads, meanwhile, results)
-        except KeyboardInterrupt as stop:  # the figures finished before it, for the caller to save
-            stop.finished = [results[n] for n in names if n in results]  # type: ignore[attr-defined]
-            raise
+        return _run_workers(names, argv, jobs, threads, Path(log_dir), out, meanwhile, results)
+    except KeyboardInterrupt as stop:  # the figures finished before it, for the caller to save
+        stop.finished = [results[n] for n in names if n in results]  # type: ignore[attr-defined]
+        raise
 
+
+def _run_workers(names: list[str], argv: list[str], jobs: int, threads: int, log_dir: Path, out: str,
+                 meanwhile: Callable[[], object] | None, results: dict) -> list[JobResult]:
+    """``run_figures`` with jobs > 1: worker processes, each job's output to its log."""
     import json
     import multiprocessing
     from multiprocessing.connection import wait
 
+    total = len(names)
     context = multiprocessing.get_context("spawn")  # no fork of a process whose torch thread pool is running
-    log_dir = Path(log_dir)
     log_dir.mkdir(parents=True, exist_ok=True)
     parts = {name: parts_of(name) for name in names}
     waiting = {name: set(p) for name, p in parts.items()}  # parts still to finish before the figure's main
@@ -286,9 +290,6 @@ def run_figures(names: list[str], argv: list[str], jobs: int, threads: int = 1, 
                 else:
                     results[name] = JobResult(name, seconds, error=value, log=log, parts=kept)
                     print(f"[{len(results)}/{total}] {name}: FAILED ({value}; see {log})", flush=True)
-    except KeyboardInterrupt as stop:  # the figures finished before it, for the caller to save
-        stop.finished = [results[n] for n in names if n in results]  # type: ignore[attr-defined]
-        raise
     finally:  # an error here (the check in meanwhile, an interrupt) stops the workers still running
         for _, _, process, _, _ in running.values():
             process.terminate()

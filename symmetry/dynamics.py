@@ -46,6 +46,7 @@ import torch
 
 from .models import Model, TwoLayerNet, _residual_scale, flatten, unflatten
 from .validation import (
+    cast_exactly,
     check_choice,
     check_count,
     check_data,
@@ -112,12 +113,11 @@ class DivergenceError(FloatingPointError):
 def _like_params(name: str, t: Tensor | None, params: Params) -> Tensor | None:
     """Floating data in the parameters' dtype: promoted where that is exact (float32 data, float64 parameters),
     refused naming both where it would round."""
-    if t is None or not t.is_floating_point() or t.dtype == params[0].dtype:
+    if t is None or not t.is_floating_point():
         return t
-    if torch.promote_types(t.dtype, params[0].dtype) == params[0].dtype:
-        return t.to(params[0].dtype)
-    raise TypeError(f"{name} has dtype {t.dtype} but params have {params[0].dtype}: casting {name} down would round "
-                    f"it; pass params in {t.dtype} or {name} in {params[0].dtype}")
+    dtype = params[0].dtype
+    return cast_exactly(name, t, dtype, "params",
+                        f"casting {name} down would round it; pass params in {t.dtype} or {name} in {dtype}")
 
 
 def _batch_shape(params: Params) -> torch.Size:

@@ -25,6 +25,7 @@ from torch import nn
 from .activations import ActivationLike, get_activation
 from .graph import Producer, SymmetryCheckError, _Walker, trace
 from .groups import NotSupportedError
+from .validation import cast_exactly
 from .groups.blocks import Block, Leg, LinearBlock, ScalingBlock, TranslationBlock
 
 Tensor = torch.Tensor
@@ -221,12 +222,9 @@ class ModuleSymmetries:
 def _in_dtype_of(element: Tensor, param: Tensor, name: str) -> Tensor:
     """An element in its parameters' dtype (and device): promoted where that is exact (a float32 element on a model
     turned to float64 after its symmetries were found), refused naming both where it would round."""
-    if element.dtype == param.dtype:
-        return element.to(param.device)
-    if torch.promote_types(element.dtype, param.dtype) == param.dtype:
-        return element.to(param.device, param.dtype)
-    raise TypeError(f"element[{name!r}] has dtype {element.dtype} but the parameters it acts on have {param.dtype}: "
-                    f"draw it in {param.dtype}, or find the symmetries again on the model as it is now")
+    return cast_exactly(f"element[{name!r}]", element, param.dtype, "the parameters it acts on",
+                        f"draw it in {param.dtype}, or find the symmetries again on the model as it is now"
+                        ).to(param.device)
 
 
 def _ones_like_legs(b: Block, dtype) -> dict[str, Tensor]:

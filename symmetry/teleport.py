@@ -46,7 +46,7 @@ import torch
 
 from .actions import multilayer_action, neuron_scaling_action, orthogonal_action
 from .activations import ActivationLike, get_activation
-from .validation import check_choice, check_finite
+from .validation import check_choice, check_finite, check_tensors
 
 Tensor = torch.Tensor
 Params = tuple[Tensor, ...]
@@ -585,12 +585,7 @@ def teleport(model, params, data: tuple, group: str | Group, objective: str | Ob
     if module:
         params, loss_of, grp, names = _module_problem(model, params, loss_fn, X, Y, group)
     else:
-        params = tuple(params)
-        for i, p in enumerate(params):
-            if not isinstance(p, torch.Tensor) or not p.is_floating_point():
-                kind = p.dtype if isinstance(p, torch.Tensor) else type(p).__name__
-                raise TypeError(f"params[{i}] has dtype {kind}: a group acts on floating-point parameters "
-                                "(torch.float32 or torch.float64)")
+        params = check_tensors("params", tuple(params))  # a group acts on floating-point parameters
         grp = make_group(group)
         grp.check(model, params, X)
 

@@ -172,6 +172,16 @@ def check_data(X, Y) -> None:
             raise ValueError(f"{name} (shape {tuple(t.shape)}) contains {bad}: a problem of the data, before any step")
 
 
+def cast_exactly(argument: str, t: torch.Tensor, dtype: torch.dtype, reference: str, advice: str) -> torch.Tensor:
+    """``t`` in ``dtype`` where that is exact (float32 → float64); a TypeError naming both (``reference``: what has
+    ``dtype``) where the cast would round."""
+    if t.dtype == dtype:
+        return t
+    if torch.promote_types(t.dtype, dtype) == dtype:
+        return t.to(dtype)
+    raise TypeError(f"{argument} has dtype {t.dtype} but {reference} have {dtype}: {advice}")
+
+
 def check_alike(argument: str, tensors: Sequence[torch.Tensor] | torch.Tensor, reference: torch.Tensor | None = None,
                 reference_name: str | None = None) -> None:
     """All tensors share one dtype and one device (that of ``reference`` if given)."""

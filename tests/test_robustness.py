@@ -783,5 +783,5 @@ def test_round_two_case12_teleport_refuses_integer_parameters_by_name():
     params, X, Y = two_layer_problem(3, 4, 2, k=5)
     net = S.TwoLayerNet("identity")
     integer = (params[0].round().long(), params[1])
-    with pytest.raises(TypeError, match=r"params\[0\] has dtype torch.int64: a group acts on floating-point"):
+    with pytest.raises(TypeError, match=r"params\[0\] must be a floating-point tensor, got dtype torch.int64"):
         S.teleport(net, integer, (X, Y), "gl")
