@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import os
 import pickle
 import sys
@@ -29,6 +30,8 @@ import torch
 
 import symmetry as S
 from symmetry import experiment as E
+
+ROOT = Path(__file__).resolve().parent
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the figure scripts sit beside this file
 
@@ -302,6 +305,33 @@ def _run_workers(names: list[str], argv: list[str], jobs: int, threads: int, log
     return [results[n] for n in names]
 
 
+def report_claims(root: Path = ROOT) -> dict:
+    """``figures/claims.json`` with its claim rows made anew from the committed figure JSONs: the conservation
+    check's two rows from its own numbers, then each figure's ``claims(payload)``. Nothing is computed."""
+    claims = json.loads((root / "figures" / "claims.json").read_text(encoding="utf-8"))
+    cfg = Settings(**{**claims["settings"], "lrs": tuple(claims["settings"]["lrs"])})
+    table = conservation_claims(claims["conservation_check"], cfg)
+    figures = [name for name in FIGURES if (root / "figures" / f"{name}.json").exists()]
+    for name in figures:
+        table += collect_claims(name, json.loads((root / "figures" / f"{name}.json").read_text(encoding="utf-8")))
+    return {**claims, "figures": figures, "claims": table}
+
+
+def write_report(root: Path = ROOT) -> int:
+    """``reproduce.py --report``: claims.json's rows, then the generated blocks of every page (symmetry.report)."""
+    from symmetry import report
+    from symmetry.experiment import write_json
+
+    fresh = report_claims(root)
+    path = root / "figures" / "claims.json"
+    if fresh != json.loads(path.read_text(encoding="utf-8")):
+        write_json(str(path), fresh)
+        print(f"rewrote the claim rows of {path.relative_to(root)}")
+    changed = report.update_pages(root)
+    print(f"rewrote the generated tables of {', '.join(changed)}" if changed else "every generated table is current")
+    return 0
+
+
 FIGURES = ("Q_dynamics_elementwise", "Q_distribution", "Q_convergence_elementwise", "Q_convergence_radial",
            "Q_sharpness_1d", "Q_hessian_eigenvalues", "noether_dynamics", "conservation_laws",
            "conservation_under_optimizers", "teleportation")
@@ -324,7 +354,12 @@ def main(argv: list[str] | None = None) -> int:
                              "process, one after the other)")
     parser.add_argument("--threads", type=E.positive_int, default=1,
                         help="torch threads per figure (default 1: their loops are of tiny ops)")
+    parser.add_argument("--report", action="store_true",
+                        help="compute nothing: rewrite claims.json's claim rows from the committed figure JSONs, "
+                             "then every generated table of the README and the docs")
     args = parser.parse_args(argv)
+    if args.report:
+        return write_report()
     if not args.only:
         parser.error(f"--only needs at least one figure name; choose from {', '.join(FIGURES)}")
     args.only = list(dict.fromkeys(args.only))  # a name given twice runs once

@@ -31,13 +31,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from symmetry import experiment as E  # noqa: E402
+from symmetry import report  # noqa: E402
 
 MAIN = ("Q_dynamics_elementwise", "Q_distribution", "Q_convergence_elementwise", "Q_convergence_radial",
         "Q_sharpness_1d", "Q_hessian_eigenvalues")
 RELATED = ("noether_dynamics", "conservation_laws")
-PAPER = {"Q_dynamics_elementwise": "Fig. 3", "Q_distribution": "Figs. 4–5", "Q_convergence_elementwise": "Fig. 6",
-         "Q_convergence_radial": "Fig. 7", "Q_sharpness_1d": "App. G.1", "Q_hessian_eigenvalues": "Fig. 9",
-         "noether_dynamics": "Gluch & Urbanke", "conservation_laws": "Marcotte et al."}
 TARGETS = {"main_s": 60.0, "all_s": 120.0, "busy_ratio": 1.3, "fig7_s": 10.0, "peak_memory_mb": 2048.0}
 
 
@@ -102,20 +100,7 @@ def markdown(results: dict) -> str:
     lines = [f"Measured by `{results['command']}` on {results['environment']['platform']} "
              f"({results['environment']['cpu_count']} cores), {'quick settings' if results['quick'] else 'full settings'}, "
              f"--jobs {results['jobs'] or 'default (cores)'}, --threads {results['threads']}.", "",
-             "| figure | quiet (s) | one core busy (s) | busy / quiet |", "|---|---:|---:|---:|"]
-
-    def cell(x):
-        return "—" if x is None else f"{x:.1f}"
-
-    for name in (*MAIN, *RELATED):
-        if name not in quiet["figures_s"]:
-            continue
-        q, b = quiet["figures_s"].get(name), busy["figures_s"].get(name)
-        ratio = "—" if not q or b is None else f"{b / q:.2f}"
-        lines.append(f"| {PAPER[name]} (`{name}`) | {cell(q)} | {cell(b)} | {ratio} |")
-    for label, key in (("main paper, reproduce.py wall", "main_s"), ("everything, reproduce.py wall", "all_s")):
-        if quiet[key]:
-            lines.append(f"| **{label}** | **{quiet[key]:.1f}** | **{busy[key]:.1f}** | **{busy[key] / quiet[key]:.2f}** |")
+             report.benchmark_table(results)]
     verdicts = results["targets_met"]
     lines += ["", ("Targets: " + "; ".join(f"{k} {'met' if v else 'NOT met'}" for k, v in verdicts.items()) + "."
                    if verdicts else "Targets not judged: only some figures were timed (--only).")

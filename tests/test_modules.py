@@ -360,22 +360,24 @@ def test_describe_is_readable():
 
 
 
-def test_readme_your_own_model_runs_as_written():
-    """Every python block runs; where a text block follows one, it is what the block prints (describe's output)."""
+@pytest.mark.parametrize("page, heading", [("README.md", "## Your own model"),
+                                           ("docs/your-own-model.md", "## A GPT block, and the monitor")])
+def test_shown_examples_run_as_written(page, heading):
+    """Every python block of the section runs; where a text block follows one, it is what the block prints."""
     import contextlib
     import io
 
-    text = (ROOT / "README.md").read_text()
-    section = re.search(r"^## Your own model\n(.*?)(?=^## )", text, re.S | re.M).group(1)
+    text = (ROOT / page).read_text(encoding="utf-8")
+    section = re.search(rf"^{re.escape(heading)}.*?\n(.*?)(?=^## |\Z)", text, re.S | re.M).group(1)
     pairs = re.findall(r"```python\n(.*?)```(?:\s*```text\n(.*?)```)?", section, re.S)
-    assert len(pairs) >= 3 and sum(bool(shown) for _, shown in pairs) >= 1
+    assert pairs and any(shown for _, shown in pairs)
     namespace: dict = {}
     for code, shown in pairs:
         printed = io.StringIO()
         with contextlib.redirect_stdout(printed):
-            exec(compile(code, "README.md", "exec"), namespace)
+            exec(compile(code, page, "exec"), namespace)
         if shown:
-            assert printed.getvalue() == shown, "the README shows an output the code no longer prints"
+            assert printed.getvalue() == shown, f"{page} shows an output the code no longer prints"
 
 
 def test_docs_resnet18_describe_is_what_the_code_prints():

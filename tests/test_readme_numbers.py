@@ -1,6 +1,8 @@
-"""Every number the README quotes from a figure is in that figure's JSON, to its printed precision (issue 13.10).
+"""Every number the README and the documentation pages quote is in a committed JSON, to its printed precision.
 
-Convention, applied to the README's claim table and its figure, findings and related-paper sections:
+Convention, applied to the whole of README.md and of every docs/*.md page (the API pages are docstrings) outside
+code (fenced blocks and code spans: names, settings and printed outputs that other tests run) and outside the
+generated tables (``<!-- report:NAME -->`` blocks, which tests/test_report.py checks against the JSONs whole):
 - a number written with a decimal point or an exponent (0.617, 5.5e-3, 3.2e-14, 6·10⁸ is not checked)
   must equal some number in figures/*.json or benchmarks/results/*.json once that number is rounded
   to the printed digits (significant digits in scientific form, decimals otherwise; signs ignored);
@@ -17,15 +19,20 @@ import re
 
 from conftest import ROOT
 
-SECTIONS = [("\nclaim ", "## Figures"), ("**Fig. 3**", "### Deviations"),
-            ("### Findings: where the paper does not hold as printed", "## Cite"),
-            ("## Conservation beyond gradient flow", "## Are these all the conservation laws?"),
-            ("## Are these all the conservation laws?", "## The library")]
+PAGES = ["README.md", *sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / "docs").glob("*.md"))]
+NOT_PROSE = re.compile(r"<!-- report:([\w-]+) -->.*?<!-- /report:\1 -->|```.*?```|!\[[^\]]*\]\([^)]*\)|`[^`]*`", re.S)
 NUMBER = re.compile(r"(?<![\w.·])(\d+(?:\.\d+)?(?:e[+-]?\d+)?|\d*\.\d+)(?![\w.]*\d)")
 REFERENCE = re.compile(r"(Eq|Eqs|Sec|Fig|Figs|Prop|App|Example|Examples|Table|Appendix|Algo|ALGO|Part)\.?\s*[A-Z]?\.?$")
 BOUND = re.compile(r"(≤|<)\s*$")
 SETTING = re.compile(r"(=|≤|<|>|≥|η|\+)\s*$")
 CRITERION_NUMBER = re.compile(r"\d+(?:\.\d+)?e[-+]?\d+")
+
+
+def code_literals() -> set[float]:
+    """The scientific literals of the tests, benchmarks and scripts: the thresholds and settings a page may quote
+    (a test's tolerance has no JSON; its source is the test)."""
+    files = [*ROOT.glob("*.py"), *(ROOT / "tests").glob("*.py"), *(ROOT / "benchmarks").glob("*.py")]
+    return {abs(float(t)) for f in files for t in CRITERION_NUMBER.findall(f.read_text(encoding="utf-8"))}
 
 
 def json_numbers() -> list[float]:
@@ -52,17 +59,14 @@ def json_numbers() -> list[float]:
 
 
 def quoted_numbers(text: str) -> list[tuple[str, str]]:
-    """(number, the 30 characters before it) for every decimal or scientific number in the checked sections."""
+    """(number, the 30 characters before it) for every decimal or scientific number in the page's prose."""
     found = []
-    for start, end in SECTIONS:
-        i = text.index(start)
-        part = text[i:text.index(end, i + len(start))]
-        part = re.sub(r"!\[[^\]]*\]\([^)]*\)|`[^`]*`", " ", part)  # images and code spans: names, not numbers
-        for m in NUMBER.finditer(part):
-            token = m.group(1)
-            if "." not in token and "e" not in token:
-                continue
-            found.append((token, part[max(0, m.start() - 30):m.start()]))
+    part = NOT_PROSE.sub(" ", text)  # generated tables, code and images: checked elsewhere, or names, not numbers
+    for m in NUMBER.finditer(part):
+        token = m.group(1)
+        if "." not in token and "e" not in token:
+            continue
+        found.append((token, part[max(0, m.start() - 30):m.start()]))
     return found
 
 
@@ -71,7 +75,7 @@ def near(values: list[float], centre: float, spread: float) -> list[float]:
     return values[bisect.bisect_left(values, centre - spread):bisect.bisect_right(values, centre + spread)]
 
 
-def problem(token: str, before: str, values: list[float]) -> str | None:
+def problem(token: str, before: str, values: list[float], literals: set[float] = frozenset()) -> str | None:
     """Why ``token`` is not a JSON number to its printed precision (None when it is); ``values`` sorted."""
     if REFERENCE.search(before.rstrip()):
         return None
@@ -80,6 +84,8 @@ def problem(token: str, before: str, values: list[float]) -> str | None:
         mantissa = token.split("e")[0].replace(".", "").lstrip("0")
         digits = max(1, len(mantissa))
         if digits == 1 and "." not in token.split("e")[0]:
+            if any(math.isclose(v, printed, rel_tol=1e-12) for v in literals):
+                return None  # a threshold or setting written in the code: a test's tolerance, a script's rate
             if not SETTING.search(before.rstrip() + " "[:0]) and not SETTING.search(before):
                 return "a one-digit measurement (write two digits, or it is a setting after =, ≤, <, >, +, η)"
             equal = near(values, printed, 1e-8 * printed)  # isclose to 1e-12 is well within 1e-8 of it
@@ -113,15 +119,26 @@ def problem(token: str, before: str, values: list[float]) -> str | None:
     return None if matches else "no JSON number rounds to it"
 
 
-def check(text: str, values: list[float]) -> list[str]:
+def check(text: str, values: list[float], literals: set[float] = frozenset()) -> list[str]:
     values = sorted({v for v in values if math.isfinite(v)})  # NaN and ±inf round to no printed number
     return [f"{token!r} after {before!r}: {why}" for token, before in quoted_numbers(text)
-            if (why := problem(token, before, values))]
+            if (why := problem(token, before, values, literals))]
 
 
-def test_readme_numbers_are_in_the_json():
-    text = (ROOT / "README.md").read_text()
-    assert check(text, json_numbers()) == []
+def test_pages_number_in_the_json():
+    values, literals = json_numbers(), code_literals()
+    problems = {page: found for page in PAGES
+                if (found := check((ROOT / page).read_text(encoding="utf-8"), values, literals))}
+    assert problems == {}
+
+
+def test_every_page_is_checked():
+    """The pages a reader sees: the README and every page of the documentation's navigation but the API."""
+    import yaml
+
+    nav = yaml.safe_load((ROOT / "mkdocs.yml").read_text(encoding="utf-8"))["nav"]
+    listed = {f"docs/{v}" for item in nav for v in item.values() if isinstance(v, str)}
+    assert listed <= set(PAGES) and len(listed) >= 10
 
 
 def test_the_check_catches_the_referees_examples():
@@ -130,7 +147,8 @@ def test_the_check_catches_the_referees_examples():
     bad = ["Q̃ moves by at most 5.6e-3 of its terms", "ND keeps w × ẇ to 4e-12 and stays",
            "(against 1e-7 in float64)", "the cosine ≤ 1.1e-16 at random points", "exceeds the bound by 3e15×"]
     for sentence in bad:
-        text = "\n".join(f"{start}\n{sentence}\n{end}" for start, end in SECTIONS)
-        assert check(text, values), sentence
+        assert check(sentence, values), sentence
     good = "Q̃ moves by at most 5.55e-3; ND keeps w × ẇ to 8.4e-12; λ drift 1.2e-7; ≤ 1.2e-16; η = 1e-6"
-    assert check("\n".join(f"{start}\n{good}\n{end}" for start, end in SECTIONS), values) == []
+    assert check(good, values) == []
+    # the same numbers inside code, an image or a generated table are not prose
+    assert check(f"`{bad[0]}`\n```\n{bad[1]}\n```\n<!-- report:x -->\n{bad[2]}\n<!-- /report:x -->", values) == []

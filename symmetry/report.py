@@ -1,0 +1,199 @@
+"""The tables of the README and the documentation pages, written from the committed JSONs.
+
+A page marks each generated table with a pair of HTML comments::
+
+    <!-- report:NAME -->
+    ...the table, as [`render`][symmetry.report.render] writes it...
+    <!-- /report:NAME -->
+
+``python reproduce.py --report`` rewrites every such block ([`update_pages`][symmetry.report.update_pages]); the test suite checks that the
+committed pages equal what it would write, so a table can only go stale by failing CI. Numbers in prose are
+checked against the JSONs by ``tests/test_readme_numbers.py`` instead.
+"""
+from __future__ import annotations
+
+import ast
+import json
+import re
+from collections.abc import Callable
+from pathlib import Path
+
+__all__ = ["PAGES", "TABLES", "render", "update_pages"]
+
+# The figure table: every script and notebook that writes a committed figure, in the order of the paper.
+SCRIPTS = ("Q_dynamics_elementwise", "Q_distribution", "Q_convergence_elementwise", "Q_convergence_radial",
+           "Q_sharpness_1d", "Q_hessian_eigenvalues", "noether_dynamics", "conservation_laws",
+           "conservation_under_optimizers", "teleportation", "conservation_modern")
+NOTEBOOKS = ("ensemble_CIFAR", "adversarial_CIFAR")
+# the pages that hold generated blocks, relative to the repository root
+PAGES = ("README.md", "docs/index.md", "docs/results.md", "docs/figures.md", "docs/beyond-gradient-flow.md",
+         "docs/optimizers.md", "docs/performance.md")
+BLOCK = re.compile(r"(<!-- report:(?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- /report:(?P=name) -->)", re.S)
+
+
+def _json(root: Path, relative: str) -> dict:
+    return json.loads((root / relative).read_text(encoding="utf-8"))
+
+
+def _cell(value: object) -> str:
+    """A table cell: pipes escaped (they would split the row), newlines folded."""
+    return str(value).replace("|", "\\|").replace("\n", " ")
+
+
+def _what_it_shows(root: Path, name: str) -> str:
+    """The first line of a script's docstring, or the first heading of a notebook: each states its figure."""
+    if name in NOTEBOOKS:
+        cells = _json(root, f"{name}.ipynb")["cells"]
+        first = "".join(next(c for c in cells if c["cell_type"] == "markdown")["source"]).splitlines()[0]
+        return first.lstrip("# ").strip()
+    doc = ast.get_docstring(ast.parse((root / f"{name}.py").read_text(encoding="utf-8"))) or ""
+    return doc.splitlines()[0].strip() if doc else name
+
+
+def _seconds(root: Path, name: str, claims: dict) -> tuple[float, str]:
+    """A figure's time and where it comes from: its job in the run that wrote ``claims.json`` (the parts of a
+    split figure included), else the ``wall_time_s`` of its own JSON (a run of the script alone)."""
+    record = (claims.get("figure_seconds") or {}).get(name)
+    if record and "from" not in record:
+        parts = record.get("parts") or {}
+        return float(record["seconds"]), f"reproduce.py job{f', {len(parts)} parts' if parts else ''}"
+    return float(_json(root, f"figures/{name}.json")["wall_time_s"]), "its own run"
+
+
+def figure_table(root: Path) -> str:
+    """Script, what it shows, and one time column (Eq.-free: a table of the figures that exist)."""
+    claims = _json(root, "figures/claims.json")
+    rows = ["| script | what it shows | time (2-core CPU) |", "|---|---|---:|"]
+    for name in (*SCRIPTS, *NOTEBOOKS):
+        if not (root / "figures" / f"{name}.json").exists():
+            continue
+        seconds, source = _seconds(root, name, claims)
+        file = f"{name}.ipynb" if name in NOTEBOOKS else f"{name}.py"
+        rows.append(f"| `{file}` | {_cell(_what_it_shows(root, name))} | {seconds:.0f} s ({source}) |")
+    return "\n".join(rows)
+
+
+def claim_count(root: Path) -> str:
+    """One line: how many claim rows hold, with a link to the table (the README's first screen)."""
+    rows = _json(root, "figures/claims.json")["claims"]
+    return (f"**{sum(r['holds'] for r in rows)} of {len(rows)} claims hold** at the paper's settings; every row, "
+            f"its criterion and what was measured: [the results page](docs/results.md).")
+
+
+def claim_table(root: Path) -> str:
+    """Every claim row of ``figures/claims.json``: the claim, yes/NO, what was measured, the criterion."""
+    data = _json(root, "figures/claims.json")
+    rows = data["claims"]
+    lines = ["| claim | holds | measured | criterion |", "|---|---|---|---|"]
+    lines += [f"| {_cell(r['claim'])} | {'yes' if r['holds'] else '**NO**'} | {_cell(r['measured'])} | "
+              f"{_cell(r['criterion'])} |" for r in rows]
+    lines.append("")
+    lines.append(f"{sum(r['holds'] for r in rows)}/{len(rows)} claims hold (seed {data['settings']['seed']}).")
+    return "\n".join(lines)
+
+
+def conservation_check(root: Path) -> str:
+    """The check every figure's Q axis rests on (reproduce.py): Q's drift under GF and under GD at two lrs."""
+    data = _json(root, "figures/claims.json")
+    lrs = data["settings"]["lrs"]
+    lines = ["| σ | Q₀ | drift under GF | " + " | ".join(f"drift under GD, lr {lr}" for lr in lrs) + " |",
+             "|---|---:|---:|" + "---:|" * len(lrs)]
+    for r in data["conservation_check"]:
+        gd = " | ".join(f"{r[f'gd_drift_lr{lr}']:.2e}" for lr in lrs)
+        lines.append(f"| {r['activation']} | {r['Q0']:.4f} | {r['gf_drift']:.2e} | {gd} |")
+    return "\n".join(lines)
+
+
+def noether_drift_table(root: Path) -> str:
+    """Gluch & Urbanke's (quantity, dynamics) table, as ``noether_dynamics.py`` wrote it into its JSON."""
+    return _json(root, "figures/noether_dynamics.json")["drift_table_markdown"].strip()
+
+
+def optimizer_table(root: Path) -> str:
+    """What the optimizers conserve: one row per measurement, one column per model (conservation_under_optimizers)."""
+    data = _json(root, "figures/conservation_under_optimizers.json")
+    s, summary = data["settings"], data["summary"]
+    models = [m for m in ("mlp", "cnn") if m in summary]
+    titles = {"mlp": "MLP / MNIST", "cnn": "CNN / CIFAR-10"}
+
+    def row(label: str, cell: Callable[[dict], str], prediction: str) -> str:
+        return f"| {label} | " + " | ".join(cell(summary[m]) for m in models) + f" | {prediction} |"
+
+    lrs = " / ".join(f"{lr:g}" for lr in s["sgd_lrs"])
+    adam = f"Adam lr={s['adam_lr']:g}"  # the run's name in the summary
+    return "\n".join([
+        "| | " + " | ".join(titles[m] for m in models) + " | prediction |",
+        "|---|" + "---|" * len(models) + "---|",
+        row("GD: ΔQ_i per step − η²B(∇L, ∇L) (relative)", lambda x: f"{x['gd_identity_error']:.1e}",
+            "exactly 0 (Prop. 13's form with biases)"),
+        row(f"SGD, final max relative drift at lr {lrs}",
+            lambda x: " / ".join(f"{v:.1e}" for v in x["sgd_drift_by_lr"]), "grows with η (O(η²) per step)"),
+        row(f"weight decay (lr = {s['decay_lr']:g}, λ = {s['weight_decay']:g}): change of Q over t = "
+            f"{summary[models[0]]['decay']['flow_time']:g}",
+            lambda x: f"{x['decay']['change_max']:.2g}", "e^{−2λt} plus the finite-lr term"),
+        row("… error of Kunin et al.'s prediction (pure e^{−2λt})",
+            lambda x: f"{x['decay']['kunin_error_max']:.1e} ({x['decay']['pure_decay_error_max']:.1e})", ""),
+        row(f"momentum {s['momentum']:g} (lr = {s['momentum_lr']:g}): final drift; damped equation, relative error",
+            lambda x: f"{x['momentum_kunin']['change_max']:.2g}; {x['momentum_kunin']['kunin_relative_error']:.2g}",
+            "with the measured buffers"),
+        row(f"Adam (lr = {s['adam_lr']:g}): final drift; over SGD at the smallest lr",
+            lambda x: f"{x['final_max_drift'][adam]:.2g}; "
+                      f"{x['adam_over_smallest_sgd_drift']:.1e} ×", "none"),
+    ])
+
+
+def benchmark_table(results: dict) -> str:
+    """bench_reproduce.py's results: quiet and busy job time per figure, and the reproduce.py wall times."""
+    quiet, busy = results["quiet"], results["busy"]
+
+    def cell(x: float | None) -> str:
+        return "—" if x is None else f"{x:.1f}"
+
+    lines = ["| figure | quiet (s) | one core busy (s) | busy / quiet |", "|---|---:|---:|---:|"]
+    for name, q in quiet["figures_s"].items():
+        b = busy["figures_s"].get(name)
+        lines.append(f"| `{name}` | {cell(q)} | {cell(b)} | {'—' if not q or b is None else f'{b / q:.2f}'} |")
+    for label, key in (("main paper, reproduce.py wall", "main_s"), ("everything, reproduce.py wall", "all_s")):
+        if quiet.get(key):
+            lines.append(f"| **{label}** | **{quiet[key]:.1f}** | **{busy[key]:.1f}** | **{busy[key] / quiet[key]:.2f}** |")
+    return "\n".join(lines)
+
+
+def reproduce_benchmark(root: Path) -> str:
+    """The committed ``benchmarks/results/bench_reproduce.json`` as [`benchmark_table`][symmetry.report.benchmark_table] writes it."""
+    return benchmark_table(_json(root, "benchmarks/results/bench_reproduce.json"))
+
+
+TABLES: dict[str, Callable[[Path], str]] = {
+    "figures": figure_table, "claim-count": claim_count, "claims": claim_table,
+    "conservation-check": conservation_check, "noether-drift": noether_drift_table,
+    "optimizers": optimizer_table, "reproduce-benchmark": reproduce_benchmark,
+}
+
+
+def render(name: str, root: str | Path = ".") -> str:
+    """The block ``name`` (a key of `TABLES`) as the committed JSONs under ``root`` give it."""
+    if name not in TABLES:
+        raise ValueError(f"report block {name!r}: choose from {', '.join(TABLES)}")
+    return TABLES[name](Path(root))
+
+
+def update_pages(root: str | Path = ".", write: bool = True) -> list[str]:
+    """Rewrite every generated block of `PAGES` from the JSONs; return the pages that changed (with
+    ``write=False``, the pages that would change: the test suite's check). A page whose blocks name an unknown
+    table raises, so a typo cannot leave a block unchecked."""
+    root = Path(root)
+    changed = []
+    for page in PAGES:
+        path = root / page
+        if not path.exists():
+            continue
+        text = path.read_text(encoding="utf-8")
+        fresh = BLOCK.sub(lambda m: f"{m.group(1)}{render(m.group('name'), root)}\n{m.group(4)}", text)
+        if fresh != text:
+            changed.append(page)
+            if write:
+                tmp = path.with_name(f".{path.name}.report-tmp")
+                tmp.write_text(fresh, encoding="utf-8")
+                tmp.replace(path)  # atomic: a page is the old one or the new one
+    return changed

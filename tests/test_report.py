@@ -1,0 +1,52 @@
+"""symmetry.report and reproduce.py --report: the committed pages are what the command writes from the JSONs."""
+import json
+import shutil
+
+import pytest
+
+import reproduce
+from conftest import ROOT
+from symmetry import report
+
+
+def test_committed_pages_equal_what_the_report_writes():
+    assert report.update_pages(ROOT, write=False) == [], "run `python reproduce.py --report` and commit the pages"
+
+
+def test_claims_json_rows_equal_the_figures_own_claims():
+    """figures/claims.json's rows are each committed figure JSON's claims(payload), not an older run's."""
+    committed = json.loads((ROOT / "figures" / "claims.json").read_text(encoding="utf-8"))
+    assert reproduce.report_claims(ROOT)["claims"] == committed["claims"]
+
+
+def test_every_block_on_a_page_names_a_table_and_every_table_is_shown():
+    shown = set()
+    for page in report.PAGES:
+        shown |= {m.group("name") for m in report.BLOCK.finditer((ROOT / page).read_text(encoding="utf-8"))}
+    assert shown == set(report.TABLES)
+
+
+def test_a_changed_json_makes_its_page_stale(tmp_path):
+    """Control: the check can fail. A claim that flips in the JSON changes the claim count and the claim table."""
+    for page in report.PAGES:
+        (tmp_path / page).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(ROOT / page, tmp_path / page)
+    shutil.copytree(ROOT / "figures", tmp_path / "figures", ignore=shutil.ignore_patterns("*.pdf", "*.png", ".*"))
+    shutil.copytree(ROOT / "benchmarks" / "results", tmp_path / "benchmarks" / "results")
+    for name in report.SCRIPTS + report.NOTEBOOKS:
+        for ext in ("py", "ipynb"):
+            if (ROOT / f"{name}.{ext}").exists():
+                shutil.copy(ROOT / f"{name}.{ext}", tmp_path / f"{name}.{ext}")
+    assert report.update_pages(tmp_path, write=False) == []
+    claims = json.loads((tmp_path / "figures" / "claims.json").read_text(encoding="utf-8"))
+    claims["claims"][0]["holds"] = not claims["claims"][0]["holds"]
+    (tmp_path / "figures" / "claims.json").write_text(json.dumps(claims), encoding="utf-8")
+    assert set(report.update_pages(tmp_path, write=False)) == {"README.md", "docs/results.md"}
+    assert set(report.update_pages(tmp_path)) == {"README.md", "docs/results.md"}
+    assert report.update_pages(tmp_path, write=False) == []  # written: current again
+    assert "**NO**" in (tmp_path / "docs" / "results.md").read_text(encoding="utf-8").split("\n| Q conserved")[1][:200]
+
+
+def test_an_unknown_table_is_refused_by_name():
+    with pytest.raises(ValueError, match="report block 'nope': choose from figures"):
+        report.render("nope", ROOT)
