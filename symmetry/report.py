@@ -27,7 +27,7 @@ SCRIPTS = ("Q_dynamics_elementwise", "Q_distribution", "Q_convergence_elementwis
 NOTEBOOKS = ("ensemble_CIFAR", "adversarial_CIFAR")
 # the pages that hold generated blocks, relative to the repository root
 PAGES = ("README.md", "docs/index.md", "docs/results.md", "docs/figures.md", "docs/beyond-gradient-flow.md",
-         "docs/optimizers.md", "docs/performance.md")
+         "docs/optimizers.md", "docs/performance.md", "docs/counting-laws.md")
 BLOCK = re.compile(r"(<!-- report:(?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- /report:(?P=name) -->)", re.S)
 
 
@@ -164,10 +164,60 @@ def reproduce_benchmark(root: Path) -> str:
     return benchmark_table(_json(root, "benchmarks/results/bench_reproduce.json"))
 
 
+def law_counts(root: Path) -> str:
+    """conservation_laws.py: the paper's laws against ALGO 2's count, per model, and ALGO 1's polynomials."""
+    data = _json(root, "figures/conservation_laws.json")
+    lines = ["| model | D | the paper's laws | independent | laws found (ALGO 2) | complete? | ALGO 1, degree 2 |",
+             "|---|---:|---|---:|---:|---|---|"]
+    for r in data["paper_models"]:
+        poly = r.get("polynomial")
+        algo1 = f"{poly['count']} polynomials, {poly['independent']} independent" if poly else "—"
+        lines.append(f"| {_cell(r['description'])} | {r['D']} | {_cell(r['paper_laws'])} | {r['paper_independent']} | "
+                     f"{r['laws_found']} | {'yes' if r['paper_complete'] else '**no**'} | {algo1} |")
+    for r in data["region_models"]:
+        counts = sorted({g["laws"] for g in r["regions"]})
+        points = sum(g["points"] for g in r["regions"])
+        found = f"{counts[0]}" if len(counts) == 1 else f"{counts[0]} to {counts[-1]}, by activation region"
+        extra = [g for g in r["regions"] if g["laws"] > r["paper_independent"]]
+        complete = ("yes" if not extra else "in general position, yes; more where two neurons share a sign pattern"
+                    if all(g["neurons_share_pattern"] for g in extra) else "locally no: extra laws on some regions")
+        lines.append(f"| {_cell(r['description'])} | {r['D']} | Eq. 48 per neuron | {r['paper_independent']} | "
+                     f"{found} ({points} points) | {complete} | — |")
+    return "\n".join(lines)
+
+
+def law_benchmark(root: Path) -> str:
+    """bench_laws.py: the reference's random architectures, timed, against the reference's own seconds."""
+    data = _json(root, "benchmarks/results/bench_laws.json")
+    reference = data["reference_seconds"]
+    lines = ["| set | all match | median per architecture | max (its widths, D) | the reference (SageMath) |",
+             "|---|---|---:|---|---:|"]
+    for key, label in (("linear", "50 linear"), ("relu", "50 ReLU"), ("relu_every_pair", "50 ReLU, every pair bracketed")):
+        r = data[key]
+        slow = r["slowest"]
+        ref = f"{reference[key]:g} s" if key in reference else ""
+        lines.append(f"| {label} | {'yes' if r['all_match'] else '**no**'} | {r['median_s']:.3g} s | {r['max_s']:.3g} s "
+                     f"({tuple(slow['widths'])}, D = {slow['D']}) | {ref} |")
+    return "\n".join(lines)
+
+
+def module_law_benchmark(root: Path) -> str:
+    """bench_laws.py's module series: ReLU MLPs with biases counted through the module route, each in a fresh
+    process: wall and CPU time, the load average, the measured peak and the estimate made before allocating."""
+    series = _json(root, "benchmarks/results/bench_laws.json")["modules"]["series"]
+    lines = ["| widths | D | laws (hidden neurons) | wall | CPU | load avg. | peak | estimate |",
+             "|---|---:|---|---:|---:|---:|---:|---:|"]
+    lines += [f"| {tuple(r['widths'])} | {r['D']} | {r['laws']} ({r['hidden_neurons']}) | {r['seconds']:.2f} s | "
+              f"{r['cpu_seconds']:.2f} s | {r['load_average_1min']:.1f} | {r['peak_mb']:.1f} MB | {r['estimate_mb']:.1f} MB |"
+              for r in series]
+    return "\n".join(lines)
+
+
 TABLES: dict[str, Callable[[Path], str]] = {
     "figures": figure_table, "claim-count": claim_count, "claims": claim_table,
     "conservation-check": conservation_check, "noether-drift": noether_drift_table,
-    "optimizers": optimizer_table, "reproduce-benchmark": reproduce_benchmark,
+    "optimizers": optimizer_table, "reproduce-benchmark": reproduce_benchmark, "law-counts": law_counts,
+    "law-benchmark": law_benchmark, "module-law-benchmark": module_law_benchmark,
 }
 
 
