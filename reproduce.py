@@ -96,13 +96,19 @@ CLAIM_KEYS = ("claim", "criterion", "holds", "measured")
 
 
 def collect_claims(name: str, payload: dict) -> list[dict]:
-    """The claim rows a figure script owns (its module-level ``claims(payload)``), checked for shape."""
+    """The claim rows a figure script owns (its module-level ``claims(payload)``), checked for shape. ``holds`` is
+    True, False, or None for a claim that could not be measured (counted apart: it neither holds nor fails)."""
     rows = importlib.import_module(name).claims(payload)
     for row in rows:
-        if set(row) != set(CLAIM_KEYS) or not isinstance(row["holds"], bool):
+        if set(row) != set(CLAIM_KEYS) or not (row["holds"] is None or isinstance(row["holds"], bool)):
             raise ValueError(f"{name}.claims returned a row without exactly the keys {CLAIM_KEYS} "
-                             f"(holds a bool): {row}")
+                             f"(holds True, False, or None for not measured): {row}")
     return rows
+
+
+def verdict(holds: bool | None) -> str:
+    """A row's holds as the table prints it."""
+    return "yes" if holds else "n/m" if holds is None else "NO"
 
 
 def print_claims(table: list[dict]) -> None:
@@ -111,8 +117,10 @@ def print_claims(table: list[dict]) -> None:
     measured = max(len(r["measured"]) for r in table)
     print(f"\n{'claim':<{width}}  {'holds':<5}  {'measured':<{measured}}  criterion")
     for r in table:
-        print(f"{r['claim']:<{width}}  {'yes' if r['holds'] else 'NO':<5}  {r['measured']:<{measured}}  {r['criterion']}")
-    print(f"{sum(r['holds'] for r in table)}/{len(table)} claims hold")
+        print(f"{r['claim']:<{width}}  {verdict(r['holds']):<5}  {r['measured']:<{measured}}  {r['criterion']}")
+    from symmetry.report import tally
+
+    print(tally(table))
 
 
 @dataclass

@@ -18,7 +18,7 @@ import re
 from collections.abc import Callable
 from pathlib import Path
 
-__all__ = ["PAGES", "TABLES", "render", "update_pages"]
+__all__ = ["PAGES", "TABLES", "render", "tally", "update_pages"]
 
 # The figure table: every script and notebook that writes a committed figure, in the order of the paper.
 SCRIPTS = ("Q_dynamics_elementwise", "Q_distribution", "Q_convergence_elementwise", "Q_convergence_radial",
@@ -76,8 +76,19 @@ def figure_table(root: Path) -> str:
 def claim_count(root: Path) -> str:
     """One line: how many claim rows hold, with a link to the table (the README's first screen)."""
     rows = _json(root, "figures/claims.json")["claims"]
-    return (f"**{sum(r['holds'] for r in rows)} of {len(rows)} claims hold** at the paper's settings; every row, "
-            f"its criterion and what was measured: [the results page](docs/results.md).")
+    return (f"**{tally(rows)}** at the paper's settings; every row, its criterion and what was measured: "
+            f"[the results page](docs/results.md).")
+
+
+def tally(rows: list[dict]) -> str:
+    """How many rows hold, do not, and could not be measured (holds None), counted apart."""
+    held, failed = sum(r["holds"] is True for r in rows), sum(r["holds"] is False for r in rows)
+    unmeasured = len(rows) - held - failed
+    return f"{held} of {len(rows)} claims hold, {failed} do not" + (f", {unmeasured} not measured" if unmeasured else "")
+
+
+def _verdict(holds: bool | None) -> str:
+    return "yes" if holds else "not measured" if holds is None else "**NO**"
 
 
 def claim_table(root: Path) -> str:
@@ -85,10 +96,10 @@ def claim_table(root: Path) -> str:
     data = _json(root, "figures/claims.json")
     rows = data["claims"]
     lines = ["| claim | holds | measured | criterion |", "|---|---|---|---|"]
-    lines += [f"| {_cell(r['claim'])} | {'yes' if r['holds'] else '**NO**'} | {_cell(r['measured'])} | "
+    lines += [f"| {_cell(r['claim'])} | {_verdict(r['holds'])} | {_cell(r['measured'])} | "
               f"{_cell(r['criterion'])} |" for r in rows]
     lines.append("")
-    lines.append(f"{sum(r['holds'] for r in rows)}/{len(rows)} claims hold (seed {data['settings']['seed']}).")
+    lines.append(f"{tally(rows)} (seed {data['settings']['seed']}).")
     return "\n".join(lines)
 
 

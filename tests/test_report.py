@@ -50,3 +50,12 @@ def test_a_changed_json_makes_its_page_stale(tmp_path):
 def test_an_unknown_table_is_refused_by_name():
     with pytest.raises(ValueError, match="report block 'nope': choose from figures"):
         report.render("nope", ROOT)
+
+
+def test_a_row_not_measured_is_counted_apart():
+    rows = [{"holds": True}, {"holds": False}, {"holds": None}, {"holds": True}]
+    assert report.tally(rows) == "2 of 4 claims hold, 1 do not, 1 not measured"
+    assert report.tally(rows[:2]) == "1 of 2 claims hold, 1 do not"
+    committed = json.loads((ROOT / "figures" / "claims.json").read_text(encoding="utf-8"))["claims"]
+    stalled = [r for r in committed if r["measured"].startswith("not measured")]
+    assert stalled and all(r["holds"] is None for r in stalled)  # Gluch & Urbanke's ReLU balance under GF
