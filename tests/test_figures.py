@@ -221,3 +221,32 @@ def test_float64_runs_take_the_learning_rate_in_float64():
     float32_lr = float(torch.tensor(lr, dtype=torch.float32))
     wrong = tuple(p - float32_lr * g for p, g in zip(params, grads))
     assert not all(torch.allclose(got[0], w, rtol=0, atol=1e-15) for got, w in zip(res["final_params"], wrong))
+
+
+def same_within(a, b, rel=1e-6, floor=1e-9, path="") -> list[str]:
+    """Where two JSON values differ beyond the stated cross-machine tolerances (docs/conventions.md,
+    *Determinism*): floats to a relative ``rel``, or an absolute ``floor`` for numbers below it (losses at the
+    float64 loss floor); integers, booleans and strings exactly."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        if set(a) != set(b):
+            return [f"{path}: keys {sorted(set(a) ^ set(b))}"]
+        return [d for k in a for d in same_within(a[k], b[k], rel, floor, f"{path}.{k}")]
+    if isinstance(a, list) and isinstance(b, list):
+        if len(a) != len(b):
+            return [f"{path}: length {len(a)} vs {len(b)}"]
+        return [d for i, (x, y) in enumerate(zip(a, b)) for d in same_within(x, y, rel, floor, f"{path}[{i}]")]
+    if isinstance(a, float) and isinstance(b, float):
+        return [] if math.isclose(a, b, rel_tol=rel, abs_tol=floor) else [f"{path}: {a!r} vs {b!r}"]
+    return [] if a == b else [f"{path}: {a!r} vs {b!r}"]
+
+
+def test_quick_form_matches_its_committed_reference(fig9_run):
+    """Fig. 9's --quick numbers equal a committed run of the same form, at the tolerances the docs state."""
+    reference = json.loads((ROOT / "tests" / "reference" / "Q_hessian_eigenvalues_quick.json").read_text())
+    assert same_within(fig9_run["per_activation"], reference["per_activation"]) == []
+    # control: a change beyond the tolerance is caught, one within it is not
+    moved = json.loads(json.dumps(reference["per_activation"]))
+    moved["tanh"][1]["median_nonzero"] *= 1 + 1e-5
+    assert same_within(moved, reference["per_activation"]) != []
+    moved["tanh"][1]["median_nonzero"] = reference["per_activation"]["tanh"][1]["median_nonzero"] * (1 + 1e-8)
+    assert same_within(moved, reference["per_activation"]) == []
