@@ -179,6 +179,8 @@ def _figure_job(name: str, part: str | None, argv: list[str], threads: int, log_
     os.dup2(log.fileno(), 2)
     sys.stdout = sys.stderr = log
     torch.set_num_threads(threads)
+    if "--out" in argv:  # the parent run holds OUT's lock for its workers
+        E.inherit_output_lock(argv[argv.index("--out") + 1])
     started = time.perf_counter()
     try:
         module = importlib.import_module(name)

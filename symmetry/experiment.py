@@ -74,6 +74,7 @@ def parse_common(parser: argparse.ArgumentParser, argv: list[str] | None, names:
         args.out = QUICK_OUT if args.quick else DEFAULT_OUT
     args.out = quick_out(args.out, args.quick)
     check_output_location(args.out, names)
+    hold_output(args.out)  # a second run on this --out is refused, not mixed with this one
     return args
 
 
@@ -350,13 +351,19 @@ def _remove_stale_temps(out: Path, name: str) -> None:
 
 class OutputLock:
     """An exclusive lock on ``OUT/.lock`` for a run's lifetime (fcntl.flock; released by the kernel if the process
-    dies): a second run on the same --out is refused with one line instead of mixing its files with the first's."""
+    dies): a second run on the same --out is refused with one line instead of mixing its files with the first's.
+    Reentrant within a process, and taken as held in a worker whose parent holds it (:func:`inherit_output_lock`)."""
 
     def __init__(self, out: str | Path):
         self.path = Path(out) / ".lock"
         self.file: Any = None
+        self.key = self.path.parent.resolve()
+        self.reentered = False
 
     def __enter__(self) -> "OutputLock":
+        if self.key in _HELD:  # this process (or the reproduce.py run that started it) holds it already
+            self.reentered = True
+            return self
         try:
             import fcntl
         except ImportError:  # not POSIX: no lock, as before
@@ -375,12 +382,31 @@ class OutputLock:
         handle.write(str(os.getpid()))
         handle.flush()
         self.file = handle
+        _HELD[self.key] = self
         return self
 
     def __exit__(self, *exc) -> None:
+        if self.reentered:
+            return
         if self.file is not None:
             self.file.close()  # closing releases the lock
             self.file = None
+            _HELD.pop(self.key, None)
+
+
+# the --out folders whose lock this process holds (None: the reproduce.py run that started this worker holds it)
+_HELD: dict[Path, OutputLock | None] = {}
+
+
+def hold_output(out: str | Path) -> None:
+    """Take OUT's lock for the rest of this process (a figure script run on its own, from :func:`parse_common`): a
+    second script or reproduce.py on the same --out is refused with one line while this one runs."""
+    OutputLock(out).__enter__()  # kept in _HELD; the kernel releases it when the process exits
+
+
+def inherit_output_lock(out: str | Path) -> None:
+    """In a worker process of reproduce.py, whose parent holds OUT's lock: the scripts it runs take it as held."""
+    _HELD[Path(out).resolve()] = None
 
 
 def to_jsonable(value: Any) -> Any:

@@ -137,10 +137,12 @@ def test_gradient_flow_gives_up_instead_of_hanging():
 def test_a_stalled_solver_is_stopped_where_it_stalled():
     """G&U's ReLU net under GF gets stuck at one t (the drift table's stalled row): stopped after
     stall_evaluations without progress, long before the budget. (Its ND and NAGF runs cross the kinks
-    under the default stall_evaluations: test_noether's conserved pairs.)"""
+    under the default stall_evaluations: test_noether's conserved pairs.) Where it stalls moves with the CPU's
+    round-off (t = 0.022 on one machine, 0.0063 on another), so only "before the end" is asserted."""
     model, params, X, Y, _, _ = S.noether.small_problems(0)["relu"]
-    with pytest.raises(RuntimeError, match=r"gf stalled at t = 0\.022\d*: stall_evaluations=2000"):
+    with pytest.raises(RuntimeError, match=r"gf stalled at t = [\d.e-]+: stall_evaluations=2000") as stalled:
         S.integrate(model, params, X, Y, [0.0, 3.0], "gf", max_evaluations=20_000, stall_evaluations=2000)
+    assert 0 < float(str(stalled.value).split("t = ")[1].split(":")[0]) < 3.0
 
 
 def test_gradient_flow_matches_a_closed_form_solution():

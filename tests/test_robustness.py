@@ -581,7 +581,7 @@ def test_case10_sigint_during_a_run_is_one_line(tmp_path):
     said = "\n".join(line for line in err.splitlines() if "it/s" not in line)  # all but the progress bars
     assert process.returncode == 130 and "Traceback" not in err, said[-3000:]
     assert len(lines) == 1 and "interrupted" in lines[0] and "rerun" in lines[0]
-    assert [p.name for p in out.iterdir()] in ([], [".cache"])  # nothing half-written
+    assert sorted(p.name for p in out.iterdir() if p.name != ".lock") in ([], [".cache"])  # nothing half-written
 
 
 # ---------------------------------------------------------------- round two (issue 24)
@@ -703,11 +703,27 @@ def test_round_two_case7_sigterm_stops_the_workers_and_says_so_in_one_line(tmp_p
     assert not list(out.glob("*.json")) or all(p.stat().st_size > 0 for p in out.glob("*.json"))
 
 
+def _hold_in_another_process(out):
+    """A process that holds OUT's lock (a first run), started and waited for until it holds it."""
+    code = ("import sys, time; from symmetry import experiment as E; E.hold_output(sys.argv[1]); "
+            "print('held', flush=True); time.sleep(60)")
+    holder = subprocess.Popen([sys.executable, "-c", code, str(out)], stdout=subprocess.PIPE, text=True,
+                              env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert holder.stdout.readline().strip() == "held"
+    return holder
+
+
 def test_round_two_case6_a_second_run_on_the_same_out_is_refused_and_cleanup_spares_live_writers(tmp_path):
-    reproduce = load_script("reproduce")
-    with E.OutputLock(tmp_path):  # a first run holds --out
-        with pytest.raises(E.OutputLocationError, match=rf"another run \(pid {os.getpid()}\) is writing there"):
-            reproduce.main(["--quick", "--out", str(tmp_path), "--only", "Q_sharpness_1d", "--jobs", "1"])
+    reproduce, script = load_script("reproduce"), load_script("Q_sharpness_1d")
+    holder = _hold_in_another_process(tmp_path)
+    try:
+        for run in (lambda: reproduce.main(["--quick", "--out", str(tmp_path), "--only", "Q_sharpness_1d", "--jobs", "1"]),
+                    lambda: script.main(["--quick", "--out", str(tmp_path)])):  # a figure script run alone too
+            with pytest.raises(E.OutputLocationError, match=rf"another run \(pid {holder.pid}\) is writing there"):
+                run()
+    finally:
+        holder.kill()
+        holder.wait()
     with E.OutputLock(tmp_path):  # released when the first run ends
         pass
     live = tmp_path / f".Q_sharpness_1d.json.{os.getpid()}-abc.json"  # a running writer's temporary file
@@ -717,6 +733,17 @@ def test_round_two_case6_a_second_run_on_the_same_out_is_refused_and_cleanup_spa
         p.write_text("{}")
     E.write_figure(tmp_path, "Q_sharpness_1d", {"figure": "Q_sharpness_1d"})
     assert live.exists() and not dead.exists() and not legacy.exists()
+
+
+def test_a_figure_script_run_alone_holds_its_out_for_its_lifetime(tmp_path):
+    """A script's own run takes OUT's lock (reentrant in its process), so a second process on that --out is refused;
+    reproduce.py's workers run under their parent's lock (test_reproduce runs --jobs 2)."""
+    load_script("Q_distribution").main(["--quick", "--out", str(tmp_path)])
+    load_script("Q_distribution").main(["--quick", "--out", str(tmp_path)])  # the same process again: reentrant
+    code = "import sys; from symmetry import experiment as E; E.hold_output(sys.argv[1])"
+    second = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert second.returncode != 0 and f"another run (pid {os.getpid()}) is writing there" in second.stderr
 
 
 def test_round_two_case8_quick_never_replaces_another_checkouts_committed_figures(tmp_path, capsys):
