@@ -1,7 +1,7 @@
 """What every figure script shares: the CLI, atomic PDF/PNG/JSON output, provenance, resumable caching.
 
 Scripts stay short: settings (a dataclass) → run → save → plot. This module never imports
-matplotlib at import time; :func:`save_figure` loads it (with the Agg backend) when called.
+matplotlib at import time; [`save_figure`][] loads it (with the Agg backend) when called.
 """
 from __future__ import annotations
 
@@ -467,7 +467,7 @@ def cached(out: str | Path, name: str, settings: Any, compute: Callable[[], dict
     """Run ``compute()`` once per settings and code: its result (a dict of tensors and numbers) is saved
     under OUT/.cache and reloaded on a rerun, so an interrupted figure resumes at the last finished part.
 
-    The key hashes the settings and :func:`code_hash` (this package's source and the calling script),
+    The key hashes the settings and [`code_hash`][] (this package's source and the calling script),
     so a code change recomputes. An unreadable entry (truncated, garbage) is recomputed with one line
     naming the file; entries are loaded with ``weights_only=True`` only (never arbitrary pickles).
     """
@@ -504,7 +504,7 @@ def peak_memory_mb() -> float:
 def finish(out: str | Path, name: str, settings: Any, results: dict, wall_seconds: float, fig=None,
            device: torch.device | str = "cpu") -> dict:
     """Write NAME.json (settings and their hash, environment with the commit of the calling script's
-    checkout, wall time, results) and, if given, NAME.pdf/png, as one unit (:func:`write_figure`)."""
+    checkout, wall time, results) and, if given, NAME.pdf/png, as one unit ([`write_figure`][])."""
     source = _caller_file(1)
     payload = {"figure": name, "settings": settings, "settings_hash": settings_hash(settings),
                "environment": environment(device, source),

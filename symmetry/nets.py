@@ -1,6 +1,6 @@
 """Modern blocks as plain ``nn.Module``\\ s: RMSNorm, causal multi-head attention with RoPE, SwiGLU, a GPT-style
 language model. Written with ordinary torch operations (no fused kernels), so that
-:func:`symmetry.module_symmetries` reads them off the graph like any user's model; the examples, the tests and the
+[`symmetry.module_symmetries`][] reads them off the graph like any user's model; the examples, the tests and the
 modern-architecture figure use them.
 
 The symmetries they carry (``SPEC-architectures.md``): per head GL on W_q–W_k (restricted by RoPE to rotations and
