@@ -41,7 +41,7 @@ from .groups.blocks import Block, Leg, LinearBlock, ScalingBlock, TranslationBlo
 
 Tensor = torch.Tensor
 
-__all__ = ["trace", "find_blocks", "Analysis", "SymmetryCheckError"]
+__all__ = ["trace", "SymmetryCheckError"]
 
 
 class SymmetryCheckError(RuntimeError):
