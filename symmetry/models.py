@@ -4,7 +4,8 @@ Parameters are plain tuples of tensors so that ``torch.func`` (Hessians, Jacobia
 the batched training loop see the same function. Every tensor may carry leading batch
 dimensions: configuration b of a batched run is ``tuple(p[b] for p in params)``.
 
-Notation (SPEC): F(X) = U σ(VᵀX) with U ∈ R^{m×h}, V ∈ R^{n×h}, X ∈ R^{n×k}, Y ∈ R^{m×k}.
+Notation (the paper's experiments, App. D Eq. 44; the Conventions page): F(X) = U σ(VᵀX) with U ∈ R^{m×h},
+V ∈ R^{n×h}, X ∈ R^{n×k}, Y ∈ R^{m×k}.
 The paper's appendix writes V ∈ R^{h×n}; its group actions V ↦ gV read V ↦ V gᵀ here.
 ``X=None`` means whitened input X = I_n (the setting of Eq. 48 and Figs. 3–9).
 """
