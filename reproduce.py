@@ -1,13 +1,12 @@
 """Regenerate every figure but the CIFAR-10 notebooks (Figs. 3–9, App. G.1, the two related papers) and print the claims with the measured numbers.
 
-First a 6-second check that every figure's Q axis rests on (run while the first figures start): on
+First a short check that every figure's Q axis rests on (run while the first figures start): on
 the net of Fig. 3, Q of Eq. 48 stays constant under gradient flow (adaptive ODE solver) and drifts
 under gradient descent by an amount proportional to the step size. Each figure script runs at the paper's settings and
 writes figures/NAME.{pdf,png,json}; the table at the end collects each script's claims(payload):
 the claim, whether it holds, what was measured, and the criterion it was held to.
 Then the two related papers: Gluch & Urbanke (noether_dynamics) and Marcotte et al. (conservation_laws).
-Runtime with --jobs 2 on a quiet 2-core CPU (benchmarks/bench_reproduce.py): 2.6 min for the main paper's
-figures, 2.5 min for the related papers; the two extensions add theirs (--quick: about a minute).
+Each figure's time is in the figure table, written from figures/claims.json (``figure_seconds``).
 Usage: python reproduce.py [--device cpu|cuda] [--seed 0] [--out figures] [--quick] [--only NAME ...]
        [--jobs N (default: cores; figures, and the parts of Fig. 3 and noether_dynamics, in parallel
        worker processes)] [--threads 1]
@@ -76,7 +75,7 @@ def run(cfg: Settings) -> list[dict]:
 
 
 def conservation_claims(rows: list[dict], cfg: Settings) -> list[dict]:
-    """The two rows of the 6-second check above: Q conserved under GF, drifting under GD ∝ η."""
+    """The two rows of the check above: Q conserved under GF, drifting under GD ∝ η."""
     lr_keys = [f"gd_drift_lr{lr:g}" for lr in cfg.lrs]
     ratio = min(r[lr_keys[0]] / r[lr_keys[-1]] for r in rows)
     return [{"claim": "Q conserved under gradient flow (Prop. 12, Eq. 48)",
