@@ -1,7 +1,7 @@
 """What the optimizers people use conserve: the rescaling quantities of an MLP and a CNN under torch.optim.
 
 Gradient flow conserves Q_i = ‖outgoing_i‖² − ‖incoming_i, bias_i‖² for every ReLU neuron/channel (Example 9 with
-biases; :mod:`symmetry.modules`). A plain user loop (torch.optim, full batch, float64) with
+biases; ``symmetry.modules``). A plain user loop (torch.optim, full batch, float64) with
 ``symmetry.ConservationMonitor`` measures how far real optimizers move them, and checks the predictions:
 - GD: each step changes Q_i by exactly η²(‖∂L/∂outgoing_i‖² − ‖∂L/∂incoming_i‖²) (Prop. 13's form, with biases);
 - weight decay λ: Q_i(t) = e^{−2λt}Q_i(0) in gradient-flow time t = ηk, plus Kunin et al.'s finite-lr term

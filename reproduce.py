@@ -207,7 +207,7 @@ def run_figures(names: list[str], argv: list[str], jobs: int, threads: int = 1, 
 
     ``jobs`` = 1: one after the other in this process (live progress bars), with ``threads`` torch threads.
     ``jobs`` > 1: up to ``jobs`` worker processes at once (spawned, ``threads`` torch threads each), longest
-    first by the last recorded times; a script's ``PARTS`` (:func:`parts_of`) run as jobs of their own
+    first by the last recorded times; a script's ``PARTS`` (``parts_of``) run as jobs of their own
     first, and its ``main`` runs when they are done, reading them from the cache (so with --no-resume
     the parts recompute and ``main`` resumes). Each worker's output goes to ``log_dir``/JOB.log and this
     process prints one line per finished job. A worker that crashes (killed, out of memory) fails only

@@ -23,8 +23,10 @@ def _rel(path: Path) -> str:
     return path.relative_to(ROOT).as_posix()
 
 
-def test_no_sphinx_role_in_the_package_sources():
-    hits = [f"{_rel(p)}:{n}: {line.strip()}" for p in PACKAGE_FILES if _rel(p) not in ROLES_ALLOWED_IN
+def test_no_sphinx_role_in_the_package_scripts_or_benchmarks():
+    # the scripts' and benchmarks' docstrings are read in the source and in --help: no roles there either
+    sources = [*PACKAGE_FILES, *ROOT.glob("*.py"), *(ROOT / "benchmarks").glob("*.py")]
+    hits = [f"{_rel(p)}:{n}: {line.strip()}" for p in sources if _rel(p) not in ROLES_ALLOWED_IN
             for n, line in enumerate(p.read_text(encoding="utf-8").splitlines(), start=1) if SPHINX_ROLE.search(line)]
     assert not hits, ("Sphinx roles print literally on the API pages; write [`name`][] (resolved in the "
                       "docstring's scope), [`name`][symmetry.full.path], or ``name`` for a target the site does not "
