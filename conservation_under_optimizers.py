@@ -264,8 +264,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     E.add_common_arguments(parser, dtype=False)  # float64 throughout: the exact identities are checked to round-off
     parser.add_argument("--data", default=DEFAULT_DATA,
-                        help="CIFAR-10: an ImageFolder tree, its .tar.gz, or torchvision's root (default: %(default)s)")
+                        help=f"CIFAR-10: {E.CIFAR10_FORMS} (default: data/ in the repository)")
     args = E.parse_common(parser, argv, (NAME,))  # --out checked before anything is computed
+    E.check_data_location(args.data)  # and --data
     cfg = Settings(seed=args.seed, device=args.device, data=args.data, threads=args.threads)
     cfg = quick(cfg) if args.quick else cfg
     with E.torch_threads(cfg.threads), E.Stopwatch() as clock:

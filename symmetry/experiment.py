@@ -165,6 +165,30 @@ def check_output_location(out: str | Path, names: tuple[str, ...] = ()) -> Path:
     return out
 
 
+class DataLocationError(ValueError):
+    """--data names nothing there: refused before any computation, as a bad --out is."""
+
+
+CIFAR10_FORMS = ("an ImageFolder tree (train/<class>/*, test/<class>/*), its .tar.gz, or torchvision's CIFAR-10 "
+                 "folder (holding cifar-10-batches-py)")
+"""What a CIFAR-10 location (--data, ``load_cifar10(root)``) may be, in the errors that ask for one."""
+
+
+def check_data_location(data: str | Path | None) -> None:
+    """Refuse (DataLocationError, naming --data) a CIFAR-10 location that does not exist, before any computation;
+    None (the default: data/ in the repository) passes. Whether it holds CIFAR-10 is ``load_cifar10``'s to say."""
+    if data is None:
+        return
+    if not str(data).strip():
+        raise DataLocationError(f"--data '': an empty path names no data; pass {CIFAR10_FORMS}, or leave --data "
+                                f"out to use data/ in the repository")
+    path = Path(data)
+    if not path.exists():  # a cycle of links does not exist either (ELOOP)
+        what = "is a symbolic link that leads nowhere (dangling, or a cycle)" if path.is_symlink() else "does not exist"
+        raise DataLocationError(f"--data {data}: {what}; pass {CIFAR10_FORMS}, or leave --data out to use data/ "
+                                f"in the repository")
+
+
 def resolve_device(name: str) -> torch.device:
     """A torch.device, with a clear error when CUDA was asked for and is not there."""
     if name == "cuda" and not torch.cuda.is_available():
@@ -520,7 +544,7 @@ def explain(error: BaseException) -> tuple[int, str] | None:
     """(exit status, one line naming the cause and what to do) for an expected failure, else None."""
     from .data import DataError, DatasetUnavailable
 
-    if isinstance(error, OutputLocationError):
+    if isinstance(error, (OutputLocationError, DataLocationError)):
         return 2, str(error)
     if isinstance(error, KeyboardInterrupt):
         by = f" by {error.args[0]}" if error.args else ""
