@@ -9,7 +9,6 @@ is correlated with Q". Measured: ``steps_to_converge`` = first recorded step wit
 (the paper's loss axis; one level for every run, above every run's float32 floor, 2e-4 – 4e-3), and
 Spearman's ρ between |Q₀| and those steps per activation (scipy.stats.spearmanr). The claim holds for
 an activation when every run converged and p < 0.05.
-Runtime: about 2 min on a 2-core CPU.
 """
 from __future__ import annotations
 

@@ -4,7 +4,6 @@ Claim (Eq. 47): over 1000 Xavier draws (U_ij ~ N(0, 1/h), V_ij ~ N(0, 1/n)) the 
 Q = ½Tr[UᵀU] − ΣA(V) is centred at its closed-form mean — (m − h)/2 for the linear net (the
 paper's m − h is the mean of 2Q) — and is narrow: its spread is a few percent of the size of
 Q's two terms, so Xavier init reaches only a small part of the minimum.
-Runtime: about 5 s on a 2-core CPU (no training).
 """
 from __future__ import annotations
 

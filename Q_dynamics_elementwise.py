@@ -10,7 +10,6 @@ round-off, not the step size. Q̃ is evaluated in float64 and recorded every 100
 Q̃'s normaliser is the authors' (their code writes tanh's term as Σcosh²V and sigmoid's as Σ(V + eⱽ),
 so both terms carry a constant n·h and Q̃ ≈ 1 there); the JSON also holds ours (A(0) = 0) as
 ``max_abs_dQ_tilde_ours``. ΔQ is the same in both; only the scale of ΔQ̃ differs (tanh, sigmoid).
-Runtime: about 2 min on a 2-core CPU (both precisions).
 """
 from __future__ import annotations
 

@@ -10,7 +10,6 @@ for the linear net the centre of the non-zero eigenvalues grows with Q₀; for n
 and the spectrum are related less simply. Every (σ, Q₀) runs from 5 seeds (inits and Y); a run counts
 as converged when its final MSE is ≤ 1e-6, and the unconverged ones run again for 4× the steps to show
 whether the step budget is what stops them.
-Runtime: about 1 min on a 2-core CPU.
 """
 from __future__ import annotations
 

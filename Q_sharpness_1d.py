@@ -4,7 +4,6 @@ L(U, V) = ½(Y − UVX)², X = Y = 1. Q = U² − V² is conserved by gradient f
 trajectory ends at the point of the valley UV = 1 with that Q, where the Hessian has
 eigenvalues 0 and U² + V² = √(Q² + 4): Q = 0 is the flattest minimum. (Eq. 77 prints
 2√(Q²+4), the value for the loss without the ½; both are in the JSON.)
-Runtime: about 3 s on a 2-core CPU.
 """
 from __future__ import annotations
 

@@ -10,7 +10,7 @@ degree ≤ k are the nullspace of a linear system (ALGO 1). This script
     the known count (rank of the gradients of UᵢᵀUᵢ − Uᵢ₊₁Uᵢ₊₁ᵀ; number of hidden neurons),
 (c) plots laws found vs known, laws vs D and the time per architecture.
 Everything is float64 on the CPU (thousands of tiny ops; --device is recorded, not used).
-Runtime: about 1 minute on a 2-core CPU; exit status 1 if any count disagrees.
+Exit status 1 if any count disagrees.
 """
 from __future__ import annotations
 

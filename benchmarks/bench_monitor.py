@@ -4,7 +4,7 @@ Three models, float32, a plain torch.optim.SGD loop, one intra-op thread (the sa
 - ``mlp``: nn.Sequential(Linear(784,256), ReLU, Linear(256,128), ReLU, Linear(128,10)) with biases on a random
   full batch of 1000 inputs (MNIST's shape), cross-entropy;
 - ``resnet18``: torchvision's, 10 classes, batch 32 of 3×32×32 (CIFAR-sized), cross-entropy, BatchNorm in training;
-- ``gpt``: :class:`symmetry.nets.GPT`, 6 layers, width 128, 4 heads, SwiGLU hidden 344, vocabulary 256,
+- ``gpt``: ``symmetry.nets.GPT``, 6 layers, width 128, 4 heads, SwiGLU hidden 344, vocabulary 256,
   batch 8 × 128 tokens, next-token cross-entropy.
 Reports the median time of one record() and of one training step without it (medians over steps and 3 seeds).
 Goal (issue 21): record under 1 % of a step on resnet18 and the GPT. Runtime: about 4 min on 2 CPU cores.

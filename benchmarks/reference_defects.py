@@ -37,7 +37,8 @@ class DoubleSoftmax(nn.Module):
 
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", default="../shared/data/cifar10-jpeg.tar.gz", help="CIFAR-10 (see symmetry.data)")
+    parser.add_argument("--data", default=None, help="CIFAR-10: an ImageFolder tree, its .tar.gz or torchvision's CIFAR-10 "
+                        "folder (default: data/ in the repository; see symmetry.data.load_cifar10)")
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--out", default="benchmarks/results")
     args = parser.parse_args(argv)

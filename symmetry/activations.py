@@ -6,7 +6,7 @@ x < 0, σ/σ' is taken as 0: those entries never move under gradient flow).
 Adding an activation is one entry in ``_REGISTRY``; every test iterates over it.
 
 The radial rescaling activation σ(z) = f(‖z‖) z (Example 5, Prop. 15) acts on whole
-vectors, not entries, and lives in :func:`radial_rescaling`.
+vectors, not entries, and lives in [`radial_rescaling`][].
 """
 from __future__ import annotations
 
@@ -139,7 +139,7 @@ _REGISTRY: dict[str, Callable[..., Activation]] = {
     "sigmoid": sigmoid,
 }
 
-#: Names accepted by :func:`get_activation`; the paper's four (Fig. 3, 5, 6, 9) come first.
+#: Names accepted by ``get_activation``; the paper's four (Fig. 3, 5, 6, 9) come first.
 PAPER_ACTIVATIONS = ("identity", "relu", "tanh", "sigmoid")
 ACTIVATIONS = tuple(_REGISTRY)
 
@@ -148,7 +148,7 @@ class MixedActivation:
     """One activation per configuration along the leading batch dimension.
 
     Lets one batched tensor hold, e.g., the 4 activations × 3 learning rates of Fig. 3:
-    configuration b uses ``members[b]``. Same interface as :class:`Activation`.
+    configuration b uses ``members[b]``. Same interface as [`Activation`][].
     """
 
     gaussian_mean_integral: None = None  # E[A(x)] (Eq. 47) is one per member, not one for the mix
@@ -218,7 +218,7 @@ ActivationLike = Union[str, Activation, MixedActivation, Sequence[Union[str, Act
 def get_activation(spec: ActivationLike, **options) -> Activation | MixedActivation:
     """Look up an activation by name (``options`` go to its factory, e.g. ``slope=0.1``).
 
-    A sequence of names gives a :class:`MixedActivation`, one per batch configuration.
+    A sequence of names gives a [`MixedActivation`][], one per batch configuration.
     """
     if isinstance(spec, (Activation, MixedActivation)):
         return spec
@@ -262,6 +262,6 @@ def swish(z: Tensor, beta: Tensor | float = 1.0) -> Tensor:
     """Swish σ_β(x) = x·sigmoid(βx) (Ramachandran et al.); σ_β(cx) = c·σ_{cβ}(x) (G&U Observation 1).
 
     A function rather than a table entry: with a trainable β (G&U Sec. 4.3) β is a parameter of the
-    model (:class:`symmetry.models.SwishMLP`), not of the activation.
+    model ([`symmetry.models.SwishMLP`][]), not of the activation.
     """
     return z * torch.sigmoid(beta * z)

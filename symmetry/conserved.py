@@ -38,9 +38,9 @@ def conserved_Q(params: Params, activation: ActivationLike, per_neuron: bool = F
     return Q if per_neuron else Q.sum(dim=-1)
 
 
-#: The constant per entry of V that the authors' code adds to A(x) = ∫₀ˣ σ/σ′: their tanh term Σcosh²V is
-#: Σ(2A + 1) = 2Σ(A + ½), their sigmoid term Σ(V + eⱽ) is Σ(A + 1); identity and ReLU carry none.
 AUTHORS_A_OFFSET = {"tanh": 0.5, "sigmoid": 1.0}
+"""The constant per entry of V that the authors' code adds to A(x) = ∫₀ˣ σ/σ′: their tanh term Σcosh²V is
+Σ(2A + 1) = 2Σ(A + ½), their sigmoid term Σ(V + eⱽ) is Σ(A + 1); identity and ReLU carry none."""
 Q_CONVENTIONS = ("authors", "ours")
 
 
@@ -48,7 +48,7 @@ def Q_normalizer(initial: Params, activation: ActivationLike, convention: str = 
     """(shift, denominator) of Q̃ = |Q − shift| / denominator (App. D.2) in a ``convention``:
 
     ``"ours"``: A(0) = 0, Q̃ = |Q| / (|½Tr U₀ᵀU₀| + |ΣA(V₀)|);
-    ``"authors"``: the reference code's A + c (c in :data:`AUTHORS_A_OFFSET`), so both terms carry
+    ``"authors"``: the reference code's A + c (c in [`AUTHORS_A_OFFSET`][]), so both terms carry
     c·n·h: Q̃ = |Q − c·nh| / (|½Tr U₀ᵀU₀| + |ΣA(V₀) + c·nh|). A positive multiple cancels in the ratio.
     """
     if convention not in Q_CONVENTIONS:
@@ -64,7 +64,7 @@ def Q_normalizer(initial: Params, activation: ActivationLike, convention: str = 
 def normalized_Q(params: Params, activation: ActivationLike, initial: Params, convention: str = "ours") -> Tensor:
     """Q̃ = |Q| / (|½Tr U₀ᵀU₀| + |Σ A(V₀)|) (App. D.2): Q relative to its two terms at init.
 
-    ``convention="authors"`` uses the reference code's constants (see :func:`Q_normalizer`).
+    ``convention="authors"`` uses the reference code's constants (see [`Q_normalizer`][]).
     """
     shift, denominator = Q_normalizer(initial, activation, convention)
     return (conserved_Q(params, activation) - shift).abs() / denominator
@@ -92,7 +92,7 @@ def conserved_Q_M(params: Params, M_theta: Params) -> Tensor:
     """Q_M = ⟨θ, M·θ⟩ (Prop. 12, Eq. 25), given the infinitesimal action M·θ.
 
     Conserved for any symmetric M in the Lie algebra of a linear symmetry; zero for
-    anti-symmetric M (then see :func:`angular_momentum`).
+    anti-symmetric M (then see [`angular_momentum`][]).
     """
     params = check_params("params", params)
     if len(M_theta) != len(params):
@@ -133,8 +133,8 @@ def angular_momentum(params: Params, velocities: Params) -> Tensor:
 # Then f(θ, θ) is the balance that GF conserves, and along θ̈ + bθ̇ = −∇L
 #     d/dt [w(t) f(θ̇, θ)] = w(t) f(θ̇, θ̇),   w = exp∫b (ND: w = 1; NAGF: w = t³),
 # so the Noether charge w f(θ̇, θ) − ∫ w f(θ̇, θ̇) dt is conserved (G&U Eq. 17, 30, 41, 47) — the
-# ∫ runs along the trajectory (:func:`noether_charge`). Sign convention: outer layer minus inner,
-# as in :func:`homogeneous_imbalance`.
+# ∫ runs along the trajectory (``noether_charge``). Sign convention: outer layer minus inner,
+# as in ``homogeneous_imbalance``.
 # ---------------------------------------------------------------------------------------------
 
 def _alphas(alpha, n: int) -> list[float]:
@@ -173,7 +173,7 @@ def balance_matrix(a: Params, b: Params | None = None) -> list[Tensor]:
     """b_{i+1}ᵀ a_{i+1} − a_i b_iᵀ (n_i × n_i) for each hidden layer i of a linear MLP (G&U Eq. 39–43).
 
     With b = a = θ: the balance matrix W_{i+1}ᵀW_{i+1} − W_iW_iᵀ, conserved by GF (Eq. 42; minus
-    :func:`layer_imbalances`). With (θ̇, θ): W_{i+1}ᵀẆ_{i+1} − Ẇ_iW_iᵀ, which GF keeps at 0 and whose
+    [`layer_imbalances`][]). With (θ̇, θ): W_{i+1}ᵀẆ_{i+1} − Ẇ_iW_iᵀ, which GF keeps at 0 and whose
     derivative under ND is the kinetic matrix (θ̇, θ̇) = Ẇ_{i+1}ᵀẆ_{i+1} − Ẇ_iẆ_iᵀ (Eq. 41, 43).
     """
     a, b = _pair(a, b)
@@ -183,7 +183,7 @@ def balance_matrix(a: Params, b: Params | None = None) -> list[Tensor]:
 def swish_balance(a: Params, b: Params | None = None) -> Tensor:
     """⟨a_{W_{i+1}}, b_{W_{i+1}}⟩ + ⟨a_{β_i}, b_{β_i}⟩ − ⟨a_{W_i}, b_{W_i}⟩ per Swish layer (G&U Sec. 4.3).
 
-    Parameters (W_1, β_1, …, W_L) of :class:`symmetry.models.SwishMLP`. With b = a = θ:
+    Parameters (W_1, β_1, …, W_L) of [`symmetry.models.SwishMLP`][]. With b = a = θ:
     ‖W_{i+1}‖² + ‖β_i‖² − ‖W_i‖², conserved by GF (trainable β, Table 2). Shape (..., L − 1).
     """
     a, b = _pair(a, b)
@@ -196,14 +196,14 @@ def data_angular_momentum(params: Params, velocities: Params) -> Tensor:
     """J = W_1ᵀẆ_1 − Ẇ_1ᵀW_1 (n_0 × n_0, antisymmetric): G&U Eq. 47–48 for rotation-symmetric data.
 
     Conserved by ND; t³J by NAGF; J = 0 along GF. For linear regression w ∈ R³ (W_1 = wᵀ, one row)
-    J holds the angular momentum w × ẇ of Eq. 45–46: see :func:`angular_momentum_vector`.
+    J holds the angular momentum w × ẇ of Eq. 45–46: see [`angular_momentum_vector`][].
     """
     W, dW = params[0], velocities[0]
     return W.mT @ dW - dW.mT @ W
 
 
 def angular_momentum_vector(J: Tensor) -> Tensor:
-    """(J₂₃, J₃₁, J₁₂): the vector w × ẇ from the 3 × 3 antisymmetric J of :func:`data_angular_momentum`."""
+    """(J₂₃, J₃₁, J₁₂): the vector w × ẇ from the 3 × 3 antisymmetric J of [`data_angular_momentum`][]."""
     return torch.stack([J[..., 1, 2], J[..., 2, 0], J[..., 0, 1]], dim=-1)
 
 
@@ -216,7 +216,7 @@ def noether_charge(rate: Tensor, kinetic_integral: Tensor, weight: float | Tenso
     """w(t)·f(θ̇, θ) − ∫₀ᵗ w f(θ̇, θ̇) ds: the conserved form of G&U Eq. 30 / 41 (ND: w = 1; NAGF: w = t³).
 
     ``rate`` = f(θ̇, θ) and ``kinetic_integral`` = the path integral, from the trajectory
-    (:func:`symmetry.dynamics.integrate` integrates it with the ODE; the discrete steppers sum it).
+    ([`symmetry.dynamics.integrate`][] integrates it with the ODE; the discrete steppers sum it).
     """
     return weight * rate - kinetic_integral
 

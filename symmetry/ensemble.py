@@ -30,7 +30,7 @@ ENSEMBLE_MODES = ("group", "inverse", "random", "shuffle", "permutation")
 
 
 class GroupActionEnsemble(nn.Module):
-    """σ wrapped into ``num_g`` group-transformed copies; call :meth:`fit` before use."""
+    """σ wrapped into ``num_g`` group-transformed copies; call [`fit`][] before use."""
 
     def __init__(self, activation: ActivationLike, mode: str = "group", epsilon: float = 1.0, num_g: int = 10,
                  rcond: float | None = 1e-6, seed: int = 0):

@@ -1,7 +1,7 @@
 """What every figure script shares: the CLI, atomic PDF/PNG/JSON output, provenance, resumable caching.
 
 Scripts stay short: settings (a dataclass) → run → save → plot. This module never imports
-matplotlib at import time; :func:`save_figure` loads it (with the Agg backend) when called.
+matplotlib at import time; [`save_figure`][] loads it (with the Agg backend) when called.
 """
 from __future__ import annotations
 
@@ -164,6 +164,30 @@ def check_output_location(out: str | Path, names: tuple[str, ...] = ()) -> Path:
                                           f"{stat.S_IMODE(target.stat().st_mode):o}); make it writable (chmod u+w) "
                                           f"to replace it, or pass another --out")
     return out
+
+
+class DataLocationError(ValueError):
+    """--data names nothing there: refused before any computation, as a bad --out is."""
+
+
+CIFAR10_FORMS = ("an ImageFolder tree (train/<class>/*, test/<class>/*), its .tar.gz, or torchvision's CIFAR-10 "
+                 "folder (holding cifar-10-batches-py)")
+"""What a CIFAR-10 location (--data, ``load_cifar10(root)``) may be, in the errors that ask for one."""
+
+
+def check_data_location(data: str | Path | None) -> None:
+    """Refuse (DataLocationError, naming --data) a CIFAR-10 location that does not exist, before any computation;
+    None (the default: data/ in the repository) passes. Whether it holds CIFAR-10 is ``load_cifar10``'s to say."""
+    if data is None:
+        return
+    if not str(data).strip():
+        raise DataLocationError(f"--data '': an empty path names no data; pass {CIFAR10_FORMS}, or leave --data "
+                                f"out to use data/ in the repository")
+    path = Path(data)
+    if not path.exists():  # a cycle of links does not exist either (ELOOP)
+        what = "is a symbolic link that leads nowhere (dangling, or a cycle)" if path.is_symlink() else "does not exist"
+        raise DataLocationError(f"--data {data}: {what}; pass {CIFAR10_FORMS}, or leave --data out to use data/ "
+                                f"in the repository")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -493,7 +517,7 @@ def cached(out: str | Path, name: str, settings: Any, compute: Callable[[], dict
     """Run ``compute()`` once per settings and code: its result (a dict of tensors and numbers) is saved
     under OUT/.cache and reloaded on a rerun, so an interrupted figure resumes at the last finished part.
 
-    The key hashes the settings and :func:`code_hash` (this package's source and the calling script),
+    The key hashes the settings and [`code_hash`][] (this package's source and the calling script),
     so a code change recomputes. An unreadable entry (truncated, garbage) is recomputed with one line
     naming the file; entries are loaded with ``weights_only=True`` only (never arbitrary pickles).
     """
@@ -528,14 +552,17 @@ def peak_memory_mb() -> float:
 
 
 def finish(out: str | Path, name: str, settings: Any, results: dict, wall_seconds: float, fig=None,
-           device: torch.device | str = "cpu") -> dict:
-    """Write NAME.json (settings and their hash, environment with the commit of the calling script's
-    checkout, wall time, results) and, if given, NAME.pdf/png, as one unit (:func:`write_figure`)."""
-    source = _caller_file(1)
+           device: torch.device | str = "cpu", source: str | Path | None = None) -> dict:
+    """Write NAME.json (settings and their hash, environment with the commit and dirty flag of the calling
+    script's checkout, wall time, results) and, if given, NAME.pdf/png, as one unit ([`write_figure`][]).
+    ``source``: the file that made the result where it is not the calling script (a notebook passes its own
+    path, which is then the JSON's ``command``); default the calling script, run as ``sys.argv``."""
+    command = " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]) if source is None else Path(source).name
+    source = _caller_file(1) if source is None else str(source)
     payload = {"figure": name, "settings": settings, "settings_hash": settings_hash(settings),
                "environment": environment(device, source),
                "wall_time_s": round(wall_seconds, 2), "peak_memory_mb_of_process": round(peak_memory_mb(), 1),
-               "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]), **results}
+               "command": command, **results}
     return write_figure(out, name, payload, fig)
 
 
@@ -543,7 +570,7 @@ def explain(error: BaseException) -> tuple[int, str] | None:
     """(exit status, one line naming the cause and what to do) for an expected failure, else None."""
     from .data import DataError, DatasetUnavailable
 
-    if isinstance(error, OutputLocationError):
+    if isinstance(error, (OutputLocationError, DataLocationError)):
         return 2, str(error)
     if isinstance(error, KeyboardInterrupt):
         by = f" by {error.args[0]}" if error.args else ""

@@ -22,7 +22,7 @@ Anything else a unit reaches breaks its producer's symmetry, with the reason rec
 activation (GELU, SiLU, tanh: Tran et al. Thm 4.1, no law), a residual sum with another tensor (Marcotte et al.
 Thm 4.7: no law across a skip), the model's output, an operation not in the tables (named). Translations
 (softmax heads and gates, LayerNorm's centring, BatchNorm's bias) are followed the same way. Each symmetry found
-is then checked on the example input (:func:`find_blocks`).
+is then checked on the example input ([`module_symmetries`][symmetry.modules.module_symmetries]).
 """
 from __future__ import annotations
 
@@ -41,7 +41,7 @@ from .groups.blocks import Block, Leg, LinearBlock, ScalingBlock, TranslationBlo
 
 Tensor = torch.Tensor
 
-__all__ = ["trace", "find_blocks", "Analysis", "SymmetryCheckError"]
+__all__ = ["trace", "SymmetryCheckError"]
 
 
 class SymmetryCheckError(RuntimeError):

@@ -4,7 +4,7 @@
 The full matrix comes from ``torch.func.hessian`` (forward-over-reverse); models too large
 for it use Hessian-vector products (reverse-over-reverse: one gradient graph kept, each product
 one backward pass through it) and Lanczos with full reorthogonalisation for the top k.
-:func:`hessian_top_k` takes a module, a loss and data (one batch, or batches summed exactly).
+[`hessian_top_k`][] takes a module, a loss and data (one batch, or batches summed exactly).
 """
 from __future__ import annotations
 
@@ -178,11 +178,11 @@ def _ritz_order(theta: Tensor, which: str) -> Tensor:
 def top_hessian_eigenvalues(loss_fn: LossFn, params: Params, k: int = 6, which: str = "LA",
                             seed: int = 0, tol: float = 0.0, return_eigenvectors: bool = False,
                             max_iter: int | None = None):
-    """k extreme Hessian eigenvalues by :func:`lanczos` on Hessian-vector products.
+    """k extreme Hessian eigenvalues by [`lanczos`][] on Hessian-vector products.
 
     ``which``: "LA" largest algebraic, "SA" smallest, "LM" largest magnitude. The start
     vector comes from ``seed`` so the result is deterministic. Returned descending for
-    "LA"/"LM", ascending for "SA"; with ``return_eigenvectors`` an :class:`Eigenpairs`.
+    "LA"/"LM", ascending for "SA"; with ``return_eigenvectors`` an [`Eigenpairs`][].
     """
     check_choice("which", which, LANCZOS_WHICH)
     params = check_params("params", params)
@@ -266,12 +266,12 @@ def module_hessian_vector_product(model: torch.nn.Module, loss: Callable[[Tensor
 def hessian_top_k(model: torch.nn.Module, loss: Callable[[Tensor, Tensor], Tensor], data, k: int = 5, *,
                   which: str = "LA", tol: float = 1e-3, seed: int = 0, batch_weight: str = "size",
                   max_iter: int | None = None) -> Eigenpairs:
-    """Top-k Hessian eigenvalues and eigenvectors of a module's loss on data (Lanczos, see :func:`lanczos`).
+    """Top-k Hessian eigenvalues and eigenvectors of a module's loss on data (Lanczos, see [`lanczos`][]).
 
     ``loss(model(X), Y)`` must be a scalar (e.g. ``torch.nn.functional.cross_entropy``); ``data`` is a pair
-    (X, Y) or batches summed exactly (see :func:`module_hessian_vector_product`). Eigenvectors are the
+    (X, Y) or batches summed exactly (see [`module_hessian_vector_product`][]). Eigenvectors are the
     columns of ``.vectors``, flattened in ``named_parameters()`` order (trainable ones);
-    :func:`eigenvector_parameters` reshapes one into a name → tensor dict.
+    [`eigenvector_parameters`][] reshapes one into a name → tensor dict.
     """
     hvp, _ = module_hessian_vector_product(model, loss, data, batch_weight)
     params = [p for p in model.parameters() if p.requires_grad]

@@ -1,17 +1,17 @@
 """Compiled whole-loop GD kernels for steps whose cost is per-op overhead (optional: ``pip install .[fast]``).
 
 Fig. 7's models are tiny: the radial net (m=5, n=10, h=5, four configurations) takes about 10⁴
-flops per batched step and Prop. 14's decoupled per-mode system (:class:`symmetry.SpectralModes`)
+flops per batched step and Prop. 14's decoupled per-mode system ([`symmetry.SpectralModes`][])
 20 scalars. torch spends ~40 µs per step dispatching ~20 small ops; a compiled loop spends ~2 µs
 (radial) or a few ns (modes) on the arithmetic. The torch steps (the engine's ``GD`` on the model's
 closed-form ``loss_and_grad``) stay the reference and the path on CUDA; each kernel repeats their
 arithmetic in the same order (tests: equal to 1e-12 in float64, to 1e-6 relative in float32 over
 1000 steps; BLAS sums in another order, so float32 results are not bit-identical).
 
-One entry point over a registry, :data:`KERNELS` (model class → builder): :func:`compiled_stepper`
+One entry point over a registry, [`KERNELS`][] (model class → builder): [`compiled_stepper`][]
 returns an object whose ``advance(k)`` runs k GD steps in place in one compiled call, or ``None``
-where no kernel applies (then use the torch step). :class:`CompiledGD` makes it a stepper of the
-engine, :func:`compiled_gradient_descent` the compiled twin of ``symmetry.gradient_descent``.
+where no kernel applies (then use the torch step). [`CompiledGD`][] makes it a stepper of the
+engine, [`compiled_gradient_descent`][] the compiled twin of ``symmetry.gradient_descent``.
 """
 from __future__ import annotations
 
@@ -232,13 +232,13 @@ def _spectral_modes(model, params: tuple[Tensor, ...], X: Tensor | None, Y: Tens
     return CompiledSteps(_modes_kernel(), arrays, (dtype(-2 * model.scale),))
 
 
-#: Model class → builder ``(model, params, X, Y, lr) -> CompiledSteps | None``.
 KERNELS: dict[type, Callable] = {TwoLayerRadialNet: _radial, SpectralModes: _spectral_modes}
+"""Model class → builder ``(model, params, X, Y, lr) -> CompiledSteps | None``."""
 
 
 def compiled_stepper(model, params: tuple[Tensor, ...], X: Tensor | None, Y: Tensor, lr) -> CompiledSteps | None:
     """The compiled GD steps for ``model`` at ``params`` (updated in place), or ``None`` where no kernel
-    applies: a model class not in :data:`KERNELS`, CUDA tensors, input data X the kernel does not take,
+    applies: a model class not in [`KERNELS`][], CUDA tensors, input data X the kernel does not take,
     a dtype other than float32/float64, non-contiguous or grad-requiring parameters, or numba missing
     (then one line on stderr says so, once). ``lr``: a number or one value per configuration."""
     build = KERNELS.get(type(model))
@@ -256,9 +256,9 @@ def compiled_stepper(model, params: tuple[Tensor, ...], X: Tensor | None, Y: Ten
 
 
 class CompiledGD:
-    """A stepper of the engine (:class:`symmetry.dynamics.Stepper`): ``every`` GD steps per ``step`` call,
-    in one compiled call (:func:`compiled_stepper`). The loop's step counts are then in units of
-    ``every``; :func:`compiled_gradient_descent` rescales them. Parameters replaced between steps (a
+    """A stepper of the engine ([`symmetry.dynamics.Stepper`][]): ``every`` GD steps per ``step`` call,
+    in one compiled call ([`compiled_stepper`][]). The loop's step counts are then in units of
+    ``every``; [`compiled_gradient_descent`][] rescales them. Parameters replaced between steps (a
     wrapper) are rebound, as in ``dynamics.TwoLayerGD``."""
 
     name = "compiled_gd"
@@ -288,8 +288,8 @@ class CompiledGD:
 
 def compiled_gradient_descent(model, params, X: Tensor | None, Y: Tensor, lr, steps: int, *, record_every: int = 1,
                               **options):
-    """``symmetry.gradient_descent`` with the compiled step where it applies (see :func:`compiled_stepper`):
-    the engine's loop (``dynamics.run``) with :class:`CompiledGD`, one compiled call per recorded
+    """``symmetry.gradient_descent`` with the compiled step where it applies (see [`compiled_stepper`][]):
+    the engine's loop (``dynamics.run``) with [`CompiledGD`][], one compiled call per recorded
     interval, and the same Trajectory (step numbers, loss and observables at the same steps); ``None``
     where no kernel applies or ``steps`` is not a multiple of ``record_every`` (then run the torch loop)."""
     probe = tuple(p.detach().clone().contiguous() for p in params)

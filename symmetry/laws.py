@@ -12,10 +12,10 @@ count. The fields are functions of the flat parameter vector θ; a bracket
 brackets are nested forward-mode derivatives.
 
 A ``torch.nn.Module`` (Linear, ReLU, LeakyReLU, Identity) is counted in its path
-factorisation without listing the paths (:func:`_module_dimension`), and every count first
-compares :func:`memory_estimate` with ``max_memory``.
+factorisation without listing the paths (``_module_dimension``), and every count first
+compares [`memory_estimate`][] with ``max_memory``.
 
-Conventions: a :class:`Factorization` holds φ (flat θ of size D ↦ flat outputs of size N),
+Conventions: a [`Factorization`][] holds φ (flat θ of size D ↦ flat outputs of size N),
 the shapes and names of the parameter blocks packed in θ, and optionally the known laws.
 """
 from __future__ import annotations
@@ -54,7 +54,7 @@ class Factorization:
     """A model's reparametrisation φ: θ ∈ R^D ↦ φ(θ) ∈ R^N, with θ packed from named blocks.
 
     ``known_laws`` (optional) maps θ to a vector of the laws a paper gives; the number of
-    independent ones is the rank of their Jacobian at a generic point (:func:`known_law_count`).
+    independent ones is the rank of their Jacobian at a generic point ([`known_law_count`][]).
     """
 
     phi: Callable[[Tensor], Tensor]
@@ -238,7 +238,7 @@ def check_differentiable(function: Callable[[Tensor], Tensor], theta: Tensor, na
 class VectorFields:
     """A finite family of vector fields on R^D, θ ↦ a (K, D) matrix whose rows are the fields.
 
-    For a model these are the ∇φ_i (:func:`vector_fields`); any other family (e.g. random
+    For a model these are the ∇φ_i ([`vector_fields`][]); any other family (e.g. random
     polynomial fields) can be given directly. ``function`` is what is checked for
     differentiability: φ for a model, the fields themselves otherwise.
     """
@@ -310,7 +310,7 @@ def output_fields(model, example_input, loss: str | None = None) -> VectorFields
 
 
 def vector_fields(model: Factorization | VectorFields, seed: int = 0) -> VectorFields:
-    """The fields ∇φ_i of a model (as a :class:`VectorFields`); a VectorFields is returned as is.
+    """The fields ∇φ_i of a model (as a [`VectorFields`][]); a VectorFields is returned as is.
 
     If φ has more outputs N than parameters D (deep ReLU nets: one output per path), the
     fields are D fixed random combinations ∂φᵀc instead, which span the same W_φ(θ) at every
@@ -559,8 +559,8 @@ def lie_algebra_dimension(model: Factorization | VectorFields | torch.nn.Module,
 
     A ``torch.nn.Module`` (Linear, ReLU, LeakyReLU, Identity in nested ``nn.Sequential``,
     biases included) is counted in its path factorisation without listing the paths
-    (:func:`_module_dimension`), at ``points`` random generic θ; ``theta`` must then be None.
-    Before anything is allocated, :func:`memory_estimate` is compared with ``max_memory``
+    (``_module_dimension``), at ``points`` random generic θ; ``theta`` must then be None.
+    Before anything is allocated, [`memory_estimate`][] is compared with ``max_memory``
     (bytes) and a larger problem is refused with a MemoryError giving both.
     """
     if not isinstance(points, int) or points < 1:
@@ -602,8 +602,8 @@ def count_conservation_laws(model: Factorization | VectorFields | torch.nn.Modul
                             max_memory: float = DEFAULT_MAX_MEMORY, **kwargs) -> int:
     """The number of independent conservation laws, D − dim Lie(W_φ)(θ) at a generic θ.
 
-    ``model``: a Factorization, VectorFields or torch.nn.Module (see :func:`lie_algebra_dimension`);
-    a problem whose :func:`memory_estimate` exceeds ``max_memory`` bytes (default 4 GiB) is
+    ``model``: a Factorization, VectorFields or torch.nn.Module (see [`lie_algebra_dimension`][]);
+    a problem whose [`memory_estimate`][] exceeds ``max_memory`` bytes (default 4 GiB) is
     refused with a MemoryError before it allocates.
     """
     return lie_algebra_dimension(model, max_memory=max_memory, **kwargs).laws
@@ -908,7 +908,7 @@ class _Chain:
 
 
 def _module_chain(model) -> _Chain:
-    """Read what ``model`` computes (its fx graph, :func:`symmetry.graph.trace`, the one module walker) as a chain
+    """Read what ``model`` computes (its fx graph, [`symmetry.graph.trace`][], the one module walker) as a chain
     of Linear layers and activations, each node fed by the one before; any other node (a skip connection, a reshape,
     a functional call, another layer) is refused by name."""
     import torch.nn.functional as F
@@ -1152,7 +1152,7 @@ def _check_memory(estimate: MemoryEstimate, max_memory: float, what: str) -> Non
 
 def _module_fields(chain: _Chain, rows: int, seed: int) -> VectorFields:
     """``rows`` random fields ∂φᵀc of the path factorisation, c of product form: gradients of the
-    masked net (:func:`_masked_output`) at random inputs, masks and output weights."""
+    masked net (``_masked_output``) at random inputs, masks and output weights."""
     gen = torch.Generator().manual_seed(seed)
     masks, a, s = _random_factors(chain, rows, gen)
     x = torch.randn(rows, chain.widths[0], generator=gen, dtype=torch.float64)
@@ -1175,7 +1175,7 @@ def _module_fields(chain: _Chain, rows: int, seed: int) -> VectorFields:
 
 def _pinched_output(chain: _Chain, layer: int, w_in: Tensor, b_in: Tensor, w_out: Tensor, shared: tuple[Tensor, ...],
                     x: Tensor, masks: Tensor, a: Tensor, s: Tensor, c: Tensor) -> Tensor:
-    """The masked net (:func:`_masked_output`) with the mask c·e_i at hidden layer ``layer`` (input
+    """The masked net (``_masked_output``) with the mask c·e_i at hidden layer ``layer`` (input
     c·e_i for layer 0): everything passes through neuron i, whose incoming row, bias and outgoing
     column are ``w_in``, ``b_in``, ``w_out``; ``shared`` holds the other blocks that matter, in θ's order."""
     it = iter(shared)
@@ -1363,9 +1363,9 @@ def _module_dimension(model, points: int, seed: int, rtol: float, max_level: int
 
     ⟨c, φ(θ)⟩ for a cotangent c of product form (one factor per layer) is the net on one
     activation region with the diagonal masks of c, so the fields ∂φᵀc are gradients of masked
-    nets (:func:`_masked_output`); product tensors span every cotangent. With only free
+    nets (``_masked_output``); product tensors span every cotangent. With only free
     activations: a lower bound dim W_φ(θ) ≤ dim Lie from fields with a one-hot mask at one layer
-    (:func:`_pinched_rank`, no D×D matrix), an upper bound dim Lie ≤ D − rank of the known laws'
+    (``_pinched_rank``, no D×D matrix), an upper bound dim Lie ≤ D − rank of the known laws'
     gradients (they are laws: checked orthogonal to the fields); when the two meet, that is
     dim Lie, with no bracket needed. An identity between two Linear layers (GL symmetry) needs
     brackets: the dense ALGO 2 runs on D masked-net fields then. ``pinch`` forces the layer."""

@@ -4,7 +4,8 @@ Parameters are plain tuples of tensors so that ``torch.func`` (Hessians, Jacobia
 the batched training loop see the same function. Every tensor may carry leading batch
 dimensions: configuration b of a batched run is ``tuple(p[b] for p in params)``.
 
-Notation (SPEC): F(X) = U σ(VᵀX) with U ∈ R^{m×h}, V ∈ R^{n×h}, X ∈ R^{n×k}, Y ∈ R^{m×k}.
+Notation (the paper's experiments, App. D Eq. 44; the Conventions page): F(X) = U σ(VᵀX) with U ∈ R^{m×h},
+V ∈ R^{n×h}, X ∈ R^{n×k}, Y ∈ R^{m×k}.
 The paper's appendix writes V ∈ R^{h×n}; its group actions V ↦ gV read V ↦ V gᵀ here.
 ``X=None`` means whitened input X = I_n (the setting of Eq. 48 and Figs. 3–9).
 """
@@ -51,7 +52,7 @@ def flatten(params: Params) -> Tensor:
 
 
 def unflatten(vector: Tensor, like: Params) -> Params:
-    """Inverse of :func:`flatten`: split a vector into tensors shaped like ``like``."""
+    """Inverse of [`flatten`][]: split a vector into tensors shaped like ``like``."""
     sizes = [p.numel() for p in like]
     if vector.numel() != sum(sizes):
         raise ValueError(f"vector has {vector.numel()} entries but the parameters need {sum(sizes)}")
@@ -79,7 +80,7 @@ def torch_threads(n: int):
     """Run with ``n`` intra-op threads and restore the previous count after: small problems are
     overhead-bound, and when another process holds the second core, a second thread mostly
     waits (tiny ops measured 60× slower). The outermost count is remembered for
-    :func:`computation_threads` (a result's JSON is written after the computation's context ends)."""
+    [`computation_threads`][] (a result's JSON is written after the computation's context ends)."""
     before = torch.get_num_threads()
     if _threads_state["depth"] == 0:
         _threads_state["computed_with"] = n
@@ -93,13 +94,13 @@ def torch_threads(n: int):
 
 
 def computation_threads() -> int:
-    """The intra-op threads of the last computation run under :func:`torch_threads` (its outermost count), or the
+    """The intra-op threads of the last computation run under [`torch_threads`][] (its outermost count), or the
     current count if none was."""
     return _threads_state["computed_with"] or torch.get_num_threads()
 
 
 def jvp(f, primals: tuple, tangents: tuple):
-    """``torch.func.jvp`` under :func:`quiet_forward_mode`."""
+    """``torch.func.jvp`` under [`quiet_forward_mode`][]."""
     with quiet_forward_mode():
         return torch.func.jvp(f, primals, tangents)
 
@@ -341,7 +342,7 @@ class MLP(Model):
         activations have an ``autograd_vjp``: the same operations as autograd's backward, so the same
         bits (tests/test_models.py), without building a graph (1.8× and 2.7× less time per call on G&U's
         ReLU and linear nets: benchmarks/bench_grad.py). Anything else (batched, a subclass's forward or
-        loss, nested or transformed calls) takes :meth:`Model.loss_and_grad`."""
+        loss, nested or transformed calls) takes [`Model.loss_and_grad`][]."""
         params = tuple(params)
         acts = self.hidden_activations(len(params)) if len(params) > 0 else ()
         if not (type(self).loss is Model.loss and type(self).forward is MLP.forward
@@ -396,7 +397,7 @@ def _mm_backward(g: Tensor, W: Tensor, A: Tensor, data: bool = False) -> tuple[T
 
 
 class MLPClassifier(MLP):
-    """:class:`MLP` trained with the mean negative log-likelihood of a softmax over its outputs.
+    """[`MLP`][] trained with the mean negative log-likelihood of a softmax over its outputs.
 
     The loss of Gluch & Urbanke's experiments (Sec. 4.1). F(X) is (..., C, k) for C classes
     and k samples; ``Y`` holds the k integer labels.

@@ -1,11 +1,11 @@
 """A user's ``nn.Module``: the symmetries found in its computation graph, checked, and their conserved quantities.
 
-:func:`module_symmetries` traces the model (:mod:`symmetry.graph`), reads the blocks of
-:mod:`symmetry.groups.blocks` off the graph and checks each one on the example input before it returns them: a
+[`module_symmetries`][] traces the model ([`symmetry.graph`][]), reads the blocks of
+[`symmetry.groups.blocks`][] off the graph and checks each one on the example input before it returns them: a
 random element must keep the output (the log-softmax of the output for the loss-level translation of a
 ``loss="cross_entropy"`` head) to a relative 1e-9 in float64 (1e-4 in float32). The result,
-:class:`ModuleSymmetries`, is the product of the blocks and follows the one protocol
-(:class:`symmetry.groups.Symmetry`) that ``teleport``, ``ConservationMonitor`` and the law count take.
+[`ModuleSymmetries`][], is the product of the blocks and follows the one protocol
+([`symmetry.groups.Symmetry`][]) that ``teleport``, ``ConservationMonitor`` and the law count take.
 
 Normalization's ε. BatchNorm's, LayerNorm's and RMSNorm's scale symmetries are exact only at ε = 0, which torch
 refuses in training. They are checked with every ε of the model set to 1e-300 (exact to round-off wherever a
@@ -39,7 +39,7 @@ _TINY_EPS = 1e-300
 
 
 class Elementwise(nn.Module):
-    """An activation of the table (:mod:`symmetry.activations`) as a layer, e.g. ``Elementwise("repu", power=2)``."""
+    """An activation of the table ([`symmetry.activations`][]) as a layer, e.g. ``Elementwise("repu", power=2)``."""
 
     def __init__(self, activation: ActivationLike, **options):
         super().__init__()
@@ -140,7 +140,7 @@ class ModuleSymmetries:
         return {b.name: b.magnitude(p) for b in self.blocks}
 
     def balance(self, a, b=None) -> dict[str, Tensor]:
-        """The bilinear form B(a, b) with B(θ, θ) = :meth:`quantities` (zero for translations); a step θ − ηd with
+        """The bilinear form B(a, b) with B(θ, θ) = [`quantities`][] (zero for translations); a step θ − ηd with
         B(θ, d) = 0 (d a gradient) changes each quadratic quantity by exactly η²B(d, d)."""
         pa = self._params(a, "a")
         pb = pa if b is None else self._params(b, "b")
@@ -396,7 +396,7 @@ def module_symmetries(model: nn.Module, example_input=None, loss: str | None = N
     "cross_entropy" over the output's last axis (as in ``F.cross_entropy(out.reshape(-1, out.shape[-1]), y)``;
     adds the softmax head's translation, a symmetry of the loss). ``leaves``: submodule names
     kept opaque (for code torch.fx cannot trace); their parameters are reported as not covered. Blocks that fail
-    the check raise :class:`SymmetryCheckError` naming the block.
+    the check raise [`SymmetryCheckError`][] naming the block.
     """
     _check_model(model)
     if loss not in LOSSES:

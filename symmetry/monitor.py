@@ -38,7 +38,7 @@ class ConservationMonitor:
     """Watch a module's conserved quantities in any training loop: ``monitor.record(step)`` after ``optimizer.step()``.
 
     ``model``: the module (or its DDP/FSDP wrapper); ``example_input``: one batch, for reading the symmetries
-    (:func:`symmetry.module_symmetries`; optional for an ``nn.Sequential`` starting with a ``Linear``), or pass
+    ([`symmetry.module_symmetries`][]; optional for an ``nn.Sequential`` starting with a ``Linear``), or pass
     ``symmetries`` already found. Quantities are kept at every ``every``-th step, on the CPU. ``drift()``: the
     relative drift |Q(t) − Q(t₀)| / m(t₀) against the first record t₀, m the size of Q's terms; where m(t₀) = 0
     (an all-zero block) the drift is the absolute change, never NaN.

@@ -1,12 +1,13 @@
 """Modern blocks as plain ``nn.Module``\\ s: RMSNorm, causal multi-head attention with RoPE, SwiGLU, a GPT-style
 language model. Written with ordinary torch operations (no fused kernels), so that
-:func:`symmetry.module_symmetries` reads them off the graph like any user's model; the examples, the tests and the
+[`symmetry.module_symmetries`][] reads them off the graph like any user's model; the examples, the tests and the
 modern-architecture figure use them.
 
-The symmetries they carry (``SPEC-architectures.md``): per head GL on W_q–W_k (restricted by RoPE to rotations and
-scalings commuting with each frequency pair, §10) and on W_v–W_o (§4); SwiGLU's rescaling of the up/down pair (§8);
-RMSNorm's scale invariance of the layer before it (approximate at ε > 0, §9); the softmax head's translation with a
-cross-entropy loss (§6). None across a residual connection (§5).
+The symmetries they carry: per head GL on W_q–W_k (restricted by RoPE to rotations and scalings commuting with each
+frequency pair, Tran et al. 2026 Thm 4.4) and on W_v–W_o (Marcotte, Gribonval & Peyré 2025 Cor. 3.9–3.10; Tran et al.
+Thm 4.3); SwiGLU's rescaling of the up/down pair (Tran et al. Thm 4.2); RMSNorm's scale invariance of the layer
+before it (Kunin et al. 2021's scale symmetry, approximate at ε > 0); the softmax head's translation with a
+cross-entropy loss (Marcotte et al. Prop. 3.11). None across a residual connection (Marcotte et al. Thm 4.7).
 """
 from __future__ import annotations
 

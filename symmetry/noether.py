@@ -1,12 +1,12 @@
 """Dynamics beyond gradient flow (Gluch & Urbanke, "Noether: the more things change…", G&U below):
 their conserved quantities and test problems.
 
-The dynamics themselves are the engine's (:mod:`symmetry.dynamics`): the ODE integrator
-:func:`~symmetry.dynamics.integrate` for GF, Newtonian dynamics (ND, b = 0) and Nesterov's accelerated
+The dynamics themselves are the engine's ([`symmetry.dynamics`][]): the ODE integrator
+[`integrate`][] for GF, Newtonian dynamics (ND, b = 0) and Nesterov's accelerated
 gradient flow (NAGF, b = 3/t) of θ̈ + b(t)θ̇ = −∇L (G&U Eq. 22), and the steppers GD, heavy ball,
-leapfrog and Nesterov with the loop :func:`~symmetry.dynamics.run`. Here: the weight w(t) = exp ∫ b of
-the Noether charges, each G&U quantity as an observable of a :class:`~symmetry.dynamics.Snapshot`
-(it needs θ̇ and t as well as θ), :func:`measure` (run one dynamics, return each quantity's drift), the
+leapfrog and Nesterov with the loop [`run`][]. Here: the weight w(t) = exp ∫ b of
+the Noether charges, each G&U quantity as an observable of a [`Snapshot`][]
+(it needs θ̇ and t as well as θ), [`measure`][] (run one dynamics, return each quantity's drift), the
 rotation-symmetric losses of Sec. 6, and the small problems and claims of the drift table.
 """
 from __future__ import annotations

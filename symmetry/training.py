@@ -1,8 +1,8 @@
 """Training of the paper's synthetic experiments (Figs. 3, 6, 9) on the dynamics engine.
 
 GD on F = Uσ(Vᵀ) with whitened input and the mean squared error, many configurations (activation,
-learning rate, init scale) in one batched run of :func:`symmetry.dynamics.gradient_descent`
-(the fused :class:`~symmetry.dynamics.TwoLayerGD` stepper), with Q (Eq. 48) and Q̃ (App. D.2)
+learning rate, init scale) in one batched run of [`symmetry.dynamics.gradient_descent`][]
+(the fused [`TwoLayerGD`][] stepper), with Q (Eq. 48) and Q̃ (App. D.2)
 recorded in float64.
 """
 from __future__ import annotations
@@ -74,7 +74,7 @@ def train_two_layer(m: int, n: int, h: int, configs: list[tuple[str, float, floa
 def train_two_layer_budgets(m: int, n: int, h: int, groups: dict[int, list[tuple[str, float, float]]], *,
                             seed: int, dtype: str = "float32", device: str = "cpu", record_every: int = 100,
                             description: str = "gradient descent") -> dict[int, dict]:
-    """:func:`train_two_layer` for configurations with different step budgets ({steps: configs}),
+    """[`train_two_layer`][] for configurations with different step budgets ({steps: configs}),
     in one batch: every configuration runs together up to the smallest budget, then those with
     more steps continue (sigmoid nets train twice as long in Figs. 3 and 6). The loop's cost is
     per step, not per configuration, so this saves the steps the groups would repeat apart.

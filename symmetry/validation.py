@@ -15,7 +15,7 @@ _CHECKED_BY_CALLER = contextvars.ContextVar("checked_by_caller", default=False)
 
 @contextlib.contextmanager
 def checked_by_caller() -> Iterator[None]:
-    """Inside, :func:`check_params` and :func:`check_finite` pass their input through unchecked: for the
+    """Inside, [`check_params`][] and [`check_finite`][] pass their input through unchecked: for the
     engine's hot loops, whose tensors it has checked itself."""
     token = _CHECKED_BY_CALLER.set(True)
     try:
@@ -46,7 +46,7 @@ def check_tensors(argument: str, tensors: Sequence) -> tuple[torch.Tensor, ...]:
 
 def check_finite(argument: str, tensors: Sequence[torch.Tensor]) -> None:
     """Raise a ValueError if any entry holds NaN or infinity (one device sync: keep out of hot loops).
-    Skipped inside :func:`checked_by_caller`."""
+    Skipped inside [`checked_by_caller`][]."""
     if _CHECKED_BY_CALLER.get():
         return
     for i, t in enumerate(tensors):
@@ -56,7 +56,7 @@ def check_finite(argument: str, tensors: Sequence[torch.Tensor]) -> None:
 
 
 def check_params(argument: str, params: Sequence, count: int | None = None) -> tuple[torch.Tensor, ...]:
-    """Type, count and finiteness of a parameter tuple such as (U, V) (none inside :func:`checked_by_caller`)."""
+    """Type, count and finiteness of a parameter tuple such as (U, V) (none inside [`checked_by_caller`][])."""
     if _CHECKED_BY_CALLER.get():
         return tuple(params)
     params = check_tensors(argument, params)

@@ -9,6 +9,7 @@ from nbclient import NotebookClient
 from PIL import Image
 
 from conftest import ROOT
+from symmetry import experiment as E
 
 CLASSES = [f"class{i}" for i in range(10)]
 
@@ -42,6 +43,21 @@ def run_notebook(name: str, parameters: str, tmp_path: Path):
     return nb
 
 
+def assert_provenance_like_the_scripts(result: dict, notebook: str, out: Path):
+    """The JSON carries what a figure script's does (experiment.finish): the checkout's commit and dirty flag,
+    the lock file's hash, the settings' hash, and the SHA-256 of the figure files beside it."""
+    environment = result["environment"]
+    assert set(environment) == set(E.environment(source=ROOT / notebook))  # the same record, field for field
+    state = E.git_state(ROOT)
+    assert environment["git_commit"] == state["git_commit"] and environment["git_dirty"] == state["git_dirty"]
+    if state["git_commit"] is not None:  # a git checkout (not an unpacked copy)
+        assert len(environment["git_commit"]) == 40 and isinstance(environment["git_dirty"], bool)
+    assert environment["lock_file"] == E.lock_file_hash(ROOT)
+    assert result["settings_hash"] == E.settings_hash(result["settings"]) and result["command"] == notebook
+    for ext in ("pdf", "png"):
+        assert result["files"][ext]["sha256"] == E.file_sha256(out / result["files"][ext]["name"])
+
+
 def test_ensemble_notebook_quick(tmp_path):
     data = tiny_cifar(tmp_path / "cifar")
     out = tmp_path / "figures"
@@ -52,6 +68,7 @@ def test_ensemble_notebook_quick(tmp_path):
     assert (out / "ensemble_CIFAR_loss.png").exists()
     result = json.loads((out / "ensemble_CIFAR.json").read_text())
     assert result["settings"]["quick"] is True
+    assert_provenance_like_the_scripts(result, "ensemble_CIFAR.ipynb", out)
     for mode in ("group", "inverse", "random", "shuffle", "permutation"):
         diff = result["summary"][mode]["accuracy_difference_mean"]
         assert len(diff) == 2 and len(diff[0]) == 3
@@ -68,6 +85,7 @@ def test_adversarial_notebook_quick(tmp_path):
     result = json.loads((out / "adversarial_CIFAR.json").read_text())
     assert (out / "adversarial_CIFAR.png").exists() and (out / "adversarial_CIFAR.pdf").exists()
     assert result["settings"]["clip_values"] == [-0.5, 0.5]
+    assert_provenance_like_the_scripts(result, "adversarial_CIFAR.ipynb", out)
     for threat in ("transfer", "adaptive"):
         for name_attack in ("fgsm", "pgd", "pgd_8_255"):
             curves = result["summary"][threat][name_attack]

@@ -32,6 +32,16 @@ def test_all_lists_every_exported_name_and_each_resolves():
         assert hasattr(symmetry, name), name
 
 
+def test_each_submodules_all_names_only_what_it_defines():
+    # `from symmetry.graph import *` raised AttributeError on two names left in graph's __all__
+    import importlib
+    import pkgutil
+    for info in pkgutil.walk_packages(symmetry.__path__, "symmetry."):
+        module = importlib.import_module(info.name)
+        missing = [name for name in getattr(module, "__all__", ()) if not hasattr(module, name)]
+        assert not missing, f"{info.name}.__all__ lists {missing}, which {info.name} does not define"
+
+
 def test_a_missing_optional_package_names_the_extra_to_install():
     with pytest.raises(ImportError, match=r"pip install -e \"\.\[cifar\]\".*symmetry-flat-minima") as error:
         require("no_such_package_xyz.datasets", "cifar", "loading CIFAR-10")

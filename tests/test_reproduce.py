@@ -176,7 +176,7 @@ def test_round_two_case1_a_figure_named_twice_runs_once_and_an_empty_only_is_ref
     monkeypatch.setattr(reproduce, "run", lambda c: rows)
     asked: list[list[str]] = []
 
-    def run_figures(names, common, jobs, threads, log_dir, out, meanwhile=None):
+    def run_figures(names, common, jobs, threads, log_dir, out, meanwhile=None, extra_argv=None):
         asked.append(list(names))
         if meanwhile is not None:
             meanwhile()
@@ -228,3 +228,97 @@ def test_round_two_case7_a_stopped_run_keeps_the_claims_of_the_figures_that_fini
     assert saved["interrupted"] and saved["figures"] == ["Q_sharpness_1d"] and saved["claims"]
     assert not (out / "claims.json").exists()
     assert "claims.partial.json" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- --data: CIFAR-10 for the figures that read it
+FIGURE_ARGV = '''
+def main(argv):
+    return {"argv": argv}
+
+def claims(payload):
+    return []
+'''
+FIGURE_NO_CIFAR = '''
+from symmetry.data import load_cifar10
+
+def main(argv):
+    load_cifar10(argv[0], download=False)
+'''
+
+
+def test_the_cifar10_figures_are_those_that_read_it():
+    from conftest import ROOT
+
+    reproduce = load("reproduce")
+    reading = {name for name in reproduce.FIGURES if "load_cifar10" in (ROOT / f"{name}.py").read_text()}
+    assert set(reproduce.CIFAR10_FIGURES) == reading and reading  # a new CIFAR-10 figure gets --data too
+
+
+def test_data_reaches_the_cifar10_figures_only(tmp_path, monkeypatch):
+    reproduce = load("reproduce")
+    for name in ("fig_cifar", "fig_plain"):
+        (tmp_path / f"{name}.py").write_text(FIGURE_ARGV)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(reproduce, "FIGURES", ("fig_cifar", "fig_plain"))
+    monkeypatch.setattr(reproduce, "CIFAR10_FIGURES", ("fig_cifar",))
+    monkeypatch.setattr(reproduce, "run", lambda cfg: [{"activation": "tanh", "Q0": 0.0, "gf_drift": 0.0,
+                                                        "loss_start": 1.0, "loss_end": 0.5, "gd_drift_lr0.1": 2e-3,
+                                                        "gd_drift_lr0.01": 1e-4}])
+    seen = {}
+    monkeypatch.setattr(reproduce, "collect_claims", lambda name, payload: seen.update({name: payload["argv"]}) or [])
+    data = tmp_path / "cifar10-jpeg.tar.gz"
+    data.write_bytes(b"")  # only its existence is checked up front; the figure's loader reads it
+    common = ["--jobs", "1", "--quick", "--out", str(tmp_path / "out"), "--only", "fig_cifar", "fig_plain"]
+    assert reproduce.main([*common, "--data", str(data)]) == 0
+    assert seen["fig_cifar"][-2:] == ["--data", str(data)] and "--data" not in seen["fig_plain"]
+    seen.clear()
+    assert reproduce.main(common) == 0  # without --data: the figure's own default (data/ in the repository)
+    assert "--data" not in seen["fig_cifar"] and "--data" not in seen["fig_plain"]
+
+
+def test_a_cifar10_figure_without_its_data_says_to_pass_data(tmp_path, monkeypatch, capsys):
+    reproduce = load("reproduce")
+    (tmp_path / "fig_argv.py").write_text(FIGURE_ARGV)
+    for name in ("fig_no_cifar", "fig_other_no_cifar"):
+        (tmp_path / f"{name}.py").write_text(FIGURE_NO_CIFAR)
+    monkeypatch.syspath_prepend(str(tmp_path))  # workers start with this process's sys.path
+    monkeypatch.setattr(reproduce, "CIFAR10_FIGURES", ("fig_argv", "fig_no_cifar"))
+    for jobs in (1, 2):
+        runs = reproduce.run_figures(["fig_argv", "fig_no_cifar", "fig_other_no_cifar"], [str(tmp_path / "missing")],
+                                     jobs=jobs, log_dir=tmp_path / "logs", out=str(tmp_path),
+                                     extra_argv={"fig_argv": ["--data", "D"]})
+        assert runs[0].payload == {"argv": [str(tmp_path / "missing"), "--data", "D"]}, jobs
+        told = runs[1].error
+        assert told.startswith("FileNotFoundError: CIFAR-10 root") and "\n" not in told
+        _assert_says_to_pass_data(told)
+        assert "--data PATH" not in runs[2].error  # not a figure that reads CIFAR-10 through reproduce.py
+        assert f"fig_no_cifar: FAILED ({told}" in capsys.readouterr().out
+
+
+def _assert_says_to_pass_data(told: str):
+    assert "Give reproduce.py the data with --data PATH, PATH being" in told
+    for form in ("ImageFolder tree", ".tar.gz", "cifar-10-batches-py"):
+        assert form in told.split("--data PATH")[1], form
+    assert "load_cifar10(" not in told and "download=True" not in told  # the Python API's advice, not this command's
+
+
+def test_offline_without_data_says_to_pass_data(tmp_path, monkeypatch):
+    """The main job on a fresh offline machine: data/ is empty and torchvision cannot download CIFAR-10."""
+    import urllib.error
+
+    import torchvision.datasets
+
+    from symmetry import data as D
+
+    class Offline:
+        def __init__(self, root, train, download):
+            raise urllib.error.URLError("[Errno -2] Name or service not known")
+
+    monkeypatch.setattr(torchvision.datasets, "CIFAR10", Offline)
+    monkeypatch.setattr(D, "default_data_root", lambda: tmp_path / "data")
+    with pytest.raises(D.DatasetUnavailable) as error:
+        D.load_cifar10()
+    told = load("reproduce")._failure("conservation_under_optimizers", f"DatasetUnavailable: {error.value}")
+    assert told.startswith("DatasetUnavailable: CIFAR-10 is not in") and "offline?" in told
+    _assert_says_to_pass_data(told)
+    assert told.endswith(f"or put one of them in {tmp_path / 'data'}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import stat
 import subprocess
 import sys
@@ -253,6 +254,34 @@ def test_out_errors_are_one_line_with_exit_2(tmp_path):
         done = _run([str(ROOT / script), "--out", str(tmp_path / "a_file")])
         assert done.returncode == 2, done.stderr
         assert done.stderr.strip().count("\n") == 0 and "--out" in done.stderr and "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize("name", ["reproduce", "conservation_under_optimizers"])
+def test_data_is_checked_before_any_computation(name, tmp_path, monkeypatch):
+    module = load_script(name)
+    started = []
+    monkeypatch.setattr(E, "Stopwatch", lambda: started.append(1))  # every script's computation starts here
+    if name == "reproduce":
+        monkeypatch.setattr(module, "run", lambda cfg: started.append(1))
+    (tmp_path / "dangling").symlink_to(tmp_path / "nowhere")
+    (tmp_path / "cycle_a").symlink_to(tmp_path / "cycle_b")
+    (tmp_path / "cycle_b").symlink_to(tmp_path / "cycle_a")
+    extra = ["--only", "conservation_under_optimizers"] if name == "reproduce" else []
+    for data, problem in ((str(tmp_path / "missing"), "does not exist"), (str(tmp_path / "dangling"), "leads nowhere"),
+                          (str(tmp_path / "cycle_a"), "a cycle"), ("", "an empty path")):
+        shown = data or "''"
+        with pytest.raises(E.DataLocationError, match=rf"^--data {re.escape(shown)}: .*{problem}.*ImageFolder.*"
+                                                      r"\.tar\.gz.*cifar-10-batches-py"):
+            module.main(["--quick", "--out", str(tmp_path / "out"), "--data", data, *extra])
+        assert not started, data
+
+
+def test_data_errors_are_one_line_with_exit_2_and_nothing_written(tmp_path):
+    done = _run([str(ROOT / "reproduce.py"), "--data", str(tmp_path / "missing"), "--out", str(tmp_path / "out")])
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.startswith(f"error: --data {tmp_path / 'missing'}: does not exist")
+    assert done.stderr.strip().count("\n") == 0 and "Traceback" not in done.stderr
+    assert not (tmp_path / "out").exists()  # refused before --out was even created
 
 
 # ---------------------------------------------------------------- case 10: one line, not a traceback

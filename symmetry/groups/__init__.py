@@ -1,9 +1,9 @@
 """The one symmetry abstraction: a group acting on named parameters, its Lie algebra and its conserved quantities.
 
 Every symmetry in the library that acts on a user's module (and the product of them that
-:func:`symmetry.module_symmetries` returns) follows :class:`Symmetry`. Its instances, one file per family:
+[`symmetry.module_symmetries`][] returns) follows [`Symmetry`][]. Its instances, one file per family:
 
-- :mod:`symmetry.groups.blocks`: per-unit rescaling (``ScalingBlock``, Example 3 with biases; SwiGLU's up/down
+- [`symmetry.groups.blocks`][]: per-unit rescaling (``ScalingBlock``, Example 3 with biases; SwiGLU's up/down
   pair, RoPE's frequency pairs, BatchNorm's and LayerNorm's scale invariance as degree-0 rescalings), GL between
   linear maps and per attention head (``LinearBlock``, Eq. 17 and Marcotte et al. Cor. 3.9), and translations
   (``TranslationBlock``: the softmax head, the MoE gate, LayerNorm's centring, BatchNorm's bias).

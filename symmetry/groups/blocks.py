@@ -5,13 +5,13 @@ neuron, a channel, an attention head's coordinate), the K entries of a row align
 every row sits at the same place: the same input feature, filter tap or spatial position). With θ_u the row of
 unit u on one leg and e the leg's exponent:
 
-- :class:`ScalingBlock`: θ_u ↦ g_c^e θ_u, one g_c > 0 per class c of tied units (Example 3 with biases: e = +1 on
+- [`ScalingBlock`][]: θ_u ↦ g_c^e θ_u, one g_c > 0 per class c of tied units (Example 3 with biases: e = +1 on
   the incoming weights and bias, −α on the outgoing ones). Noether: Q_c = −Σ_legs e Σ_{u∈c} ‖θ_u‖², i.e.
   α‖O‖² − ‖I‖² (Eq. 25, "outer minus inner"); a degree-0 block (BatchNorm, LayerNorm behind a layer) has no
   outgoing leg and conserves ‖I‖² (Kunin et al.'s scale law, as −‖I‖²).
-- :class:`LinearBlock`: I ↦ G I on the legs with e = +1, O ↦ G⁻ᵀ O on those with e = −1, G ∈ GL(C) (Eq. 17;
+- [`LinearBlock`][]: I ↦ G I on the legs with e = +1, O ↦ G⁻ᵀ O on those with e = −1, G ∈ GL(C) (Eq. 17;
   per attention head Marcotte et al. Cor. 3.9 with O the paired key rows). Noether: Q = O Oᵀ − I Iᵀ (C × C).
-- :class:`TranslationBlock`: θ[:, k] ↦ θ[:, k] + t_k on every leg (the same shift for every unit; softmax and
+- [`TranslationBlock`][]: θ[:, k] ↦ θ[:, k] + t_k on every leg (the same shift for every unit; softmax and
   centring are blind to it). Laws: the column sums h_k = Σ_u θ_u,k (Marcotte et al. Prop. 3.11).
 
 Quadratic laws change by exactly η²B(d, d) under a step θ − ηd with B(θ, d) = 0; linear laws change by
