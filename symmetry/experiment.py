@@ -376,7 +376,7 @@ def _remove_stale_temps(out: Path, name: str) -> None:
 class OutputLock:
     """An exclusive lock on ``OUT/.lock`` for a run's lifetime (fcntl.flock; released by the kernel if the process
     dies): a second run on the same --out is refused with one line instead of mixing its files with the first's.
-    Reentrant within a process, and taken as held in a worker whose parent holds it (:func:`inherit_output_lock`)."""
+    Reentrant within a process, and taken as held in a worker whose parent holds it ([`inherit_output_lock`][])."""
 
     def __init__(self, out: str | Path):
         self.path = Path(out) / ".lock"
@@ -423,7 +423,7 @@ _HELD: dict[Path, OutputLock | None] = {}
 
 
 def hold_output(out: str | Path) -> None:
-    """Take OUT's lock for the rest of this process (a figure script run on its own, from :func:`parse_common`): a
+    """Take OUT's lock for the rest of this process (a figure script run on its own, from [`parse_common`][]): a
     second script or reproduce.py on the same --out is refused with one line while this one runs."""
     OutputLock(out).__enter__()  # kept in _HELD; the kernel releases it when the process exits
 
