@@ -3,7 +3,8 @@
 Oracles independent of the walker: the output itself (a random element keeps it; leaving one parameter out of
 the action breaks it), gradient flow integrated by the engine's ODE solver (each quantity constant), one GD
 step (quadratic quantities move by exactly η²B(∇L, ∇L), translation laws not at all), the quantities written by
-hand from SPEC-architectures (§4 biases, §7 gates, §10 RoPE pairs) with their non-conserved controls, and the
+hand from the papers (attention biases: Marcotte et al. 2025 §3.4; MoE gates: Tran et al. Thms 4.5, 4.7;
+RoPE pairs: Tran et al. Thm 4.4) with their non-conserved controls, and the
 drift ratio between lr and lr/10 at equal time (≈ 10 for a law: O(η) per unit time; ≈ 1 for a non-law).
 """
 from __future__ import annotations
@@ -58,7 +59,7 @@ class MHA(nn.Module):
 
 
 class MoE(nn.Module):
-    """A dense mixture of ReLU experts, gate softmax(Wx) or the normalized sigmoid σ(Wx)/Σσ (SPEC §7)."""
+    """A dense mixture of ReLU experts, gate softmax(Wx) or the normalized sigmoid σ(Wx)/Σσ (Tran et al. Thms 4.5, 4.7)."""
 
     def __init__(self, d=3, experts=2, hidden=4, gate="softmax", act=F.relu):
         super().__init__()
@@ -388,7 +389,7 @@ def test_wrong_answer_3_a_linear_on_tokens_then_flatten_has_strided_outgoing_col
     assert big > 1e-4 and ratio < 2, (ratio, big)
 
 
-# ------------------------------------------------------------------------------ SPEC controls: not conserved
+# ------------------------------------------------------------------------------ the papers' controls: not conserved
 def flow_drift(model, x, loss, quantities: dict, T=0.3):
     """Relative change of each hand-written quantity over gradient flow to time T."""
     y = target(model, x, loss)
@@ -401,7 +402,7 @@ def flow_drift(model, x, loss, quantities: dict, T=0.3):
 
 
 def test_attention_biases_the_augmented_qk_law_holds_the_plain_one_drifts():
-    """SPEC §4 [D]: with biases the law is M_q M_qᵀ − M_k M_kᵀ with M = [W_h | b_h]; W_qW_qᵀ − W_kW_kᵀ drifts."""
+    """Attention with biases (Marcotte et al. 2025 §3.4, derived here): the law is M_q M_qᵀ − M_k M_kᵀ with M = [W_h | b_h]; W_qW_qᵀ − W_kW_kᵀ drifts."""
     torch.manual_seed(0)
     d, H = 6, 2
     h = d // H
@@ -435,7 +436,7 @@ def test_attention_biases_the_augmented_qk_law_holds_the_plain_one_drifts():
 
 
 def test_rope_the_rotated_pair_law_holds_a_mixed_pair_drifts():
-    """SPEC §10: per head and rotated pair (i, i + d_h/2), ‖Q^(j)‖² − ‖K^(j)‖² is conserved; pairs (i, i + 1) drift."""
+    """RoPE (Tran et al. Thm 4.4): per head and rotated pair (i, i + d_h/2), ‖Q^(j)‖² − ‖K^(j)‖² is conserved; pairs (i, i + 1) drift."""
     torch.manual_seed(0)
     d, H = 8, 2
     h = d // H
@@ -462,8 +463,8 @@ def test_rope_the_rotated_pair_law_holds_a_mixed_pair_drifts():
 
 
 def test_moe_the_softmax_gate_sum_holds_the_normalized_sigmoid_one_drifts():
-    """SPEC §7: Σ_i W_i (per input coordinate) is a law of a softmax gate; not of σ(W_i x)/Σσ (Tran et al. Thm 4.7
-    falsified in the SPEC)."""
+    """A softmax MoE gate (Tran et al. Thm 4.5): Σ_i W_i (per input coordinate) is a law; not of σ(W_i x)/Σσ (the
+    law Tran et al. Thm 4.7 states for the normalized-sigmoid gate drifts here)."""
     x = torch.randn(8, 3, generator=_gen(9), dtype=DT)
 
     def gate_sum(p):
@@ -475,7 +476,7 @@ def test_moe_the_softmax_gate_sum_holds_the_normalized_sigmoid_one_drifts():
     drifts = {}
     for kind in ("softmax", "sigmoid"):
         torch.manual_seed(0)
-        model = MoE(gate=kind, act=lambda h: h).to(DT)  # linear experts: a smooth flow (SPEC §7 [D])
+        model = MoE(gate=kind, act=lambda h: h).to(DT)  # linear experts: a smooth flow (a derived case of Thm 4.5)
         drifts[kind] = flow_drift(model, x, None, {"sum": (gate_sum, gate_mag)})["sum"]
         sym = S.module_symmetries(model, x)
         has_gate_law = any(isinstance(b, TranslationBlock) and "gate.weight" in b.parameters() for b in sym.blocks)

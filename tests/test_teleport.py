@@ -72,7 +72,7 @@ def test_teleport_keeps_loss_and_raises_gradient_norm(case):
 
 
 def test_orthogonal_group_keeps_loss_and_gradient_norm():
-    """O(h) acts by isometries (U gᵀ, V gᵀ), so ‖∇L‖ is the same all along the orbit (SPEC-ext. A4.2);
+    """O(h) acts by isometries (U gᵀ, V gᵀ), so ‖∇L‖ is the same all along the orbit;
     a callable objective that is not invariant still moves the parameters, at the same loss."""
     model, params, data = radial("hidden")
     new, report = T.teleport(model, params, data, "orthogonal", lambda p: p[0][0].sum(), lr=0.1, steps=10)
