@@ -224,11 +224,29 @@ def module_law_benchmark(root: Path) -> str:
     return "\n".join(lines)
 
 
+def adversarial_paired(root: Path) -> str:
+    """Fig. 11 under transferred FGSM: the group ensemble against the single model, paired over seeds (each seed's
+    ensemble is built on that seed's model), so a "beats" needs every seed's difference above zero."""
+    data = _json(root, "figures/adversarial_CIFAR.json")
+    radii = [a["radius"] for a in data["settings"]["attacks"]["fgsm"]]
+    summary = data["summary"]["transfer"]["fgsm"]
+    lines = ["| FGSM strength | single model | group ensemble | group − single, per seed | beats on every seed |",
+             "|---:|---:|---:|---|---|"]
+    for i, radius in enumerate(radii):
+        diffs = [run["transfer"]["fgsm"]["group"][i] - run["transfer"]["fgsm"]["original"][i] for run in data["runs"]]
+        single, group = summary["original"], summary["group"]
+        lines.append(f"| {radius:g} | {single['mean'][i]:.3f} ± {single['std'][i]:.3f} | {group['mean'][i]:.3f} ± "
+                     f"{group['std'][i]:.3f} | {', '.join(f'{d:+.3f}' for d in diffs)} | "
+                     f"{'yes' if all(d > 0 for d in diffs) else 'no'} |")
+    return "\n".join(lines)
+
+
 TABLES: dict[str, Callable[[Path], str]] = {
     "figures": figure_table, "claim-count": claim_count, "claims": claim_table,
     "conservation-check": conservation_check, "noether-drift": noether_drift_table,
     "optimizers": optimizer_table, "reproduce-benchmark": reproduce_benchmark, "law-counts": law_counts,
     "law-benchmark": law_benchmark, "module-law-benchmark": module_law_benchmark,
+    "adversarial-paired": adversarial_paired,
 }
 
 
