@@ -4,9 +4,10 @@ import shutil
 
 import pytest
 
-import reproduce
-from conftest import ROOT
+from conftest import ROOT, load_script
 from symmetry import report
+
+reproduce = load_script("reproduce")
 
 
 def test_committed_pages_equal_what_the_report_writes():
