@@ -113,9 +113,20 @@ def train_decoupled(cfg: Settings) -> dict:
             "lambda": run.observables["lambda"].cpu(), "sigma_Y": sigma_Y[: cfg.h].cpu(), "Y_norm2": float((Y ** 2).sum())}
 
 
+#: round-off allowed above the Prop. 16 bound: a record violates it where gap > bound·(1 + RELATIVE) + ABSOLUTE
+BOUND_RELATIVE_TOLERANCE, BOUND_ABSOLUTE_TOLERANCE = 1e-4, 1e-6
+_rel, _abs = (f"{x:.0e}".replace("e-0", "e-") for x in (BOUND_RELATIVE_TOLERANCE, BOUND_ABSOLUTE_TOLERANCE))
+BOUND_CRITERION = f"gap > bound·(1 + {_rel}) + {_abs} (tolerances for round-off: {_rel} relative, {_abs} absolute)"
+
+
+def excess(gap: torch.Tensor, bound: torch.Tensor) -> torch.Tensor:
+    """gap − bound·(1 + relative tolerance): a record violates Prop. 16 where this exceeds the absolute tolerance."""
+    return gap - bound * (1 + BOUND_RELATIVE_TOLERANCE)
+
+
 def violations(gap: torch.Tensor, bound: torch.Tensor) -> torch.Tensor:
     """(T, h) mask: the gap exceeds the Prop. 16 bound by more than 1e-4 relative and 1e-6 absolute (round-off)."""
-    return gap > bound * (1 + 1e-4) + 1e-6
+    return excess(gap, bound) > BOUND_ABSOLUTE_TOLERANCE
 
 
 def analyse(res: dict, cfg: Settings, lr: float | None = None, columns=None, records=None) -> list[dict]:
@@ -148,6 +159,7 @@ def analyse(res: dict, cfg: Settings, lr: float | None = None, columns=None, rec
                      "violations_at_loss_floor": int((bad.any(dim=1) & ~(bad & ~at_floor).any(dim=1)).sum()),
                      "violating_modes": [i for i in range(cfg.h) if bool(bad[:, i].any())],
                      "max_excess_over_bound": float((gap - bound).max()),
+                     "max_excess_over_tolerated_bound": float(excess(gap, bound).max()),
                      "max_gap_over_bound": float((gap / bound.clamp_min(1e-300)).max()),
                      "max_off_manifold": float(pick(res["off_manifold"]).max()) if "off_manifold" in res else None,
                      "paper_axis": paper_axis, "gap": gap, "bound": bound, "flow_time": flow_time,
@@ -168,18 +180,22 @@ def window(res: dict, cfg: Settings, lrs: tuple) -> list[dict]:
 
 KEEP = ("mu", "lr", "Q0", "lambda", "lambda_drift", "lambda_drift_per_mode", "steps_to_1e-6", "steps_to_relative_1e-6",
         "final_loss_over_Y_norm", "final_relative_loss", "bound_violations", "violations_at_loss_floor",
-        "violating_modes", "max_excess_over_bound", "max_gap_over_bound", "max_off_manifold")
+        "violating_modes", "max_excess_over_bound", "max_excess_over_tolerated_bound", "max_gap_over_bound",
+        "max_off_manifold")
 
 
 def summary(rows: list[dict]) -> dict:
     table = [{k: r[k] for k in KEEP} for r in rows]
     finishing = [r["steps_to_1e-6"] for r in sorted(table, key=lambda r: r["Q0"])]
     converged = all(s is not None for s in finishing)
+    final = [r["final_loss_over_Y_norm"] for r in sorted(table, key=lambda r: r["Q0"])]
     return {"per_Q0": table, "total_bound_violations": sum(r["bound_violations"] for r in table),
             "violations_at_loss_floor": sum(r["violations_at_loss_floor"] for r in table),
             "all_converged": converged,
             # a run that never reaches the threshold cannot be ordered: the claim needs every run converged
-            "smaller_Q0_converges_faster": converged and all(a < b for a, b in zip(finishing, finishing[1:]))}
+            "smaller_Q0_converges_faster": converged and all(a < b for a, b in zip(finishing, finishing[1:])),
+            # the weaker reading that orders every run, converged or not: where each stands at the last step
+            "final_loss_increases_with_Q0": all(a < b for a, b in zip(final, final[1:]))}
 
 
 def plot(main_rows: dict, decoupled: list[dict], small: list[dict], steps: torch.Tensor, cfg: Settings):
@@ -191,29 +207,43 @@ def plot(main_rows: dict, decoupled: list[dict], small: list[dict], steps: torch
             ax.semilogy(steps, r["paper_axis"], style, color=c,
                         label=f"Q₀ = {r['Q0']:.3g} (μ = {r['mu']:g})" if dtype == "float32" else None)
     ax.axhline(cfg.threshold, color="grey", lw=0.6)
-    ax.set(xlabel="GD step", ylabel="MSE / ‖Y‖_F", title="Fig. 7: smaller Q₀ converges faster (solid float32, dotted float64)")
+    ax.set(xlabel="GD step", ylabel="MSE / ‖Y‖_F")
     ax.legend(fontsize=7)
-    # Prop. 16 on the smallest-λ mode of the first μ, float64: full model at three η, decoupled modes
-    ref = small[0] if small else main_rows["float64"][0]
-    i = int(torch.argmin(ref["lambda"]))
+    ax.set_title("Fig. 7: smaller Q₀ converges faster\n(solid float32, dotted float64)", fontsize=10)
+    # Prop. 16 as the rows test it, float64: the largest excess over the tolerated bound among the modes, for
+    # the full model at three η (first μ, short window) and the decoupled modes (first μ, the whole run)
+    tolerance = BOUND_ABSOLUTE_TOLERANCE
     for r, c in zip(small, ["black", "tab:purple", "tab:cyan"]):
-        bx.semilogy(r["flow_time"], (r["gap"][:, i] / r["bound"][:, i]).clamp_min(1e-3), color=c,
-                    label=f"full model, η = {r['lr']:g} ({r['bound_violations']} violating records)")
+        keep = r["flow_time"] > 0  # log time axis
+        bx.plot(r["flow_time"][keep], excess(r["gap"], r["bound"]).amax(1)[keep], color=c,
+                label=f"full model, η = {r['lr']:g} ({r['bound_violations']} violating records)")
     d = decoupled[0]
-    n = len(small[0]["flow_time"]) if small else len(d["flow_time"])
-    window_records = torch.arange(n) * max(1, cfg.window_record_every // cfg.record_every)
-    window_records = window_records[window_records < len(d["flow_time"])]
-    bx.semilogy(d["flow_time"][window_records], (d["gap"][window_records, i] / d["bound"][window_records, i]).clamp_min(1e-3),
-                "--", color="tab:red", label=f"decoupled modes, η = {cfg.lr:g} ({d['bound_violations']} in the whole run)")
-    bx.axhline(1, color="grey", lw=0.6)
-    bx.set(xlabel="flow time t", ylabel="gap / Prop. 16 bound",
-           title=f"μ = {cfg.means[0]:g}, mode λ = {float(ref['lambda'][i]):.2g} (float64; > 1 violates)")
-    bx.legend(fontsize=6)
-    for r, c in zip(main_rows.get("float64", []), colors):
+    keep = d["flow_time"] > 0
+    bx.plot(d["flow_time"][keep], excess(d["gap"], d["bound"]).amax(1)[keep], "--", color="tab:red",
+            label=f"decoupled modes, η = {cfg.lr:g} ({d['bound_violations']} violating records)")
+    bx.axhline(tolerance, color="grey", lw=0.8, ls=":", label=f"tolerance {_abs}: above it violates")
+    bx.axhline(0, color="grey", lw=0.5)
+    bx.set_xscale("log")
+    bx.set_yscale("symlog", linthresh=1e-9)
+    low, high = bx.get_ylim()
+    bx.set_yticks([-(10.0 ** k) for k in range(3, -10, -3) if -(10.0 ** k) >= low] + [0]
+                  + [10.0 ** k for k in range(-9, 4, 3) if 10.0 ** k <= high])
+    bx.set(xlabel="flow time t", ylabel=f"max over modes of gap − bound·(1 + {_rel})")
+    bx.set_title(f"Prop. 16 bound, μ = {cfg.means[0]:g} (float64)", fontsize=10)
+    bx.legend(fontsize=6, loc="best", framealpha=0.6)
+    styles = ["-", "--", "-.", ":"]
+    for k, (r, c) in enumerate(zip(main_rows.get("float64", []), colors)):
         if r["off_manifold"] is not None:
-            cx.semilogy(steps, r["off_manifold"].clamp_min(1e-20), color=c, label=f"μ = {r['mu']:g}")
-    cx.set(xlabel="GD step", ylabel="‖off-diagonal of (ΦᵀU, ΨᵀV)‖", title="distance from the spectral manifold (float64)")
+            so_far = torch.cummax(r["off_manifold"], dim=0).values
+            zero = bool((so_far == 0).all())
+            shown = so_far.clamp_min(1e-20)
+            cx.semilogy(steps, shown, styles[k % len(styles)], color=c, lw=2.2 if zero else 1.2, zorder=3 + (len(colors) - k),
+                        label=f"μ = {r['mu']:g}" + (" (exactly 0 throughout)" if zero else ""))
+    cx.set(xlabel="GD step", ylabel="max so far of ‖off-diagonal of (ΦᵀU, ΨᵀV)‖")
+    cx.set_title("distance from the spectral manifold (float64;\n0 drawn at 1e-20)", fontsize=10)
     cx.legend(fontsize=7)
+    for axis in (ax, cx):
+        axis.ticklabel_format(axis="x", style="sci", scilimits=(0, 0))
     fig.tight_layout()
     return fig
 
@@ -256,36 +286,51 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 def claims(payload: dict) -> list[dict]:
-    """Convergence order and Prop. 16's bound per precision; the bound for the decoupled modes and at smaller η."""
+    """Convergence order and, apart from it, the order of the final losses; Prop. 16's bound per precision;
+    the bound for the decoupled modes and at smaller η."""
     rows = []
     threshold = payload["settings"]["threshold"]
     for d, v in payload["per_dtype"].items():
         runs = sorted(v["per_Q0"], key=lambda r: r["Q0"])
         steps = ", ".join("never" if r["steps_to_1e-6"] is None else f"{r['steps_to_1e-6']}" for r in runs)
         missing = sum(r["steps_to_1e-6"] is None for r in runs)
+        Q0 = ", ".join(f"{r['Q0']:.3g}" for r in runs)
         rows.append({"claim": f"Fig. 7: smaller Q₀ converges faster ({d})",
                      "criterion": f"every run reaches MSE/‖Y‖ ≤ {threshold:g} and the steps increase with Q₀",
                      "holds": bool(v["smaller_Q0_converges_faster"]),
-                     "measured": f"steps {steps} for Q₀ = " + ", ".join(f"{r['Q0']:.3g}" for r in runs)
-                                 + (f"; {missing}/{len(runs)} never converged" if missing else "")})
+                     "measured": f"steps {steps} for Q₀ = {Q0}" + (f"; {missing}/{len(runs)} never converged" if missing else "")})
+        final = [r["final_loss_over_Y_norm"] for r in runs]
+        rows.append({"claim": f"Fig. 7: smaller Q₀ ends at a lower loss ({d})",
+                     "criterion": f"the MSE/‖Y‖ at the last step ({payload['settings']['steps']}) increases strictly with Q₀ "
+                                  "over every run, converged or not: a weaker reading than the convergence row, which "
+                                  "cannot order runs that never reach the threshold",
+                     "holds": all(a < b for a, b in zip(final, final[1:])),
+                     "measured": "final MSE/‖Y‖ " + ", ".join(f"{x:.3g}" for x in final) + f" for Q₀ = {Q0}"})
         rows.append({"claim": f"Prop. 16 bound holds along GD ({d})",
-                     "criterion": "no recorded step with gap > bound·(1 + 1e-4) + 1e-6",
+                     "criterion": f"no recorded step where some mode's {BOUND_CRITERION}",
                      "holds": v["total_bound_violations"] == 0,
                      "measured": f"{v['total_bound_violations']} violating records, {v['violations_at_loss_floor']} "
-                                 "at the loss floor"})
+                                 "at the loss floor; max gap − bound " + _max_excess(v)})
     dec = payload["decoupled_modes_float64"]
     rows.append({"claim": "Prop. 16 bound, decoupled per-mode GD (Prop. 14, float64)",
-                 "criterion": "no recorded step with a gap above the bound, every μ, same η",
+                 "criterion": f"no recorded step, every μ, same η, where some mode's {BOUND_CRITERION}",
                  "holds": dec["total_bound_violations"] == 0,
-                 "measured": f"{dec['total_bound_violations']} violating records"})
+                 "measured": f"{dec['total_bound_violations']} violating records; max gap − bound " + _max_excess(dec)})
     small = payload["smaller_lr_float64"]
     smallest = min(small["per_lr"], key=lambda r: r["lr"])
     rows.append({"claim": f"Prop. 16 bound as η → 0 (full model, μ = {small['mu']:g}, float64)",
-                 "criterion": f"no violating record at η = {smallest['lr']:g} over t ≤ {small['flow_time_window']:g}",
+                 "criterion": f"no violating record at η = {smallest['lr']:g} over t ≤ {small['flow_time_window']:g}; "
+                              f"a violation: {BOUND_CRITERION}",
                  "holds": smallest["bound_violations"] == 0,
                  "measured": ", ".join(f"η = {r['lr']:g}: {r['bound_violations']} (λ drift {r['lambda_drift']:.1e})"
                                        for r in small["per_lr"])})
     return rows
+
+
+def _max_excess(summary_: dict) -> str:
+    """The largest gap − bound over a summary's runs, and the run it belongs to."""
+    worst = max(summary_["per_Q0"], key=lambda r: r["max_excess_over_bound"])
+    return f"{worst['max_excess_over_bound']:.2g} (μ = {worst['mu']:g})"
 
 
 if __name__ == "__main__":

@@ -17,8 +17,29 @@ def test_quick_run(tmp_path):
         s = payload["summary"][name]
         assert s["gd_identity_error"] < 1e-10 and s["decay_identity_error"] < 1e-10
         assert s["momentum_identity_error"] < 1e-10  # the exact per-step identities hold even in 12 steps
-        assert len(payload["runs"][name]["by_optimizer"]) == 6
+        assert s["minibatch_identity_error"] < 1e-10  # ... and with each step's mini-batch gradient
+        assert s["decay"]["discrete_decay_error_max"] < 1e-10  # (1 − ηλ)² per step is exact
+        assert len(payload["runs"][name]["by_optimizer"]) == 9
+        assert len(s["minibatch_drift_by_lr"]) == 3 and s["minibatch_drift_by_lr"] != s["sgd_drift_by_lr"]
     rows = script.claims(payload)
-    assert len(rows) == 10
+    assert len(rows) == 16
     for row in rows:
         assert set(row) == {"claim", "criterion", "holds", "measured"} and isinstance(row["holds"], bool)
+    by_claim = {x["claim"]: x for x in rows}
+    exponent_rows = [k for k in by_claim if "scales as η²" in k]
+    assert len(exponent_rows) == 4 and any("mini-batch SGD" in k for k in exponent_rows)
+
+    # doctored payloads flip the exponent and weight-decay rows
+    doctored = json.loads(json.dumps(on_disk))
+    s = doctored["summary"]["cnn"]
+    s["drift_exponent"]["minibatch"]["fit"] = 2.1
+    s["decay"].update(kunin_error_max=1e-6, finite_lr_term_max=1e-3)
+    flipped = {x["claim"]: x["holds"] for x in script.claims(doctored)}
+    assert flipped["CNN/CIFAR-10: O(η²) per step — the drift over 12 steps scales as η² (mini-batch SGD, batch 4)"]
+    weight_decay = "CNN/CIFAR-10: with weight decay each Q_i decays as e^{−2λt} plus Kunin et al.'s finite-lr term"
+    assert flipped[weight_decay]
+    s["drift_exponent"]["minibatch"]["fit"] = 7.5  # a spike's drift
+    s["decay"]["kunin_error_max"] = 5e-4  # not below a tenth of the term: the two cannot be told apart
+    flipped = {x["claim"]: x for x in script.claims(doctored)}
+    assert not flipped["CNN/CIFAR-10: O(η²) per step — the drift over 12 steps scales as η² (mini-batch SGD, batch 4)"]["holds"]
+    assert not flipped[weight_decay]["holds"] and "cannot be told apart" in flipped[weight_decay]["measured"]

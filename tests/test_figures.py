@@ -55,6 +55,35 @@ def test_fig3_dynamics(tmp_path):
             assert {"max_abs_dQ_tilde", "final_loss"} <= set(v["float64"])
     assert all(g["float64"] for g in r["dQ_grows_with_lr"].values())  # Prop. 13 even in 400 steps
     assert finite_numbers(r)
+    fig3 = load("Q_dynamics_elementwise")
+    rows = {x["claim"]: x for x in fig3.claims(r)}
+    assert all(set(x) == {"claim", "criterion", "holds", "measured"} and isinstance(x["holds"], bool)
+               for x in rows.values())
+    for d in ("float32", "float64"):
+        for name in ("ΔQ̃ largest at the largest η", "ΔQ̃ increases strictly with η",
+                     "Q stops moving once the loss has converged"):
+            assert f"Fig. 3: {name} ({d})" in rows
+    assert rows["Fig. 3: Q stops moving once the loss has converged (float64)"]["holds"]
+    # doctored payloads flip the rows: ΔQ̃ at η = 0.01 above η = 0.1, and one converged run that keeps moving
+    doctored = json.loads(json.dumps(r))
+    sig = doctored["per_activation"]["sigmoid"]
+    sig["lr=0.01"]["float64"]["max_abs_dQ_tilde"] = 2 * sig["lr=0.1"]["float64"]["max_abs_dQ_tilde"]
+    doctored["dQ_grows_with_lr"]["sigmoid"]["float64"] = False
+    moved = next(v["float64"] for by_lr in doctored["per_activation"].values() for v in by_lr.values()
+                 if v["float64"]["converged_step"] is not None)
+    moved["max_abs_move_after_convergence"] = 0.5 * moved["max_abs_dQ_tilde"]
+    flipped = {x["claim"]: x for x in fig3.claims(doctored)}
+    for name in ("ΔQ̃ largest at the largest η", "ΔQ̃ increases strictly with η",
+                 "Q stops moving once the loss has converged"):
+        assert not flipped[f"Fig. 3: {name} (float64)"]["holds"], name
+    # the paper's looser statement holds where only the strict order fails (η = 0.001 above η = 0.01)
+    looser = json.loads(json.dumps(r))
+    sig = looser["per_activation"]["sigmoid"]
+    sig["lr=0.001"]["float64"]["max_abs_dQ_tilde"] = 1.01 * sig["lr=0.01"]["float64"]["max_abs_dQ_tilde"]
+    looser["dQ_grows_with_lr"]["sigmoid"]["float64"] = False
+    looser_rows = {x["claim"]: x["holds"] for x in fig3.claims(looser)}
+    assert looser_rows["Fig. 3: ΔQ̃ largest at the largest η (float64)"]
+    assert not looser_rows["Fig. 3: ΔQ̃ increases strictly with η (float64)"]
 
 
 def test_fig45_distribution(tmp_path):
@@ -62,7 +91,20 @@ def test_fig45_distribution(tmp_path):
     assert r["claim_mean_matches_eq47"]
     for d in r["distributions"]:
         assert {"mean", "std", "predicted_mean", "convention", "activation", "m", "h", "n"} <= set(d)
+        # the authors' constants only enlarge the denominator
+        assert d["std_over_terms_authors"] <= d["std_over_terms_ours"] * (1 + 1e-12)
     assert finite_numbers(r)
+    fig45 = load("Q_distribution")
+    rows = {x["claim"]: x for x in fig45.claims(r)}
+    narrow = next(x for name, x in rows.items() if "narrowly spread" in name)
+    assert set(narrow) == {"claim", "criterion", "holds", "measured"} and isinstance(narrow["holds"], bool)
+    doctored = json.loads(json.dumps(r))
+    for d in doctored["distributions"]:
+        d["std_over_terms_ours"] = 0.01
+    assert next(x for x in fig45.claims(doctored) if "narrowly spread" in x["claim"])["holds"]
+    doctored["distributions"][0]["std_over_terms_ours"] = 0.2  # one wide histogram
+    wide = next(x for x in fig45.claims(doctored) if "narrowly spread" in x["claim"])
+    assert not wide["holds"] and "wider: identity" in wide["measured"]
 
 
 def test_fig6_convergence(fig6_run):
@@ -98,9 +140,23 @@ def test_fig7_radial(tmp_path):
         assert not v["smaller_Q0_converges_faster"] or v["all_converged"]
     assert r["decoupled_modes_float64"]["total_bound_violations"] == 0
     assert [x["lr"] for x in r["smaller_lr_float64"]["per_lr"]] == [2e-3, 2e-4]
-    rows = load("Q_convergence_radial").claims(r)
-    assert all(set(x) == {"claim", "criterion", "holds", "measured"} for x in rows)
+    fig7 = load("Q_convergence_radial")
+    rows = fig7.claims(r)
+    assert all(set(x) == {"claim", "criterion", "holds", "measured"} and isinstance(x["holds"], bool) for x in rows)
     assert finite_numbers(r)
+    by_claim = {x["claim"]: x for x in rows}
+    for d in r["per_dtype"]:
+        assert f"Fig. 7: smaller Q₀ ends at a lower loss ({d})" in by_claim
+        # the bound rows state the tolerances the count uses
+        assert "1e-4 relative, 1e-6 absolute" in by_claim[f"Prop. 16 bound holds along GD ({d})"]["criterion"]
+    # doctored final losses flip the ordering row both ways, and leave the convergence row alone
+    doctored = json.loads(json.dumps(r))
+    v = doctored["per_dtype"]["float64"]
+    for k, x in enumerate(sorted(v["per_Q0"], key=lambda x: x["Q0"])):
+        x["final_loss_over_Y_norm"] = 10.0 ** (k - 5)
+    assert {x["claim"]: x["holds"] for x in fig7.claims(doctored)}["Fig. 7: smaller Q₀ ends at a lower loss (float64)"]
+    max(v["per_Q0"], key=lambda x: x["Q0"])["final_loss_over_Y_norm"] = 1e-9  # the largest Q₀ ends lowest
+    assert not {x["claim"]: x["holds"] for x in fig7.claims(doctored)}["Fig. 7: smaller Q₀ ends at a lower loss (float64)"]
 
 
 def test_fig7_decoupled_modes_follow_the_full_model_on_the_spectral_manifold():
@@ -223,7 +279,7 @@ def test_float64_runs_take_the_learning_rate_in_float64():
     assert not all(torch.allclose(got[0], w, rtol=0, atol=1e-15) for got, w in zip(res["final_params"], wrong))
 
 
-def same_within(a, b, rel=1e-6, floor=1e-9, path="") -> list[str]:
+def same_within(a, b, rel=1e-5, floor=1e-9, path="") -> list[str]:
     """Where two JSON values differ beyond the stated cross-machine tolerances (docs/conventions.md,
     *Determinism*): floats to a relative ``rel``, or an absolute ``floor`` for numbers below it (losses at the
     float64 loss floor); integers, booleans and strings exactly."""
@@ -246,7 +302,7 @@ def test_quick_form_matches_its_committed_reference(fig9_run):
     assert same_within(fig9_run["per_activation"], reference["per_activation"]) == []
     # control: a change beyond the tolerance is caught, one within it is not
     moved = json.loads(json.dumps(reference["per_activation"]))
-    moved["tanh"][1]["median_nonzero"] *= 1 + 1e-5
+    moved["tanh"][1]["median_nonzero"] *= 1 + 1e-4
     assert same_within(moved, reference["per_activation"]) != []
     moved["tanh"][1]["median_nonzero"] = reference["per_activation"]["tanh"][1]["median_nonzero"] * (1 + 1e-8)
     assert same_within(moved, reference["per_activation"]) == []
