@@ -26,7 +26,8 @@ def test_quick_run_writes_its_files_and_claim_rows(quick_run):
     assert on_disk["settings"]["quick"] is True and on_disk["claims"] == payload["claims"]
     assert set(payload["summary"]) == {"resnet", "resnet_bn", "vit", "gpt"}
     rows = script.claims(payload)
-    assert len(rows) == 4 * 3 + 2 + 2 * 2 + 1  # per model: exponent, laws/controls, skip; translations; Adam, decay; BN
+    # per model: exponent, laws/controls, skip, the exact per-step identity; translations; Adam, decay; BatchNorm
+    assert len(rows) == 4 * 4 + 2 + 2 * 2 + 1
     for row in rows:
         assert set(row) == {"claim", "criterion", "holds", "measured"} and isinstance(row["holds"], bool)
     for name, sizes in ((n, payload["runs"][n]["sizes"]) for n in payload["runs"]):
@@ -37,10 +38,10 @@ def test_quick_run_writes_its_files_and_claim_rows(quick_run):
 def test_every_model_tracks_the_papers_laws_and_controls(quick_run):
     _, payload, _ = quick_run
     fams = {n: set(r["families"]) for n, r in payload["runs"].items()}
-    assert fams["resnet"] == {"conv–ReLU–conv rescaling (§3)"}
-    assert {"BN sphere ‖conv1_j‖² (§9)", "BN (γ, β)–conv2 rescaling (§9)"} <= fams["resnet_bn"]
-    assert {"Q–K per head (§4)", "V–O per head (§4)", "SwiGLU up–down (§8)", "softmax head translation (§6)"} <= fams["vit"]
-    assert {"RoPE Q–K pairs (§10)", "V–O per head (§4)", "SwiGLU up–down (§8)"} <= fams["gpt"]
+    assert fams["resnet"] == {"conv–ReLU–conv rescaling (Marcotte Thm 3.6)"}
+    assert {"BN sphere ‖conv1_j‖² (Kunin et al.)", "BN (γ, β)–conv2 rescaling (derived)"} <= fams["resnet_bn"]
+    assert {"Q–K per head (Marcotte Cor. 3.10)", "V–O per head (Marcotte Cor. 3.10)", "SwiGLU up–down (Tran Thm 4.2)", "softmax head translation (Marcotte Prop. 3.11)"} <= fams["vit"]
+    assert {"RoPE Q–K pairs (Tran Thm 4.4)", "V–O per head (Marcotte Cor. 3.10)", "SwiGLU up–down (Tran Thm 4.2)"} <= fams["gpt"]
     controls = set(payload["summary"]["gpt"]["control_final_by_lr"])
     assert {"SiLU gate ReLU-style balance (Thm 4.1)", "mixed RoPE pair (Thm 4.4)",
             "balance across the skip (Thm 4.7)"} == controls
@@ -60,8 +61,14 @@ def test_the_measurements_are_second_and_first_order_as_the_theory_says(quick_ru
         assert max(v[0] for v in s["control_final_by_lr"].values()) > smallest_law
         for fam, d in s["decay"].items():  # weight decay moves every law; the prediction beats no decay at all
             assert d["change"] > 0 and d["prediction_error"] < d["change"], fam
-    exponent = payload["summary"]["resnet"]["law_exponent"]["conv–ReLU–conv rescaling (§3)"]
+    exponent = payload["summary"]["resnet"]["law_exponent"]["conv–ReLU–conv rescaling (Marcotte Thm 3.6)"]
     assert math.isfinite(exponent)
+    for name, s in payload["summary"].items():  # ΔQ = η²B(g, g) per SGD step, on every batch (float64 round-off)
+        for fam, err in s["identity_error"].items():
+            if "sphere" not in fam:
+                assert err < 1e-12, (name, fam, err)
+    check = payload["summary"]["resnet_bn"]["eps_check"]  # BatchNorm's sphere law without its ε: exact
+    assert check["eps"] == 1e-300 and check["bn_identity_error"] < 1e-10
 
 
 def test_full_and_quick_together_are_refused(tmp_path):
