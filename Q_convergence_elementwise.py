@@ -9,6 +9,12 @@ is correlated with Q". Measured: ``steps_to_converge`` = first recorded step wit
 (the paper's loss axis; one level for every run, above every run's float32 floor, 2e-4 – 4e-3), and
 Spearman's ρ between |Q₀| and those steps per activation (scipy.stats.spearmanr). The claim holds for
 an activation when every run converged and p < 0.05.
+
+The control: in that sweep Q₀ moves only with the init's size, and the initial error moves with it. A
+second sweep holds the function (so the initial loss) fixed and moves Q₀ along the symmetry orbit: from
+the init at std 0.1, (U, V) ↦ (U/c, V') with σ(V'ᵀ) = c·σ(Vᵀ) on the whitened input (V' = cV for the
+homogeneous σ; σ⁻¹(c·σ(Vᵀ)) for tanh and sigmoid, where c·σ stays inside σ's range), which keeps
+F = Uσ(Vᵀ) exactly on the data and changes Q₀. The same criterion per activation is one row each.
 """
 from __future__ import annotations
 
@@ -36,6 +42,9 @@ class Settings:
     record_every: int = 100  # loss recorded every k steps
     convergence_level: float = 1e-2  # "converged": ‖Y − F‖_F at or below this
     significance: float = 0.05  # p-value of Spearman's ρ for "correlated"
+    orbit_init_std: float = 0.1  # the fixed-loss sweep starts from this init …
+    orbit_scales: tuple = tuple(float(f"{4 ** (k / 4 - 1):.3g}") for k in range(9))  # … moved by c = 0.25 … 4
+    orbit_range_margin: float = 1e-3  # c·σ(Z) must stay this far inside σ's open range (tanh, sigmoid)
     dtype: str = "float32"
     seed: int = 0
     device: str = "cpu"
@@ -43,7 +52,46 @@ class Settings:
 
 def quick(cfg: Settings) -> Settings:
     return Settings(lr=0.05, steps=400, sigmoid_steps=800, record_every=4, init_stds=(0.1, 0.2, 0.4, 0.8),
-                    convergence_level=1.0, dtype=cfg.dtype, seed=cfg.seed, device=cfg.device)
+                    convergence_level=1.0, orbit_init_std=0.4, orbit_scales=(0.5, 0.71, 1.0, 1.41, 2.0),
+                    dtype=cfg.dtype, seed=cfg.seed, device=cfg.device)
+
+
+#: σ⁻¹ of the activations whose orbit move needs it (the homogeneous ones move V itself: σ(cZ) = cσ(Z))
+INVERSE = {"tanh": (torch.atanh, (-1.0, 1.0)), "sigmoid": (torch.logit, (0.0, 1.0))}
+
+
+def along_orbit(U: torch.Tensor, V: torch.Tensor, activation: str, c: float,
+                margin: float) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """(U/c, V') with σ(V'ᵀ) = c·σ(Vᵀ): the same F = Uσ(Vᵀ) on the whitened input X = I, another Q₀.
+    None where c·σ(Vᵀ) leaves σ's range (a move this σ's orbit does not contain from this init)."""
+    if activation in ("identity", "relu"):
+        return U / c, c * V
+    inverse, (low, high) = INVERSE[activation]
+    target = c * S.get_activation(activation)(V)
+    if float(target.min()) <= low + margin or float(target.max()) >= high - margin:
+        return None
+    return U / c, inverse(target)
+
+
+def starting_points(cfg: Settings, activations) -> list[dict]:
+    """The runs of one step budget: the init-scale sweep (the same draw times each std), then the
+    fixed-loss sweep (the std-``orbit_init_std`` init moved along the orbit by each c in range)."""
+    U0, V0 = S.gaussian_init(cfg.m, cfg.h, cfg.n, std=1.0, seed=cfg.seed, dtype=torch.float64)
+    runs = [{"activation": a, "design": "init_scale", "init_std": s, "orbit_scale": None, "U": s * U0, "V": s * V0}
+            for a in activations for s in cfg.init_stds]
+    U, V = cfg.orbit_init_std * U0, cfg.orbit_init_std * V0
+    for a in activations:
+        F = U @ S.get_activation(a)(V.mT)
+        for c in cfg.orbit_scales:
+            moved = along_orbit(U, V, a, c, cfg.orbit_range_margin)
+            if moved is None:
+                continue
+            change = float((moved[0] @ S.get_activation(a)(moved[1].mT) - F).abs().max() / F.abs().max())
+            if change > 1e-12:  # the move must keep the function: checked, not assumed
+                raise RuntimeError(f"the orbit move c={c:g} changed F by {change:.2g} ({a})")
+            runs.append({"activation": a, "design": "fixed_loss", "init_std": cfg.orbit_init_std, "orbit_scale": c,
+                         "U": moved[0], "V": moved[1], "function_change": change})
+    return runs
 
 
 def steps_to_converge(steps: torch.Tensor, error: torch.Tensor, level: float) -> int | None:
@@ -54,18 +102,22 @@ def steps_to_converge(steps: torch.Tensor, error: torch.Tensor, level: float) ->
 
 def run(cfg: Settings, out: str, resume: bool) -> list[dict]:
     groups = T.step_budgets(cfg.activations, cfg.steps, cfg.sigmoid_steps)
-    rows = []
-    configs = {steps: [(a, cfg.lr, s) for a in acts for s in cfg.init_stds] for steps, acts in groups.items()}
-    # one batch for every budget: sigmoid's extra steps run on after the others stop
+    points = {steps: starting_points(cfg, acts) for steps, acts in groups.items()}
+    configs = {steps: [(r["activation"], cfg.lr, r["init_std"]) for r in runs] for steps, runs in points.items()}
+    starts = {steps: (torch.stack([r["U"] for r in runs]), torch.stack([r["V"] for r in runs]))
+              for steps, runs in points.items()}
+    # one batch for every budget and both sweeps: sigmoid's extra steps run on after the others stop
     results = E.cached(out, NAME, {"cfg": cfg}, lambda: {str(k): v for k, v in T.train_two_layer_budgets(
         cfg.m, cfg.n, cfg.h, configs, seed=cfg.seed, dtype=cfg.dtype, device=cfg.device,
-        record_every=cfg.record_every, description="Fig. 6").items()}, resume)
-    for steps, group in configs.items():
+        record_every=cfg.record_every, description="Fig. 6", starts=starts).items()}, resume)
+    rows = []
+    for steps, runs in points.items():
         res = results[str(steps)]
-        for b, (a, _, s) in enumerate(group):
+        for b, point in enumerate(runs):
             loss = res["loss"][:, b]
             error = torch.sqrt(loss * cfg.m * cfg.n)  # ‖Y − F‖_F, the paper's axis
-            rows.append({"activation": a, "init_std": s, "Q0": float(res["Q"][0, b]),
+            rows.append({**{k: point[k] for k in ("activation", "design", "init_std", "orbit_scale")},
+                         "Q0": float(res["Q"][0, b]),
                          "steps_to_converge": steps_to_converge(res["steps"], error, cfg.convergence_level),
                          "initial_error": float(error[0]), "final_error": float(error[-1]),
                          "initial_loss": float(loss[0]), "final_loss": float(loss[-1]),
@@ -91,27 +143,36 @@ def correlation(runs: list[dict], significance: float) -> dict:
     return result
 
 
+DESIGNS = {"init_scale": "init-scale sweep (Q₀ and the initial loss move together)",
+           "fixed_loss": "along the orbit at a fixed initial loss"}
+
+
 def plot(rows: list[dict], cfg: Settings):
     plt = E.pyplot()
     acts = list(cfg.activations)
-    fig, axes = plt.subplots(1, len(acts) + 1, figsize=(3.4 * (len(acts) + 1), 3.4))
+    fig, axes = plt.subplots(2, len(acts) + 1, figsize=(3.4 * (len(acts) + 1), 6.6))
     cmap = plt.get_cmap("viridis")
-    shade = {s: cmap(k / max(1, len(cfg.init_stds) - 1)) for k, s in enumerate(cfg.init_stds)}
-    for ax, a in zip(axes, acts):
-        runs = [r for r in rows if r["activation"] == a]
-        for r in runs:
-            label = f"Q₀ = {r['Q0']:.3g}" if r["init_std"] in (cfg.init_stds[0], cfg.init_stds[-1]) else None
-            ax.semilogy(r["steps"], r["error"], color=shade[r["init_std"]], lw=0.9, label=label)
-        ax.axhline(cfg.convergence_level, color="grey", ls=":", lw=0.8)
-        ax.set(title=f"σ = {a}", xlabel="GD step")
-        ax.legend(fontsize=6)
-        steps = [(abs(r["Q0"]), r["steps_to_converge"]) for r in runs if r["steps_to_converge"] is not None]
-        axes[-1].loglog(*zip(*steps), "o-", ms=3, label=a) if steps else None
-    axes[0].set_ylabel("‖Y − Uσ(Vᵀ)‖_F")
-    axes[-1].set(xlabel="|Q₀|", ylabel=f"steps to ‖Y − F‖_F ≤ {cfg.convergence_level:g}", title="steps vs Q₀")
-    axes[-1].legend(fontsize=7)
-    fig.suptitle(f"Fig. 6: convergence vs Q₀ (η = {cfg.lr:g}; colour: init std {cfg.init_stds[0]:g} → "
-                 f"{cfg.init_stds[-1]:g})", fontsize=10)
+    levels = {"init_scale": ("init_std", cfg.init_stds), "fixed_loss": ("orbit_scale", cfg.orbit_scales)}
+    for line, (design, (key, values)) in zip(axes, levels.items()):
+        shade = {v: cmap(k / max(1, len(values) - 1)) for k, v in enumerate(values)}
+        for ax, a in zip(line, acts):
+            runs = [r for r in rows if r["activation"] == a and r["design"] == design]
+            for k, r in enumerate(runs):
+                label = f"Q₀ = {r['Q0']:.3g}" if k in (0, len(runs) - 1) else None
+                ax.semilogy(r["steps"], r["error"], color=shade[r[key]], lw=0.9, label=label)
+            ax.axhline(cfg.convergence_level, color="grey", ls=":", lw=0.8)
+            ax.set(title=f"σ = {a}", xlabel="GD step")
+            ax.ticklabel_format(axis="x", style="sci", scilimits=(0, 0))
+            ax.legend(fontsize=6)
+            steps = sorted((abs(r["Q0"]), r["steps_to_converge"]) for r in runs if r["steps_to_converge"] is not None)
+            # along the orbit |Q₀| is not monotone in c (Q₀ changes sign): points, not a line
+            line[-1].loglog(*zip(*steps), "o-" if design == "init_scale" else "o", ms=3, label=a) if steps else None
+        line[0].set_ylabel(f"{DESIGNS[design]}\n‖Y − Uσ(Vᵀ)‖_F", fontsize=8)
+        line[-1].set(xlabel="|Q₀|", ylabel=f"steps to ‖Y − F‖_F ≤ {cfg.convergence_level:g}", title="steps vs |Q₀|")
+        line[-1].legend(fontsize=7)
+    fig.suptitle(f"Fig. 6: convergence vs Q₀ (η = {cfg.lr:g}). Top: init std {cfg.init_stds[0]:g} → "
+                 f"{cfg.init_stds[-1]:g}; bottom: the std-{cfg.orbit_init_std:g} init moved along the orbit, "
+                 f"c = {cfg.orbit_scales[0]:g} → {cfg.orbit_scales[-1]:g} (colour)", fontsize=10)
     fig.tight_layout()
     return fig
 
@@ -121,11 +182,17 @@ def main(argv: list[str] | None = None) -> dict:
     with E.torch_threads(args.threads), E.Stopwatch() as clock:
         rows = run(cfg, args.out, args.resume)
     fig = plot(rows, cfg)
-    table = {}
+    tables: dict[str, dict[str, list]] = {d: {} for d in DESIGNS}
     for r in rows:
-        table.setdefault(r["activation"], []).append({k: v for k, v in r.items() if k not in ("steps", "error", "activation")})
-    results = {"per_activation": table,
-               "correlation": {a: correlation(runs, cfg.significance) for a, runs in table.items()},
+        drop = ("steps", "error", "activation", "design") + (("orbit_scale",) if r["design"] == "init_scale" else ())
+        tables[r["design"]].setdefault(r["activation"], []).append({k: v for k, v in r.items() if k not in drop})
+    results = {"per_activation": tables["init_scale"], "per_activation_fixed_loss": tables["fixed_loss"],
+               "correlation": {a: correlation(runs, cfg.significance) for a, runs in tables["init_scale"].items()},
+               "correlation_fixed_loss": {a: correlation(runs, cfg.significance)
+                                          for a, runs in tables["fixed_loss"].items()},
+               "fixed_loss_design": f"the std-{cfg.orbit_init_std:g} init moved to (U/c, V') with "
+                                    "sigma(V'^T) = c sigma(V^T) on X = I: F and so the initial loss unchanged; "
+                                    "c outside sigma's range are left out",
                "convergence_definition": f"first recorded step with ||Y - F||_F <= {cfg.convergence_level:g}; "
                                          "null if never reached",
                "loss_axis": "||Y - F||_F (the paper's Fig. 6 axis); initial_loss/final_loss are the MSE we train on"}
@@ -133,17 +200,23 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 def claims(payload: dict) -> list[dict]:
-    """One row per activation: steps to converge correlated with Q₀ (every run converged, p < 0.05)."""
+    """Per activation and design: steps to converge correlated with Q₀ (every run converged, p < 0.05)."""
     rows = []
     level = payload["settings"]["convergence_level"]
-    for a, c in payload["correlation"].items():
-        rho = "ρ n/a" if c["spearman_rho"] is None else f"ρ = {c['spearman_rho']:+.2f}, p = {c['p_value']:.2g}"
-        missing = "" if c["converged"] == c["runs"] else f"; {c['runs'] - c['converged']} never converged"
-        rows.append({"claim": f"Fig. 6: steps to converge correlated with Q₀ ({a})",
-                     "criterion": f"all runs reach ‖Y − F‖_F ≤ {level:g}; Spearman ρ(|Q₀|, steps) has p < "
-                                  f"{payload['settings']['significance']:g}",
-                     "holds": bool(c["correlated"]),
-                     "measured": f"{rho} over {c['converged']}/{c['runs']} runs{missing}"})
+    for design, name in (("init_scale", "Fig. 6"), ("fixed_loss", "Fig. 6 at a fixed initial loss")):
+        suffix = "" if design == "init_scale" else "_fixed_loss"
+        for a, c in payload["correlation" + suffix].items():
+            runs = payload["per_activation" + suffix][a]
+            rho = "ρ n/a" if c["spearman_rho"] is None else f"ρ = {c['spearman_rho']:+.2f}, p = {c['p_value']:.2g}"
+            missing = "" if c["converged"] == c["runs"] else f"; {c['runs'] - c['converged']} never converged"
+            start = [r["initial_error"] for r in runs]
+            Q0 = [r["Q0"] for r in runs]
+            rows.append({"claim": f"{name}: steps to converge correlated with Q₀ ({a})",
+                         "criterion": f"{DESIGNS[design]}: all runs reach ‖Y − F‖_F ≤ {level:g}; Spearman "
+                                      f"ρ(|Q₀|, steps) has p < {payload['settings']['significance']:g}",
+                         "holds": bool(c["correlated"]),
+                         "measured": f"{rho} over {c['converged']}/{c['runs']} runs{missing}; Q₀ {min(Q0):.3g} … "
+                                     f"{max(Q0):.3g}, initial ‖Y − F‖_F {min(start):.4g} … {max(start):.4g}"})
     return rows
 
 

@@ -107,8 +107,10 @@ def plot(rows: list[dict], cfg: Settings):
     colors = ["tab:blue", "tab:orange", "tab:green", "tab:red"]
     for ax, a in zip(axes, cfg.activations):
         for r, c in zip((r for r in rows if r["activation"] == a), colors):
+            # an unconverged run is not at a minimum: dashed, and its final loss in the legend
+            late = "" if r["converged"] else f", not converged: MSE {r['final_loss']:.1e}"
             ax.hist(r["eigenvalues"].numpy(), bins=bins.numpy(), histtype="step", color=c, lw=1.2,
-                    label=f"Q₀ = {r['Q0']:.3g} ({r['n_near_zero']} near 0)")
+                    ls="-" if r["converged"] else "--", label=f"Q₀ = {r['Q0']:.3g} ({r['n_near_zero']} near 0{late})")
         ax.set(title=f"σ = {a}", xlabel="Hessian eigenvalue", yscale="log")
         ax.legend(fontsize=6)
     axes[0].set_ylabel("count (|λ| > 1e-3, bins of 4)")

@@ -271,7 +271,7 @@ def plot_rotation(runs: dict, cfg: Settings):
     fig = plt.figure(figsize=(13, 7.5))
     normal = C.angular_momentum_vector(C.data_angular_momentum((torch.tensor([cfg.w0]),), (torch.tensor([cfg.v0]),)))
     normal = (normal / normal.norm()).double()
-    u = torch.linalg.svd(normal.reshape(1, 3)).Vh[1:]  # two unit vectors spanning the plane normal to it
+    u = torch.linalg.svd(normal.reshape(1, 3)).Vh[1:]  # two unit vectors spanning the plane of w₀ and v₀
     s = torch.linspace(-1.5, 1.5, 2, dtype=torch.float64)
     A, B = torch.meshgrid(s, s, indexing="ij")
     P = A[..., None] * u[0] + B[..., None] * u[1]
@@ -283,7 +283,9 @@ def plot_rotation(runs: dict, cfg: Settings):
         w = r["w"].numpy()
         ax.plot(w[:, 0], w[:, 1], w[:, 2], lw=0.8)
         ax.scatter(*w[0], color="k", s=12)
-        ax.set_title(f"{titles[dyn]}; plane normal to w₀ × ẇ₀", fontsize=9)
+        # one plane for the three: GF from rest has no angular momentum (it moves on the ray of w₀, which lies
+        # in this plane), so "normal to w₀ × ẇ₀" would be undefined for it
+        ax.set_title(f"{titles[dyn]}; grey: the plane of w₀ and ND's v₀", fontsize=9)
         ax2 = fig.add_subplot(2, 3, j + 4)
         ax2.plot(r["time"], r["loss"], lw=1)
         ax2.set_xlabel("t")

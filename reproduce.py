@@ -363,8 +363,8 @@ def write_report(root: Path = ROOT) -> int:
 
 FIGURES = ("Q_dynamics_elementwise", "Q_distribution", "Q_convergence_elementwise", "Q_convergence_radial",
            "Q_sharpness_1d", "Q_hessian_eigenvalues", "noether_dynamics", "conservation_laws",
-           "conservation_under_optimizers", "teleportation")
-CIFAR10_FIGURES = ("conservation_under_optimizers",)  # the figures that read CIFAR-10: --data reaches them
+           "conservation_under_optimizers", "teleportation", "conservation_modern")
+CIFAR10_FIGURES = ("conservation_under_optimizers", "conservation_modern")  # the figures that read CIFAR-10: --data reaches them
 
 
 def main(argv: list[str] | None = None) -> int:

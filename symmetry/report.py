@@ -27,7 +27,7 @@ SCRIPTS = ("Q_dynamics_elementwise", "Q_distribution", "Q_convergence_elementwis
 NOTEBOOKS = ("ensemble_CIFAR", "adversarial_CIFAR")
 # the pages that hold generated blocks, relative to the repository root
 PAGES = ("README.md", "docs/index.md", "docs/results.md", "docs/figures.md", "docs/beyond-gradient-flow.md",
-         "docs/optimizers.md", "docs/performance.md", "docs/counting-laws.md")
+         "docs/optimizers.md", "docs/performance.md", "docs/counting-laws.md", "docs/modern.md")
 BLOCK = re.compile(r"(<!-- report:(?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- /report:(?P=name) -->)", re.S)
 
 
@@ -248,12 +248,55 @@ def adversarial_paired(root: Path) -> str:
     return "\n".join(lines)
 
 
+def modern_table(root: Path) -> str:
+    """conservation_modern.py: per model, each law family and control: its relative error after the run's steps under
+    SGD (smallest and largest lr, the fitted exponent in lr), Adam, and weight decay (the error of Thm 2.1's
+    prediction against the change)."""
+    data = _json(root, "figures/conservation_modern.json")
+    titles = {"resnet": "ResNet-18, no BN", "resnet_bn": "ResNet-18, BN", "vit": "ViT", "gpt": "GPT"}
+    lines = ["| model | quantity | SGD, smallest lr | SGD, largest lr | exponent in lr | Adam | weight decay: "
+             "prediction error (change) |", "|---|---|---:|---:|---:|---:|---:|"]
+    for name, s in data["summary"].items():
+        lo, hi = s["lrs"][0], s["lrs"][-1]
+        for kind, values, exponents in (("law", s["law_final_by_lr"], s["law_exponent"]),
+                                        ("control", s["control_final_by_lr"], s["control_exponent"])):
+            for q, v in values.items():
+                exponent = exponents.get(q)
+                adam = (s.get("adam_final") if kind == "law" else s.get("adam_control_final")) or {}
+                decay = (s.get("decay") or {}).get(q) if kind == "law" else None
+                decayed = f"{decay['prediction_error']:.1e} ({decay['change']:.2g})" if decay else "—"
+                lines.append(f"| {titles.get(name, name)} | {_cell(q)}{' (control)' if kind == 'control' else ''} | "
+                             f"{v[0]:.1e} (lr {lo:g}) | {v[-1]:.1e} (lr {hi:g}) | "
+                             f"{'—' if exponent is None else f'{exponent:.2f}'} | "
+                             f"{f'{adam[q]:.2g}' if q in adam else '—'} | {decayed} |")
+    return "\n".join(lines)
+
+
+def modern_sizes(root: Path) -> str:
+    """conservation_modern.py's committed run: what each model was, at which sizes, and its optimizers."""
+    data = _json(root, "figures/conservation_modern.json")
+    cfg = data["settings"]
+    titles = {"resnet": "ResNet-18, no BN", "resnet_bn": "ResNet-18, BN", "vit": "ViT", "gpt": "GPT"}
+    lines = ["| model | sizes of this run | optimizers |", "|---|---|---|"]
+    for name, r in data["runs"].items():
+        sizes = "; ".join(f"{k}: {v}" for k, v in r["sizes"].items())
+        if name == "gpt":
+            c = r["corpus"]
+            sizes += f"; corpus: {c['characters']} characters of {', '.join(c['files'][:3])}, … (vocabulary {c['vocabulary']})"
+        optimizers = "; ".join(r["runs"])
+        lines.append(f"| {titles.get(name, name)} | {_cell(sizes)} | {_cell(optimizers)} |")
+    lines.append("")
+    lines.append(f"float64 throughout; seed {cfg['seed']}; {'the papers’ sizes (--full)' if cfg.get('full') else 'CPU sizes'}"
+                 f"{' (--quick)' if cfg.get('quick') else ''}; {data['wall_time_s']:.0f} s wall.")
+    return "\n".join(lines)
+
+
 TABLES: dict[str, Callable[[Path], str]] = {
     "figures": figure_table, "claim-count": claim_count, "claims": claim_table,
     "conservation-check": conservation_check, "noether-drift": noether_drift_table,
     "optimizers": optimizer_table, "reproduce-benchmark": reproduce_benchmark, "law-counts": law_counts,
     "law-benchmark": law_benchmark, "module-law-benchmark": module_law_benchmark,
-    "adversarial-paired": adversarial_paired,
+    "adversarial-paired": adversarial_paired, "modern": modern_table, "modern-sizes": modern_sizes,
 }
 
 

@@ -26,12 +26,22 @@ def step_budgets(activations, steps: int, sigmoid_steps: int) -> dict[int, list[
 
 
 def _two_layer_start(m: int, n: int, h: int, configs: list[tuple[str, float, float]], seed: int, dtype: str,
-                     device: str) -> tuple[tuple[torch.Tensor, ...], torch.Tensor, tuple[torch.Tensor, ...]]:
+                     device: str, start: tuple[torch.Tensor, torch.Tensor] | None = None
+                     ) -> tuple[tuple[torch.Tensor, ...], torch.Tensor, tuple[torch.Tensor, ...]]:
     """(init in float64, target Y, init in the training dtype): one standard-normal draw (``seed``)
-    times each configuration's init_std, and Y ~ N(0, 1) (``seed + 1``)."""
-    U0, V0 = gaussian_init(m, h, n, std=1.0, seed=seed, dtype=torch.float64)
-    std = torch.tensor([s for _, _, s in configs], dtype=torch.float64).reshape(-1, 1, 1)
-    init64 = ((std * U0).to(device), (std * V0).to(device))
+    times each configuration's init_std, or the float64 batch ``start`` = (U, V) of shapes (B, m, h),
+    (B, n, h) given by the caller; and Y ~ N(0, 1) (``seed + 1``)."""
+    if start is None:
+        U0, V0 = gaussian_init(m, h, n, std=1.0, seed=seed, dtype=torch.float64)
+        std = torch.tensor([s for _, _, s in configs], dtype=torch.float64).reshape(-1, 1, 1)
+        start = (std * U0, std * V0)
+    else:
+        shapes = ((len(configs), m, h), (len(configs), n, h))
+        if len(start) != 2 or any(tuple(p.shape) != want or p.dtype != torch.float64
+                                  for p, want in zip(start, shapes)):
+            raise ValueError(f"start must be a float64 pair (U, V) of shapes {shapes[0]} and {shapes[1]}, one per "
+                             f"configuration; got {[(tuple(p.shape), p.dtype) for p in start]}")
+    init64 = (start[0].to(device), start[1].to(device))
     Y = torch.randn(m, n, generator=torch.Generator().manual_seed(seed + 1), dtype=torch.float64)
     return init64, Y, tuple(p.to(DTYPES[dtype]) for p in init64)
 
@@ -73,20 +83,26 @@ def train_two_layer(m: int, n: int, h: int, configs: list[tuple[str, float, floa
 
 def train_two_layer_budgets(m: int, n: int, h: int, groups: dict[int, list[tuple[str, float, float]]], *,
                             seed: int, dtype: str = "float32", device: str = "cpu", record_every: int = 100,
-                            description: str = "gradient descent") -> dict[int, dict]:
+                            description: str = "gradient descent",
+                            starts: dict[int, tuple[torch.Tensor, torch.Tensor]] | None = None) -> dict[int, dict]:
     """[`train_two_layer`][] for configurations with different step budgets ({steps: configs}),
     in one batch: every configuration runs together up to the smallest budget, then those with
     more steps continue (sigmoid nets train twice as long in Figs. 3 and 6). The loop's cost is
     per step, not per configuration, so this saves the steps the groups would repeat apart.
     Returns, per budget, exactly what ``train_two_layer(…, configs, steps)`` returns; budgets must
     be multiples of ``record_every`` so that the records fall where a single run puts them.
+    ``starts`` ({steps: (U, V)}, float64, one row per configuration of that budget) replaces the scaled
+    draw as the initialisation (Fig. 6's sweep along an orbit at a fixed initial loss).
     """
     budgets = sorted(groups)
     if any(b % record_every for b in budgets):
         raise ValueError(f"every step budget {budgets} must be a multiple of record_every={record_every}")
+    if starts is not None and set(starts) != set(groups):
+        raise ValueError(f"starts must have the step budgets of groups as keys, {budgets}; got {sorted(starts)}")
     configs = [c for b in budgets for c in groups[b]]
     budget_of = torch.tensor([b for b in budgets for _ in groups[b]])
-    init64, Y, params = _two_layer_start(m, n, h, configs, seed, dtype, device)
+    start = None if starts is None else tuple(torch.cat(p) for p in zip(*(starts[b] for b in budgets)))
+    init64, Y, params = _two_layer_start(m, n, h, configs, seed, dtype, device, start)
     active = torch.arange(len(configs))
     phases, done = [], 0  # (configurations stepped, their trajectory, steps before it)
     for budget in budgets:

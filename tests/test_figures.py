@@ -124,10 +124,54 @@ def test_fig6_convergence(fig6_run):
     # Q₀ scales with the init: std² ratios of 4 between runs
     Q = sorted(abs(x["Q0"]) for x in r["per_activation"]["identity"])
     assert Q[-1] > 3 * Q[-2] > 9 * Q[-3]
+    # the control sweep: one initial loss per activation (float32 rounding apart), Q₀ moved by the orbit
+    for a, runs in r["per_activation_fixed_loss"].items():
+        losses = [x["initial_loss"] for x in runs]
+        assert len(runs) >= 3 and max(losses) - min(losses) <= 1e-6 * max(losses), (a, losses)
+        assert len({round(x["Q0"], 6) for x in runs}) == len(runs)
+        assert all(x["init_std"] == r["settings"]["orbit_init_std"] for x in runs)
     rows = load("Q_convergence_elementwise").claims(r)
-    assert len(rows) == 4 and all(set(x) == {"claim", "criterion", "holds", "measured"} for x in rows)
+    assert len(rows) == 8 and all(set(x) == {"claim", "criterion", "holds", "measured"} for x in rows)
+    assert sum("fixed initial loss" in x["claim"] for x in rows) == 4
     assert all(not x["holds"] for x in rows if "never converged" in x["measured"])
     assert finite_numbers(r)
+
+
+@pytest.mark.parametrize("activation", ["identity", "relu", "tanh", "sigmoid"])
+def test_fig6_orbit_move_keeps_the_function_and_moves_Q(activation):
+    """along_orbit: (U/c, V') with σ(V'ᵀ) = cσ(Vᵀ) keeps F = Uσ(Vᵀ) on X = I and changes Q₀ (Eq. 48);
+    the control, V moved without U, changes F; a c that leaves σ's range is refused (None)."""
+    import torch
+    import symmetry as S
+
+    fig6 = load("Q_convergence_elementwise")
+    U, V = S.gaussian_init(5, 50, 10, std=0.1, seed=0, dtype=torch.float64)
+    sigma = S.get_activation(activation)
+    F = U @ sigma(V.mT)
+    U2, V2 = fig6.along_orbit(U, V, activation, 1.4, 1e-3)
+    assert torch.allclose(U2 @ sigma(V2.mT), F, rtol=0, atol=1e-14)
+    assert abs(float(S.conserved_Q((U2, V2), activation) - S.conserved_Q((U, V), activation))) > 1e-2
+    assert not torch.allclose(U @ sigma(V2.mT), F, rtol=0, atol=1e-3)
+    if activation in fig6.INVERSE:
+        assert fig6.along_orbit(U, V, activation, 100.0, 1e-3) is None
+
+
+def test_train_two_layer_budgets_takes_its_starts_and_checks_them():
+    """starts replaces the scaled draw: given the draw itself it changes nothing; a wrong shape is named."""
+    import torch
+    import symmetry as S
+    from symmetry import training as T
+
+    groups = {20: [("tanh", 0.1, 0.5), ("relu", 0.1, 0.5)]}
+    U0, V0 = S.gaussian_init(3, 6, 4, std=1.0, seed=0, dtype=torch.float64)
+    plain = T.train_two_layer_budgets(3, 4, 6, groups, seed=0, dtype="float64", record_every=10)
+    given = T.train_two_layer_budgets(3, 4, 6, groups, seed=0, dtype="float64", record_every=10,
+                                      starts={20: (0.5 * U0.expand(2, 3, 6), 0.5 * V0.expand(2, 4, 6))})
+    assert torch.equal(plain[20]["loss"], given[20]["loss"])
+    with pytest.raises(ValueError, match="start must be a float64 pair"):
+        T.train_two_layer_budgets(3, 4, 6, groups, seed=0, record_every=10, starts={20: (U0, V0)})
+    with pytest.raises(ValueError, match="starts must have the step budgets"):
+        T.train_two_layer_budgets(3, 4, 6, groups, seed=0, record_every=10, starts={40: (U0, V0)})
 
 
 def test_fig7_radial(tmp_path):

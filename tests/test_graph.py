@@ -19,7 +19,7 @@ from torch import nn
 import symmetry as S
 from symmetry import dynamics as D
 from symmetry.groups.blocks import LinearBlock, ScalingBlock, TranslationBlock
-from symmetry.nets import GPT, CausalSelfAttention, GPTBlock, SwiGLU
+from symmetry.nets import GPT, CausalSelfAttention, GPTBlock, SwiGLU, ViT
 
 Tensor = torch.Tensor
 DT = torch.float64
@@ -116,6 +116,8 @@ def zoo():
         ("gpt_block", lambda: (GPTBlock(8, 2, 12), rn(2, 5, 8), None)),
         ("gpt_ce", lambda: (GPT(7, dim=8, heads=2, hidden=12, layers=1),
                             torch.randint(0, 7, (2, 5), generator=g), "cross_entropy")),
+        ("vit_ce", lambda: (ViT(image_size=8, patch=4, classes=3, dim=8, heads=2, hidden=12, layers=1),
+                            rn(3, 3, 8, 8), "cross_entropy")),
         ("skip_outer", lambda: (Skip(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 5), nn.Linear(5, 4)), rn(7, 4), None)),
     ]
 

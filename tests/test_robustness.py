@@ -211,7 +211,7 @@ def test_case7_read_only_figure_files_are_refused(tmp_path):
 # ---------------------------------------------------------------- issue 12: output locations, before computing
 
 SCRIPTS = ["Q_dynamics_elementwise", "Q_distribution", "Q_convergence_elementwise", "Q_convergence_radial",
-           "Q_sharpness_1d", "Q_hessian_eigenvalues", "noether_dynamics", "conservation_laws"]
+           "Q_sharpness_1d", "Q_hessian_eigenvalues", "noether_dynamics", "conservation_laws", "conservation_modern"]
 
 
 def _bad_locations(tmp_path: Path, name: str) -> dict[str, tuple[Path, str]]:
@@ -256,7 +256,7 @@ def test_out_errors_are_one_line_with_exit_2(tmp_path):
         assert done.stderr.strip().count("\n") == 0 and "--out" in done.stderr and "Traceback" not in done.stderr
 
 
-@pytest.mark.parametrize("name", ["reproduce", "conservation_under_optimizers"])
+@pytest.mark.parametrize("name", ["reproduce", "conservation_under_optimizers", "conservation_modern"])
 def test_data_is_checked_before_any_computation(name, tmp_path, monkeypatch):
     module = load_script(name)
     started = []

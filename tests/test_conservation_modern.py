@@ -1,0 +1,77 @@
+"""conservation_modern.py --quick on a tiny generated CIFAR-10 ImageFolder: files, claim rows, and checks that do
+not rest on the script's own bookkeeping (the η² identity, the translation laws, the controls' first order)."""
+import json
+import math
+
+import pytest
+
+from conftest import load_script
+from test_data import write_tree
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("modern")
+    write_tree(tmp / "cifar", per_class=(4, 1))
+    script = load_script("conservation_modern")
+    payload = script.main(["--quick", "--out", str(tmp), "--data", str(tmp / "cifar"), "--threads", "1"])
+    return script, payload, tmp
+
+
+def test_quick_run_writes_its_files_and_claim_rows(quick_run):
+    script, payload, tmp = quick_run
+    for ext in ("pdf", "png", "json"):
+        assert (tmp / f"conservation_modern.{ext}").stat().st_size > 0
+    on_disk = json.loads((tmp / "conservation_modern.json").read_text())
+    assert on_disk["settings"]["quick"] is True and on_disk["claims"] == payload["claims"]
+    assert set(payload["summary"]) == {"resnet", "resnet_bn", "vit", "gpt"}
+    rows = script.claims(payload)
+    # per model: exponent, laws/controls, skip, the exact per-step identity; translations; Adam, decay; BatchNorm
+    assert len(rows) == 4 * 4 + 2 + 2 * 2 + 1
+    for row in rows:
+        assert set(row) == {"claim", "criterion", "holds", "measured"} and isinstance(row["holds"], bool)
+    for name, sizes in ((n, payload["runs"][n]["sizes"]) for n in payload["runs"]):
+        assert sizes["steps"] and sizes["seeds"] == 1, name  # what was scaled down is in the JSON
+    assert payload["runs"]["gpt"]["corpus"]["characters"] == 5000 and len(payload["runs"]["gpt"]["corpus"]["sha256"]) == 64
+
+
+def test_every_model_tracks_the_papers_laws_and_controls(quick_run):
+    _, payload, _ = quick_run
+    fams = {n: set(r["families"]) for n, r in payload["runs"].items()}
+    assert fams["resnet"] == {"conv–ReLU–conv rescaling (Marcotte Thm 3.6)"}
+    assert {"BN sphere ‖conv1_j‖² (Kunin et al.)", "BN (γ, β)–conv2 rescaling (derived)"} <= fams["resnet_bn"]
+    assert {"Q–K per head (Marcotte Cor. 3.10)", "V–O per head (Marcotte Cor. 3.10)", "SwiGLU up–down (Tran Thm 4.2)", "softmax head translation (Marcotte Prop. 3.11)"} <= fams["vit"]
+    assert {"RoPE Q–K pairs (Tran Thm 4.4)", "V–O per head (Marcotte Cor. 3.10)", "SwiGLU up–down (Tran Thm 4.2)"} <= fams["gpt"]
+    controls = set(payload["summary"]["gpt"]["control_final_by_lr"])
+    assert {"SiLU gate ReLU-style balance (Thm 4.1)", "mixed RoPE pair (Thm 4.4)",
+            "balance across the skip (Thm 4.7)"} == controls
+
+
+def test_the_measurements_are_second_and_first_order_as_the_theory_says(quick_run):
+    """Independent of the claim rows: plain SGD leaves a translation law unchanged to round-off, changes a quadratic
+    law (never exactly zero), and moves the controls by far more than the laws at the smallest lr."""
+    _, payload, _ = quick_run
+    for name in ("vit", "gpt"):
+        s = payload["summary"][name]
+        assert s["translation_max_under_sgd"] < 1e-12
+        for fam, values in s["law_final_by_lr"].items():
+            if "translation" not in fam:
+                assert all(v > 0 for v in values) and values[-1] > values[0], fam  # grows with the lr
+        smallest_law = max(v[0] for f, v in s["law_final_by_lr"].items() if "translation" not in f)
+        assert max(v[0] for v in s["control_final_by_lr"].values()) > smallest_law
+        for fam, d in s["decay"].items():  # weight decay moves every law; the prediction beats no decay at all
+            assert d["change"] > 0 and d["prediction_error"] < d["change"], fam
+    exponent = payload["summary"]["resnet"]["law_exponent"]["conv–ReLU–conv rescaling (Marcotte Thm 3.6)"]
+    assert math.isfinite(exponent)
+    for name, s in payload["summary"].items():  # ΔQ = η²B(g, g) per SGD step, on every batch (float64 round-off)
+        for fam, err in s["identity_error"].items():
+            if "sphere" not in fam:
+                assert err < 1e-12, (name, fam, err)
+    check = payload["summary"]["resnet_bn"]["eps_check"]  # BatchNorm's sphere law without its ε: exact
+    assert check["eps"] == 1e-300 and check["bn_identity_error"] < 1e-10
+
+
+def test_full_and_quick_together_are_refused(tmp_path):
+    script = load_script("conservation_modern")
+    with pytest.raises(SystemExit):
+        script.main(["--quick", "--full", "--out", str(tmp_path)])
