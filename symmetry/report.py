@@ -291,12 +291,29 @@ def modern_sizes(root: Path) -> str:
     return "\n".join(lines)
 
 
+def modern_benchmark(root: Path) -> str:
+    """bench_modern.py: per model of conservation_modern.py, at the committed run's sizes, one training step with and
+    without ConservationMonitor.record (float64, one thread), and the committed run's wall time and peak memory."""
+    data = _json(root, "benchmarks/results/bench_modern.json")
+    titles = {"resnet": "ResNet-18, no BN", "resnet_bn": "ResNet-18, BN", "vit": "ViT", "gpt": "GPT"}
+    lines = ["| model | laws (blocks) | training step | record | record / step |", "|---|---:|---:|---:|---:|"]
+    for name, r in data["models"].items():
+        lines.append(f"| {titles.get(name, name)} | {r['laws']} ({r['blocks']}) | {1e3 * r['train_step_median_s']:.1f} ms | "
+                     f"{1e3 * r['record_median_s']:.2f} ms | {100 * r['record_over_train_step']:.2f} % |")
+    run = data["committed_run"]
+    lines.append("")
+    lines.append(f"The committed run: {run['wall_time_s']:.0f} s wall, peak memory {run['peak_memory_mb_of_process']:.0f} MB "
+                 f"(settings {run['settings_hash']}).")
+    return "\n".join(lines)
+
+
 TABLES: dict[str, Callable[[Path], str]] = {
     "figures": figure_table, "claim-count": claim_count, "claims": claim_table,
     "conservation-check": conservation_check, "noether-drift": noether_drift_table,
     "optimizers": optimizer_table, "reproduce-benchmark": reproduce_benchmark, "law-counts": law_counts,
     "law-benchmark": law_benchmark, "module-law-benchmark": module_law_benchmark,
     "adversarial-paired": adversarial_paired, "modern": modern_table, "modern-sizes": modern_sizes,
+    "modern-benchmark": modern_benchmark,
 }
 
 
