@@ -12,9 +12,9 @@ Modules, each named for the paper's object it holds:
 - ``init``: Gaussian, Xavier (Eq. 46), spectral (Prop. 14), init at a chosen Q
 - ``noether``: the conserved quantities and charges of GF, Newtonian dynamics and Nesterov's flow,
   and their test problems (Gluch & Urbanke)
-- ``teleport``: symmetry teleportation (Zhao et al., NeurIPS 2022; ICLR 2024): move along a group orbit
-  to the largest gradient norm, the smallest sharpness or a chosen Q; ``symmetry.teleport(...)`` calls
-  ``symmetry.teleport.teleport``; teleporting inside training for GD, SGD, momentum, AdaGrad, Adam
+- ``teleport``: symmetry teleportation (Zhao et al., NeurIPS 2022; ICLR 2024): ``teleport_to`` moves
+  along a group orbit to the largest gradient norm, the smallest sharpness or a chosen Q;
+  ``TeleportingStepper`` teleports inside training, run by ``dynamics.run``
 - ``groups``: the one symmetry abstraction (``Symmetry``) and its blocks: rescaling, GL, translation
 - ``graph``: a user's nn.Module traced (torch.fx) and walked: which units each value carries
 - ``modules``: ``module_symmetries``: the blocks found on the graph, each checked on an example input
@@ -83,6 +83,7 @@ from .dynamics import (
 )
 from .hessian import (Eigenpairs, eigenvector_parameters, hessian_eigenvalues, hessian_top_k, hessian_vector_product, lanczos,
                       loss_hessian, module_hessian_vector_product, top_hessian_eigenvalues)
+from .teleport import TeleportingStepper, TeleportSchedule, teleport_random, teleport_to
 from .init import expected_Q_xavier, gaussian_init, init_at_Q, spectral_init, xavier_init
 from .laws import count_conservation_laws, lie_algebra_dimension, polynomial_laws
 from .groups import NotSupportedError, Symmetry
@@ -106,7 +107,7 @@ __all__ = [
     "orbit_dimension", "orthogonal_action", "PAPER_ACTIVATIONS", "polynomial_laws", "PotentialModel",
     "radial_lambda", "radial_rescaling", "RankDeficiencyWarning", "scaling_action", "spectral_init", "SpectralModes",
     "swish_balance", "SwishMLP", "top_hessian_eigenvalues", "Trajectory", "TwoLayerNet", "TwoLayerRadialNet",
-    "modules", "teleport", "GD", "SGD", "AdaGrad", "Adam", "AdamW", "HeavyBall", "Leapfrog", "ModuleModel",
+    "modules", "teleport", "teleport_to", "teleport_random", "TeleportingStepper", "TeleportSchedule", "GD", "SGD", "AdaGrad", "Adam", "AdamW", "HeavyBall", "Leapfrog", "ModuleModel",
     "Nesterov", "Snapshot", "State", "Stepper", "TwoLayerGD", "integrate", "run", "wrap_optimizer",
     "Eigenpairs", "eigenvector_parameters", "hessian_top_k", "lanczos", "module_hessian_vector_product",
     "ConservationMonitor", "Elementwise", "ModuleSymmetries", "module_symmetries", "NotSupportedError", "Symmetry",

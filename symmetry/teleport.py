@@ -3,7 +3,8 @@ to the point that is best for what comes next (Zhao, Dehmamy, Walters & Yu, Neur
 Zhao, Gower, Walters & Yu, ICLR 2024).
 
 The paper's conserved quantities are coordinates along the orbit (Figs. 6, 7, 9; App. G.1):
-gradient flow cannot change them, a group element can. ``teleport`` optimises one group element
+gradient flow cannot change them, a group element can. [`teleport_to`][] (also ``symmetry.teleport_to``;
+this module is ``symmetry.teleport``) optimises one group element
 
     g = exp(ξ),  ξ ∈ Lie algebra  (matrix_exp for GL / O, entrywise exp for positive scalings),
 
@@ -11,41 +12,38 @@ by gradient ascent on an objective J(g·θ) and applies it. Why this parametrisa
 identity, every ξ gives a group element of the identity component (no step can leave the group or
 reach a singular matrix, which g = I + T of the reference code can), and the action is exactly
 loss-preserving for every ξ, so ΔL measures only round-off (the reference code's first-order
-inverse (I + T)⁻¹ ≈ I − T changes the loss at O(‖T‖²), SPEC-extensions A1.3).
+inverse (I + T)⁻¹ ≈ I − T changes the loss at O(‖T‖²)).
 
-Groups (each a :class:`Group`: ``algebra_zero(params)``, ``exp(ξ)``, ``act(element, params, X)``):
+Groups (each a [`Group`][]: ``algebra_zero(params)``, ``exp(ξ)``, ``act(element, params, X)``):
 
-- :class:`GeneralLinear`: GL on each hidden layer of a linear net (Eq. 17, Example 2)
-- :class:`PositiveScaling`: per-neuron positive scaling of a homogeneous net (Example 3)
-- :class:`NonlinearGL`: the data-dependent action of Prop. 8, layer pair by layer pair with each
-  pair's input recomputed (exact on the batch X when the batch is no larger than every hidden width)
-- :class:`Orthogonal`, :class:`NeuronScaling`: the radial nets' O(h) and per-neuron scalings
-- :class:`ModuleGroup`: adapter for ``symmetry.modules.ModuleSymmetries`` (a user's ``nn.Module``)
+- [`GeneralLinear`][]: GL on each hidden layer of a linear net (Eq. 17, Example 2)
+- [`PositiveScaling`][]: per-neuron positive scaling of a homogeneous net (Example 3)
+- [`NonlinearGL`][]: the data-dependent action of Prop. 8, layer pair by layer pair with each pair's
+  input recomputed, in a form whose identity element is the identity (exact on the batch X when the
+  batch is no larger than every hidden width; ``approximate=True`` for larger batches)
+- [`Orthogonal`][], [`NeuronScaling`][]: the radial nets' O(h) and per-neuron scalings
+- [`ModuleGroup`][]: adapter for ``symmetry.modules.ModuleSymmetries`` (a user's ``nn.Module``)
 
-Objectives: :func:`grad_norm` (maximise ‖∇L‖², NeurIPS 2022), :func:`sharpness` (minimise the top
-Hessian eigenvalue by Lanczos on Hessian-vector products, or Hutchinson's trace estimate,
-ICLR 2024), :func:`conserved_target` (reach a target value of a conserved quantity), or any callable.
+Objectives: [`grad_norm`][] (maximise ‖∇L‖², NeurIPS 2022), [`sharpness`][] (minimise the top
+Hessian eigenvalue, its eigenvector by [`symmetry.hessian.top_hessian_eigenvalues`][], or Hutchinson's
+trace estimate, ICLR 2024), [`conserved_target`][] (reach a target value of a conserved quantity), or any
+callable. [`teleport_random`][] applies a random element of a given size: the control of a teleport.
 
-Inside training: :func:`train` runs GD, SGD, momentum, AdaGrad or Adam (``torch.optim``) through
-:class:`OptimizerStepper` and teleports at the steps of a :class:`TeleportSchedule` via
-:class:`Teleporting`, a wrapper around any object with the small stepper protocol documented there;
-:class:`TeleportingStepper` wraps a stepper of the engine's protocol (``init_state``/``step(state, grad)``).
+Inside training: [`TeleportingStepper`][] wraps any stepper of the engine's protocol and teleports at
+the steps of a [`TeleportSchedule`][]; [`symmetry.dynamics.run`][] is the one loop that runs it.
 """
 from __future__ import annotations
 
 import functools
 import math
-import sys
 import time
-import types
 import warnings
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Mapping, Protocol, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 
 from .actions import multilayer_action, neuron_scaling_action, orthogonal_action
-from .activations import ActivationLike, get_activation
 from .validation import check_choice, check_finite, check_tensors
 
 Tensor = torch.Tensor
@@ -83,8 +81,9 @@ class Group:
     def act(self, element: Element, params: Params, X: Tensor | None) -> Params:
         raise NotImplementedError
 
-    def check(self, model, params: Params, X: Tensor | None) -> None:
-        """Raise a ValueError if the group cannot act on these parameters (shapes, batch size)."""
+    def check(self, model, params: Params, X: Tensor | None, approximate: bool = False) -> None:
+        """Raise a ValueError if the group cannot act on these parameters (shapes, batch size);
+        ``approximate=True`` allows a data-dependent action that keeps the batch loss only approximately."""
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
@@ -141,7 +140,7 @@ class _Layered(Group):
             raise RuntimeError(f"{self!r} is not bound to a model: teleport() binds it, or call .bind(model)")
         return _layout(self._model, params)
 
-    def check(self, model, params, X):
+    def check(self, model, params, X, approximate: bool = False):
         self.bind(model)
         _layout(model, params)
 
@@ -192,7 +191,7 @@ class PositiveScaling(_Layered):
             out.append(W)
         return back(tuple(out))
 
-    def check(self, model, params, X):
+    def check(self, model, params, X, approximate: bool = False):
         super().check(model, params, X)
         _, acts, _ = _layout(model, params)
         bad = [a.name for a in acts if a.homogeneity is None]
@@ -202,14 +201,22 @@ class PositiveScaling(_Layered):
 
 
 class NonlinearGL(_Layered):
-    """The data-dependent GL action of Prop. 8 on every hidden layer, bottom to top:
+    """The data-dependent GL action of Prop. 8 on every hidden layer, bottom to top, with an identity
+    that is the identity:
 
-    Z_i = W_i H_{i−1},  W_i ↦ g_i W_i,  W_{i+1} ↦ W_{i+1} σ(Z_i) σ(g_i Z_i)⁺,  H_i = σ(g_i Z_i),
+    Z_i = W_i H_{i−1},  W_i ↦ g_i W_i,  W_{i+1} ↦ W_{i+1} π_i,  H_i = σ(g_i Z_i),
+    π_i = I + (σ(Z_i) − σ(g_i Z_i)) σ(g_i Z_i)⁺.
 
-    with each pair's input H_{i−1} recomputed from the already transformed lower layers (the reference
-    codes use the stale one, which breaks exactness; SPEC-extensions A1.3(d)). It keeps the network's
-    output on the batch X exactly iff σ(g_i Z_i) has full column rank, which needs the batch size k to
-    be at most every hidden width; on other data the loss changes. ``X=None`` means X = I_n.
+    How this differs from the paper's π(g, Z) = σ(Z)σ(gZ)⁺ (Eq. 15; Eq. 4 of the ICLR 2024 paper):
+    for a batch of k ≤ h_i samples, π_i = σ(Z)σ(gZ)⁺ + I − σ(gZ)σ(gZ)⁺ adds the projector onto the
+    orthogonal complement of σ(gZ)'s columns, which σ(gZ) annihilates, so π_i σ(gZ) = σ(Z) still holds
+    (the batch output is kept exactly, as in the paper) while π_i(I, Z) = I. The paper's form at g = I
+    is σ(Z)σ(Z)⁺, a projection onto the span of the k batch activations: a "teleport" that does nothing
+    would drop the upper layer's rank to k and change the loss on every other sample. For k > h_i,
+    σ(gZ)σ(gZ)⁺ = I and both forms are σ(Z)σ(gZ)⁺, a least-squares fit that keeps the batch loss only
+    approximately (``approximate=True`` in [`teleport_to`][symmetry.teleport.teleport_to]); π_i(I, Z) = I
+    again. Each pair's input H_{i−1} is recomputed from the already transformed lower layers (the
+    reference codes use the stale one, which breaks exactness). ``X=None`` means X = I_n.
     """
 
     name = "GL, data-dependent (Prop. 8)"
@@ -233,22 +240,26 @@ class NonlinearGL(_Layered):
                 break
             Z = W if H is None else W @ H  # (h_i, k), unchanged by the lower layers' transformation
             g = element[i]
-            A = acts[i].sigma(g @ Z)  # σ(gZ), (h_i, k), k ≤ h_i
-            # π = σ(Z)σ(gZ)⁺ with σ(gZ)⁺ = (AᵀA)⁻¹Aᵀ (full column rank): a differentiable solve
-            right = acts[i].sigma(Z) @ torch.linalg.solve(A.mT @ A, A.mT)  # (h_i, h_i)
+            A = acts[i].sigma(g @ Z)  # σ(gZ), (h_i, k)
+            h, k = A.shape[-2:]
+            # σ(gZ)⁺ by a differentiable solve: (AᵀA)⁻¹Aᵀ (k ≤ h, full column rank) or Aᵀ(AAᵀ)⁻¹ (k > h)
+            pinv = torch.linalg.solve(A.mT @ A, A.mT) if k <= h else torch.linalg.solve(A @ A.mT, A).mT
+            eye = torch.eye(h, dtype=A.dtype, device=A.device)
+            right = eye + (acts[i].sigma(Z) - A) @ pinv  # exactly I at g = I: σ(Z) − σ(Z) = 0
             out.append(g @ W)
             H = A
         return back(tuple(out))
 
-    def check(self, model, params, X):
+    def check(self, model, params, X, approximate: bool = False):
         super().check(model, params, X)
         weights, _, _ = _layout(model, params)
         k = weights[0].shape[-1] if X is None else X.shape[-1]
         widths = [W.shape[-2] for W in weights[:-1]]
-        if k > min(widths):
+        if k > min(widths) and not approximate:
             raise ValueError(f"group=NonlinearGL (Prop. 8) keeps the loss only on a batch no larger than every "
                              f"hidden width: the batch has k={k} samples, the hidden widths are {widths}. Teleport "
-                             f"on a batch of at most {min(widths)} samples (SPEC-extensions A1.3(c))")
+                             f"on a batch of at most {min(widths)} samples, or pass approximate=True to teleport "
+                             f"with a least-squares action whose loss change the report gives")
 
 
 class Orthogonal(Group):
@@ -287,7 +298,7 @@ class NeuronScaling(Group):
 
 
 class ModuleGroup(Group):
-    """Adapter: ``symmetry.modules.ModuleSymmetries`` (a user's nn.Module) as a :class:`Group`.
+    """Adapter: ``symmetry.modules.ModuleSymmetries`` (a user's nn.Module) as a [`Group`][].
 
     Uses only its functional API: ``algebra_zero() -> {name: ξ}``, ``exp(ξ) -> element``,
     ``act_params(params: {name: tensor}, element) -> {name: tensor}``. Parameters travel as a tuple in
@@ -366,83 +377,62 @@ def grad_norm() -> Objective:
     return Objective("squared gradient norm", gradient_norm_squared, True)
 
 
-def _hvp(loss_fn: LossFn, params: Params, create_graph: bool):
-    grads = _grad(loss_fn, params, create_graph=True)
-
-    def hvp(v: Params) -> Params:
-        return torch.autograd.grad(_inner(grads, v), params,
-                                   retain_graph=True, create_graph=create_graph)
-
-    return hvp
-
-
 def _inner(a: Params, b: Params) -> Tensor:
     return torch.stack([(x * y).sum() for x, y in zip(a, b)]).sum()
 
 
-def top_hessian_eigenpair(loss_fn: LossFn, params: Params, start: Params | None = None, seed: int = 0,
-                          tol: float = 1e-10) -> tuple[Tensor, Params]:
-    """(vᵀH(θ)v, v) with v the unit eigenvector of the Hessian's largest (algebraic) eigenvalue, found by
-    Lanczos (scipy ``eigsh``, warm-started at ``start``) on Hessian-vector products; small problems
-    (D ≤ 32) take the dense H from D products. With v held fixed, vᵀH(θ)v has the gradient of λ_max in θ
-    (Hellmann–Feynman), so the returned value is differentiable the right way."""
-    import numpy as np
+def curvature_along(loss_fn: LossFn, params: Params, directions: Sequence[Params]) -> Tensor:
+    """Σ_v vᵀH(θ)v over ``directions`` (tuples shaped like ``params``), differentiable in θ.
 
-    params = tuple(params)
-    hvp = _hvp(loss_fn, params, create_graph=False)
-    sizes = [p.numel() for p in params]
-    D = sum(sizes)
+    [`symmetry.hessian.hessian_vector_product`][] gives values of Hv at a fixed point; an objective needs
+    vᵀH(g·θ)v as a differentiable function of the group element, hence this double backward pass."""
+    grads = _grad(loss_fn, params, create_graph=True)
+    total = torch.zeros((), dtype=params[0].dtype, device=params[0].device)
+    for v in directions:
+        hv = torch.autograd.grad(_inner(grads, v), params, create_graph=True, allow_unused=True)
+        total = total + _inner(tuple(torch.zeros_like(p) if h is None else h for h, p in zip(hv, params)), v)
+    return total
 
-    def unflat(x: Tensor) -> Params:
-        return tuple(c.reshape(p.shape) for c, p in zip(torch.split(x, sizes), params))
 
-    def matvec(x) -> np.ndarray:
-        x = torch.as_tensor(np.asarray(x, dtype=np.float64).reshape(-1)).to(params[0])
-        return torch.cat([h.reshape(-1) for h in hvp(unflat(x))]).detach().cpu().to(torch.float64).numpy()
+def _top_eigenvector(loss_fn: LossFn, params: Params, seed: int = 0) -> Params:
+    """The unit eigenvector of the Hessian's largest (algebraic) eigenvalue, shaped like ``params``
+    ([`symmetry.hessian.top_hessian_eigenvalues`][]: Lanczos on Hessian-vector products)."""
+    from .hessian import top_hessian_eigenvalues
+    from .models import unflatten
 
-    if D <= 32:
-        H = np.stack([matvec(e) for e in np.eye(D)], axis=1)
-        _, vecs = np.linalg.eigh(0.5 * (H + H.T))
-        top = vecs[:, -1]
-    else:
-        from scipy.sparse.linalg import LinearOperator, eigsh
-
-        v0 = (np.random.default_rng(seed).standard_normal(D) if start is None
-              else torch.cat([x.reshape(-1) for x in start]).cpu().to(torch.float64).numpy())
-        _, vecs = eigsh(LinearOperator((D, D), matvec=matvec, dtype=np.float64), k=1, which="LA", v0=v0, tol=tol)
-        top = vecs[:, 0]
-    v = unflat(torch.as_tensor(top).to(params[0]))
-    value = _inner(v, _hvp(loss_fn, params, create_graph=True)(v))
-    return value, v
+    params = tuple(p.detach() for p in params)
+    pairs = top_hessian_eigenvalues(loss_fn, params, k=1, seed=seed, return_eigenvectors=True)
+    return unflatten(pairs.vectors[:, 0], params)
 
 
 def lambda_max(loss_fn: LossFn, params: Params) -> float:
-    """The Hessian's largest eigenvalue at ``params`` (:func:`top_hessian_eigenpair`, reverse-mode HVPs)."""
-    return float(top_hessian_eigenpair(loss_fn, _detached_leaves(params))[0].detach())
+    """The Hessian's largest eigenvalue at ``params`` ([`symmetry.hessian.top_hessian_eigenvalues`][])."""
+    from .hessian import top_hessian_eigenvalues
+
+    return float(top_hessian_eigenvalues(loss_fn, tuple(p.detach() for p in params), k=1)[0])
 
 
 def sharpness(method: str = "lanczos", samples: int = 10, seed: int = 0) -> Objective:
-    """Minimise sharpness (ICLR 2024): ``lanczos`` = the top Hessian eigenvalue λ_max by Lanczos on
-    Hessian-vector products (warm-started from the previous ascent step's eigenvector);
-    ``hutchinson`` = the trace estimate mean zᵀHz over ``samples`` Rademacher vectors z, fixed across
-    steps so that the objective is one smooth function of ξ."""
+    """Minimise sharpness (ICLR 2024): ``lanczos`` = the top Hessian eigenvalue λ_max, as vᵀH(θ)v with v
+    the top eigenvector found by Lanczos at the current iterate and held fixed (Hellmann–Feynman: this has
+    the gradient of λ_max); ``hutchinson`` = the trace estimate mean zᵀHz over ``samples`` Rademacher
+    vectors z, fixed across steps so that the objective is one smooth function of ξ."""
     check_choice("method", method, ("lanczos", "hutchinson"))
     state: dict[str, Any] = {}
 
-    def lanczos(loss_fn, params):
-        value, state["v"] = top_hessian_eigenpair(loss_fn, params, state.get("v"), seed)
-        return value
+    def top(loss_fn, params):
+        v = _top_eigenvector(loss_fn, params, seed)
+        return curvature_along(loss_fn, params, [v])
 
     def hutchinson(loss_fn, params):
         if "z" not in state:
             gen = torch.Generator().manual_seed(seed)
             state["z"] = [tuple((torch.randint(0, 2, p.shape, generator=gen) * 2 - 1).to(p) for p in params)
                           for _ in range(samples)]
-        hvp = _hvp(loss_fn, params, create_graph=True)
-        return sum(_inner(z, hvp(z)) for z in state["z"]) / samples
+        return curvature_along(loss_fn, params, state["z"]) / samples
 
     name = "top Hessian eigenvalue (Lanczos)" if method == "lanczos" else "Hessian trace (Hutchinson)"
-    return Objective(name, lanczos if method == "lanczos" else hutchinson, False)
+    return Objective(name, top if method == "lanczos" else hutchinson, False)
 
 
 def conserved_target(quantity: Callable[[Params], Tensor], target: float | Tensor, name: str = "Q") -> Objective:
@@ -458,7 +448,7 @@ OBJECTIVES = {"grad_norm": grad_norm, "sharpness": sharpness, "trace": lambda: s
 
 
 def make_objective(objective: str | Objective | Callable[[Params], Tensor], maximize: bool = True) -> Objective:
-    """An :class:`Objective` by name (``grad_norm``, ``sharpness``, ``trace``), as given, or from a
+    """An [`Objective`][] by name (``grad_norm``, ``sharpness``, ``trace``), as given, or from a
     callable θ ↦ scalar (maximised unless ``maximize=False``)."""
     if isinstance(objective, Objective):
         return objective
@@ -477,7 +467,9 @@ def make_objective(objective: str | Objective | Callable[[Params], Tensor], maxi
 
 @dataclass
 class TeleportReport:
-    """What one teleport did. ``relative_loss_change`` = |L(g·θ) − L(θ)| / |L(θ)| on the teleport batch."""
+    """What one teleport did. ``relative_loss_change`` = |L(g·θ) − L(θ)| / |L(θ)| on the teleport batch;
+    ``holdout_*``: the same on held-out data (``holdout=`` of [`teleport_to`][]; None without it).
+    ``objective_before`` is J at the given parameters, before any group element acts."""
 
     group: str
     objective: str
@@ -493,8 +485,13 @@ class TeleportReport:
     best_step: int
     seconds: float
     history: list[float] = field(default_factory=list)  # objective at each ascent iterate
-    stopped: str | None = None  # why the ascent stopped early (on_loss_change="stop"), if it did
+    stopped: str | None = None  # why the ascent stopped early, if it did
     halvings: int = 0  # backtracking halvings of the step
+    approximate: bool = False  # a data-dependent action on a batch larger than a hidden width
+    holdout_loss_before: float | None = None
+    holdout_loss_after: float | None = None
+    holdout_relative_loss_change: float | None = None
+    kind: str = "ascent"  # "ascent" (teleport_to) or "random" (teleport_random)
 
     @property
     def improved(self) -> bool:
@@ -519,12 +516,12 @@ def _module_problem(model, params, loss_fn, X, Y, group):
     if loss_fn is None:
         raise ValueError("an nn.Module needs loss_fn(output, target), e.g. torch.nn.functional.mse_loss")
 
-    def loss(p):
+    def loss_on(p, X, Y):
         return loss_fn(torch.func.functional_call(model, dict(zip(names, p)), (X,)), Y)
 
     if not isinstance(group, Group):
         group = ModuleGroup(group, names)
-    return tuple(params), loss, group, names
+    return tuple(params), loss_on, group, names
 
 
 def _norm(tensors: Sequence[Tensor]) -> float:
@@ -542,137 +539,245 @@ def _with_grad(function):
     return wrapped
 
 
+@dataclass
+class _Problem:
+    """What both teleports need: the group bound to the model, the loss on the batch and on other data."""
+
+    grp: Group
+    loss_on: Callable[[Params, Any, Any], Tensor]
+    X: Any
+    Y: Any
+    base: Params
+    params: Params  # the caller's tensors (a module's live parameters)
+    names: list[str] | None
+    loss0: float
+    rtol: float
+    atol: float
+    approximate: bool
+
+    def loss(self, p: Params) -> Tensor:
+        return self.loss_on(p, self.X, self.Y)
+
+    def act(self, xi: Algebra) -> Params:
+        return tuple(self.grp.act(self.grp.exp(xi), self.base, self.X))
+
+    def keeps(self, value: float) -> bool:
+        return self.approximate or abs(value - self.loss0) <= self.atol + self.rtol * abs(self.loss0)
+
+
+def _problem(model, params, data, group, loss_fn, loss_rtol, loss_atol, approximate, check_symmetry,
+             seed) -> _Problem:
+    if not (isinstance(data, (tuple, list)) and len(data) == 2):
+        raise ValueError(f"data must be a pair (X, Y); got {type(data).__name__}")
+    if not isinstance(approximate, bool):
+        raise ValueError(f"approximate={approximate!r} must be True or False")
+    X, Y = data
+    names = None
+    if isinstance(model, torch.nn.Module):
+        params, loss_on, grp, names = _module_problem(model, params, loss_fn, X, Y, group)
+    else:
+        params = check_tensors("params", tuple(params))  # a group acts on floating-point parameters
+        grp = make_group(group)
+        grp.check(model, params, X, approximate=approximate)
+
+        def loss_on(p, X, Y):
+            value = model.loss(p, X, Y) if loss_fn is None else loss_fn(model, p, X, Y)
+            if value.ndim != 0:
+                raise ValueError(f"the loss must be a scalar (one configuration), got shape {tuple(value.shape)}")
+            return value
+    check_finite("params", params)
+    rtol, atol = _default_tolerances(params[0].dtype)
+    rtol = rtol if loss_rtol is None else loss_rtol
+    atol = atol if loss_atol is None else loss_atol
+    base = tuple(p.detach() for p in params)
+    with torch.no_grad():
+        loss0 = float(loss_on(base, X, Y))
+    if not math.isfinite(loss0):
+        raise ValueError(f"the loss at params is {loss0}: teleport needs a finite loss")
+    pb = _Problem(grp, loss_on, X, Y, base, tuple(params), names, loss0, rtol, atol,
+                  approximate and grp.data_dependent)
+    if check_symmetry and not pb.approximate:
+        gen = torch.Generator().manual_seed(seed + 7919)
+        probe = tuple(1e-2 * torch.randn(z.shape, generator=gen, dtype=z.dtype).to(z.device)
+                      for z in grp.algebra_zero(base))
+        try:
+            with torch.no_grad():
+                moved = float(pb.loss(pb.act(probe)))
+        except KeyError as error:  # a ModuleSymmetries found in another model
+            raise ValueError(f"group does not act on this model's parameters: {error}") from None
+        if not pb.keeps(moved):
+            raise ValueError(f"group={grp.name!r} is not a symmetry of {model!r} here: a random element "
+                             f"exp(ξ) with ‖ξ‖ ≈ {_norm(probe):.2g} changed "
+                             f"the loss from {loss0:.6g} to {moved:.6g} (relative {abs(moved - loss0) / max(abs(loss0), atol):.2g}, "
+                             f"tolerance {rtol:g}). Pick the group of this model's activation (GROUPS: {sorted(GROUPS)})")
+    return pb
+
+
+def _finish(pb: _Problem, xi: Algebra, identity: bool, on_loss_change: str, max_condition: float,
+            holdout, fields: dict) -> tuple[Any, TeleportReport]:
+    """Apply exp(ξ) (the parameters unchanged when ``identity``), check it, report, write a module."""
+    if identity:
+        element_cond, new = 1.0, pb.base
+    else:
+        element = pb.grp.exp(xi)
+        element_cond = condition_number(element)
+        if not element_cond <= max_condition:
+            raise ValueError(f"the teleport's group element is singular or ill-conditioned (condition number "
+                             f"{element_cond:.3g} > max_condition={max_condition:g}); lower lr or steps, set "
+                             f"trust_region, or use on_loss_change='stop'; params were left unchanged")
+        with torch.no_grad():
+            new = tuple(t.detach() for t in pb.grp.act(element, pb.base, pb.X))
+        check_finite("teleported params", new)
+    with torch.no_grad():
+        loss1 = float(pb.loss(new))
+    rel = abs(loss1 - pb.loss0) / max(abs(pb.loss0), pb.atol)
+    if not pb.keeps(loss1):
+        msg = (f"the teleport changed the loss from {pb.loss0:.10g} to {loss1:.10g} (relative {rel:.3g} > "
+               f"loss_rtol={pb.rtol:g}); the group does not keep this loss")
+        if on_loss_change == "warn":
+            warnings.warn(msg, TeleportWarning, stacklevel=3)
+        else:
+            raise ValueError(msg + "; params were left unchanged")
+    held: dict[str, Any] = {}
+    if holdout is not None:
+        if not (isinstance(holdout, (tuple, list)) and len(holdout) == 2):
+            raise ValueError(f"holdout must be a pair (X, Y) of held-out data; got {type(holdout).__name__}")
+        with torch.no_grad():
+            before, after = float(pb.loss_on(pb.base, *holdout)), float(pb.loss_on(new, *holdout))
+        held = {"holdout_loss_before": before, "holdout_loss_after": after,
+                "holdout_relative_loss_change": abs(after - before) / max(abs(before), pb.atol)}
+    report = TeleportReport(pb.grp.name, loss_before=pb.loss0, loss_after=loss1, relative_loss_change=rel,
+                            condition_number=element_cond, xi_norm=0.0 if identity else _norm(xi),
+                            approximate=pb.approximate, **held, **fields)
+    if pb.names is not None:
+        with torch.no_grad():
+            for p, q in zip(pb.params, new):
+                p.copy_(q)
+        return dict(zip(pb.names, new)), report
+    return new, report
+
+
+def _check_positive(name: str, value, allow_none: bool = True):
+    if value is None and allow_none:
+        return None
+    if not (isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0 and math.isfinite(value)):
+        raise ValueError(f"{name}={value!r} must be a positive number{' or None' if allow_none else ''}")
+    return float(value)
+
+
 @_with_grad
-def teleport(model, params, data: tuple, group: str | Group, objective: str | Objective | Callable = "grad_norm", *,
-             lr: float = 0.1, steps: int = 10, max_step: float | None = None, loss_fn: Callable | None = None,
-             loss_rtol: float | None = None, loss_atol: float | None = None, on_loss_change: str = "stop",
-             check_symmetry: bool = True, max_condition: float = 1e8, max_halvings: int = 30,
-             backtrack: bool = True, objective_limit: float | None = None, max_ratio: float | None = None,
-             seed: int = 0) -> tuple[Any, TeleportReport]:
+def teleport_to(model, params, data: tuple, group: str | Group, objective: str | Objective | Callable = "grad_norm", *,
+                lr: float = 0.1, steps: int = 10, max_step: float | None = None, trust_region: float | None = None,
+                loss_fn: Callable | None = None, loss_rtol: float | None = None, loss_atol: float | None = None,
+                on_loss_change: str = "stop", check_symmetry: bool = True, max_condition: float = 1e8,
+                max_halvings: int = 30, backtrack: bool = True, objective_limit: float | None = None,
+                max_ratio: float | None = None, approximate: bool = False, holdout: tuple | None = None,
+                seed: int = 0) -> tuple[Any, TeleportReport]:
     """Teleport θ to g*·θ, g* = exp(ξ*) ≈ argmax_g J(g·θ) (or argmin), found by ``steps`` gradient steps
     on ξ from ξ = 0 (the identity) with step size ``lr`` (each step's norm capped at ``max_step``).
 
     ``model``: a tuple model (``TwoLayerNet``, ``MLP``, radial nets) with ``params`` a tuple, or an
     ``nn.Module`` with ``loss_fn(output, target)`` (``params=None``: its current parameters; the result
     is also written into the module). ``data`` = (X, Y): the batch the loss (and a data-dependent
-    action) uses. ``group``: a :class:`Group`, a name in ``GROUPS``, or for a module its
-    ``ModuleSymmetries``. The best iterate (largest J, or smallest) is applied.
+    action) uses. ``group``: a [`Group`][], a name in ``GROUPS``, or for a module its
+    ``ModuleSymmetries``. The best iterate (largest J, or smallest) is applied; if that is ξ = 0 (for
+    instance ``steps=0``, the null teleport) the parameters come back unchanged.
 
-    On a non-compact group (GL, scalings) ‖∇L‖² has no maximum on the orbit: ``lr`` × ``steps`` and the
-    caps below decide how far a teleport goes (the papers take a few small steps).
-    ``objective_limit``: steps past this value of J are refused like invalid ones (the ICLR 2024 code
-    stops the ascent at ‖∇L‖² > 100: a very large gradient can make the next optimiser step diverge);
-    ``max_ratio``: likewise for |J| above ``max_ratio`` × |J| at the start (a scale-free cap).
+    Step size: on a non-compact group (GL, scalings) ‖∇L‖² has no maximum on the orbit, and the effect of
+    ``lr`` depends on the model's scale. ``trust_region`` makes a step mean the same on every model: an
+    ascent step may change the parameters by at most this fraction of their norm,
+    ‖g_{k+1}·θ − g_k·θ‖ ≤ ``trust_region`` · ‖g_k·θ‖: the step on ξ (dimensionless) is capped at
+    ‖Δξ‖ ≤ ``trust_region``, which moves θ by about that fraction, and halved until the exact change fits.
+    ``objective_limit``: steps past this value of J are refused (the ICLR 2024 code stops the ascent at
+    ‖∇L‖² > 100); ``max_ratio``: likewise for |J| above ``max_ratio`` × |J(θ)| (a scale-free cap).
+
+    ``approximate``: a data-dependent group ([`NonlinearGL`][]) keeps the batch loss exactly only on a
+    batch no larger than every hidden width; a larger batch is refused unless ``approximate=True``, the
+    least-squares action the ICLR 2024 code uses: its iterates are then not refused for their loss
+    change, and the report gives the change on the batch and, with ``holdout=(X, Y)``, on held-out data.
 
     Checks, each a ValueError naming the argument: non-finite parameters; ``check_symmetry``: a random
     element exp(ξ), ‖ξ‖ ~ 1e-2, must keep the loss within ``loss_atol + loss_rtol·|L|`` (defaults 1e-12 +
     1e-9 in float64, 1e-6 + 1e-4 otherwise), else the group is not a symmetry of this model; a NaN
     objective; an element with condition number above ``max_condition`` (singular); and the applied
     teleport's loss change. ``on_loss_change``: ``stop`` (default) refuses every ascent iterate whose
-    loss change or condition number is above tolerance: the step is halved (backtracking; with ``backtrack=True``,
-    also every step that does not improve J), up to ``max_halvings`` times in all, then the ascent stops at the
-    last valid iterate (``report.stopped`` says why; ``report.halvings`` counts them); ``raise`` raises a ValueError if the chosen point breaks them;
-    ``warn`` applies it with a :class:`TeleportWarning`. The input is never modified when a check fails. Returns (new parameters, :class:`TeleportReport`).
+    loss change or condition number is above tolerance: the step is halved (backtracking; with
+    ``backtrack=True``, also every step that does not improve J), up to ``max_halvings`` times in all,
+    then the ascent stops at the last valid iterate (``report.stopped`` says why; ``report.halvings``
+    counts them); ``raise`` raises a ValueError if the chosen point breaks them; ``warn`` applies it with
+    a [`TeleportWarning`][]. The input is never modified when a check fails. Returns (new parameters,
+    [`TeleportReport`][]).
     """
+    start = time.perf_counter()
     check_choice("on_loss_change", on_loss_change, ("stop", "raise", "warn"))
     if not (isinstance(steps, int) and steps >= 0):
         raise ValueError(f"steps={steps!r} must be a non-negative integer")
-    if not (isinstance(lr, (int, float)) and lr > 0 and math.isfinite(lr)):
-        raise ValueError(f"lr={lr!r} must be a positive number")
-    X, Y = data
-    start = time.perf_counter()
-    module = isinstance(model, torch.nn.Module)
-    if module:
-        params, loss_of, grp, names = _module_problem(model, params, loss_fn, X, Y, group)
-    else:
-        params = check_tensors("params", tuple(params))  # a group acts on floating-point parameters
-        grp = make_group(group)
-        grp.check(model, params, X)
-
-        def loss_of(p):
-            value = model.loss(p, X, Y) if loss_fn is None else loss_fn(model, p, X, Y)
-            if value.ndim != 0:
-                raise ValueError(f"the loss must be a scalar (one configuration), got shape {tuple(value.shape)}")
-            return value
-    check_finite("params", params)
+    lr = _check_positive("lr", lr, allow_none=False)
+    trust_region = _check_positive("trust_region", trust_region)
+    max_ratio = _check_positive("max_ratio", max_ratio)
+    max_step = _check_positive("max_step", max_step)
+    pb = _problem(model, params, data, group, loss_fn, loss_rtol, loss_atol, approximate, check_symmetry, seed)
+    grp, base = pb.grp, pb.base
     obj = make_objective(objective)
-    rtol, atol = _default_tolerances(params[0].dtype)
-    rtol = rtol if loss_rtol is None else loss_rtol
-    atol = atol if loss_atol is None else loss_atol
-    base = tuple(p.detach() for p in params)
-
-    with torch.no_grad():
-        loss0 = float(loss_of(base))
-    if not math.isfinite(loss0):
-        raise ValueError(f"the loss at params is {loss0}: teleport needs a finite loss")
-
-    def apply(xi: Algebra) -> Params:
-        return tuple(grp.act(grp.exp(xi), base, X))
-
-    zero = grp.algebra_zero(base)
-    if check_symmetry:
-        gen = torch.Generator().manual_seed(seed + 7919)
-        probe = tuple(1e-2 * torch.randn(z.shape, generator=gen, dtype=z.dtype).to(z.device) for z in zero)
-        try:
-            with torch.no_grad():
-                moved = float(loss_of(apply(probe)))
-        except KeyError as error:  # a ModuleSymmetries found in another model
-            raise ValueError(f"group does not act on this model's parameters: {error}") from None
-        if not abs(moved - loss0) <= atol + rtol * abs(loss0):
-            raise ValueError(f"group={grp.name!r} is not a symmetry of {model!r} here: a random element "
-                             f"exp(ξ) with ‖ξ‖ ≈ {_norm(probe):.2g} changed "
-                             f"the loss from {loss0:.6g} to {moved:.6g} (relative {abs(moved - loss0) / max(abs(loss0), atol):.2g}, "
-                             f"tolerance {rtol:g}). Pick the group of this model's activation (GROUPS: {sorted(GROUPS)})")
-
     sign = 1.0 if obj.maximize else -1.0
-    xi = tuple(z.clone() for z in zero)
-    history: list[float] = []
-    best = (-math.inf, 0, xi)
-    stopped = None
 
-    def keeps_loss(value: float) -> bool:  # noqa: E306
-        return abs(value - loss0) <= atol + rtol * abs(loss0)
+    def value_at(moved: Params) -> Tensor:
+        value = obj.fn(pb.loss, moved)
+        if value.ndim != 0:
+            raise ValueError(f"objective {obj.name!r} must return a scalar, got shape {tuple(value.shape)}")
+        return value
 
-    def invalid(element) -> str | None:
-        """Why an iterate is refused (on_loss_change="stop"), or None."""
-        cond = condition_number(element)
-        if not cond <= max_condition:
-            return f"condition number {cond:.3g} > max_condition={max_condition:g}"
-        try:
-            with torch.no_grad():
-                here = float(loss_of(tuple(t.detach() for t in grp.act(element, base, X))))
-        except torch.linalg.LinAlgError:  # e.g. σ(gZ) lost rank in the data-dependent action
-            here = math.nan
-        if not keeps_loss(here):
-            return f"loss {here:.10g} vs {loss0:.10g} (relative {abs(here - loss0) / max(abs(loss0), atol):.3g})"
-        return None
+    before = float(value_at(_detached_leaves(base)).detach())  # J(θ), before any group element acts
+    if not math.isfinite(before):
+        raise ValueError(f"objective {obj.name!r} is {before} at the starting parameters")
 
     def evaluate(leaves: Algebra) -> tuple[Tensor, float]:
         # a tensor the group leaves alone is still differentiated by the objective
-        moved = tuple(p if p.requires_grad else p.detach().requires_grad_(True)
-                      for p in grp.act(grp.exp(leaves), base, X))
-        value = obj.fn(loss_of, moved)
-        if value.ndim != 0:
-            raise ValueError(f"objective {obj.name!r} must return a scalar, got shape {tuple(value.shape)}")
+        moved = tuple(p if p.requires_grad else p.detach().requires_grad_(True) for p in pb.act(leaves))
+        value = value_at(moved)
         return value, float(value.detach())
 
-    leaves = tuple(x.detach().requires_grad_(True) for x in xi)
+    def refused(candidate: Algebra, current: Params) -> tuple[str | None, Params | None]:
+        """Why an iterate is refused before its objective is computed (None: accepted), and its g·θ."""
+        element = grp.exp(candidate)
+        if on_loss_change == "stop":
+            cond = condition_number(element)
+            if not cond <= max_condition:
+                return f"condition number {cond:.3g} > max_condition={max_condition:g}", None
+        if (on_loss_change != "stop" or pb.approximate) and trust_region is None:
+            return None, None  # nothing below to check: spare the extra action
+        try:
+            with torch.no_grad():
+                moved = tuple(t.detach() for t in grp.act(element, base, pb.X))
+                here = float(pb.loss(moved))
+        except torch.linalg.LinAlgError:  # e.g. σ(gZ) lost rank in the data-dependent action
+            return "the data-dependent action is singular here", None
+        if on_loss_change == "stop" and not pb.keeps(here):
+            return (f"loss {here:.10g} vs {pb.loss0:.10g} (relative "
+                    f"{abs(here - pb.loss0) / max(abs(pb.loss0), pb.atol):.3g})"), None
+        if trust_region is not None:
+            change = _norm([a - b for a, b in zip(moved, current)]) / max(_norm(current), 1e-300)
+            if change > trust_region:
+                return f"the parameters changed by {change:.3g} of their norm > trust_region={trust_region:g}", None
+        return None, moved
+
+    leaves = tuple(z.detach().requires_grad_(True) for z in grp.algebra_zero(base))
+    current = base
     value, v = evaluate(leaves)
-    if not math.isfinite(v):
-        raise ValueError(f"objective {obj.name!r} is {v} at the starting parameters")
-    history.append(v)
+    history = [v]
     best = (sign * v, 0, tuple(x.detach() for x in leaves))
-    scale, halvings, k = 1.0, 0, 0
+    stopped, scale, halvings, k = None, 1.0, 0, 0
     while k < steps:
         grads = torch.autograd.grad(value, leaves, allow_unused=True)
         step = [sign * lr * (g if g is not None else torch.zeros_like(x)) for g, x in zip(grads, leaves)]
-        if max_step is not None:
+        cap = min(c for c in (max_step, trust_region, math.inf) if c is not None)
+        if cap < math.inf:  # ξ is dimensionless: ‖Δξ‖ ≤ trust_region moves θ by about that fraction
             norm = _norm(step)
-            if norm > max_step:
-                step = [s * (max_step / norm) for s in step]
+            if norm > cap:
+                step = [s * (cap / norm) for s in step]
         while True:  # backtracking: halve a step that is refused, or (backtrack=True) does not improve J
             candidate = tuple((x.detach() + scale * s).requires_grad_(True) for x, s in zip(leaves, step))
-            why = invalid(grp.exp(candidate)) if on_loss_change == "stop" else None
+            why, moved = refused(candidate, current)
             if why is None:
                 new_value, new_v = evaluate(candidate)
                 if not math.isfinite(new_v):
@@ -681,8 +786,8 @@ def teleport(model, params, data: tuple, group: str | Group, objective: str | Ob
                     why = "the objective did not improve"
                 elif objective_limit is not None and sign * new_v > sign * objective_limit:
                     why = f"the objective {new_v:.4g} passed objective_limit={objective_limit:g}"
-                elif max_ratio is not None and abs(new_v) > max_ratio * abs(history[0]):
-                    why = f"the objective {new_v:.4g} passed max_ratio={max_ratio:g} × its start {history[0]:.4g}"
+                elif max_ratio is not None and abs(new_v) > max_ratio * abs(before):
+                    why = f"the objective {new_v:.4g} passed max_ratio={max_ratio:g} × its start {before:.4g}"
             if why is None:
                 break
             halvings += 1
@@ -693,150 +798,72 @@ def teleport(model, params, data: tuple, group: str | Group, objective: str | Ob
         if stopped:
             break
         leaves, value, v, k = candidate, new_value, new_v, k + 1
+        if moved is not None:
+            current = moved
         scale = min(1.0, 2 * scale)  # let the step grow back after a success
         history.append(v)
         if sign * v > best[0]:
             best = (sign * v, k, tuple(x.detach() for x in leaves))
-
     _, best_step, xi_best = best
-    element = grp.exp(xi_best)
-    cond = condition_number(element)
-    if not cond <= max_condition:
-        raise ValueError(f"the teleport's group element is singular or ill-conditioned (condition number {cond:.3g} > "
-                         f"max_condition={max_condition:g}); lower lr or steps, set max_step, or use "
-                         f"on_loss_change='stop'; params were left unchanged")
-    with torch.no_grad():
-        new = tuple(t.detach() for t in grp.act(element, base, X))
-        check_finite("teleported params", new)
-        loss1 = float(loss_of(new))
-    rel = abs(loss1 - loss0) / max(abs(loss0), atol)
-    if not keeps_loss(loss1):
-        msg = (f"the teleport changed the loss from {loss0:.10g} to {loss1:.10g} (relative {rel:.3g} > loss_rtol={rtol:g}); "
-               f"the group does not keep this loss (a data-dependent action on a batch larger than the hidden width?)")
-        if on_loss_change == "warn":
-            warnings.warn(msg, TeleportWarning, stacklevel=2)
-        else:
-            raise ValueError(msg + "; params were left unchanged")
-    xi_norm = _norm(xi_best)
-    report = TeleportReport(grp.name, obj.name, obj.maximize, history[0], history[best_step], loss0, loss1, rel,
-                            cond, xi_norm, k, best_step, time.perf_counter() - start, history, stopped, halvings)
-    if module:
-        with torch.no_grad():
-            for p, q in zip(params, new):
-                p.copy_(q)
-        return dict(zip(names, new)), report
+    fields = dict(objective=obj.name, maximize=obj.maximize, objective_before=before,
+                  objective_after=before if best_step == 0 else history[best_step], ascent_steps=k,
+                  best_step=best_step, history=history, stopped=stopped, halvings=halvings, kind="ascent")
+    new, report = _finish(pb, xi_best, best_step == 0, on_loss_change, max_condition, holdout,
+                          {**fields, "seconds": 0.0})
+    report.seconds = time.perf_counter() - start
+    return new, report
+
+
+@_with_grad
+def teleport_random(model, params, data: tuple, group: str | Group, xi_norm: float, *, seed: int = 0,
+                    objective: str | Objective | Callable = "grad_norm", loss_fn: Callable | None = None,
+                    loss_rtol: float | None = None, loss_atol: float | None = None, on_loss_change: str = "raise",
+                    check_symmetry: bool = True, max_condition: float = 1e8, approximate: bool = False,
+                    holdout: tuple | None = None) -> tuple[Any, TeleportReport]:
+    """The random-element control of a teleport: apply exp(ξ) with ξ a Gaussian direction in the Lie
+    algebra (from ``seed``) scaled to ‖ξ‖ = ``xi_norm`` (the size of an optimised teleport's ξ*).
+
+    Same arguments and checks as [`teleport_to`][] (``on_loss_change``: ``raise`` or ``warn``; there is no
+    ascent to stop); the report's ``objective_before``/``after`` give J at θ and at the random g·θ."""
+    start = time.perf_counter()
+    check_choice("on_loss_change", on_loss_change, ("raise", "warn"))
+    if not (isinstance(xi_norm, (int, float)) and not isinstance(xi_norm, bool) and xi_norm >= 0
+            and math.isfinite(xi_norm)):
+        raise ValueError(f"xi_norm={xi_norm!r} must be a non-negative number")
+    pb = _problem(model, params, data, group, loss_fn, loss_rtol, loss_atol, approximate, check_symmetry, seed)
+    obj = make_objective(objective)
+    gen = torch.Generator().manual_seed(seed)
+    zero = pb.grp.algebra_zero(pb.base)
+    direction = tuple(torch.randn(z.shape, generator=gen, dtype=z.dtype).to(z.device) for z in zero)
+    size = _norm(direction)
+    xi = tuple(d * (xi_norm / size) for d in direction) if size > 0 else zero
+    before = float(obj.fn(pb.loss, _detached_leaves(pb.base)).detach())
+    new, report = _finish(pb, xi, xi_norm == 0, on_loss_change, max_condition, holdout,
+                          dict(objective=obj.name, maximize=obj.maximize, objective_before=before,
+                               objective_after=before, ascent_steps=0, best_step=0, kind="random", seconds=0.0))
+    moved = tuple(new[n] for n in pb.names) if pb.names is not None else new
+    report.objective_after = float(obj.fn(pb.loss, _detached_leaves(moved)).detach())
+    report.history = [before, report.objective_after]
+    report.seconds = time.perf_counter() - start
     return new, report
 
 
 # ---------------------------------------------------------------------------------------
-# Teleporting inside training
+# Teleporting inside training: a stepper for the engine's loop, symmetry.dynamics.run
 # ---------------------------------------------------------------------------------------
-
-class TeleportingStepper:
-    """A stepper of the engine's protocol (``symmetry.dynamics.Stepper``: ``init_state(params, velocity)
-    -> State``, ``step(state, grad) -> State``) that teleports before the scheduled steps.
-
-    Written against that protocol by duck typing: before ``stepper.step`` at a scheduled ``state.step``,
-    ``teleport`` moves ``state.params`` on ``data`` ((X, Y), or a function step ↦ (X, Y) for mini-batches)
-    and hands the inner stepper ``dataclasses.replace(state, params=new)``: its memory (momentum, Adam's
-    moments, AdaGrad's sum) is kept, not transported (``state="keep"``, as NeurIPS 2022 keeps AdaGrad's
-    accumulator); ``state="reset"`` restarts it with ``init_state(new)`` (as the ICLR 2024 code rebuilds
-    its optimiser). ``events`` lists (step, report).
-    """
-
-    def __init__(self, stepper, model, data, schedule: TeleportSchedule, *, state: str = "keep",
-                 **teleport_kwargs):
-        self.stepper, self.model, self.data, self.schedule = stepper, model, data, schedule
-        self.state = check_choice("state", state, ("keep", "reset"))
-        self.kwargs = teleport_kwargs
-        self.name = f"{getattr(stepper, 'name', 'stepper')}+teleport"
-        self.dt = getattr(stepper, "dt", 1.0)
-        self.events: list[dict] = []
-
-    def __repr__(self) -> str:
-        return f"TeleportingStepper({self.stepper!r}, {self.schedule})"
-
-    def init_state(self, params: Params, velocity: Params | None = None):
-        return self.stepper.init_state(params, velocity)
-
-    def step(self, state, grad):
-        import dataclasses
-
-        if self.schedule.due(state.step):
-            data = self.data(state.step) if callable(self.data) else self.data
-            new, report = teleport(self.model, tuple(state.params), data, **self.kwargs)
-            if self.state == "reset":
-                state = dataclasses.replace(self.stepper.init_state(new), time=state.time, step=state.step)
-            else:
-                state = dataclasses.replace(state, params=new)
-            self.events.append({"step": state.step, "report": report})
-        return self.stepper.step(state, grad)
-
-
-class Stepper(Protocol):
-    """The minimal stepper protocol that :class:`Teleporting` wraps.
-
-    ``params``: the live parameter tensors the stepper updates in place; ``step(batch) -> loss``: one
-    update on a batch (X, Y), returning the loss before it; ``reset_state()``: forget the optimiser's
-    state (moments, accumulators). A teleport writes g·θ into ``params`` between two steps, in place.
-    """
-
-    params: Params
-
-    def step(self, batch: tuple) -> Tensor: ...
-
-    def reset_state(self) -> None: ...
-
-
-#: optimiser name → (torch.optim class, fixed keyword arguments)
-OPTIMIZERS: dict[str, tuple[type, dict]] = {
-    "gd": (torch.optim.SGD, {}),  # full batch when batch_size is None
-    "sgd": (torch.optim.SGD, {}),
-    "momentum": (torch.optim.SGD, {"momentum": 0.9}),
-    "adagrad": (torch.optim.Adagrad, {"eps": 1e-10}),
-    "adam": (torch.optim.Adam, {}),
-}
-
-
-class OptimizerStepper:
-    """A ``torch.optim`` optimiser on a loss of a parameter tuple, with the :class:`Stepper` protocol."""
-
-    def __init__(self, loss_fn: Callable[[Params, tuple], Tensor], params: Params, optimizer: str, lr: float,
-                 **kwargs):
-        check_choice("optimizer", optimizer, OPTIMIZERS)
-        self.loss_fn, self.name = loss_fn, optimizer
-        self.params = tuple(p.detach().clone().requires_grad_(True) for p in params)
-        cls, fixed = OPTIMIZERS[optimizer]
-        self._make = lambda: cls(self.params, lr=lr, **{**fixed, **kwargs})
-        self.optimizer = self._make()
-
-    def step(self, batch: tuple) -> Tensor:
-        self.optimizer.zero_grad(set_to_none=True)
-        loss = self.loss_fn(self.params, batch)
-        loss.backward()
-        self.optimizer.step()
-        return loss.detach()
-
-    def reset_state(self) -> None:
-        self.optimizer = self._make()
-
 
 @dataclass
 class TeleportSchedule:
     """Teleport before the steps in ``at`` and, if ``every`` is set, before every ``every``-th step
-    (0, every, 2·every, …) up to ``until``; each teleport uses ``batches`` consecutive batches
-    (NeurIPS Algorithm 2: one teleport per mini-batch)."""
+    (0, every, 2·every, …) up to ``until``."""
 
     at: tuple[int, ...] = (0,)
     every: int | None = None
     until: int | None = None
-    batches: int = 1
 
     def __post_init__(self):
         if self.every is not None and not (isinstance(self.every, int) and self.every > 0):
             raise ValueError(f"every={self.every!r} must be a positive integer or None")
-        if not (isinstance(self.batches, int) and self.batches >= 1):
-            raise ValueError(f"batches={self.batches!r} must be a positive integer")
         self.at = tuple(int(a) for a in self.at)
 
     def due(self, step: int) -> bool:
@@ -847,150 +874,59 @@ class TeleportSchedule:
         return step % self.every == 0
 
 
-class Teleporting:
-    """Wrap a :class:`Stepper`: before each scheduled step, teleport its parameters on the step's batch.
+class TeleportingStepper:
+    """A stepper of the engine's protocol ([`symmetry.dynamics.Stepper`][]: ``init_state(params, velocity)
+    -> State``, ``step(state, grad) -> State``) that teleports before the scheduled steps; run it with
+    [`symmetry.dynamics.run`][], the one training loop.
 
-    ``teleport_kwargs`` go to :func:`teleport` (group, objective, lr, steps, …). ``state``: what happens
-    to the optimiser state at a teleport: ``keep`` (NeurIPS 2022 keeps AdaGrad's accumulator; the state
-    then belongs to the old point of the orbit) or ``reset`` (ICLR 2024 rebuilds the optimiser).
+    Before ``stepper.step`` at a scheduled ``state.step``, [`teleport_to`][] moves ``state.params`` on
+    ``data`` ((X, Y), or a function step ↦ (X, Y), e.g. a teleport batch drawn for that step) and hands
+    the inner stepper ``dataclasses.replace(state, params=new)``: its memory (momentum, Adam's moments,
+    AdaGrad's sum) is kept, not transported (``state="keep"``, as NeurIPS 2022 keeps AdaGrad's
+    accumulator); ``state="reset"`` restarts it with ``init_state(new)`` (as the ICLR 2024 code rebuilds
+    its optimiser). ``random_norms``: the random-element control instead: the i-th teleport applies
+    [`teleport_random`][] with ‖ξ‖ = ``random_norms[i]`` (seed ``seed + i``). The controls of a teleport:
+    ``steps=0`` (null teleport; with ``state="reset"``, the optimiser reset alone) and ``random_norms``.
+    ``events`` lists {"step", "report"}; ``teleport_kwargs`` go to [`teleport_to`][].
     """
 
-    def __init__(self, stepper, model, schedule: TeleportSchedule, *, state: str = "keep",
-                 loss_fn: Callable | None = None, **teleport_kwargs):
-        self.stepper, self.model, self.schedule = stepper, model, schedule
+    def __init__(self, stepper, model, data, schedule: TeleportSchedule, *, state: str = "keep",
+                 random_norms: Sequence[float] | None = None, seed: int = 0, **teleport_kwargs):
+        if not isinstance(schedule, TeleportSchedule):
+            raise TypeError(f"schedule must be a TeleportSchedule, got {type(schedule).__name__}")
+        self.stepper, self.model, self.data, self.schedule = stepper, model, data, schedule
         self.state = check_choice("state", state, ("keep", "reset"))
-        self.loss_fn, self.kwargs = loss_fn, teleport_kwargs
+        self.random_norms = None if random_norms is None else [float(x) for x in random_norms]
+        self.seed, self.kwargs = seed, teleport_kwargs
+        self.name = f"{getattr(stepper, 'name', 'stepper')}+teleport"
+        self.dt = getattr(stepper, "dt", 1.0)
         self.events: list[dict] = []
-        self.t = 0
 
-    @property
-    def params(self) -> Params:
-        return self.stepper.params
+    def __repr__(self) -> str:
+        return f"TeleportingStepper({self.stepper!r}, {self.schedule}, state={self.state!r})"
 
-    def teleport_now(self, batch: tuple) -> TeleportReport:
-        new, report = teleport(self.model, tuple(p.detach() for p in self.stepper.params), batch,
-                               loss_fn=self.loss_fn, **self.kwargs)
-        with torch.no_grad():
-            for p, q in zip(self.stepper.params, new):
-                p.copy_(q)
-        if self.state == "reset":
-            self.stepper.reset_state()
-        return report
+    def init_state(self, params: Params, velocity: Params | None = None):
+        return self.stepper.init_state(params, velocity)
 
-    def step(self, batch: tuple, teleport_batches: Sequence[tuple] | None = None) -> Tensor:
-        if self.schedule.due(self.t):
-            for b in teleport_batches or [batch]:
-                self.events.append({"step": self.t, "report": self.teleport_now(b)})
-        self.t += 1
-        return self.stepper.step(batch)
+    def teleport(self, params: Params, step: int) -> tuple[Params, TeleportReport]:
+        data = self.data(step) if callable(self.data) else self.data
+        if self.random_norms is None:
+            return teleport_to(self.model, params, data, seed=self.seed, **self.kwargs)
+        i = len(self.events)
+        if i >= len(self.random_norms):
+            raise ValueError(f"random_norms has {len(self.random_norms)} sizes, but teleport {i + 1} is due at step {step}")
+        keep = ("group", "objective", "loss_fn", "loss_rtol", "loss_atol", "approximate", "holdout", "max_condition")
+        return teleport_random(self.model, params, data, xi_norm=self.random_norms[i], seed=self.seed + i,
+                               **{k: v for k, v in self.kwargs.items() if k in keep})
 
-    def reset_state(self) -> None:
-        self.stepper.reset_state()
+    def step(self, state, grad):
+        import dataclasses
 
-
-@dataclass
-class TrainRecord:
-    """``steps``/``loss``/``seconds``: the loss on the evaluation data at the recorded steps and the
-    training wall time spent so far (steps and teleports; evaluation excluded). ``teleports``: one row
-    per teleport with the evaluation loss just before and after it and the teleport's report."""
-
-    steps: list[int]
-    loss: list[float]
-    seconds: list[float]
-    teleports: list[dict]
-    params: Params
-
-    def to_dict(self) -> dict:
-        return {"steps": self.steps, "loss": self.loss, "seconds": self.seconds, "teleports": self.teleports}
-
-
-def _columns(data: tuple, index: Tensor) -> tuple:
-    X, Y = data
-    return X[..., index], (Y[..., index] if Y.ndim >= 1 else Y)
-
-
-def train(model, params: Params, data: tuple, optimizer: str, lr: float, steps: int, *,
-          batch_size: int | None = None, schedule: TeleportSchedule | None = None, teleport_batch_size: int | None = None,
-          state: str = "keep", record_every: int = 1, eval_data: tuple | None = None, seed: int = 0,
-          optimizer_kwargs: dict | None = None, **teleport_kwargs) -> TrainRecord:
-    """Train a tuple model with a ``torch.optim`` optimiser (``OPTIMIZERS``), teleporting per ``schedule``.
-
-    ``data`` = (X, Y) with samples as columns (the repository's convention). ``batch_size=None``: full
-    batch (GD); otherwise mini-batches of shuffled columns (seeded, reshuffled every epoch). A teleport
-    uses its own random ``teleport_batch_size`` columns (default: the step's batch). ``teleport_kwargs``
-    (group, objective, lr → ``teleport_lr``, steps → ``teleport_steps``, …) go to :func:`teleport`.
-    """
-    if not (isinstance(steps, int) and steps >= 0):
-        raise ValueError(f"steps={steps!r} must be a non-negative integer")
-    X, Y = data
-    N = X.shape[-1]
-    eval_data = data if eval_data is None else eval_data
-    gen = torch.Generator().manual_seed(seed)
-
-    def loss_fn(p, batch):
-        return model.loss(p, *batch)
-
-    inner = OptimizerStepper(loss_fn, params, optimizer, lr, **(optimizer_kwargs or {}))
-    tkw = dict(teleport_kwargs)
-    for short in ("lr", "steps"):
-        if f"teleport_{short}" in tkw:
-            tkw[short] = tkw.pop(f"teleport_{short}")
-    teleporter = None if schedule is None else Teleporting(inner, model, schedule, state=state, **tkw)
-
-    order, pos = torch.randperm(N, generator=gen), 0
-
-    def next_batch(size):
-        nonlocal order, pos
-        if size is None or size >= N:
-            return data
-        if pos + size > N:
-            order, pos = torch.randperm(N, generator=gen), 0
-        idx = order[pos:pos + size]
-        pos += size
-        return _columns(data, idx)
-
-    def evaluate() -> float:
-        with torch.no_grad():
-            return float(model.loss(tuple(p.detach() for p in inner.params), *eval_data))
-
-    record = TrainRecord([], [], [], [], ())
-    spent = 0.0
-    for t in range(steps + 1):
-        if t % record_every == 0 or t == steps:
-            record.steps.append(t)
-            record.loss.append(evaluate())
-            record.seconds.append(spent)
-        if t == steps:
-            break
-        batch = next_batch(batch_size)
-        if schedule is not None and schedule.due(t):
-            before = evaluate()
-            tel_batches = [next_batch(teleport_batch_size) if teleport_batch_size else batch
-                           for _ in range(schedule.batches)]
-            tic = time.perf_counter()
-            for b in tel_batches:
-                assert teleporter is not None
-                report = teleporter.teleport_now(b)
-                record.teleports.append({"step": t, "report": report.to_dict()})
-            spent += time.perf_counter() - tic
-            after = evaluate()
-            record.teleports[-1].update(eval_loss_before=before, eval_loss_after=after)
-        tic = time.perf_counter()
-        loss = inner.step(batch)
-        spent += time.perf_counter() - tic
-        if not bool(torch.isfinite(loss)):
-            from .dynamics import DivergenceError
-
-            raise DivergenceError(f"loss became {float(loss)} at step {t} of {optimizer} (lr={lr:g})")
-    record.params = tuple(p.detach() for p in inner.params)
-    return record
-
-
-class _CallableModule(types.ModuleType):
-    """``symmetry.teleport(...)`` calls :func:`teleport`; ``symmetry.teleport.X`` is the rest of this module."""
-
-    def __call__(self, *args, **kwargs):
-        return teleport(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule
+        if self.schedule.due(state.step):
+            new, report = self.teleport(tuple(state.params), state.step)
+            if self.state == "reset":
+                state = dataclasses.replace(self.stepper.init_state(new), time=state.time, step=state.step)
+            else:
+                state = dataclasses.replace(state, params=new)
+            self.events.append({"step": state.step, "report": report})
+        return self.stepper.step(state, grad)

@@ -101,8 +101,9 @@ def train_two_layer_budgets(m: int, n: int, h: int, groups: dict[int, list[tuple
         raise ValueError(f"starts must have the step budgets of groups as keys, {budgets}; got {sorted(starts)}")
     configs = [c for b in budgets for c in groups[b]]
     budget_of = torch.tensor([b for b in budgets for _ in groups[b]])
-    start = None if starts is None else tuple(torch.cat(p) for p in zip(*(starts[b] for b in budgets)))
-    init64, Y, params = _two_layer_start(m, n, h, configs, seed, dtype, device, start)
+    given = None if starts is None else (torch.cat([starts[b][0] for b in budgets]),
+                                         torch.cat([starts[b][1] for b in budgets]))
+    init64, Y, params = _two_layer_start(m, n, h, configs, seed, dtype, device, given)
     active = torch.arange(len(configs))
     phases, done = [], 0  # (configurations stepped, their trajectory, steps before it)
     for budget in budgets:

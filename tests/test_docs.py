@@ -15,8 +15,7 @@ SPHINX_ROLE = re.compile(r":(?:py:)?(?:func|class|data|meth|attr|mod|obj|exc|con
 # [`text`][symmetry.path]: an explicit autorefs target (an empty [] resolves in the docstring's scope).
 EXPLICIT_REF = re.compile(r"\]\[(symmetry(?:\.\w+)*)\]")
 
-# Edited in parallel under issue 23; its roles are converted after that merge (issue 25). Remove then.
-ROLES_ALLOWED_IN = {"symmetry/teleport.py"}
+ROLES_ALLOWED_IN: set[str] = set()
 
 
 def _rel(path: Path) -> str:
@@ -69,8 +68,7 @@ def test_each_explicit_cross_reference_names_an_object(path):
 OUTSIDE = re.compile(r"\.\./shared|SPEC(?![A-Za-z])")
 USER_FILES = sorted([*PACKAGE_FILES, *ROOT.glob("*.py"), *ROOT.glob("*.ipynb"),
                      *(p for p in (ROOT / "benchmarks").rglob("*") if p.suffix in (".py", ".json", ".md"))])
-# Edited in parallel under issue 23 (their SPEC-extensions citations are replaced after that merge, issue 25).
-OUTSIDE_ALLOWED_IN = {"symmetry/teleport.py", "teleportation.py"}
+OUTSIDE_ALLOWED_IN: set[str] = set()
 
 
 def test_nothing_a_user_reads_points_outside_the_repository():
@@ -92,8 +90,7 @@ def test_the_outside_pattern_finds_the_old_citations():
 RUNTIME = re.compile(r"(?i)\bruntime\b|\b\d+(?:\.\d+)?[\s-]*(?:s|secs?|seconds?|mins?|minutes?|h|hours?)\b|"
                      r"\ban? (?:second|minute|hour)\b")
 SCRIPTS = sorted(ROOT.glob("*.py"))
-# Edited in parallel under issue 23; its "Runtime: about 2 min" goes after that merge (issue 25). Remove then.
-RUNTIME_ALLOWED_IN = {"teleportation.py"}
+RUNTIME_ALLOWED_IN: set[str] = set()
 
 
 def test_no_script_docstring_states_a_runtime():

@@ -840,4 +840,4 @@ def test_round_two_case12_teleport_refuses_integer_parameters_by_name():
     net = S.TwoLayerNet("identity")
     integer = (params[0].round().long(), params[1])
     with pytest.raises(TypeError, match=r"params\[0\] must be a floating-point tensor, got dtype torch.int64"):
-        S.teleport(net, integer, (X, Y), "gl")
+        S.teleport_to(net, integer, (X, Y), "gl")
