@@ -14,12 +14,12 @@ import importlib.util
 import json
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 import symmetry as S
+from bench_monitor import time_record  # benchmarks/ is on sys.path when run as a script
 from symmetry import experiment as E
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -40,20 +40,15 @@ def measure(cm, task, steps: int, seed: int) -> dict:
     sym = S.module_symmetries(model, x, "cross_entropy")
     monitor = S.ConservationMonitor(model, symmetries=sym)
     opt = torch.optim.SGD(model.parameters(), lr=1e-3)
-    record, train = [], []
-    for step in range(steps):
-        x, y = task.batch(g)
-        start = time.perf_counter()
+    batches = [task.batch(g) for _ in range(steps)]  # drawn before the clock, as the loop drew them before
+
+    def train_step(step: int) -> None:
+        x, y = batches[step]
         opt.zero_grad()
         task.loss(model(x), y).backward()
         opt.step()
-        middle = time.perf_counter()
-        monitor.record(step)
-        end = time.perf_counter()
-        train.append(middle - start)
-        record.append(end - middle)
-    return {"record_median_s": statistics.median(record[2:]), "train_step_median_s": statistics.median(train[2:]),
-            "blocks": len(sym.blocks), "laws": sym.law_count()}
+
+    return {**time_record(monitor, train_step, steps), "blocks": len(sym.blocks), "laws": sym.law_count()}
 
 
 def main(argv: list[str] | None = None) -> dict:

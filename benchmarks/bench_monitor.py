@@ -49,20 +49,30 @@ def measure(name: str, steps: int, seed: int) -> dict:
     start = time.perf_counter()
     monitor = S.ConservationMonitor(model, x[:8], "cross_entropy")
     setup = time.perf_counter() - start
-    record, train = [], []
-    for step in range(steps):
-        start = time.perf_counter()
+
+    def train_step(step: int) -> None:
         opt.zero_grad()
         out = model(x)
         nn.functional.cross_entropy(out.reshape(-1, out.shape[-1]), y.reshape(-1)).backward()
         opt.step()
+
+    return {**time_record(monitor, train_step, steps), "monitor_setup_s": setup,
+            "blocks": len(monitor.symmetries.blocks)}
+
+
+def time_record(monitor, train_step, steps: int) -> dict:
+    """Median seconds of ``train_step(step)`` and of the ``monitor.record(step)`` after it, over ``steps``
+    steps, the first two left out (warm-up); bench_modern times its models with this too."""
+    record, train = [], []
+    for step in range(steps):
+        start = time.perf_counter()
+        train_step(step)
         middle = time.perf_counter()
         monitor.record(step)
         end = time.perf_counter()
         train.append(middle - start)
         record.append(end - middle)
-    return {"record_median_s": statistics.median(record[2:]), "train_step_median_s": statistics.median(train[2:]),
-            "monitor_setup_s": setup, "blocks": len(monitor.symmetries.blocks)}
+    return {"record_median_s": statistics.median(record[2:]), "train_step_median_s": statistics.median(train[2:])}
 
 
 def main(argv: list[str] | None = None) -> dict:
