@@ -40,6 +40,7 @@ from symmetry import experiment as E
 from symmetry.data import load_cifar10, to_model_input
 from symmetry.groups.blocks import LinearBlock, TranslationBlock
 from symmetry.nets import GPT, ViT
+from symmetry.validation import check_choice
 
 NAME = "conservation_modern"
 DEFAULT_DATA = None  # None: data/ inside the repository (symmetry.data.default_data_root); --data for anything else
@@ -434,36 +435,69 @@ def sizes(task: str, cfg: Settings) -> dict:
             "papers": "Tran et al.: 12 layers, d 192, MLP 768, 3 heads, sequence 256, batch 48"}
 
 
-def run(cfg: Settings) -> dict:
-    cifar = load_cifar10(cfg.data) if any(m != "gpt" for m in cfg.models) else None
-    corpus, vocab, corpus_info = load_corpus(cfg.corpus_chars) if "gpt" in cfg.models else (None, [], {})
-    results = {}
-    for name in cfg.models:
+def part_names(cfg: Settings) -> tuple[str, ...]:
+    """The independent jobs of a run: one per model and seed (its learning rates and optimizers share the seed's
+    initialisation and batches), and BatchNorm's short ε check."""
+    names = [f"{m}-seed{s}" for m in cfg.models
+             for s in range(cfg.resnet_seeds if m.startswith("resnet") else cfg.seeds)]
+    return tuple(names + (["resnet_bn-eps"] if "resnet_bn" in cfg.models else []))
+
+
+def _job(part: str, cfg: Settings, out: str, resume: bool) -> dict:
+    """One job of ``part_names``, cached under OUT/.cache: {run label: training record}, or the ε check."""
+    name, _, which = part.partition("-")
+    key = {"cfg": replace(cfg, models=(), threads=1), "model": name, "job": which}
+
+    def compute() -> dict:
+        cifar = load_cifar10(cfg.data) if name != "gpt" else None
+        corpus, vocab, _ = load_corpus(cfg.corpus_chars) if name == "gpt" else (None, [], {})
         task = Task(name, cfg, cifar, corpus, len(vocab))
-        resnet = name.startswith("resnet")
-        seeds, steps = (cfg.resnet_seeds, cfg.resnet_steps) if resnet else (cfg.seeds, cfg.steps)
-        model = task.build(cfg.seed)
-        x, _ = task.batch(torch.Generator().manual_seed(cfg.seed))
-        sym = S.module_symmetries(model, x, "cross_entropy")
-        per_run: dict[str, list[dict]] = {label: [] for label in runs_of(name, cfg)}
-        for s in range(seeds):
-            model = task.build(cfg.seed * 1000 + s)
-            state = {k: v.clone() for k, v in model.state_dict().items()}
-            for label, (opt, lr, lam) in runs_of(name, cfg).items():
-                model.load_state_dict(state)  # every optimizer from the same init, on the same batches
-                per_run[label].append(train(task, sym, model, s, opt, lr, steps, lam))
-            print(f"{name}: seed {s + 1}/{seeds} done", flush=True)
-        extra = {}
-        if name == "resnet_bn":  # the sphere law's identity with BatchNorm's ε near 0: what is left is round-off
+        steps = cfg.resnet_steps if name.startswith("resnet") else cfg.steps
+        sym = _symmetries(task, cfg)
+        if which == "eps":  # the sphere law's identity with BatchNorm's ε near 0: what is left is round-off
             model = task.build(cfg.seed * 1000)
             for m in model.modules():
                 if isinstance(m, nn.BatchNorm2d):
                     m.eps = cfg.bn_eps_check
             lr = max(cfg.resnet_lrs)
             check = train(task, sym, model, 0, "sgd", lr, min(10, steps))
-            extra["eps_check"] = {"eps": cfg.bn_eps_check, "lr": lr, "steps": min(10, steps),
-                                  "bn_identity_error": check["bn_identity_error"],
-                                  "bn_first_order_over_norm": check["bn_first_order_over_norm"]}
+            return {"eps": cfg.bn_eps_check, "lr": lr, "steps": min(10, steps),
+                    "bn_identity_error": check["bn_identity_error"],
+                    "bn_first_order_over_norm": check["bn_first_order_over_norm"]}
+        s = int(which.removeprefix("seed"))
+        model = task.build(cfg.seed * 1000 + s)
+        state = {k: v.clone() for k, v in model.state_dict().items()}
+        runs = {}
+        for label, (opt, lr, lam) in runs_of(name, cfg).items():
+            model.load_state_dict(state)  # every optimizer from the same init, on the same batches
+            runs[label] = train(task, sym, model, s, opt, lr, steps, lam)
+        return runs
+
+    return E.cached(out, NAME, key, compute, resume)
+
+
+def _symmetries(task: Task, cfg: Settings):
+    model = task.build(cfg.seed)
+    x, _ = task.batch(torch.Generator().manual_seed(cfg.seed))
+    return S.module_symmetries(model, x, "cross_entropy")
+
+
+def run(cfg: Settings, out: str, resume: bool = True) -> dict:
+    """Every model's runs, one cached job per model and seed (``part_names``): what reproduce.py's workers ran
+    apart is read back, the rest is computed here."""
+    cifar = load_cifar10(cfg.data) if any(m != "gpt" for m in cfg.models) else None
+    corpus, vocab, corpus_info = load_corpus(cfg.corpus_chars) if "gpt" in cfg.models else (None, [], {})
+    results = {}
+    for name in cfg.models:
+        task = Task(name, cfg, cifar, corpus, len(vocab))
+        seeds = cfg.resnet_seeds if name.startswith("resnet") else cfg.seeds
+        sym = _symmetries(task, cfg)
+        per_run: dict[str, list[dict]] = {label: [] for label in runs_of(name, cfg)}
+        for s in range(seeds):
+            for label, record in _job(f"{name}-seed{s}", cfg, out, resume).items():
+                per_run[label].append(record)
+            print(f"{name}: seed {s + 1}/{seeds} done", flush=True)
+        extra = {"eps_check": _job(f"{name}-eps", cfg, out, resume)} if name == "resnet_bn" else {}
         results[name] = {"sizes": sizes(name, cfg), "laws": sym.law_count(), "blocks": len(sym.blocks),
                          "families": sorted({f for b in sym.blocks if (f := family(name, b))}),
                          "runs": per_run, **({"corpus": corpus_info} if name == "gpt" else {}), **extra}
@@ -697,7 +731,7 @@ def plot(results: dict, summary: dict, cfg: Settings):
     return fig
 
 
-def main(argv: list[str] | None = None) -> dict:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     E.add_common_arguments(parser, dtype=False)  # float64 throughout: the η² identities are checked to round-off
     parser.add_argument("--data", default=DEFAULT_DATA,
@@ -705,17 +739,41 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--full", action="store_true",
                         help="the papers' sizes (a GPU); writes conservation_modern_full.{pdf,png,json}")
     parser.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS), help="the models to train")
+    return parser
+
+
+def _settings(argv: list[str] | None, check: bool) -> tuple[argparse.Namespace, Settings, str]:
+    """The flags, the Settings and the figure's name; ``check``: --out and --data settled (and OUT held) first."""
+    parser = _parser()
     args = parser.parse_args(argv)
     if args.full and args.quick:
         parser.error("--full and --quick: choose one")
     name = f"{NAME}_full" if args.full else NAME
-    args = E.parse_common(parser, argv, (name,))  # --out checked before anything is computed
-    E.check_data_location(args.data)  # and --data
+    if check:
+        args = E.parse_common(parser, argv, (name,))  # --out checked before anything is computed
+        E.check_data_location(args.data)  # and --data
     cfg = Settings(seed=args.seed, device=args.device, data=args.data, threads=args.threads,
                    models=tuple(dict.fromkeys(args.models)))
-    cfg = quick(cfg) if args.quick else full(cfg) if args.full else cfg
+    return args, quick(cfg) if args.quick else full(cfg) if args.full else cfg, name
+
+
+def parts(argv: list[str]) -> tuple[str, ...]:
+    """reproduce.py's jobs for this figure with these flags: one per model and seed (``part_names``)."""
+    return part_names(_settings(argv, check=False)[1])
+
+
+def run_part(part: str, argv: list[str] | None = None) -> None:
+    """One job of ``parts(argv)`` computed and cached, nothing written: a worker's job (reproduce.py)."""
+    args, cfg, _ = _settings(argv, check=True)
+    check_choice("part", part, part_names(cfg))
+    with E.torch_threads(cfg.threads):
+        _job(part, cfg, args.out, args.resume)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args, cfg, name = _settings(argv, check=True)
     with E.torch_threads(cfg.threads), E.Stopwatch() as clock:
-        results = run(cfg)
+        results = run(cfg, args.out, args.resume)
     summary = summarize(results, cfg)
     fig = plot(results, summary, cfg)
     payload = E.finish(args.out, name, {**vars(cfg), "quick": args.quick}, {"summary": summary, "runs": results},

@@ -8,8 +8,8 @@ the claim, whether it holds, what was measured, and the criterion it was held to
 Then the two related papers: Gluch & Urbanke (noether_dynamics) and Marcotte et al. (conservation_laws).
 Each figure's time is in the figure table, written from figures/claims.json (``figure_seconds``).
 Usage: python reproduce.py [--device cpu|cuda] [--seed 0] [--out figures] [--quick] [--only NAME ...] [--data PATH]
-       [--jobs N (default: cores; figures, and the parts of Fig. 3 and noether_dynamics, in parallel
-       worker processes)] [--threads 1]
+       [--jobs N (default: cores; figures, and the parts of Fig. 3, noether_dynamics and conservation_modern,
+       in parallel worker processes)] [--scheduler ADDRESS (a Dask cluster's workers instead)] [--threads 1]
 """
 from __future__ import annotations
 
@@ -23,6 +23,7 @@ import time
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
+from concurrent.futures import Executor, Future
 from typing import Callable
 
 import torch
@@ -134,10 +135,14 @@ class JobResult:
     parts: dict[str, float] | None = None  # seconds of each part run apart (reproduce --jobs > 1)
 
 
-def parts_of(name: str) -> tuple[str, ...]:
-    """A figure script's ``PARTS``: independent cached computations that ``run_part(part, argv)`` makes
-    alone, so that worker processes can share them out; the script's ``main`` then finds them cached."""
-    return tuple(getattr(importlib.import_module(name), "PARTS", ()))
+def parts_of(name: str, argv: list[str] | None = None) -> tuple[str, ...]:
+    """A figure script's parts: independent cached computations that ``run_part(part, argv)`` makes alone, so
+    that workers can share them out; the script's ``main`` then finds them cached. ``PARTS``, or where they
+    depend on the settings (models × seeds), ``parts(argv)``."""
+    module = importlib.import_module(name)
+    if hasattr(module, "parts"):
+        return tuple(module.parts(argv or []))
+    return tuple(getattr(module, "PARTS", ()))
 
 
 def _job_name(name: str, part: str | None) -> str:
@@ -168,30 +173,6 @@ def _last_times(out: str, log_dir: Path) -> dict[str, float]:
             for part, seconds in parts.items():
                 times.setdefault(_job_name(name, part), float(seconds))
     return times
-
-
-def _figure_job(name: str, part: str | None, argv: list[str], threads: int, log_path: str, conn) -> None:
-    """In a worker process: run one figure script (or one of its parts) with ``threads`` torch threads,
-    output to its log."""
-    log = open(log_path, "w", buffering=1, encoding="utf-8")
-    os.dup2(log.fileno(), 1)  # the C++ side (torch warnings) too
-    os.dup2(log.fileno(), 2)
-    sys.stdout = sys.stderr = log
-    torch.set_num_threads(threads)
-    if "--out" in argv:  # the parent run holds OUT's lock for its workers
-        E.inherit_output_lock(argv[argv.index("--out") + 1])
-    started = time.perf_counter()
-    try:
-        module = importlib.import_module(name)
-        payload = module.main(argv) if part is None else module.run_part(part, argv)
-        # plain pickle, by value: torch's multiprocessing pickler would share tensors through this process
-        conn.send_bytes(pickle.dumps(("ok", payload, time.perf_counter() - started)))
-    except BaseException as error:  # SystemExit from a script's checks included: report it, don't hang
-        traceback.print_exc()
-        conn.send_bytes(pickle.dumps(("error", f"{type(error).__name__}: {error}", time.perf_counter() - started)))
-    finally:
-        conn.close()
-        log.close()
 
 
 def _failure(name: str, error: str) -> str:
@@ -230,82 +211,95 @@ def _run_here(names: list[str], argv: list[str], threads: int, meanwhile, result
 
 def run_figures(names: list[str], argv: list[str], jobs: int, threads: int = 1, log_dir: str | Path = "figures/.logs",
                 out: str = "figures", meanwhile: Callable[[], object] | None = None,
-                extra_argv: dict[str, list[str]] | None = None) -> list[JobResult]:
+                extra_argv: dict[str, list[str]] | None = None, executor: Executor | None = None) -> list[JobResult]:
     """Run each figure script's ``main(argv)``; a failure is recorded and the others still run.
     ``extra_argv``: arguments of some figures only (name → list, after ``argv``), e.g. --data for those that
     read CIFAR-10.
     ``meanwhile()`` runs in this process: first with ``jobs`` = 1, else once the first workers have started.
 
     ``jobs`` = 1: one after the other in this process (live progress bars), with ``threads`` torch threads.
-    ``jobs`` > 1: up to ``jobs`` worker processes at once (spawned, ``threads`` torch threads each), longest
-    first by the last recorded times; a script's ``PARTS`` (``parts_of``) run as jobs of their own
-    first, and its ``main`` runs when they are done, reading them from the cache (so with --no-resume
-    the parts recompute and ``main`` resumes). Each worker's output goes to ``log_dir``/JOB.log and this
-    process prints one line per finished job. A worker that crashes (killed, out of memory) fails only
-    its own figure; a failed part is computed again by the figure's ``main``. Results come back in the
-    order of ``names``.
+    ``jobs`` > 1, or an ``executor``: up to ``jobs`` jobs at once on a ``concurrent.futures.Executor``
+    (default: ``jobs`` spawned local worker processes, [`symmetry.jobs.local_executor`][]; or a Dask cluster's,
+    [`symmetry.jobs.dask_executor`][]), ``threads`` torch threads each, longest first by the last recorded
+    times; a script's parts (``parts_of``) run as jobs of their own first, and its ``main`` runs when they are
+    done, reading them from the cache (so with --no-resume the parts recompute and ``main`` resumes). Each
+    job's output goes to ``log_dir``/JOB.log and this process prints one line per finished job. A local worker
+    that dies (killed, out of memory) breaks the pool for every job in flight: those run again one at a time,
+    so that only the job that kills its worker fails; a failed part is computed again by the figure's
+    ``main``. Results come back in the order of ``names``.
     """
     results: dict[str, JobResult] = {}
     try:
-        if jobs == 1:
+        if jobs == 1 and executor is None:
             return _run_here(names, argv, threads, meanwhile, results, extra_argv or {})
-        return _run_workers(names, argv, jobs, threads, Path(log_dir), out, meanwhile, results, extra_argv or {})
+        return _run_workers(names, argv, jobs, threads, Path(log_dir), out, meanwhile, results, extra_argv or {},
+                            executor)
     except KeyboardInterrupt as stop:  # the figures finished before it, for the caller to save
         stop.finished = [results[n] for n in names if n in results]  # type: ignore[attr-defined]
         raise
 
 
 def _run_workers(names: list[str], argv: list[str], jobs: int, threads: int, log_dir: Path, out: str,
-                 meanwhile: Callable[[], object] | None, results: dict,
-                 extra_argv: dict[str, list[str]]) -> list[JobResult]:
-    """``run_figures`` with jobs > 1: worker processes, each job's output to its log."""
-    import json
-    import multiprocessing
-    from multiprocessing.connection import wait
+                 meanwhile: Callable[[], object] | None, results: dict, extra_argv: dict[str, list[str]],
+                 executor: Executor | None) -> list[JobResult]:
+    """``run_figures`` on an Executor: up to ``jobs`` jobs in flight, each job's output to its log."""
+    from concurrent.futures import FIRST_COMPLETED, BrokenExecutor, wait
+
+    from symmetry import jobs as J
 
     total = len(names)
-    context = multiprocessing.get_context("spawn")  # no fork of a process whose torch thread pool is running
+    own = executor is None
+    pool = J.local_executor(jobs) if own else executor
     log_dir.mkdir(parents=True, exist_ok=True)
-    parts = {name: parts_of(name) for name in names}
+    parts = {name: parts_of(name, argv + extra_argv.get(name, [])) for name in names}
     waiting = {name: set(p) for name, p in parts.items()}  # parts still to finish before the figure's main
     part_seconds: dict[str, dict[str, float]] = {name: {} for name in names}
     resumed = [a for a in argv if a != "--no-resume"]  # main after its parts: they are fresh in the cache
     last = _last_times(out, log_dir)
     queue = sorted([(name, part) for name in names for part in (*parts[name], None)],
                    key=lambda job: -last.get(_job_name(*job), 0.0))
+    alone: set = set()  # jobs in flight when a local worker died: run again one at a time, to find which
     timings: dict[str, float] = {}
-    running: dict = {}  # connection → (name, part, process, start, log)
-    print(f"running {total} figures ({sum(map(len, parts.values()))} parts apart) in {min(jobs, len(queue))} worker processes "
+    running: dict[Future, tuple] = {}  # future → (name, part, start, log)
+    where = "worker processes" if own else "jobs at once on the Dask cluster"
+    print(f"running {total} figures ({sum(map(len, parts.values()))} parts apart) in {min(jobs, len(queue))} {where} "
           f"({threads} torch thread(s) each); their output goes to {log_dir}/JOB.log", flush=True)
     try:
         while queue or running:
-            while len(running) < jobs:
+            while len(running) < jobs and not (alone & {(n, p) for n, p, _, _ in running.values()}):
                 ready = [job for job in queue if job[1] is not None or not waiting[job[0]]]
-                if not ready:
+                ready = [job for job in ready if job in alone] or ready  # the suspects first, one at a time
+                if not ready or (ready[0] in alone and running):
                     break
                 name, part = ready[0]
                 queue.remove((name, part))
-                receive, send = context.Pipe(duplex=False)
                 log = str(log_dir / f"{_job_name(name, part)}.log")
                 job_argv = (resumed if part is None and parts[name] else argv) + extra_argv.get(name, [])
-                process = context.Process(target=_figure_job, args=(name, part, job_argv, threads, log, send),
-                                          name=_job_name(name, part))
-                process.start()
-                send.close()  # the child holds its own end: EOF here when it dies
-                running[receive] = (name, part, process, time.perf_counter(), log)
+                future = pool.submit(J.figure_job, name, part, job_argv, threads, log, tuple(sys.path))
+                running[future] = (name, part, time.perf_counter(), log)
             if meanwhile is not None:  # this process's own work, while the workers start theirs
                 meanwhile()
                 meanwhile = None
-            for conn in wait(list(running)):
-                name, part, process, started, log = running.pop(conn)
+            done, _ = wait(list(running), return_when=FIRST_COMPLETED)
+            broken = False
+            for future in done:
+                name, part, started, log = running.pop(future)
                 try:
-                    status, value, seconds = pickle.loads(conn.recv_bytes())
-                except EOFError:  # the process died without a word
-                    process.join()
-                    status, value, seconds = "error", f"worker exited with code {process.exitcode}", \
+                    status, value, seconds = future.result()
+                except BrokenExecutor as error:  # a local worker died (killed, out of memory): which job killed it?
+                    broken = True
+                    if (name, part) not in alone:  # every job in flight fails with the pool: run each again alone
+                        alone.add((name, part))
+                        queue.insert(0, (name, part))
+                        continue
+                    status, value, seconds = "error", f"its worker process died ({type(error).__name__}: killed, out of memory, or exited)", \
                         time.perf_counter() - started
-                process.join()
-                conn.close()
+                except BaseException as error:  # the executor's own failure (a Dask worker lost, KilledWorker)
+                    if isinstance(error, KeyboardInterrupt):
+                        raise
+                    status, value, seconds = "error", f"{type(error).__name__}: {error}", time.perf_counter() - started
+                if status == "ok":
+                    value = pickle.loads(value)
                 timings[_job_name(name, part)] = seconds
                 if part is not None:
                     waiting[name].discard(part)
@@ -322,10 +316,19 @@ def _run_workers(names: list[str], argv: list[str], jobs: int, threads: int, log
                     value = _failure(name, value)
                     results[name] = JobResult(name, seconds, error=value, log=log, parts=kept)
                     print(f"[{len(results)}/{total}] {name}: FAILED ({value}; see {log})", flush=True)
-    finally:  # an error here (the check in meanwhile, an interrupt) stops the workers still running
-        for _, _, process, _, _ in running.values():
-            process.terminate()
-            process.join()
+            if broken and own:  # a broken pool takes no more jobs
+                J.stop(pool, list(running))
+                for name, part, _, _ in running.values():  # none is left running; each again, alone
+                    alone.add((name, part))
+                    queue.insert(0, (name, part))
+                running.clear()
+                pool = J.local_executor(jobs)
+    except BaseException:  # an error here (the check in meanwhile, an interrupt) stops the jobs still running
+        J.stop(pool, list(running))
+        raise
+    else:
+        if own:
+            J.close(pool)
     try:  # the order of the next run
         known = json.loads((log_dir / TIMINGS).read_text(encoding="utf-8")) if (log_dir / TIMINGS).exists() else {}
         E.write_json(log_dir / TIMINGS, {**known, **{k: round(v, 2) for k, v in timings.items()}})
@@ -385,6 +388,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--jobs", type=E.positive_int, default=os.cpu_count() or 1,
                         help="figures run at once, in worker processes (default: the number of cores; 1: in this "
                              "process, one after the other)")
+    parser.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                        help="run the figures on the workers of this Dask distributed scheduler (tcp://host:8786; "
+                             "pip install -e \".[distributed]\"), as many at once as they have threads; every "
+                             "worker must see this repository and --out at the same path")
     parser.add_argument("--threads", type=E.positive_int, default=1,
                         help="torch threads per figure (default 1: their loops are of tiny ops)")
     parser.add_argument("--report", action="store_true",
@@ -429,11 +436,16 @@ def _main(args) -> int:
     common = (["--device", args.device, "--seed", str(args.seed), "--out", args.out, "--threads", str(args.threads)]
               + (["--quick"] if args.quick else []) + ([] if args.resume else ["--no-resume"]))
     jobs = 1 if args.device == "cuda" else args.jobs  # one process owns the GPU
+    executor = None
+    if args.scheduler is not None:  # a cluster: as many jobs in flight as its workers have threads
+        from symmetry.jobs import dask_executor
+
+        executor, jobs = dask_executor(args.scheduler)
     started = time.perf_counter()
     try:
         data = {name: ["--data", args.data] for name in CIFAR10_FIGURES} if args.data is not None else {}
         runs = run_figures(args.only, common, jobs, args.threads, Path(args.out) / ".logs", args.out, meanwhile=check,
-                           extra_argv=data)
+                           extra_argv=data, executor=executor)
     except KeyboardInterrupt as stop:  # stopped (Ctrl-C, SIGTERM): the claims of the figures that finished are kept
         finished = [r for r in getattr(stop, "finished", []) if r.error is None]
         if finished:
@@ -445,6 +457,11 @@ def _main(args) -> int:
             print(f"stopped: the claims of the {len(finished)} figure(s) that finished are in "
                   f"{args.out}/claims.partial.json", file=sys.stderr, flush=True)
         raise
+    finally:
+        if executor is not None:
+            from symmetry.jobs import close
+
+            close(executor)
     print(f"figures: {time.perf_counter() - started:.0f} s wall in all -> {args.out}/NAME.{{pdf,png,json}}")
     table = conservation_claims(rows, cfg)
     failed = [r for r in runs if r.error is not None]

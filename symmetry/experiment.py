@@ -6,6 +6,7 @@ matplotlib at import time; [`save_figure`][] loads it (with the Agg backend) whe
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import errno
 import hashlib
@@ -19,7 +20,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 
@@ -376,7 +377,7 @@ def _remove_stale_temps(out: Path, name: str) -> None:
 class OutputLock:
     """An exclusive lock on ``OUT/.lock`` for a run's lifetime (fcntl.flock; released by the kernel if the process
     dies): a second run on the same --out is refused with one line instead of mixing its files with the first's.
-    Reentrant within a process, and taken as held in a worker whose parent holds it ([`inherit_output_lock`][])."""
+    Reentrant within a process, and taken as held in a worker whose parent holds it ([`inherited_output_lock`][])."""
 
     def __init__(self, out: str | Path):
         self.path = Path(out) / ".lock"
@@ -428,9 +429,19 @@ def hold_output(out: str | Path) -> None:
     OutputLock(out).__enter__()  # kept in _HELD; the kernel releases it when the process exits
 
 
-def inherit_output_lock(out: str | Path) -> None:
-    """In a worker process of reproduce.py, whose parent holds OUT's lock: the scripts it runs take it as held."""
-    _HELD[Path(out).resolve()] = None
+@contextlib.contextmanager
+def inherited_output_lock(out: str | Path) -> Iterator[None]:
+    """In a job of reproduce.py, whose submitting process holds OUT's lock: the scripts it runs take it as held
+    while the job runs (a worker that runs jobs of several runs holds nothing after each)."""
+    key = Path(out).resolve()
+    if key in _HELD:
+        yield
+        return
+    _HELD[key] = None
+    try:
+        yield
+    finally:
+        _HELD.pop(key, None)
 
 
 def to_jsonable(value: Any) -> Any:
@@ -570,8 +581,12 @@ def explain(error: BaseException) -> tuple[int, str] | None:
     """(exit status, one line naming the cause and what to do) for an expected failure, else None."""
     from .data import DataError, DatasetUnavailable
 
-    if isinstance(error, (OutputLocationError, DataLocationError)):
+    from .jobs import SchedulerError
+
+    if isinstance(error, (OutputLocationError, DataLocationError, SchedulerError)):
         return 2, str(error)
+    if isinstance(error, ImportError) and "optional package" in str(error):  # _optional.require: names the extra
+        return 1, str(error)
     if isinstance(error, KeyboardInterrupt):
         by = f" by {error.args[0]}" if error.args else ""
         status = 128 + int(error.args[1]) if len(error.args) > 1 else 130

@@ -75,3 +75,20 @@ def test_full_and_quick_together_are_refused(tmp_path):
     script = load_script("conservation_modern")
     with pytest.raises(SystemExit):
         script.main(["--quick", "--full", "--out", str(tmp_path)])
+
+
+def test_its_jobs_are_the_models_and_seeds_and_main_reads_them_back(quick_run, tmp_path):
+    """reproduce.py's workers run one job per model and seed (and BatchNorm's ε check); main then computes nothing
+    again: the same runs, from the cached jobs."""
+    script, payload, tmp = quick_run
+    argv = ["--quick", "--out", str(tmp), "--data", str(tmp / "cifar"), "--threads", "1"]
+    assert script.parts(argv) == ("resnet-seed0", "resnet_bn-seed0", "vit-seed0", "gpt-seed0", "resnet_bn-eps")
+    assert len(script.parts(["--models", "gpt", "vit"])) == 2 * script.Settings().seeds
+    cached = sorted((tmp / ".cache").iterdir())
+    assert len(cached) == len(script.parts(argv))
+    script.run_part("gpt-seed0", argv)  # a worker's job, already done: read back, nothing new written
+    again = script.main(argv)
+    assert sorted((tmp / ".cache").iterdir()) == cached
+    assert again["runs"] == payload["runs"]  # the timings too: each record is the cached one
+    with pytest.raises(ValueError, match="part"):
+        script.run_part("gpt-seed9", argv)

@@ -1,8 +1,12 @@
 """The README's main command: reproduce.py runs, prints its claim table, and its count line says what the rows say."""
 import json
+import os
+from pathlib import Path
 import pytest
 
 from conftest import load_script as load
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -120,6 +124,84 @@ def test_a_failing_figure_is_named_and_the_others_still_run(tmp_path, monkeypatc
     assert "this figure cannot be made" in (tmp_path / "logs" / "figure_fails.log").read_text()
 
 
+FIGURE_DIES = '''
+import os, time
+
+def main(argv):
+    time.sleep(0.5)
+    os._exit(3)  # what the kernel's OOM killer leaves: no exception, no result
+'''
+FIGURE_SLOW = '''
+import time
+
+def main(argv):
+    time.sleep(3)  # still running when the other job's worker dies
+    return {"slow": True}
+'''
+
+
+def test_a_worker_that_dies_fails_only_its_own_figure(tmp_path, monkeypatch, capsys):
+    """A dead worker breaks the whole local pool; the jobs in flight with it run again one at a time, so only the
+    job that kills its worker fails."""
+    reproduce = load("reproduce")
+    for name, text in (("figure_dies", FIGURE_DIES), ("figure_slow", FIGURE_SLOW), ("figure_ok", FIGURE_OK)):
+        (tmp_path / f"{name}.py").write_text(text)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    runs = reproduce.run_figures(["figure_dies", "figure_slow", "figure_ok"], [str(tmp_path / "w.txt")], jobs=2,
+                                 threads=1, log_dir=tmp_path / "logs", out=str(tmp_path))
+    dies, slow, ok = runs
+    assert dies.payload is None and "its worker process died (BrokenProcessPool" in dies.error
+    assert slow.error is None and slow.payload == {"slow": True}
+    assert ok.error is None and ok.payload["threads"] == 1
+    assert "figure_dies: FAILED (its worker process died" in capsys.readouterr().out
+
+
+def test_the_figures_run_on_a_dask_cluster_of_two_workers(tmp_path, monkeypatch):
+    """The distributed extra: the same jobs, failures and parts on a local Dask cluster (two worker processes)
+    give what the local pool gives."""
+    distributed = pytest.importorskip("distributed")
+    from symmetry import jobs as J
+
+    reproduce = load("reproduce")
+    for name, text in (("figure_ok", FIGURE_OK), ("figure_fails", FIGURE_FAILS), ("figure_parts", FIGURE_WITH_PARTS)):
+        (tmp_path / f"{name}.py").write_text(text)
+    monkeypatch.syspath_prepend(str(tmp_path))  # sent to the workers with each job
+    (tmp_path / "cache").mkdir()
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+        executor, slots = J.dask_executor(cluster.scheduler_address)
+        assert slots == 2
+        try:
+            ok, fails = reproduce.run_figures(["figure_ok", "figure_fails"], [str(tmp_path / "w.txt")], jobs=slots,
+                                              threads=1, log_dir=tmp_path / "logs", out=str(tmp_path),
+                                              executor=executor)
+            [parts] = reproduce.run_figures(["figure_parts"], [str(tmp_path / "cache"), "--no-resume"], jobs=slots,
+                                            threads=1, log_dir=tmp_path / "logs", out=str(tmp_path), executor=executor)
+            # a second run recomputes (impure jobs): Dask does not hand back the first run's stored result
+            (tmp_path / "w.txt").unlink()
+            [again] = reproduce.run_figures(["figure_ok"], [str(tmp_path / "w.txt")], jobs=slots, threads=1,
+                                            log_dir=tmp_path / "logs", out=str(tmp_path), executor=executor)
+        finally:
+            J.close(executor)
+    assert ok.error is None and ok.payload["value"].tolist() == [1.0, 1.0] and ok.payload["threads"] == 1
+    assert "RuntimeError: this figure cannot be made" in fails.error
+    assert "this figure cannot be made" in (tmp_path / "logs" / "figure_fails.log").read_text()
+    assert parts.payload == {"parts_done_before_main": ["a"], "argv": []} and set(parts.parts) == {"a", "broken"}
+    assert again.error is None and (tmp_path / "w.txt").read_text() == "written"
+
+
+def test_a_scheduler_that_does_not_answer_is_one_line(tmp_path):
+    import subprocess
+    import sys
+
+    pytest.importorskip("distributed")
+    done = subprocess.run([sys.executable, str(ROOT / "reproduce.py"), "--quick", "--only", "Q_distribution",
+                           "--scheduler", "tcp://127.0.0.1:9", "--out", str(tmp_path / "o")],
+                          capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert done.returncode == 2, done.stderr[-800:]
+    assert done.stderr.strip().splitlines()[-1].startswith("error: --scheduler 'tcp://127.0.0.1:9': no Dask scheduler")
+    assert not (tmp_path / "o" / "Q_distribution.json").exists()
+
+
 FIGURE_WITH_PARTS = '''
 from pathlib import Path
 
@@ -180,7 +262,7 @@ def test_round_two_case1_a_figure_named_twice_runs_once_and_an_empty_only_is_ref
     monkeypatch.setattr(reproduce, "run", lambda c: rows)
     asked: list[list[str]] = []
 
-    def run_figures(names, common, jobs, threads, log_dir, out, meanwhile=None, extra_argv=None):
+    def run_figures(names, common, jobs, threads, log_dir, out, meanwhile=None, extra_argv=None, executor=None):
         asked.append(list(names))
         if meanwhile is not None:
             meanwhile()
