@@ -776,11 +776,8 @@ def main(argv: list[str] | None = None) -> dict:
         results = run(cfg, args.out, args.resume)
     summary = summarize(results, cfg)
     fig = plot(results, summary, cfg)
-    payload = E.finish(args.out, name, {**vars(cfg), "quick": args.quick}, {"summary": summary, "runs": results},
-                       clock.seconds, fig, args.device)
-    payload["claims"] = claims(payload)
-    E.write_json(f"{args.out}/{name}.json", payload)
-    return payload
+    return E.finish(args.out, name, {**vars(cfg), "quick": args.quick}, {"summary": summary, "runs": results},
+                    clock.seconds, fig, args.device, claims=claims)
 
 
 if __name__ == "__main__":

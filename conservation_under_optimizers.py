@@ -413,11 +413,8 @@ def main(argv: list[str] | None = None) -> dict:
         results = run(cfg)
     summary = summarize(results, cfg)
     fig = plot(results, cfg)
-    payload = E.finish(args.out, NAME, {**vars(cfg), "quick": args.quick}, {"summary": summary, "runs": results},
-                       clock.seconds, fig, args.device)
-    payload["claims"] = claims(payload)
-    E.write_json(f"{args.out}/{NAME}.json", payload)
-    return payload
+    return E.finish(args.out, NAME, {**vars(cfg), "quick": args.quick}, {"summary": summary, "runs": results},
+                    clock.seconds, fig, args.device, claims=claims)
 
 
 if __name__ == "__main__":

@@ -763,11 +763,8 @@ def main(argv: list[str] | None = None) -> dict:
     with E.torch_threads(args.threads), E.Stopwatch() as clock:
         res = run(cfg)
     fig = plot(res, cfg)
-    payload = E.finish(args.out, NAME, {**vars(cfg), "quick": args.quick}, E.to_jsonable(res), clock.seconds, fig,
-                       args.device)
-    payload = {**payload, "claims": claims(payload)}
-    E.write_json(f"{args.out}/{NAME}.json", payload)
-    return payload
+    return E.finish(args.out, NAME, {**vars(cfg), "quick": args.quick}, E.to_jsonable(res), clock.seconds, fig,
+                    args.device, claims=claims)
 
 
 if __name__ == "__main__":

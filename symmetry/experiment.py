@@ -563,17 +563,21 @@ def peak_memory_mb() -> float:
 
 
 def finish(out: str | Path, name: str, settings: Any, results: dict, wall_seconds: float, fig=None,
-           device: torch.device | str = "cpu", source: str | Path | None = None) -> dict:
+           device: torch.device | str = "cpu", source: str | Path | None = None,
+           claims: Callable[[dict], list[dict]] | None = None) -> dict:
     """Write NAME.json (settings and their hash, environment with the commit and dirty flag of the calling
     script's checkout, wall time, results) and, if given, NAME.pdf/png, as one unit ([`write_figure`][]).
     ``source``: the file that made the result where it is not the calling script (a notebook passes its own
-    path, which is then the JSON's ``command``); default the calling script, run as ``sys.argv``."""
+    path, which is then the JSON's ``command``); default the calling script, run as ``sys.argv``.
+    ``claims``: the script's ``claims(payload)``, whose rows go into the JSON under ``claims`` in the same write."""
     command = " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]) if source is None else Path(source).name
     source = _caller_file(1) if source is None else str(source)
     payload = {"figure": name, "settings": settings, "settings_hash": settings_hash(settings),
                "environment": environment(device, source),
                "wall_time_s": round(wall_seconds, 2), "peak_memory_mb_of_process": round(peak_memory_mb(), 1),
                "command": command, **results}
+    if claims is not None:
+        payload["claims"] = claims(payload)
     return write_figure(out, name, payload, fig)
 
 
