@@ -60,3 +60,14 @@ def test_a_row_not_measured_is_counted_apart():
     committed = json.loads((ROOT / "figures" / "claims.json").read_text(encoding="utf-8"))["claims"]
     stalled = [r for r in committed if r["measured"].startswith("not measured")]
     assert stalled and all(r["holds"] is None for r in stalled)  # Gluch & Urbanke's ReLU balance under GF
+
+
+def test_no_claim_is_decided_by_the_clock():
+    """A verdict must not move with the machine's load (a wall-clock comparison of 0.1-0.4 s runs flipped between two
+    runs of the main job): no row's criterion or claim compares times; a cost is counted in steps."""
+    import re
+
+    clock = re.compile(r"wall|seconds|\bms\b|\d\s*s\b|runtime|faster in time", re.I)
+    rows = json.loads((ROOT / "figures" / "claims.json").read_text(encoding="utf-8"))["claims"]
+    timed = [r["claim"] for r in rows if clock.search(r["criterion"]) or clock.search(r["claim"])]
+    assert not timed, timed
