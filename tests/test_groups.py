@@ -225,3 +225,29 @@ def test_a_modules_symmetry_keeps_the_same_promises(layers):
     after = sym.quantities({n: params[n] - eta * grads[n] for n in params})
     for k, q in sym.quantities(params).items():
         assert torch.allclose(after[k] - q, eta ** 2 * sym.balance(grads)[k], rtol=1e-9, atol=1e-13)
+
+
+def test_the_monitor_takes_a_paper_group():
+    """ConservationMonitor on a tuple model: its record is the group's Q at each step, and under GD each step adds
+    exactly η²B(∇L, ∇L) to it (so the drift is that sum, relative to the magnitudes at the first record)."""
+    group, model, params, X, Y, _ = bound("scaling/MLP leaky_relu")
+    monitor = S.ConservationMonitor(symmetries=group)
+    eta, expected = 0.05, {k: torch.zeros_like(v) for k, v in group.quantities(params).items()}
+    for step in range(4):
+        monitor.record(step, params)
+        grad = gradient(model, params, X, Y)
+        for k, b in group.balance(grad).items():
+            expected[k] = expected[k] + eta ** 2 * b
+        params = tuple(p - eta * d for p, d in zip(params, grad))
+    monitor.record(4, params)
+    stacked, first = monitor.stacked(), monitor.reference_magnitudes
+    for k, Q in stacked.items():
+        assert torch.allclose(Q[-1] - Q[0], expected[k], rtol=1e-9, atol=1e-14)
+        assert torch.allclose(monitor.drift(None)[k][-1], expected[k].abs() / first[k], rtol=1e-9)
+    assert "positive scaling" in monitor.to_json()["groups"]
+    with pytest.raises(ValueError, match="params"):
+        monitor.record(5)
+    with pytest.raises(TypeError, match="symmetries"):
+        S.ConservationMonitor(symmetries=object())
+    with pytest.raises(ValueError, match="model=None"):
+        S.ConservationMonitor()
