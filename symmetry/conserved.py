@@ -23,7 +23,9 @@ def Q_terms(params: Params, activation: ActivationLike) -> tuple[Tensor, Tensor]
     U, V = check_two_layer("params", params)
     act = get_activation(activation)
     if getattr(act, "integral", True) is None:
-        raise ValueError(f"activation {act.name!r} has no ∫σ/σ' in the table: Eq. 48 is not available for it")
+        from .groups import NotSupportedError
+
+        raise NotSupportedError(f"activation {act.name!r} has no ∫σ/σ' in the table: Eq. 48 is not available for it")
     return 0.5 * (U * U).sum(dim=-2), act.integral(V).sum(dim=-2)  # type: ignore[misc]  # checked above
 
 

@@ -251,3 +251,17 @@ def test_the_monitor_takes_a_paper_group():
         S.ConservationMonitor(symmetries=object())
     with pytest.raises(ValueError, match="model=None"):
         S.ConservationMonitor()
+
+
+def test_every_not_supported_case_is_one_exception_type():
+    """NotSupportedError (a TypeError and a ValueError) for what the library does not treat, wherever it is."""
+    sine = S.activations.Activation("sine", torch.sin, torch.cos, None)
+    _, params, _, _ = two_layer("identity")
+    with pytest.raises(NotSupportedError, match="Eq. 48"):
+        S.conserved_Q(params, sine)
+    with pytest.raises(NotSupportedError, match="E\\[A\\(x\\)\\]"):
+        S.expected_Q_xavier(3, 6, 4, sine)
+    net, X, Y = module_problem("relu")
+    with pytest.raises(NotSupportedError, match="module_symmetries"):
+        S.teleport_to(net, None, (X, Y), "scaling", loss_fn=torch.nn.functional.mse_loss)
+    assert issubclass(NotSupportedError, TypeError) and issubclass(NotSupportedError, ValueError)
