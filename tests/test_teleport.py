@@ -436,8 +436,8 @@ def test_teleporting_stepper_on_the_engine_protocol():
 
 @pytest.mark.parametrize("layers", ["relu", "linear"])
 def test_module_symmetries_of_the_modules_helper(layers):
-    """Against symmetry.modules (issue 11) once merged: the loss of a Module with biases is kept."""
-    modules = pytest.importorskip("symmetry.modules")
+    """teleport takes module_symmetries(net) directly (no adapter): the loss of a Module with biases is kept."""
+    from symmetry import modules
     torch.manual_seed(1)
     hidden = [torch.nn.ReLU()] if layers == "relu" else []
     net = torch.nn.Sequential(torch.nn.Linear(4, 6), *hidden, torch.nn.Linear(6, 3)).double()

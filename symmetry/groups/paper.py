@@ -244,7 +244,17 @@ class GeneralLinear(Group):
         return [torch.linalg.matrix_norm(O.mT @ O) + torch.linalg.matrix_norm(I @ I.mT) for I, O in zip(w[:-1], w[1:])]
 
 
-class PositiveScaling(Group):
+class _Diagonal(Group):
+    """A group with one positive (or nonzero) factor per neuron: ξ ∈ R^h, c = exp(ξ)."""
+
+    def _shape(self, h):
+        return (h,)
+
+    def _exp(self, x):
+        return torch.exp(x)
+
+
+class PositiveScaling(_Diagonal):
     """Per-neuron positive scaling of α-homogeneous activations: W_i ↦ c_i W_i c_{i−1}^{−α} (Example 3).
 
     ξ_i ∈ R^{h_i}, c_i = exp(ξ_i) > 0; α is each activation's homogeneity from the activation table.
@@ -257,12 +267,6 @@ class PositiveScaling(Group):
         if bad:
             raise NotSupportedError(f"group=PositiveScaling needs homogeneous activations (relu, leaky_relu, "
                                     f"identity, repu); this model has {bad}")
-
-    def _shape(self, h):
-        return (h,)
-
-    def _exp(self, x):
-        return torch.exp(x)
 
     def _check_factor(self, argument, g):
         if not bool((g > 0).all()):
@@ -374,17 +378,11 @@ class Orthogonal(_RadialPair):
         return self._balance(w, w)
 
 
-class NeuronScaling(_RadialPair):
+class NeuronScaling(_Diagonal, _RadialPair):
     """(U, V) ↦ (U c, V c), c = exp(ξ) > 0: the radial net of Prop. 14 (over="neuron"); the scaling action of
     Example 3 with π(c) = c⁻¹ (α = −1). λ_j = ‖u_j‖² + ‖v_j‖² (Eq. 65; [`symmetry.conserved.radial_lambda`][])."""
 
     name = "per-neuron scaling (radial net, Prop. 14)"
-
-    def _shape(self, h):
-        return (h,)
-
-    def _exp(self, x):
-        return torch.exp(x)
 
     def _check_factor(self, argument, g):
         if not bool((g != 0).all()):
