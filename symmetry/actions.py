@@ -149,6 +149,12 @@ def nonlinear_pi(g: Tensor, Z: Tensor, activation: ActivationLike, on_rank_defic
     """
     check_choice("on_rank_deficient", on_rank_deficient, ON_RANK_DEFICIENT)
     check_choice("form", form, PI_FORMS)
+    return _pi_and_hidden(g, Z, activation, on_rank_deficient, rcond, form)[0]
+
+
+def _pi_and_hidden(g: Tensor, Z: Tensor, activation: ActivationLike, on_rank_deficient: str, rcond: float | None,
+                   form: str) -> tuple[Tensor, Tensor]:
+    """(π(g, Z), σ(gZ)): the next layer's input comes with π, computed once."""
     act = get_activation(activation)
     check_square("g", g, Z.shape[-2])
     A = act.sigma(g @ Z)  # σ(gZ), (..., h, k)
@@ -162,15 +168,15 @@ def nonlinear_pi(g: Tensor, Z: Tensor, activation: ActivationLike, on_rank_defic
                    f"{float(torch.nan_to_num(s[..., 0] / s[..., -1], nan=float('inf')).max()):.3g}): π(g, Z) = σ(Z)σ(gZ)⁺ is not a group action here")
             if on_rank_deficient == "raise":
                 raise ValueError(msg)
-            warnings.warn(msg, RankDeficiencyWarning, stacklevel=2)
+            warnings.warn(msg, RankDeficiencyWarning, stacklevel=3)
     target = B if form == "paper" else B - A  # exactly 0 at g = I: the identity form is then exactly I
     # gelsd (SVD-based) gives the minimum-norm solution even when rank-deficient or k < h; CUDA's
     # only driver (gels) needs full column rank, so the small (h, h) solve always runs on the CPU
     solution = torch.linalg.lstsq(A.mT.cpu(), target.mT.cpu(), rcond=rcond, driver="gelsd").solution
     pi = solution.mT.to(Z.device)  # (..., h, h)
-    if form == "paper":
-        return pi
-    return pi + torch.eye(pi.shape[-1], dtype=pi.dtype, device=pi.device)
+    if form == "identity":
+        pi = pi + torch.eye(pi.shape[-1], dtype=pi.dtype, device=pi.device)
+    return pi, A
 
 
 def multilayer_nonlinear_action(gs: Sequence[Tensor], weights: Params, X: Tensor | None,
@@ -180,10 +186,12 @@ def multilayer_nonlinear_action(gs: Sequence[Tensor], weights: Params, X: Tensor
 
     Z_i = W_i H_{i−1},  W_i ↦ g_i W_i,  W_{i+1} ↦ W_{i+1} π_i(g_i, Z_i),  H_i = σ_i(g_i Z_i),
 
-    with π in the ``form`` of [`nonlinear_pi`][]. Each pair's input H_{i−1} is recomputed from the already
+    with π in the ``form`` of [`nonlinear_pi`][] (``on_rank_deficient`` as there). Each pair's input H_{i−1} is recomputed from the already
     transformed lower layers (Z_i itself is unchanged where π_{i−1}σ(g_{i−1}Z_{i−1}) = σ(Z_{i−1}), k ≤ h_{i−1}).
     ``X=None`` means X = I_n. Keeps the outputs on this batch exactly when k is at most every hidden width.
     """
+    check_choice("form", form, PI_FORMS)
+    check_choice("on_rank_deficient", on_rank_deficient, ON_RANK_DEFICIENT)
     L = len(weights)
     if len(gs) != L - 1 or len(activations) != L - 1:
         raise ValueError(f"{L} weight matrices have {L - 1} hidden layers; got {len(gs)} group elements and "
@@ -197,10 +205,8 @@ def multilayer_nonlinear_action(gs: Sequence[Tensor], weights: Params, X: Tensor
             out.append(W)
             break
         Z = W if H is None else W @ H  # (h_i, k)
-        g = gs[i]
-        right = nonlinear_pi(g, Z, activations[i], on_rank_deficient, form=form)
-        out.append(g @ W)
-        H = get_activation(activations[i]).sigma(g @ Z)
+        right, H = _pi_and_hidden(gs[i], Z, activations[i], on_rank_deficient, None, form)  # H = σ(g_i Z_i)
+        out.append(gs[i] @ W)
     return tuple(out)
 
 
