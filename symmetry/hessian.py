@@ -190,20 +190,23 @@ def _ritz_order(theta: Tensor, which: str) -> Tensor:
 
 def top_hessian_eigenvalues(loss_fn: LossFn, params: Params, k: int = 6, which: str = "LA",
                             seed: int = 0, tol: float = 0.0, return_eigenvectors: bool = False,
-                            max_iter: int | None = None):
+                            max_iter: int | None = None, symmetry=None):
     """k extreme Hessian eigenvalues by [`lanczos`][] on Hessian-vector products.
 
     ``which``: "LA" largest algebraic, "SA" smallest, "LM" largest magnitude. The start
     vector comes from ``seed`` so the result is deterministic. Returned descending for
-    "LA"/"LM", ascending for "SA"; with ``return_eigenvectors`` an [`Eigenpairs`][].
+    "LA"/"LM", ascending for "SA"; with ``return_eigenvectors`` an [`Eigenpairs`][]. ``symmetry``: a paper
+    group bound to the tuple model ([`symmetry.groups.paper`][]) or any Symmetry acting on the tuple; its orbit's
+    tangents are deflated, as in [`hessian_top_k`][].
     """
     check_choice("which", which, LANCZOS_WHICH)
     params = check_params("params", params)
     D = sum(p.numel() for p in params)
     if not (isinstance(k, int) and 1 <= k < D):
         raise ValueError(f"k={k!r} must be an integer with 1 <= k < D={D} (use hessian_eigenvalues for all)")
+    deflate = None if symmetry is None else orbit_tangents(symmetry, tuple(p.detach() for p in params))
     result = lanczos(hessian_vector_product(loss_fn, params), D, k, which, tol, seed, max_iter,
-                     params[0].dtype, params[0].device)
+                     params[0].dtype, params[0].device, deflate)
     return result if return_eigenvectors else result.values
 
 

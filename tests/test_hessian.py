@@ -204,3 +204,23 @@ def test_a_symmetry_moving_frozen_parameters_is_refused():
         S.hessian_top_k(net, torch.nn.functional.mse_loss, data, k=2, symmetry=sym)
     with pytest.raises(ValueError, match="deflate"):
         S.lanczos(lambda v: v, 5, 2, deflate=torch.zeros(4, 1, dtype=DTYPE))
+
+
+def test_a_paper_group_deflates_the_hessian_of_a_tuple_model():
+    """The linear two-layer net at a generic global minimum: GL_h's orbit (Eq. 20) is flat (Cor. 11) and the
+    Lanczos on its complement starts above zero when the minimum is the orbit itself (h ≤ m: the fibre of
+    UVᵀ = Y, of dimension (m + n)h − mn, equals h² here)."""
+    from symmetry.groups import paper as P
+
+    m, h, n = 3, 3, 4
+    U, Y = randn(m, h, seed=4), randn(m, n, seed=5)
+    V = (torch.linalg.solve(U, Y)).mT  # U Vᵀ = Y
+    net = S.TwoLayerNet("identity", reduction="sum")
+    loss = net.loss_function(None, Y)
+    group = P.GeneralLinear().bind(net, (U, V))
+    eigs = S.hessian_eigenvalues(loss, (U, V))
+    n_zero = int((eigs.abs() < 1e-9 * eigs.abs().max()).sum())
+    assert n_zero == h * h == S.hessian.orbit_tangents(group, (U, V)).shape[1]
+    bottom = S.top_hessian_eigenvalues(loss, (U, V), k=1, which="SA", symmetry=group)
+    assert float(bottom[0]) == pytest.approx(float(eigs[n_zero]), rel=1e-8)  # the smallest nonzero one
+    assert abs(float(S.top_hessian_eigenvalues(loss, (U, V), k=1, which="SA")[0])) < 1e-9 * float(eigs[-1])
