@@ -99,7 +99,7 @@ class Group:
         return layout(model, params)
 
     def _check_model(self, weights: Params, approximate: bool) -> None:
-        """Raise a NotSupportedError where the group is not a symmetry of the bound model (by construction)."""
+        """Raise where the group is not a symmetry of the bound model (NotSupportedError) or of its batch."""
 
     def _require(self) -> None:
         if self.model is None:
