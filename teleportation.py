@@ -378,15 +378,16 @@ def orbit_curvature(model, params, X, seed: int, layer: int = 1, h: float = 1e-3
     """Curvature κ = √(‖γ'‖²‖γ''‖² − (γ'·γ'')²)/‖γ'‖³ at t = 0 of the orbit curve γ(t) = exp(tM)·θ, M a fixed
     random direction (entries U[0, 1), unit norm) in the Lie algebra of hidden layer ``layer`` only, by central
     differences (the ICLR 2024 curvature uses one layer pair)."""
-    group = T.NonlinearGL().bind(model)
-    zero = group.algebra_zero(params)
+    group = T.NonlinearGL().bind(model, params, X, approximate=True)  # a curve of the orbit, any batch size
+    zero = group.algebra_zero()
+    key = group.keys()[layer]
     g = torch.Generator().manual_seed(seed)
-    M = torch.rand(zero[layer].shape, generator=g, dtype=D)
+    M = torch.rand(zero[key].shape, generator=g, dtype=D)
     M = M / M.norm()
 
     def curve(t):
-        xi = tuple(t * M if i == layer else z for i, z in enumerate(zero))
-        return torch.cat([p.reshape(-1) for p in group.act(group.exp(xi), params, X)])
+        xi = {k: t * M if k == key else z for k, z in zero.items()}
+        return torch.cat([p.reshape(-1) for p in group.act_params(params, group.exp(xi), check=False)])
 
     with torch.no_grad():
         c0, cp, cm = curve(0.0), curve(h), curve(-h)

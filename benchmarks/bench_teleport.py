@@ -39,15 +39,16 @@ def problem():
 
 def first_order_step(model, W, batch, lr: float):
     """g = I + T, T = lr · ∂‖∇L(g·θ)‖²/∂T at T = 0: the reference codes' ascent step (one layer sweep)."""
-    group = T.NonlinearGL().bind(model)
-    zero = tuple(z.requires_grad_(True) for z in group.algebra_zero(W))
-    eye = tuple(torch.eye(z.shape[0], dtype=D) + z for z in zero)
-    moved = tuple(p.requires_grad_(True) if not p.requires_grad else p for p in group.act(eye, W, batch[0]))
+    group = T.NonlinearGL().bind(model, W, batch[0])
+    zero = group.algebra_zero(requires_grad=True)
+    eye = {k: torch.eye(z.shape[0], dtype=D) + z for k, z in zero.items()}
+    moved = tuple(p.requires_grad_(True) if not p.requires_grad else p
+                  for p in group.act_params(W, eye, check=False))
     value = T.gradient_norm_squared(lambda p: model.loss(p, *batch), moved)
-    grads = torch.autograd.grad(value, zero)
+    grads = torch.autograd.grad(value, list(zero.values()))
     with torch.no_grad():
-        return tuple(p.detach() for p in group.act(tuple(torch.eye(g.shape[0], dtype=D) + lr * g for g in grads),
-                                                  W, batch[0]))
+        step = {k: torch.eye(g.shape[0], dtype=D) + lr * g for k, g in zip(zero, grads)}
+        return tuple(p.detach() for p in group.act_params(W, step, check=False))
 
 
 def measure(repeats: int) -> dict:

@@ -15,7 +15,8 @@ Modules, each named for the paper's object it holds:
 - ``teleport``: symmetry teleportation (Zhao et al., NeurIPS 2022; ICLR 2024): ``teleport_to`` moves
   along a group orbit to the largest gradient norm, the smallest sharpness or a chosen Q;
   ``TeleportingStepper`` teleports inside training, run by ``dynamics.run``
-- ``groups``: the one symmetry abstraction (``Symmetry``) and its blocks: rescaling, GL, translation
+- ``groups``: the one symmetry abstraction (``Symmetry``) and its instances: the paper's groups on tuple
+  models (``groups.paper``) and the blocks of a user's module (``groups.blocks``): rescaling, GL, translation
 - ``graph``: a user's nn.Module traced (torch.fx) and walked: which units each value carries
 - ``modules``: ``module_symmetries``: the blocks found on the graph, each checked on an example input
 - ``monitor``: ConservationMonitor for any training loop (DDP/FSDP aware)

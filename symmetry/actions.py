@@ -28,23 +28,38 @@ class RankDeficiencyWarning(UserWarning):
 
 
 # ---------------------------------------------------------------------------------------
-# Linear actions (Examples 2–5, Eq. 12)
+# Linear actions (Examples 2–5, Eq. 12, Eq. 17): one implementation, multilayer_action
 # ---------------------------------------------------------------------------------------
+
+def _two_layer_view(params: Params) -> Params:
+    """(U, V) as the multilayer weights (W_1, W_2) = (Vᵀ, U)."""
+    return params[1].mT, params[0]
+
+
+def _two_layer_back(weights: Params) -> Params:
+    return weights[1], weights[0].mT
+
+
+def _diagonal_of(argument: str, g: Tensor, group: str) -> Tensor:
+    c = torch.diagonal(g, dim1=-2, dim2=-1)
+    if not torch.equal(torch.diag_embed(c), g):
+        raise ValueError(f"{argument} must be diagonal for {group}")
+    return c
+
 
 def linear_action(g: Tensor, params: Params) -> Params:
     """(U, V) ↦ (U g⁻¹, V gᵀ): GL_h on a linear layer pair (Example 2, π(g) = g)."""
-    U, V = check_group_element("g", g, params)
-    # U g⁻¹ = (g⁻ᵀ Uᵀ)ᵀ: a solve, not an inverse
-    return torch.linalg.solve(g.mT, U.mT).mT, V @ g.mT
+    check_group_element("g", g, params)
+    return _two_layer_back(multilayer_action([g], _two_layer_view(params), 1.0))
 
 
 def scaling_action(g: Tensor, params: Params, alpha: float = 1.0) -> Params:
     """(U, V) ↦ (U g^{−α}, V g) for positive diagonal g: α-homogeneous σ (Example 3, π(g) = g^α)."""
-    U, V = check_group_element("g", g, params)
-    c = torch.diagonal(g, dim1=-2, dim2=-1)
-    if not torch.equal(torch.diag_embed(c), g) or not bool((c > 0).all()):
+    check_group_element("g", g, params)
+    c = _diagonal_of("g", g, "the positive scaling group (Example 3)")
+    if not bool((c > 0).all()):
         raise ValueError("g must be diagonal with positive entries for the positive scaling group (Example 3)")
-    return U * c.unsqueeze(-2) ** (-alpha), V * c.unsqueeze(-2)
+    return _two_layer_back(multilayer_action([c], _two_layer_view(params), alpha))
 
 
 def orthogonal_action(g: Tensor, params: Params) -> Params:
@@ -61,20 +76,20 @@ def neuron_scaling_action(g: Tensor, params: Params) -> Params:
 
     g(c v) = g(v)/c for f(r) = r⁻², so scaling neuron i's incoming weights by c_i is undone
     by scaling its outgoing weights by c_i; its conserved quantity is λ_i = ‖u_i‖² + ‖v_i‖².
+    The scaling action of Example 3 with π(c) = c⁻¹ (α = −1), which needs c ≠ 0 only.
     """
-    U, V = check_group_element("g", g, params)
-    c = torch.diagonal(g, dim1=-2, dim2=-1)
-    if not torch.equal(torch.diag_embed(c), g):
-        raise ValueError("g must be diagonal for the per-neuron scaling of the radial net")
-    return U * c.unsqueeze(-2), V * c.unsqueeze(-2)
+    check_group_element("g", g, params)
+    c = _diagonal_of("g", g, "the per-neuron scaling of the radial net")
+    return _two_layer_back(multilayer_action([c], _two_layer_view(params), -1.0))
 
 
 def multilayer_action(gs: Sequence[Tensor], weights: Params, alphas: Sequence[float] | float = 1.0) -> Params:
     """Eq. 17 for a bias-free MLP: W_i ↦ g_i W_i π_{i−1}(g_{i−1})⁻¹, with g_0 = g_L = I.
 
-    ``gs`` holds one matrix per hidden layer (L − 1 of them); π_i(g) = g^{α_i}, where
-    α_i = 1 with any invertible g for linear layers and α_i = homogeneity with positive
-    diagonal g for homogeneous ones. (The paper's Eq. 17 shifts the indices by one.)
+    ``gs`` holds one factor per hidden layer (L − 1 of them): an (h, h) matrix, or an (h,) vector for a
+    diagonal one; π_i(g) = g^{α_i}, where α_i = 1 with any invertible g for linear layers and α_i =
+    homogeneity with a diagonal g for homogeneous ones. (The paper's Eq. 17 shifts the indices by one.)
+    Every linear action of [`symmetry.actions`][] and of the paper's groups ([`symmetry.groups.paper`][]) is this one.
     """
     L = len(weights)
     if len(gs) != L - 1:
@@ -85,20 +100,28 @@ def multilayer_action(gs: Sequence[Tensor], weights: Params, alphas: Sequence[fl
     out = []
     for i, W in enumerate(weights):
         if i < L - 1:
-            check_square(f"gs[{i}]", gs[i], W.shape[-2])
-            W = gs[i] @ W
+            g = gs[i]
+            if g.ndim == 1:
+                if g.shape[0] != W.shape[-2]:
+                    raise ValueError(f"gs[{i}] must have {W.shape[-2]} entries (a diagonal), got {g.shape[0]}")
+                W = g[:, None] * W
+            else:
+                check_square(f"gs[{i}]", g, W.shape[-2])
+                W = g @ W
         if i > 0:
-            W = W @ _representation_inverse(gs[i - 1], alphas[i - 1])
+            W = _times_representation_inverse(W, gs[i - 1], alphas[i - 1], f"gs[{i - 1}]")
         out.append(W)
     return tuple(out)
 
 
-def _representation_inverse(g: Tensor, alpha: float) -> Tensor:
-    """π(g)⁻¹ = g^{−α}: a matrix inverse for α = 1, an entrywise power for diagonal g."""
+def _times_representation_inverse(W: Tensor, g: Tensor, alpha: float, argument: str) -> Tensor:
+    """W π(g)⁻¹, π(g) = g^α: a solve for a matrix with α = 1, an entrywise power for a diagonal."""
+    if g.ndim == 1:
+        return W * g ** (-alpha)
     if alpha == 1.0:
-        return torch.linalg.inv(g)
-    c = torch.diagonal(g, dim1=-2, dim2=-1)
-    return torch.diag_embed(c ** (-alpha))
+        return torch.linalg.solve(g.mT, W.mT).mT  # W g⁻¹ = (g⁻ᵀ Wᵀ)ᵀ: a solve, not an inverse
+    c = _diagonal_of(argument, g, f"π(g) = g^α with α = {alpha:g} (Example 3)")
+    return W * c.unsqueeze(-2) ** (-alpha)
 
 
 # ---------------------------------------------------------------------------------------
@@ -106,25 +129,38 @@ def _representation_inverse(g: Tensor, alpha: float) -> Tensor:
 # ---------------------------------------------------------------------------------------
 
 ON_RANK_DEFICIENT = ("raise", "warn", "ignore")
+PI_FORMS = ("paper", "identity")
 
 
 def nonlinear_pi(g: Tensor, Z: Tensor, activation: ActivationLike, on_rank_deficient: str = "warn",
-                 rcond: float | None = None) -> Tensor:
-    """π(g, Z) = σ(Z) σ(gZ)⁺ (Eq. 15), as the least-squares solution of π σ(gZ) = σ(Z).
+                 rcond: float | None = None, form: str = "paper") -> Tensor:
+    """π(g, Z) of Prop. 8, the solution of π σ(gZ) = σ(Z) on the batch Z (..., h, k), in one of two forms:
 
-    Z is (..., h, k). ``torch.linalg.lstsq`` returns the minimum-norm solution, which is
-    σ(Z)σ(gZ)⁺ without forming the pseudo-inverse. If σ(gZ) has rank < min(h, k), π is no
-    longer a representation: ``on_rank_deficient`` says whether to raise, warn or ignore.
-    ``rcond`` regularises an ill-conditioned σ(gZ): singular values below rcond × the largest
-    are treated as zero (a truncated pseudo-inverse), so π stays finite.
+    - ``form="paper"``: π = σ(Z) σ(gZ)⁺ (Eq. 15), as in the paper's figures and notebooks;
+    - ``form="identity"``: π = I + (σ(Z) − σ(gZ)) σ(gZ)⁺ = σ(Z)σ(gZ)⁺ + (I − σ(gZ)σ(gZ)⁺), which adds the
+      projector onto the complement of σ(gZ)'s columns (annihilated by σ(gZ)): π σ(gZ) = σ(Z) still holds
+      for k ≤ h, and π(I, Z) = I exactly, where the paper's form is the projection σ(Z)σ(Z)⁺ of rank k
+      (teleportation uses this one, [`symmetry.groups.paper.NonlinearGL`][]). For k > h both forms agree.
+
+    The pseudo-inverse is applied by ``torch.linalg.lstsq`` (gelsd: the minimum-norm solution, without
+    forming σ(gZ)⁺; differentiable in g). If σ(gZ) has rank < min(h, k), π is no longer a representation:
+    ``on_rank_deficient`` says whether to raise, warn or ignore. ``rcond`` regularises an ill-conditioned
+    σ(gZ): singular values below rcond × the largest are treated as zero, so π stays finite.
     """
     check_choice("on_rank_deficient", on_rank_deficient, ON_RANK_DEFICIENT)
+    check_choice("form", form, PI_FORMS)
+    return _pi_and_hidden(g, Z, activation, on_rank_deficient, rcond, form)[0]
+
+
+def _pi_and_hidden(g: Tensor, Z: Tensor, activation: ActivationLike, on_rank_deficient: str, rcond: float | None,
+                   form: str) -> tuple[Tensor, Tensor]:
+    """(π(g, Z), σ(gZ)): the next layer's input comes with π, computed once."""
     act = get_activation(activation)
     check_square("g", g, Z.shape[-2])
     A = act.sigma(g @ Z)  # σ(gZ), (..., h, k)
     B = act.sigma(Z)
     if on_rank_deficient != "ignore":
-        s = torch.linalg.svdvals(A)  # (..., min(h, k))
+        s = torch.linalg.svdvals(A.detach())  # (..., min(h, k))
         tol = s.amax(dim=-1, keepdim=True) * max(A.shape[-2:]) * torch.finfo(A.dtype).eps
         rank = (s > tol).sum(dim=-1)
         if bool((rank < s.shape[-1]).any()):
@@ -132,16 +168,52 @@ def nonlinear_pi(g: Tensor, Z: Tensor, activation: ActivationLike, on_rank_defic
                    f"{float(torch.nan_to_num(s[..., 0] / s[..., -1], nan=float('inf')).max()):.3g}): π(g, Z) = σ(Z)σ(gZ)⁺ is not a group action here")
             if on_rank_deficient == "raise":
                 raise ValueError(msg)
-            warnings.warn(msg, RankDeficiencyWarning, stacklevel=2)
+            warnings.warn(msg, RankDeficiencyWarning, stacklevel=3)
+    target = B if form == "paper" else B - A  # exactly 0 at g = I: the identity form is then exactly I
     # gelsd (SVD-based) gives the minimum-norm solution even when rank-deficient or k < h; CUDA's
     # only driver (gels) needs full column rank, so the small (h, h) solve always runs on the CPU
-    solution = torch.linalg.lstsq(A.mT.cpu(), B.mT.cpu(), rcond=rcond, driver="gelsd").solution
-    return solution.mT.to(Z.device)  # (..., h, h)
+    solution = torch.linalg.lstsq(A.mT.cpu(), target.mT.cpu(), rcond=rcond, driver="gelsd").solution
+    pi = solution.mT.to(Z.device)  # (..., h, h)
+    if form == "identity":
+        pi = pi + torch.eye(pi.shape[-1], dtype=pi.dtype, device=pi.device)
+    return pi, A
+
+
+def multilayer_nonlinear_action(gs: Sequence[Tensor], weights: Params, X: Tensor | None,
+                                activations: Sequence[ActivationLike], form: str = "identity",
+                                on_rank_deficient: str = "warn") -> Params:
+    """Prop. 8 on every hidden layer of an MLP, bottom to top (W_i: h_i × h_{i−1}, H_0 = X):
+
+    Z_i = W_i H_{i−1},  W_i ↦ g_i W_i,  W_{i+1} ↦ W_{i+1} π_i(g_i, Z_i),  H_i = σ_i(g_i Z_i),
+
+    with π in the ``form`` of [`nonlinear_pi`][] (``on_rank_deficient`` as there). Each pair's input H_{i−1} is recomputed from the already
+    transformed lower layers (Z_i itself is unchanged where π_{i−1}σ(g_{i−1}Z_{i−1}) = σ(Z_{i−1}), k ≤ h_{i−1}).
+    ``X=None`` means X = I_n. Keeps the outputs on this batch exactly when k is at most every hidden width.
+    """
+    check_choice("form", form, PI_FORMS)
+    check_choice("on_rank_deficient", on_rank_deficient, ON_RANK_DEFICIENT)
+    L = len(weights)
+    if len(gs) != L - 1 or len(activations) != L - 1:
+        raise ValueError(f"{L} weight matrices have {L - 1} hidden layers; got {len(gs)} group elements and "
+                         f"{len(activations)} activations")
+    H = None if X is None else X.to(weights[0])
+    out, right = [], None
+    for i, W in enumerate(weights):
+        if right is not None:
+            W = W @ right
+        if i == L - 1:
+            out.append(W)
+            break
+        Z = W if H is None else W @ H  # (h_i, k)
+        right, H = _pi_and_hidden(gs[i], Z, activations[i], on_rank_deficient, None, form)  # H = σ(g_i Z_i)
+        out.append(gs[i] @ W)
+    return tuple(out)
 
 
 def nonlinear_action(g: Tensor, params: Params, X: Tensor | None, activation: ActivationLike,
                      square_only: bool = True, on_rank_deficient: str = "warn") -> Params:
-    """g · (U, V, X) = (U π(g, VᵀX), V gᵀ, X) (Prop. 8): keeps F(X) on this batch X when h = k.
+    """g · (U, V, X) = (U π(g, VᵀX), V gᵀ, X) (Prop. 8, the paper's form π = σ(Z)σ(gZ)⁺): keeps F(X) on this
+    batch X when h = k.
 
     X = None means X = I_n (k = n). Prop. 8 is a group action and a symmetry only for a
     square batch (h = k); ``square_only=False`` computes the map anyway.
@@ -150,13 +222,12 @@ def nonlinear_action(g: Tensor, params: Params, X: Tensor | None, activation: Ac
     if X is not None:
         check_finite_tensor("X", X)
         check_alike("X", X, U, "params[0]")
-    Z = V.mT if X is None else V.mT @ X  # (..., h, k)
-    h, k = Z.shape[-2:]
+    h, k = V.shape[-1], (V.shape[-2] if X is None else X.shape[-1])
     if square_only and h != k:
         raise ValueError(f"the nonlinear action is a symmetry only for h == k (Prop. 8); got hidden width "
                          f"h={h} and batch size k={k}. Pass square_only=False to compute it anyway")
-    pi = nonlinear_pi(g, Z, activation, on_rank_deficient)
-    return U @ pi, V @ g.mT
+    weights = multilayer_nonlinear_action([g], _two_layer_view((U, V)), X, [activation], "paper", on_rank_deficient)
+    return _two_layer_back(weights)
 
 
 # ---------------------------------------------------------------------------------------
@@ -203,9 +274,8 @@ def random_lie_algebra_element(name: str, h: int, generator: torch.Generator | N
 
 
 def linear_infinitesimal_action(M: Tensor, params: Params, alpha: float = 1.0) -> Params:
-    """M · (U, V) = (−U dπ(M), V Mᵀ) with dπ(M) = αM (Eq. 13; Example 9 for α ≠ 1)."""
-    U, V = params
-    return -alpha * (U @ M), V @ M.mT
+    """M · (U, V) = (−U dπ(M), V Mᵀ) with dπ(M) = αM (Eq. 13; Example 9 for α ≠ 1): Eq. 18 for two layers."""
+    return _two_layer_back(multilayer_infinitesimal_action([M], _two_layer_view(tuple(params)), alpha))
 
 
 def multilayer_infinitesimal_action(Ms: Sequence[Tensor], weights: Params,

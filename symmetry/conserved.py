@@ -23,7 +23,9 @@ def Q_terms(params: Params, activation: ActivationLike) -> tuple[Tensor, Tensor]
     U, V = check_two_layer("params", params)
     act = get_activation(activation)
     if getattr(act, "integral", True) is None:
-        raise ValueError(f"activation {act.name!r} has no ∫σ/σ' in the table: Eq. 48 is not available for it")
+        from .groups import NotSupportedError
+
+        raise NotSupportedError(f"activation {act.name!r} has no ∫σ/σ' in the table: Eq. 48 is not available for it")
     return 0.5 * (U * U).sum(dim=-2), act.integral(V).sum(dim=-2)  # type: ignore[misc]  # checked above
 
 
@@ -79,7 +81,16 @@ def imbalance_matrix(params: Params) -> Tensor:
 def homogeneous_imbalance(params: Params, alpha: float = 1.0) -> Tensor:
     """diag[α UᵀU − VᵀV] = α‖u_i‖² − ‖v_i‖², conserved for α-homogeneous σ (Example 9). Shape (..., h)."""
     U, V = check_two_layer("params", params)
-    return alpha * (U * U).sum(dim=-2) - (V * V).sum(dim=-2)
+    return neuron_balance((V.mT, U), alpha=alpha)[0]
+
+
+def neuron_balance(a: Params, b: Params | None = None, alpha: float | Sequence[float] = 1.0) -> list[Tensor]:
+    """α_i⟨a_{i+1}[:, j], b_{i+1}[:, j]⟩ − ⟨a_i[j, :], b_i[j, :]⟩ per neuron j of each hidden layer i of an MLP
+    (W_1, …, W_L), a list of (..., h_i): "outer minus inner" (Example 9, Eq. 25). With b = a = θ it is conserved
+    by GF when σ_i is α_i-homogeneous; a GD step θ − ηd with d a gradient changes it by exactly η²·(d, d)."""
+    a, b = _pair(a, b)
+    alphas = _alphas(alpha, len(a) - 1)
+    return [alphas[i] * (a[i + 1] * b[i + 1]).sum(dim=-2) - (a[i] * b[i]).sum(dim=-1) for i in range(len(a) - 1)]
 
 
 def layer_imbalances(weights: Sequence[Tensor]) -> list[Tensor]:

@@ -730,13 +730,17 @@ def run(model, params: Params, X: Tensor | None, Y: Tensor | None, stepper: Step
     if labels is not None and (len(batch) != 1 or len(labels) != batch[0]):
         raise ValueError(f"labels must name each of the {tuple(batch)} configurations")
     if batches is not None and not getattr(stepper, "uses_grad", True):
-        raise ValueError(f"{stepper!r} steps on its own data and cannot take mini-batches; use GD or SGD")
+        from .groups import NotSupportedError
+
+        raise NotSupportedError(f"{stepper!r} steps on its own data and cannot take mini-batches; use GD or SGD")
     integrands = dict(integrands or {})
     n_records = steps // record_every + 1 + (steps % record_every != 0)
     record = _Recorder(n_records, observables or {})
     state = stepper.init_state(params, velocity)
     if integrands and state.velocity is None:
-        raise ValueError(f"integrands need a velocity estimate, which {stepper!r} does not keep")
+        from .groups import NotSupportedError
+
+        raise NotSupportedError(f"integrands need a velocity estimate, which {stepper!r} does not keep")
     totals = {k: torch.zeros_like(f(state.time, state.params, state.velocity)) for k, f in integrands.items()}  # type: ignore[arg-type]  # velocity checked above
     last = {k: f(state.time, state.params, state.velocity) for k, f in integrands.items()}  # type: ignore[arg-type]  # velocity checked above
     step_loss: list[Tensor] = []

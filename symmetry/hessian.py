@@ -4,7 +4,9 @@
 The full matrix comes from ``torch.func.hessian`` (forward-over-reverse); models too large
 for it use Hessian-vector products (reverse-over-reverse: one gradient graph kept, each product
 one backward pass through it) and Lanczos with full reorthogonalisation for the top k.
-[`hessian_top_k`][] takes a module, a loss and data (one batch, or batches summed exactly).
+[`hessian_top_k`][] takes a module, a loss and data (one batch, or batches summed exactly), and optionally a
+symmetry ([`symmetry.groups.Symmetry`][]): its orbit's tangents ([`orbit_tangents`][]) are flat at a minimum
+(Cor. 11: the orbit of a minimum lies in the minimum; Eq. 20–22 give its dimension) and are deflated.
 """
 from __future__ import annotations
 
@@ -96,28 +98,39 @@ class Eigenpairs(NamedTuple):
 
 def lanczos(matvec: Callable[[Tensor], Tensor], D: int, k: int = 6, which: str = "LA", tol: float = 0.0,
             seed: int = 0, max_iter: int | None = None, dtype: torch.dtype = torch.float64,
-            device: torch.device | str = "cpu") -> Eigenpairs:
+            device: torch.device | str = "cpu", deflate: Tensor | None = None) -> Eigenpairs:
     """k extreme eigenpairs of a symmetric operator given by ``matvec`` (Lanczos, full reorthogonalisation).
 
     Stops when every wanted Ritz value θᵢ has an estimated error min(rᵢ, rᵢ²/gapᵢ) ≤ tol·|θᵢ| (rᵢ the
     Ritz residual ‖Hy − θy‖, gapᵢ the distance to the other Ritz values), or the Krylov space is
     exhausted; ``tol=0`` asks for machine precision. From one start vector (``seed``) Lanczos sees one
     copy of a repeated eigenvalue, and a new random direction only when the space closes.
+
+    ``deflate``: a (D, r) matrix of orthonormal columns C; Lanczos then runs in their orthogonal complement
+    (every vector projected by I − CCᵀ), on the operator compressed to it, of dimension D − r.
     """
     check_choice("which", which, LANCZOS_WHICH)
-    if not (isinstance(k, int) and 1 <= k <= D):
-        raise ValueError(f"k={k!r} must be an integer with 1 <= k <= D={D}")
+    r = 0 if deflate is None else deflate.shape[1]
+    if deflate is not None:
+        if deflate.ndim != 2 or deflate.shape[0] != D:
+            raise ValueError(f"deflate must be a (D={D}, r) matrix of orthonormal columns, got shape {tuple(deflate.shape)}")
+        C = deflate.to(device=device, dtype=dtype)
+    if not (isinstance(k, int) and 1 <= k <= D - r):
+        raise ValueError(f"k={k!r} must be an integer with 1 <= k <= D={D}" + (f" − {r} deflated" if r else ""))
     if not (isinstance(tol, (int, float)) and tol >= 0):
         raise ValueError(f"tol={tol!r} must be a non-negative number (0: machine precision)")
-    limit = D if max_iter is None else min(D, max_iter)
+    limit = D - r if max_iter is None else min(D - r, max_iter)
     if limit < k:
         raise ValueError(f"max_iter={max_iter!r} must be at least k={k}")
     generator = torch.Generator().manual_seed(seed)
     eps = torch.finfo(dtype).eps
     threshold = max(float(tol), 8 * eps)
 
+    def project(v: Tensor) -> Tensor:
+        return v if deflate is None else v - C @ (C.mT @ v)
+
     def random_unit() -> Tensor:
-        q = torch.randn(D, generator=generator, dtype=torch.float64).to(device, dtype)
+        q = project(torch.randn(D, generator=generator, dtype=torch.float64).to(device, dtype))
         return q / q.norm()
 
     basis = torch.empty(min(limit, max(2 * k + 20, 64)), D, dtype=dtype, device=device)  # grows on demand
@@ -128,11 +141,11 @@ def lanczos(matvec: Callable[[Tensor], Tensor], D: int, k: int = 6, which: str =
         if j == basis.shape[0]:
             basis = torch.cat([basis, torch.empty(min(limit, 2 * j) - j, D, dtype=dtype, device=device)])
         basis[j] = q
-        w = matvec(q).to(dtype).reshape(-1)
+        w = project(matvec(q).to(dtype).reshape(-1))
         alphas.append(float(w @ q))
         Q = basis[: j + 1]
         for _ in range(2):  # classical Gram–Schmidt twice: orthogonal to working precision
-            w = w - Q.mT @ (Q @ w)
+            w = project(w - Q.mT @ (Q @ w))
         beta = float(w.norm())
         T = torch.diag(torch.tensor(alphas, dtype=torch.float64))
         if j:
@@ -149,7 +162,7 @@ def lanczos(matvec: Callable[[Tensor], Tensor], D: int, k: int = 6, which: str =
             gap = others.min(dim=1).values  # inf while θᵢ is the only Ritz value: then the residual alone
             error = torch.where(torch.isfinite(gap), torch.minimum(residual, residual ** 2 / gap), residual)
             if bool((error <= threshold * theta[order].abs().clamp_min(eps * scale)).all()) or j + 1 == limit:
-                if j + 1 == limit and j + 1 < D and not bool((error <= threshold * theta[order].abs()).all()):
+                if j + 1 == limit and j + 1 < D - r and not bool((error <= threshold * theta[order].abs()).all()):
                     raise RuntimeError(f"Lanczos did not reach tol={tol:g} in max_iter={limit} iterations "
                                        f"(estimated relative errors up to {float((error / theta[order].abs()).max()):.2g}); "
                                        f"raise max_iter or tol")
@@ -159,7 +172,7 @@ def lanczos(matvec: Callable[[Tensor], Tensor], D: int, k: int = 6, which: str =
             betas.append(0.0)
             w = random_unit()
             for _ in range(2):
-                w = w - Q.mT @ (Q @ w)
+                w = project(w - Q.mT @ (Q @ w))
             q = w / w.norm()
         else:
             betas.append(beta)
@@ -177,20 +190,23 @@ def _ritz_order(theta: Tensor, which: str) -> Tensor:
 
 def top_hessian_eigenvalues(loss_fn: LossFn, params: Params, k: int = 6, which: str = "LA",
                             seed: int = 0, tol: float = 0.0, return_eigenvectors: bool = False,
-                            max_iter: int | None = None):
+                            max_iter: int | None = None, symmetry=None):
     """k extreme Hessian eigenvalues by [`lanczos`][] on Hessian-vector products.
 
     ``which``: "LA" largest algebraic, "SA" smallest, "LM" largest magnitude. The start
     vector comes from ``seed`` so the result is deterministic. Returned descending for
-    "LA"/"LM", ascending for "SA"; with ``return_eigenvectors`` an [`Eigenpairs`][].
+    "LA"/"LM", ascending for "SA"; with ``return_eigenvectors`` an [`Eigenpairs`][]. ``symmetry``: a paper
+    group bound to the tuple model ([`symmetry.groups.paper`][]) or any Symmetry acting on the tuple; its orbit's
+    tangents are deflated, as in [`hessian_top_k`][].
     """
     check_choice("which", which, LANCZOS_WHICH)
     params = check_params("params", params)
     D = sum(p.numel() for p in params)
     if not (isinstance(k, int) and 1 <= k < D):
         raise ValueError(f"k={k!r} must be an integer with 1 <= k < D={D} (use hessian_eigenvalues for all)")
+    deflate = None if symmetry is None else orbit_tangents(symmetry, tuple(p.detach() for p in params))
     result = lanczos(hessian_vector_product(loss_fn, params), D, k, which, tol, seed, max_iter,
-                     params[0].dtype, params[0].device)
+                     params[0].dtype, params[0].device, deflate)
     return result if return_eigenvectors else result.values
 
 
@@ -263,20 +279,85 @@ def module_hessian_vector_product(model: torch.nn.Module, loss: Callable[[Tensor
     return hvp, names
 
 
+ORBIT_RTOL = 1e-10
+
+
+def orbit_tangents(symmetry, params, rtol: float = ORBIT_RTOL) -> Tensor:
+    """An orthonormal basis (D, r) of the tangent space of the orbit {g·θ} at θ = ``params``: the infinitesimal
+    action d/dt exp(tξ)·θ at t = 0 (Eq. 9) for ξ over the coordinate basis of the symmetry's algebra, by
+    forward-mode differentiation of its ``act_params``, orthonormalised by an SVD (singular values below ``rtol``
+    × the largest dropped: r is the orbit's dimension, Eq. 20–22). ``params``: a dict of named tensors (a module's)
+    or a tuple (a tuple model's); rows are their entries flattened in that order."""
+    tensors = list(params.values()) if isinstance(params, dict) else list(params)
+    zero = symmetry.algebra_zero()
+    keys = list(zero)
+
+    def moved(*xi: Tensor) -> Tensor:
+        out = symmetry.act_params(params, symmetry.exp(dict(zip(keys, xi))), check=False)
+        parts = out.values() if isinstance(out, dict) else out
+        return torch.cat([t.reshape(-1) for t in parts])
+
+    columns = []
+    with quiet_forward_mode():
+        for i, key in enumerate(keys):
+            for j in range(zero[key].numel()):
+                direction = [torch.zeros_like(z) for z in zero.values()]
+                direction[i].view(-1)[j] = 1.0
+                columns.append(jvp(moved, tuple(zero.values()), tuple(direction))[1])
+    D = sum(t.numel() for t in tensors)
+    if not columns:
+        return torch.zeros(D, 0, dtype=tensors[0].dtype, device=tensors[0].device)
+    T = torch.stack(columns, dim=1)  # (D, dim G)
+    U, s, _ = torch.linalg.svd(T, full_matrices=False)
+    return U[:, s > rtol * s.max()] if float(s.max()) > 0 else U[:, :0]
+
+
 def hessian_top_k(model: torch.nn.Module, loss: Callable[[Tensor, Tensor], Tensor], data, k: int = 5, *,
                   which: str = "LA", tol: float = 1e-3, seed: int = 0, batch_weight: str = "size",
-                  max_iter: int | None = None) -> Eigenpairs:
+                  max_iter: int | None = None, symmetry=None) -> Eigenpairs:
     """Top-k Hessian eigenvalues and eigenvectors of a module's loss on data (Lanczos, see [`lanczos`][]).
 
     ``loss(model(X), Y)`` must be a scalar (e.g. ``torch.nn.functional.cross_entropy``); ``data`` is a pair
     (X, Y) or batches summed exactly (see [`module_hessian_vector_product`][]). Eigenvectors are the
     columns of ``.vectors``, flattened in ``named_parameters()`` order (trainable ones);
     [`eigenvector_parameters`][] reshapes one into a name → tensor dict.
+
+    ``symmetry``: a [`symmetry.groups.Symmetry`][] of the model (e.g. ``module_symmetries(model)``). Its orbit's
+    tangents ([`orbit_tangents`][]) are deflated: Lanczos runs on the Hessian compressed to their orthogonal
+    complement. At a minimum the orbit lies in the minimum (Cor. 11), so H t = 0 for every tangent t and the
+    complement is invariant: the result is then exactly the Hessian's eigenpairs with the symmetry's flat
+    directions taken out (e.g. ``which="SA"``: the flattest directions no symmetry explains). Away from a
+    critical point H t ≠ 0 in general, and the result is the compressed operator's. A symmetry that moves a
+    parameter that is not trainable is refused (its tangents are no directions of the trainable Hessian).
     """
-    hvp, _ = module_hessian_vector_product(model, loss, data, batch_weight)
+    hvp, names = module_hessian_vector_product(model, loss, data, batch_weight)
     params = [p for p in model.parameters() if p.requires_grad]
     D = sum(p.numel() for p in params)
-    return lanczos(hvp, D, k, which, tol, seed, max_iter, params[0].dtype, params[0].device)
+    deflate = None
+    if symmetry is not None:
+        deflate = _trainable_tangents(model, symmetry, names)
+    return lanczos(hvp, D, k, which, tol, seed, max_iter, params[0].dtype, params[0].device, deflate)
+
+
+def _trainable_tangents(model: torch.nn.Module, symmetry, names: list[str]) -> Tensor:
+    missing = [m for m in ("algebra_zero", "exp", "act_params") if not callable(getattr(symmetry, m, None))]
+    if missing:
+        raise TypeError(f"symmetry must follow symmetry.groups.Symmetry; {type(symmetry).__name__} lacks {missing}")
+    everything = {n: p.detach() for n, p in model.named_parameters()}
+    T = orbit_tangents(symmetry, everything)
+    start, rows, frozen = 0, [], []
+    for n, p in everything.items():
+        block = T[start:start + p.numel()]
+        if n in names:
+            rows.append(block)
+        elif bool((block != 0).any()):
+            frozen.append(n)
+        start += p.numel()
+    if frozen:
+        raise ValueError(f"symmetry moves the parameters {frozen}, which are not trainable (requires_grad=False): "
+                         "its orbit has no tangent in the trainable parameters' Hessian")
+    # the rows of the trainable parameters are the whole tangents (the others are zero): still orthonormal
+    return torch.cat(rows) if rows else T[:0]
 
 
 def eigenvector_parameters(model: torch.nn.Module, vector: Tensor) -> dict[str, Tensor]:

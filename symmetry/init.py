@@ -84,7 +84,9 @@ def expected_Q_xavier(m: int, h: int, n: int, activation: ActivationLike = "iden
     """
     act = get_activation(activation)
     if act.gaussian_mean_integral is None:
-        raise ValueError(f"no closed form for E[A(x)] is known for activation {act.name!r}")
+        from .groups import NotSupportedError
+
+        raise NotSupportedError(f"no closed form for E[A(x)] is known for activation {act.name!r}")
     return m / 2 - n * h * act.gaussian_mean_integral(1.0 / n)
 
 

@@ -599,14 +599,50 @@ def lie_algebra_dimension(model: Factorization | VectorFields | torch.nn.Module,
 
 
 def count_conservation_laws(model: Factorization | VectorFields | torch.nn.Module, *,
-                            max_memory: float = DEFAULT_MAX_MEMORY, **kwargs) -> int:
+                            max_memory: float = DEFAULT_MAX_MEMORY, symmetry=None, **kwargs) -> int:
     """The number of independent conservation laws, D − dim Lie(W_φ)(θ) at a generic θ.
 
     ``model``: a Factorization, VectorFields or torch.nn.Module (see [`lie_algebra_dimension`][]);
     a problem whose [`memory_estimate`][] exceeds ``max_memory`` bytes (default 4 GiB) is
     refused with a MemoryError before it allocates.
+
+    ``symmetry``: a [`symmetry.groups.Symmetry`][] of the module (e.g. ``module_symmetries(model)``), compared
+    with the count: its quantities are conservation laws, so their number of independent ones
+    ([`symmetry_law_count`][], at the module's parameters) cannot exceed it; a symmetry that claims more is
+    refused (RuntimeError), one that gives fewer leaves laws no symmetry of it explains. A Symmetry is not
+    counted in place of the model: the count is a property of the model's φ, and takes every law, also those
+    no group gives (Marcotte et al. count them all).
     """
-    return lie_algebra_dimension(model, max_memory=max_memory, **kwargs).laws
+    if symmetry is not None and not isinstance(model, torch.nn.Module):
+        from .groups import NotSupportedError
+
+        raise NotSupportedError(f"symmetry= is compared with the count of a torch.nn.Module (its named parameters); "
+                                f"model is a {type(model).__name__}, whose θ is a flat vector no symmetry acts on")
+    laws = lie_algebra_dimension(model, max_memory=max_memory, **kwargs).laws
+    if symmetry is not None:
+        assert isinstance(model, torch.nn.Module)
+        found = symmetry_law_count(symmetry, {n: p.detach() for n, p in model.named_parameters()})
+        if found > laws:
+            raise RuntimeError(f"the symmetry's quantities have {found} independent entries, more than the {laws} "
+                               f"conservation laws of {type(model).__name__}: they are not all conserved "
+                               "(the symmetry was not found in this model, or it is misread)")
+    return laws
+
+
+def symmetry_law_count(symmetry, params, rtol: float = RANK_RTOL) -> int:
+    """The number of functionally independent conserved quantities of ``symmetry`` near θ = ``params`` (a dict
+    of named tensors or a tuple): the rank of the Jacobian of its ``quantities``, every entry flattened. At a
+    generic θ this is at most [`count_conservation_laws`][] of the model."""
+    tensors = list(params.values()) if isinstance(params, dict) else list(params)
+    sizes = [t.numel() for t in tensors]
+
+    def laws(theta: Tensor) -> Tensor:
+        parts = [c.reshape(t.shape) for c, t in zip(torch.split(theta, sizes), tensors)]
+        rebuilt = dict(zip(params, parts)) if isinstance(params, dict) else tuple(parts)
+        return torch.cat([q.reshape(-1) for q in symmetry.quantities(rebuilt).values()])
+
+    theta = torch.cat([t.detach().reshape(-1) for t in tensors]).to(torch.float64)
+    return independent_count(laws, theta, rtol)
 
 
 def independent_rows(matrix: Tensor, rtol: float = RANK_RTOL) -> int:

@@ -1,4 +1,6 @@
-"""ConservationMonitor: a model's conserved quantities watched in any training loop (one process, DDP or FSDP)."""
+"""ConservationMonitor: a model's conserved quantities watched in any training loop (one process, DDP or FSDP),
+for any [`symmetry.groups.Symmetry`][]: a module's (found by [`symmetry.module_symmetries`][]) or one of the
+paper's groups on a tuple model ([`symmetry.groups.paper`][])."""
 from __future__ import annotations
 
 import json
@@ -8,7 +10,8 @@ from typing import Mapping
 import torch
 from torch import nn
 
-from .modules import ModuleSymmetries, module_symmetries
+from .groups import Symmetry
+from .modules import module_symmetries
 
 Tensor = torch.Tensor
 
@@ -39,31 +42,52 @@ class ConservationMonitor:
 
     ``model``: the module (or its DDP/FSDP wrapper); ``example_input``: one batch, for reading the symmetries
     ([`symmetry.module_symmetries`][]; optional for an ``nn.Sequential`` starting with a ``Linear``), or pass
-    ``symmetries`` already found. Quantities are kept at every ``every``-th step, on the CPU. ``drift()``: the
-    relative drift |Q(t) − Q(t₀)| / m(t₀) against the first record t₀, m the size of Q's terms; where m(t₀) = 0
-    (an all-zero block) the drift is the absolute change, never NaN.
+    ``symmetries``, any [`symmetry.groups.Symmetry`][] acting on the module's named parameters; for a tuple
+    model, a paper group bound to it with ``model=None`` and ``record(step, params)``. Quantities are kept at
+    every ``every``-th step, on the CPU. ``drift()``: the relative drift |Q(t) − Q(t₀)| / m(t₀) against the first
+    record t₀, m the size of Q's terms (the symmetry's ``magnitudes``; without them |Q(t₀)|, a matrix's norm);
+    where m(t₀) = 0 (an all-zero block) the drift is the absolute change, never NaN.
     """
 
-    def __init__(self, model: nn.Module, example_input=None, loss: str | None = None, every: int = 1, *,
-                 symmetries: ModuleSymmetries | None = None):
+    def __init__(self, model: nn.Module | None = None, example_input=None, loss: str | None = None, every: int = 1,
+                 *, symmetries: Symmetry | None = None):
         if isinstance(every, bool) or not isinstance(every, int) or every < 1:
             raise ValueError(f"every={every!r} must be a positive integer")
+        if symmetries is None:
+            if model is None:
+                raise ValueError("model=None needs symmetries: the monitor reads them from a module")
+            symmetries = module_symmetries(unwrap(model), example_input, loss)
+        elif not isinstance(symmetries, Symmetry):
+            raise TypeError(f"symmetries must follow symmetry.groups.Symmetry (keys, quantities, describe, ...); got "
+                            f"{type(symmetries).__name__}")
         self.model = model
         self.every = every
-        self.symmetries = symmetries if symmetries is not None else module_symmetries(unwrap(model), example_input, loss)
+        self.symmetries = symmetries
         self.steps: list[int] = []
         self.history: dict[str, list[Tensor]] = {k: [] for k in self.symmetries.keys()}
         self.reference_magnitudes: dict[str, Tensor] | None = None
         self._calls = 0
         self.record_seconds = 0.0  # total time spent inside record (for the overhead benchmark)
 
-    def _parameters(self) -> Mapping[str, Tensor]:
+    def _parameters(self, params):
+        if params is not None:
+            return params
+        if self.model is None:
+            raise ValueError("params is needed: this monitor has no model to read them from (model=None)")
         return full_parameters(self.model)
 
-    def record(self, step: int | None = None) -> bool:
+    def _magnitudes(self, params) -> Mapping[str, Tensor]:
+        magnitudes = getattr(self.symmetries, "magnitudes", None)
+        if callable(magnitudes):
+            return magnitudes(params)
+        return {k: v.abs() if v.ndim < 2 else torch.linalg.matrix_norm(v)
+                for k, v in self.symmetries.quantities(params).items()}
+
+    def record(self, step: int | None = None, params=None) -> bool:
         """Record the quantities now (at ``step``, default: a running count); returns whether it recorded.
 
-        Steps must increase; recording a step already recorded replaces that row (the weights changed)."""
+        ``params``: the parameters to read (a tuple model's tuple), instead of the model's own. Steps must
+        increase; recording a step already recorded replaces that row (the weights changed)."""
         start = time.perf_counter()
         step = self._calls if step is None else step
         if isinstance(step, bool) or not isinstance(step, int) or step < 0:
@@ -74,12 +98,12 @@ class ConservationMonitor:
         if step % self.every:
             return False
         with torch.no_grad():
-            params = self._parameters()
+            params = self._parameters(params)
             q = self.symmetries.quantities(params)
             replace = bool(self.steps) and self.steps[-1] == step
             if self.reference_magnitudes is None or (replace and len(self.steps) == 1):
                 self.reference_magnitudes = {k: v.detach().cpu().clone()
-                                             for k, v in self.symmetries.magnitudes(params).items()}
+                                             for k, v in self._magnitudes(params).items()}
             for k, v in q.items():
                 if replace:
                     self.history[k][-1] = v.detach().cpu().clone()

@@ -14,15 +14,14 @@ reach a singular matrix, which g = I + T of the reference code can), and the act
 loss-preserving for every ξ, so ΔL measures only round-off (the reference code's first-order
 inverse (I + T)⁻¹ ≈ I − T changes the loss at O(‖T‖²)).
 
-Groups (each a [`Group`][]: ``algebra_zero(params)``, ``exp(ξ)``, ``act(element, params, X)``):
-
-- [`GeneralLinear`][]: GL on each hidden layer of a linear net (Eq. 17, Example 2)
-- [`PositiveScaling`][]: per-neuron positive scaling of a homogeneous net (Example 3)
-- [`NonlinearGL`][]: the data-dependent action of Prop. 8, layer pair by layer pair with each pair's
-  input recomputed, in a form whose identity element is the identity (exact on the batch X when the
-  batch is no larger than every hidden width; ``approximate=True`` for larger batches)
-- [`Orthogonal`][], [`NeuronScaling`][]: the radial nets' O(h) and per-neuron scalings
-- [`ModuleGroup`][]: adapter for ``symmetry.modules.ModuleSymmetries`` (a user's ``nn.Module``)
+Groups: any [`symmetry.groups.Symmetry`][] (teleport uses its ``algebra_zero``, ``exp``, ``act_params`` and
+``describe``): a user's ``nn.Module`` with its symmetries, ``module_symmetries(model)``, passed directly; or a
+tuple model with one of the paper's groups of [`symmetry.groups.paper`][], by name in ``GROUPS`` or as an
+instance, bound to the model and the teleport batch by teleport (re-exported here:
+[`GeneralLinear`][symmetry.groups.paper.GeneralLinear], [`PositiveScaling`][symmetry.groups.paper.PositiveScaling],
+[`NonlinearGL`][symmetry.groups.paper.NonlinearGL] (Prop. 8 in the form whose identity is the identity; exact
+on a batch no larger than every hidden width, ``approximate=True`` for larger ones),
+[`Orthogonal`][symmetry.groups.paper.Orthogonal], [`NeuronScaling`][symmetry.groups.paper.NeuronScaling]).
 
 Objectives: [`grad_norm`][] (maximise ‖∇L‖², NeurIPS 2022), [`sharpness`][] (minimise the top
 Hessian eigenvalue, its eigenvector by [`symmetry.hessian.top_hessian_eigenvalues`][], or Hutchinson's
@@ -43,14 +42,21 @@ from typing import Any, Callable, Mapping, Sequence
 
 import torch
 
-from .actions import multilayer_action, neuron_scaling_action, orthogonal_action
+from .groups import Element, NotSupportedError, Params, Symmetry
+from .groups.paper import (PAPER_GROUPS, GeneralLinear, Group, NeuronScaling, NonlinearGL, Orthogonal,
+                           PositiveScaling, make_group)
 from .validation import check_choice, check_finite, check_tensors
 
 Tensor = torch.Tensor
-Params = tuple[Tensor, ...]
-Algebra = tuple[Tensor, ...]
-Element = tuple[Tensor, ...]
+Leaves = tuple[Tensor, ...]  # Lie-algebra coordinates ξ as a tuple, in the order of the symmetry's keys
 LossFn = Callable[[Params], Tensor]
+#: the paper's groups by name (symmetry.groups.paper)
+GROUPS = PAPER_GROUPS
+
+__all__ = ["GROUPS", "GeneralLinear", "Group", "NeuronScaling", "NonlinearGL", "Objective", "Orthogonal",
+           "PositiveScaling", "TeleportReport", "TeleportSchedule", "TeleportWarning", "TeleportingStepper",
+           "condition_number", "conserved_target", "curvature_along", "grad_norm", "gradient_norm_squared",
+           "lambda_max", "make_group", "make_objective", "sharpness", "teleport_random", "teleport_to"]
 
 
 class TeleportWarning(UserWarning):
@@ -58,38 +64,10 @@ class TeleportWarning(UserWarning):
 
 
 # ---------------------------------------------------------------------------------------
-# Groups
+# Groups: any Symmetry of symmetry.groups; the paper's by name
 # ---------------------------------------------------------------------------------------
 
-class Group:
-    """A Lie group acting on a parameter tuple: the protocol ``teleport`` needs.
-
-    ``algebra_zero(params)`` gives Lie-algebra coordinates ξ (a tuple of tensors; zeros = identity),
-    ``exp(ξ)`` the group element, ``act(element, params, X)`` the transformed parameters; ``act`` must
-    be differentiable in the element. ``X`` is the batch for data-dependent actions (ignored otherwise).
-    """
-
-    name = "group"
-    data_dependent = False
-
-    def algebra_zero(self, params: Params) -> Algebra:
-        raise NotImplementedError
-
-    def exp(self, xi: Algebra) -> Element:
-        raise NotImplementedError
-
-    def act(self, element: Element, params: Params, X: Tensor | None) -> Params:
-        raise NotImplementedError
-
-    def check(self, model, params: Params, X: Tensor | None, approximate: bool = False) -> None:
-        """Raise a ValueError if the group cannot act on these parameters (shapes, batch size);
-        ``approximate=True`` allows a data-dependent action that keeps the batch loss only approximately."""
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}()"
-
-
-def condition_number(element: Element | Mapping[str, Tensor]) -> float:
+def condition_number(element: Mapping[str, Tensor] | Sequence[Tensor]) -> float:
     """Largest condition number over the element's factors: ‖g‖‖g⁻¹‖ (2-norm) for a matrix,
     max|c|/min|c| for a diagonal given as a vector. inf for a singular (or non-finite) element."""
     parts = element.values() if isinstance(element, Mapping) else element
@@ -108,241 +86,8 @@ def condition_number(element: Element | Mapping[str, Tensor]) -> float:
     return worst
 
 
-def _layout(model, params: Params) -> tuple[Params, list, Callable[[Params], Params]]:
-    """(weights W_1 … W_L in the multilayer convention, hidden activations, back-conversion).
-
-    A TwoLayerNet's (U, V) is (W_1, W_2) = (Vᵀ, U), so one multilayer code serves both.
-    """
-    from .models import MLP, TwoLayerNet
-
-    if isinstance(model, TwoLayerNet):
-        if len(params) != 2:
-            raise ValueError(f"a TwoLayerNet has parameters (U, V); got {len(params)} tensors")
-        return (params[1].mT, params[0]), [model.activation], lambda w: (w[1], w[0].mT)
-    if isinstance(model, MLP) and type(model).__name__ in ("MLP", "MLPClassifier"):
-        return tuple(params), list(model.hidden_activations(len(params))), tuple
-    raise TypeError(f"this group acts on symmetry.models.TwoLayerNet or MLP (tuple models); got {model!r}. "
-                    f"For an nn.Module use ModuleGroup(module_symmetries(model))")
-
-
-class _Layered(Group):
-    """Groups acting on every hidden layer of a two-layer net or an MLP: one factor per hidden layer."""
-
-    def __init__(self):
-        self._model = None
-
-    def bind(self, model) -> "_Layered":
-        self._model = model
-        return self
-
-    def _split(self, params: Params):
-        if self._model is None:
-            raise RuntimeError(f"{self!r} is not bound to a model: teleport() binds it, or call .bind(model)")
-        return _layout(self._model, params)
-
-    def check(self, model, params, X, approximate: bool = False):
-        self.bind(model)
-        _layout(model, params)
-
-
-class GeneralLinear(_Layered):
-    """GL(h_i) on every hidden layer: W_i ↦ g_i W_i g_{i−1}⁻¹ (Eq. 17; Example 2 for two layers).
-
-    A symmetry only where every hidden activation is linear. ξ_i ∈ gl(h_i), g_i = matrix_exp(ξ_i).
-    """
-
-    name = "GL (linear layers)"
-
-    def algebra_zero(self, params):
-        weights, _, _ = self._split(params)
-        return tuple(torch.zeros(W.shape[-2], W.shape[-2], dtype=W.dtype, device=W.device) for W in weights[:-1])
-
-    def exp(self, xi):
-        return tuple(torch.linalg.matrix_exp(x) for x in xi)
-
-    def act(self, element, params, X=None):
-        weights, _, back = self._split(params)
-        return back(multilayer_action(element, weights, 1.0))
-
-
-class PositiveScaling(_Layered):
-    """Per-neuron positive scaling of α-homogeneous activations: W_i ↦ c_i W_i c_{i−1}^{−α} (Example 3).
-
-    ξ_i ∈ R^{h_i}, c_i = exp(ξ_i) > 0; α is each activation's homogeneity from the activation table.
-    """
-
-    name = "positive scaling (homogeneous activations)"
-
-    def algebra_zero(self, params):
-        weights, _, _ = self._split(params)
-        return tuple(torch.zeros(W.shape[-2], dtype=W.dtype, device=W.device) for W in weights[:-1])
-
-    def exp(self, xi):
-        return tuple(torch.exp(x) for x in xi)
-
-    def act(self, element, params, X=None):
-        weights, acts, back = self._split(params)
-        out = []
-        for i, W in enumerate(weights):
-            if i < len(weights) - 1:
-                W = element[i].unsqueeze(-1) * W
-            if i > 0:
-                W = W * element[i - 1] ** (-acts[i - 1].homogeneity)
-            out.append(W)
-        return back(tuple(out))
-
-    def check(self, model, params, X, approximate: bool = False):
-        super().check(model, params, X)
-        _, acts, _ = _layout(model, params)
-        bad = [a.name for a in acts if a.homogeneity is None]
-        if bad:
-            raise ValueError(f"group=PositiveScaling needs homogeneous activations (relu, leaky_relu, identity, "
-                             f"repu); this model has {bad}")
-
-
-class NonlinearGL(_Layered):
-    """The data-dependent GL action of Prop. 8 on every hidden layer, bottom to top, with an identity
-    that is the identity:
-
-    Z_i = W_i H_{i−1},  W_i ↦ g_i W_i,  W_{i+1} ↦ W_{i+1} π_i,  H_i = σ(g_i Z_i),
-    π_i = I + (σ(Z_i) − σ(g_i Z_i)) σ(g_i Z_i)⁺.
-
-    How this differs from the paper's π(g, Z) = σ(Z)σ(gZ)⁺ (Eq. 15; Eq. 4 of the ICLR 2024 paper):
-    for a batch of k ≤ h_i samples, π_i = σ(Z)σ(gZ)⁺ + I − σ(gZ)σ(gZ)⁺ adds the projector onto the
-    orthogonal complement of σ(gZ)'s columns, which σ(gZ) annihilates, so π_i σ(gZ) = σ(Z) still holds
-    (the batch output is kept exactly, as in the paper) while π_i(I, Z) = I. The paper's form at g = I
-    is σ(Z)σ(Z)⁺, a projection onto the span of the k batch activations: a "teleport" that does nothing
-    would drop the upper layer's rank to k and change the loss on every other sample. For k > h_i,
-    σ(gZ)σ(gZ)⁺ = I and both forms are σ(Z)σ(gZ)⁺, a least-squares fit that keeps the batch loss only
-    approximately (``approximate=True`` in [`teleport_to`][symmetry.teleport.teleport_to]); π_i(I, Z) = I
-    again. Each pair's input H_{i−1} is recomputed from the already transformed lower layers (the
-    reference codes use the stale one, which breaks exactness). ``X=None`` means X = I_n.
-    """
-
-    name = "GL, data-dependent (Prop. 8)"
-    data_dependent = True
-
-    def algebra_zero(self, params):
-        return GeneralLinear.algebra_zero(self, params)
-
-    def exp(self, xi):
-        return tuple(torch.linalg.matrix_exp(x) for x in xi)
-
-    def act(self, element, params, X):
-        weights, acts, back = self._split(params)
-        H = None if X is None else X.to(weights[0])
-        out, right = [], None
-        for i, W in enumerate(weights):
-            if right is not None:
-                W = W @ right
-            if i == len(weights) - 1:
-                out.append(W)
-                break
-            Z = W if H is None else W @ H  # (h_i, k), unchanged by the lower layers' transformation
-            g = element[i]
-            A = acts[i].sigma(g @ Z)  # σ(gZ), (h_i, k)
-            h, k = A.shape[-2:]
-            # σ(gZ)⁺ by a differentiable solve: (AᵀA)⁻¹Aᵀ (k ≤ h, full column rank) or Aᵀ(AAᵀ)⁻¹ (k > h)
-            pinv = torch.linalg.solve(A.mT @ A, A.mT) if k <= h else torch.linalg.solve(A @ A.mT, A).mT
-            eye = torch.eye(h, dtype=A.dtype, device=A.device)
-            right = eye + (acts[i].sigma(Z) - A) @ pinv  # exactly I at g = I: σ(Z) − σ(Z) = 0
-            out.append(g @ W)
-            H = A
-        return back(tuple(out))
-
-    def check(self, model, params, X, approximate: bool = False):
-        super().check(model, params, X)
-        weights, _, _ = _layout(model, params)
-        k = weights[0].shape[-1] if X is None else X.shape[-1]
-        widths = [W.shape[-2] for W in weights[:-1]]
-        if k > min(widths) and not approximate:
-            raise ValueError(f"group=NonlinearGL (Prop. 8) keeps the loss only on a batch no larger than every "
-                             f"hidden width: the batch has k={k} samples, the hidden widths are {widths}. Teleport "
-                             f"on a batch of at most {min(widths)} samples, or pass approximate=True to teleport "
-                             f"with a least-squares action whose loss change the report gives")
-
-
-class Orthogonal(Group):
-    """O(h) on a radial net (TwoLayerRadialNet, over="hidden"): (U, V) ↦ (U gᵀ, V gᵀ) (Example 5).
-
-    g = matrix_exp(ξ − ξᵀ): an unconstrained ξ ∈ R^{h×h} mapped onto so(h), so g ∈ SO(h).
-    """
-
-    name = "O(h) (radial activation)"
-
-    def algebra_zero(self, params):
-        h = params[0].shape[-1]
-        return (torch.zeros(h, h, dtype=params[0].dtype, device=params[0].device),)
-
-    def exp(self, xi):
-        return (torch.linalg.matrix_exp(xi[0] - xi[0].mT),)
-
-    def act(self, element, params, X=None):
-        return orthogonal_action(element[0], tuple(params))
-
-
-class NeuronScaling(Group):
-    """(U, V) ↦ (U c, V c), c = exp(ξ) > 0: the radial net of Prop. 14 (over="neuron")."""
-
-    name = "per-neuron scaling (radial net, Prop. 14)"
-
-    def algebra_zero(self, params):
-        h = params[0].shape[-1]
-        return (torch.zeros(h, dtype=params[0].dtype, device=params[0].device),)
-
-    def exp(self, xi):
-        return (torch.exp(xi[0]),)
-
-    def act(self, element, params, X=None):
-        return neuron_scaling_action(torch.diag_embed(element[0]), tuple(params))
-
-
-class ModuleGroup(Group):
-    """Adapter: ``symmetry.modules.ModuleSymmetries`` (a user's nn.Module) as a [`Group`][].
-
-    Uses only its functional API: ``algebra_zero() -> {name: ξ}``, ``exp(ξ) -> element``,
-    ``act_params(params: {name: tensor}, element) -> {name: tensor}``. Parameters travel as a tuple in
-    the order of ``names`` (the module's ``named_parameters()``).
-    """
-
-    name = "module symmetries"
-
-    def __init__(self, symmetries, names: Sequence[str]):
-        for attr in ("algebra_zero", "exp", "act_params"):
-            if not callable(getattr(symmetries, attr, None)):
-                raise TypeError(f"symmetries must provide .{attr}() (symmetry.modules.ModuleSymmetries); "
-                                f"got {type(symmetries).__name__}")
-        self.symmetries, self.names = symmetries, list(names)
-        self._keys: list[str] = []
-        describe = getattr(symmetries, "describe", None)
-        self.name = describe() if callable(describe) else "module symmetries"
-
-    def algebra_zero(self, params):
-        zero = self.symmetries.algebra_zero()
-        self._keys = list(zero)
-        return tuple(v.to(params[0]) for v in zero.values())
-
-    def exp(self, xi):
-        return self.symmetries.exp(dict(zip(self._keys, xi)))
-
-    def act(self, element, params, X=None):
-        out = self.symmetries.act_params(dict(zip(self.names, params)), element)
-        return tuple(out[n] for n in self.names)
-
-
-GROUPS = {"gl": GeneralLinear, "scaling": PositiveScaling, "nonlinear": NonlinearGL, "orthogonal": Orthogonal,
-          "neuron_scaling": NeuronScaling}
-
-
-def make_group(group: str | Group) -> Group:
-    """A group by name (``gl``, ``scaling``, ``nonlinear``, ``orthogonal``, ``neuron_scaling``) or as given."""
-    if isinstance(group, Group):
-        return group
-    if hasattr(group, "act_params"):
-        raise TypeError("a ModuleSymmetries needs the parameter names: pass it with an nn.Module model "
-                        "(teleport wraps it) or wrap it yourself as ModuleGroup(symmetries, names)")
-    check_choice("group", group, GROUPS)
-    return GROUPS[group]()
+#: what teleport calls on a symmetry (the rest of the protocol it does not need)
+TELEPORT_NEEDS = ("algebra_zero", "exp", "act_params", "describe")
 
 
 # ---------------------------------------------------------------------------------------
@@ -506,7 +251,7 @@ def _default_tolerances(dtype: torch.dtype) -> tuple[float, float]:
     return (1e-9, 1e-12) if dtype == torch.float64 else (1e-4, 1e-6)
 
 
-def _module_problem(model, params, loss_fn, X, Y, group):
+def _module_problem(model, params, loss_fn):
     names = [n for n, _ in model.named_parameters()]
     current = tuple(p for _, p in model.named_parameters())
     if params is None:
@@ -519,9 +264,24 @@ def _module_problem(model, params, loss_fn, X, Y, group):
     def loss_on(p, X, Y):
         return loss_fn(torch.func.functional_call(model, dict(zip(names, p)), (X,)), Y)
 
-    if not isinstance(group, Group):
-        group = ModuleGroup(group, names)
-    return tuple(params), loss_on, group, names
+    return tuple(params), loss_on, names
+
+
+def _symmetry(model, params: Params, group, X, approximate: bool):
+    """The symmetry teleport moves along: a paper group (by name or instance) bound to the tuple model and
+    batch, or any [`Symmetry`][symmetry.groups.Symmetry] as given (a module's: ``module_symmetries(model)``)."""
+    module = isinstance(model, torch.nn.Module)
+    if isinstance(group, (str, Group)):
+        if module:
+            raise NotSupportedError(f"group={group!r}: the paper's groups act on tuple models (TwoLayerNet, MLP, radial "
+                                    "nets); for an nn.Module pass its symmetries, symmetry.module_symmetries(model)")
+        return make_group(group).bind(model, params, X, approximate=approximate)
+    missing = [m for m in TELEPORT_NEEDS if not callable(getattr(group, m, None))]
+    if missing:
+        raise TypeError(f"group must be a name in {sorted(GROUPS)} or a Symmetry (symmetry.groups.Symmetry: "
+                        f"{', '.join(TELEPORT_NEEDS)}, ...); {type(group).__name__} lacks {missing}")
+    bind = getattr(group, "bind", None)
+    return bind(model, params, X, approximate=approximate) if callable(bind) and not module else group
 
 
 def _norm(tensors: Sequence[Tensor]) -> float:
@@ -541,9 +301,10 @@ def _with_grad(function):
 
 @dataclass
 class _Problem:
-    """What both teleports need: the group bound to the model, the loss on the batch and on other data."""
+    """What both teleports need: the symmetry (bound to the model), the loss on the batch and on other data."""
 
-    grp: Group
+    sym: Any  # a Symmetry
+    keys: list[str]  # the order of ξ's tensors
     loss_on: Callable[[Params, Any, Any], Tensor]
     X: Any
     Y: Any
@@ -558,8 +319,26 @@ class _Problem:
     def loss(self, p: Params) -> Tensor:
         return self.loss_on(p, self.X, self.Y)
 
-    def act(self, xi: Algebra) -> Params:
-        return tuple(self.grp.act(self.grp.exp(xi), self.base, self.X))
+    @property
+    def name(self) -> str:
+        name = getattr(self.sym, "name", None)
+        return name if isinstance(name, str) else self.sym.describe()
+
+    def zero(self) -> Leaves:
+        return tuple(self.sym.algebra_zero().values())
+
+    def element(self, xi: Leaves) -> Element:
+        return self.sym.exp(dict(zip(self.keys, xi)))
+
+    def apply(self, element: Element, params: Params) -> Params:
+        """g·θ through the symmetry's act_params: a tuple, or a module's named dict in ``names`` order."""
+        if self.names is None:
+            return tuple(self.sym.act_params(params, element, check=False))
+        out = self.sym.act_params(dict(zip(self.names, params)), element, check=False)
+        return tuple(out[n] for n in self.names)
+
+    def act(self, xi: Leaves) -> Params:
+        return self.apply(self.element(xi), self.base)
 
     def keeps(self, value: float) -> bool:
         return self.approximate or abs(value - self.loss0) <= self.atol + self.rtol * abs(self.loss0)
@@ -574,11 +353,9 @@ def _problem(model, params, data, group, loss_fn, loss_rtol, loss_atol, approxim
     X, Y = data
     names = None
     if isinstance(model, torch.nn.Module):
-        params, loss_on, grp, names = _module_problem(model, params, loss_fn, X, Y, group)
+        params, loss_on, names = _module_problem(model, params, loss_fn)
     else:
         params = check_tensors("params", tuple(params))  # a group acts on floating-point parameters
-        grp = make_group(group)
-        grp.check(model, params, X, approximate=approximate)
 
         def loss_on(p, X, Y):
             value = model.loss(p, X, Y) if loss_fn is None else loss_fn(model, p, X, Y)
@@ -586,6 +363,7 @@ def _problem(model, params, data, group, loss_fn, loss_rtol, loss_atol, approxim
                 raise ValueError(f"the loss must be a scalar (one configuration), got shape {tuple(value.shape)}")
             return value
     check_finite("params", params)
+    sym = _symmetry(model, tuple(params), group, X, approximate)
     rtol, atol = _default_tolerances(params[0].dtype)
     rtol = rtol if loss_rtol is None else loss_rtol
     atol = atol if loss_atol is None else loss_atol
@@ -594,39 +372,39 @@ def _problem(model, params, data, group, loss_fn, loss_rtol, loss_atol, approxim
         loss0 = float(loss_on(base, X, Y))
     if not math.isfinite(loss0):
         raise ValueError(f"the loss at params is {loss0}: teleport needs a finite loss")
-    pb = _Problem(grp, loss_on, X, Y, base, tuple(params), names, loss0, rtol, atol,
-                  approximate and grp.data_dependent)
+    pb = _Problem(sym, list(sym.algebra_zero()), loss_on, X, Y, base, tuple(params), names, loss0, rtol, atol,
+                  approximate and bool(getattr(sym, "data_dependent", False)))
     if check_symmetry and not pb.approximate:
         gen = torch.Generator().manual_seed(seed + 7919)
         probe = tuple(1e-2 * torch.randn(z.shape, generator=gen, dtype=z.dtype).to(z.device)
-                      for z in grp.algebra_zero(base))
+                      for z in pb.zero())
         try:
             with torch.no_grad():
                 moved = float(pb.loss(pb.act(probe)))
         except KeyError as error:  # a ModuleSymmetries found in another model
             raise ValueError(f"group does not act on this model's parameters: {error}") from None
         if not pb.keeps(moved):
-            raise ValueError(f"group={grp.name!r} is not a symmetry of {model!r} here: a random element "
+            raise ValueError(f"group={pb.name!r} is not a symmetry of {model!r} here: a random element "
                              f"exp(ξ) with ‖ξ‖ ≈ {_norm(probe):.2g} changed "
                              f"the loss from {loss0:.6g} to {moved:.6g} (relative {abs(moved - loss0) / max(abs(loss0), atol):.2g}, "
                              f"tolerance {rtol:g}). Pick the group of this model's activation (GROUPS: {sorted(GROUPS)})")
     return pb
 
 
-def _finish(pb: _Problem, xi: Algebra, identity: bool, on_loss_change: str, max_condition: float,
+def _finish(pb: _Problem, xi: Leaves, identity: bool, on_loss_change: str, max_condition: float,
             holdout, fields: dict) -> tuple[Any, TeleportReport]:
     """Apply exp(ξ) (the parameters unchanged when ``identity``), check it, report, write a module."""
     if identity:
         element_cond, new = 1.0, pb.base
     else:
-        element = pb.grp.exp(xi)
+        element = pb.element(xi)
         element_cond = condition_number(element)
         if not element_cond <= max_condition:
             raise ValueError(f"the teleport's group element is singular or ill-conditioned (condition number "
                              f"{element_cond:.3g} > max_condition={max_condition:g}); lower lr or steps, set "
                              f"trust_region, or use on_loss_change='stop'; params were left unchanged")
         with torch.no_grad():
-            new = tuple(t.detach() for t in pb.grp.act(element, pb.base, pb.X))
+            new = tuple(t.detach() for t in pb.apply(element, pb.base))
         check_finite("teleported params", new)
     with torch.no_grad():
         loss1 = float(pb.loss(new))
@@ -646,7 +424,7 @@ def _finish(pb: _Problem, xi: Algebra, identity: bool, on_loss_change: str, max_
             before, after = float(pb.loss_on(pb.base, *holdout)), float(pb.loss_on(new, *holdout))
         held = {"holdout_loss_before": before, "holdout_loss_after": after,
                 "holdout_relative_loss_change": abs(after - before) / max(abs(before), pb.atol)}
-    report = TeleportReport(pb.grp.name, loss_before=pb.loss0, loss_after=loss1, relative_loss_change=rel,
+    report = TeleportReport(pb.name, loss_before=pb.loss0, loss_after=loss1, relative_loss_change=rel,
                             condition_number=element_cond, xi_norm=0.0 if identity else _norm(xi),
                             approximate=pb.approximate, **held, **fields)
     if pb.names is not None:
@@ -666,7 +444,7 @@ def _check_positive(name: str, value, allow_none: bool = True):
 
 
 @_with_grad
-def teleport_to(model, params, data: tuple, group: str | Group, objective: str | Objective | Callable = "grad_norm", *,
+def teleport_to(model, params, data: tuple, group: str | Group | Symmetry, objective: str | Objective | Callable = "grad_norm", *,
                 lr: float = 0.1, steps: int = 10, max_step: float | None = None, trust_region: float | None = None,
                 loss_fn: Callable | None = None, loss_rtol: float | None = None, loss_atol: float | None = None,
                 on_loss_change: str = "stop", check_symmetry: bool = True, max_condition: float = 1e8,
@@ -679,8 +457,9 @@ def teleport_to(model, params, data: tuple, group: str | Group, objective: str |
     ``model``: a tuple model (``TwoLayerNet``, ``MLP``, radial nets) with ``params`` a tuple, or an
     ``nn.Module`` with ``loss_fn(output, target)`` (``params=None``: its current parameters; the result
     is also written into the module). ``data`` = (X, Y): the batch the loss (and a data-dependent
-    action) uses. ``group``: a [`Group`][], a name in ``GROUPS``, or for a module its
-    ``ModuleSymmetries``. The best iterate (largest J, or smallest) is applied; if that is ξ = 0 (for
+    action) uses. ``group``: for a tuple model a paper group (a name in ``GROUPS`` or a
+    [`Group`][symmetry.groups.paper.Group]) or any other [`Symmetry`][symmetry.groups.Symmetry] acting on its
+    tuple; for a module a Symmetry acting on its named parameters, e.g. ``module_symmetries(model)``. The best iterate (largest J, or smallest) is applied; if that is ξ = 0 (for
     instance ``steps=0``, the null teleport) the parameters come back unchanged.
 
     Step size: on a non-compact group (GL, scalings) ‖∇L‖² has no maximum on the orbit, and the effect of
@@ -691,7 +470,7 @@ def teleport_to(model, params, data: tuple, group: str | Group, objective: str |
     ``objective_limit``: steps past this value of J are refused (the ICLR 2024 code stops the ascent at
     ‖∇L‖² > 100); ``max_ratio``: likewise for |J| above ``max_ratio`` × |J(θ)| (a scale-free cap).
 
-    ``approximate``: a data-dependent group ([`NonlinearGL`][]) keeps the batch loss exactly only on a
+    ``approximate``: a data-dependent group ([`NonlinearGL`][symmetry.groups.paper.NonlinearGL]) keeps the batch loss exactly only on a
     batch no larger than every hidden width; a larger batch is refused unless ``approximate=True``, the
     least-squares action the ICLR 2024 code uses: its iterates are then not refused for their loss
     change, and the report gives the change on the batch and, with ``holdout=(X, Y)``, on held-out data.
@@ -717,7 +496,7 @@ def teleport_to(model, params, data: tuple, group: str | Group, objective: str |
     max_ratio = _check_positive("max_ratio", max_ratio)
     max_step = _check_positive("max_step", max_step)
     pb = _problem(model, params, data, group, loss_fn, loss_rtol, loss_atol, approximate, check_symmetry, seed)
-    grp, base = pb.grp, pb.base
+    base = pb.base
     obj = make_objective(objective)
     sign = 1.0 if obj.maximize else -1.0
 
@@ -731,15 +510,15 @@ def teleport_to(model, params, data: tuple, group: str | Group, objective: str |
     if not math.isfinite(before):
         raise ValueError(f"objective {obj.name!r} is {before} at the starting parameters")
 
-    def evaluate(leaves: Algebra) -> tuple[Tensor, float]:
+    def evaluate(leaves: Leaves) -> tuple[Tensor, float]:
         # a tensor the group leaves alone is still differentiated by the objective
         moved = tuple(p if p.requires_grad else p.detach().requires_grad_(True) for p in pb.act(leaves))
         value = value_at(moved)
         return value, float(value.detach())
 
-    def refused(candidate: Algebra, current: Params) -> tuple[str | None, Params | None]:
+    def refused(candidate: Leaves, current: Params) -> tuple[str | None, Params | None]:
         """Why an iterate is refused before its objective is computed (None: accepted), and its g·θ."""
-        element = grp.exp(candidate)
+        element = pb.element(candidate)
         if on_loss_change == "stop":
             cond = condition_number(element)
             if not cond <= max_condition:
@@ -748,7 +527,7 @@ def teleport_to(model, params, data: tuple, group: str | Group, objective: str |
             return None, None  # nothing below to check: spare the extra action
         try:
             with torch.no_grad():
-                moved = tuple(t.detach() for t in grp.act(element, base, pb.X))
+                moved = tuple(t.detach() for t in pb.apply(element, base))
                 here = float(pb.loss(moved))
         except torch.linalg.LinAlgError:  # e.g. σ(gZ) lost rank in the data-dependent action
             return "the data-dependent action is singular here", None
@@ -761,7 +540,7 @@ def teleport_to(model, params, data: tuple, group: str | Group, objective: str |
                 return f"the parameters changed by {change:.3g} of their norm > trust_region={trust_region:g}", None
         return None, moved
 
-    leaves = tuple(z.detach().requires_grad_(True) for z in grp.algebra_zero(base))
+    leaves = tuple(z.detach().requires_grad_(True) for z in pb.zero())
     current = base
     value, v = evaluate(leaves)
     history = [v]
@@ -815,7 +594,7 @@ def teleport_to(model, params, data: tuple, group: str | Group, objective: str |
 
 
 @_with_grad
-def teleport_random(model, params, data: tuple, group: str | Group, xi_norm: float, *, seed: int = 0,
+def teleport_random(model, params, data: tuple, group: str | Group | Symmetry, xi_norm: float, *, seed: int = 0,
                     objective: str | Objective | Callable = "grad_norm", loss_fn: Callable | None = None,
                     loss_rtol: float | None = None, loss_atol: float | None = None, on_loss_change: str = "raise",
                     check_symmetry: bool = True, max_condition: float = 1e8, approximate: bool = False,
@@ -833,7 +612,7 @@ def teleport_random(model, params, data: tuple, group: str | Group, xi_norm: flo
     pb = _problem(model, params, data, group, loss_fn, loss_rtol, loss_atol, approximate, check_symmetry, seed)
     obj = make_objective(objective)
     gen = torch.Generator().manual_seed(seed)
-    zero = pb.grp.algebra_zero(pb.base)
+    zero = pb.zero()
     direction = tuple(torch.randn(z.shape, generator=gen, dtype=z.dtype).to(z.device) for z in zero)
     size = _norm(direction)
     xi = tuple(d * (xi_norm / size) for d in direction) if size > 0 else zero

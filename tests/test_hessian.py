@@ -159,3 +159,68 @@ def test_bad_module_input_is_named():
         S.hessian_top_k(model, torch.nn.functional.mse_loss, (X, Y), tol=-1)
     with pytest.raises(RuntimeError, match="did not reach tol"):
         S.hessian_top_k(model, torch.nn.functional.mse_loss, (X, Y), k=3, tol=1e-14, max_iter=4)
+
+
+def interpolating_net(relu: bool):
+    """A module at an exact minimum (zero loss: its targets are its own outputs), with biases."""
+    torch.manual_seed(2)
+    hidden = [torch.nn.ReLU()] if relu else []
+    net = torch.nn.Sequential(torch.nn.Linear(4, 6), *hidden, torch.nn.Linear(6, 3)).double()
+    X = torch.randn(20, 4, dtype=DTYPE)
+    return net, (X, net(X).detach())
+
+
+@pytest.mark.parametrize("relu", [False, True])
+def test_orbit_tangents_are_flat_at_a_minimum_and_deflated(relu):
+    """Cor. 11: the orbit of a minimum lies in the minimum, so H t = 0 for its tangents (r of them, Eq. 20 with
+    the bias as an input); with symmetry=, Lanczos works on the complement of the orbit (the oracle: eigvalsh
+    of P H P there): r fewer zeros, the same largest eigenvalues, eigenvectors orthogonal to the orbit."""
+    net, data = interpolating_net(relu)
+    mse = torch.nn.functional.mse_loss
+    sym = S.module_symmetries(net)
+    T = S.hessian.orbit_tangents(sym, {n: p.detach() for n, p in net.named_parameters()})
+    r = T.shape[1]
+    assert r == (6 if relu else 36 - (6 - 5) * (6 - 3))  # (R_>0)^6; GL(6) on [W1 b1] (5 columns) and W2 (3 rows)
+    assert torch.allclose(T.mT @ T, torch.eye(r, dtype=DTYPE), atol=1e-12)
+    hvp, _ = S.hessian.module_hessian_vector_product(net, mse, data)
+    H = torch.stack([hvp(e) for e in torch.eye(T.shape[0], dtype=DTYPE)])
+    assert float((H @ T).abs().max()) <= 1e-12 * float(H.abs().max())
+    P = torch.eye(T.shape[0], dtype=DTYPE) - T @ T.mT
+    outside = torch.linalg.eigvalsh(P @ H @ P)[r:]  # the r zeros of the projection dropped
+    zeros = lambda e: int((e.abs() < 1e-10 * float(H.abs().max())).sum())  # noqa: E731
+    assert zeros(outside) == zeros(torch.linalg.eigvalsh(H)) - r
+    top = S.hessian_top_k(net, mse, data, k=3, tol=1e-12, symmetry=sym)
+    torch.testing.assert_close(top.values, outside.flip(0)[:3], rtol=1e-8, atol=0)
+    bottom = S.hessian_top_k(net, mse, data, k=1, which="SA", tol=1e-12, symmetry=sym)
+    assert abs(float(bottom.values[0]) - float(outside[0])) < 1e-10
+    assert float((T.mT @ torch.cat([top.vectors, bottom.vectors], 1)).abs().max()) < 1e-10
+
+
+def test_a_symmetry_moving_frozen_parameters_is_refused():
+    net, data = interpolating_net(False)
+    sym = S.module_symmetries(net)
+    net[0].weight.requires_grad_(False)
+    with pytest.raises(ValueError, match="not trainable"):
+        S.hessian_top_k(net, torch.nn.functional.mse_loss, data, k=2, symmetry=sym)
+    with pytest.raises(ValueError, match="deflate"):
+        S.lanczos(lambda v: v, 5, 2, deflate=torch.zeros(4, 1, dtype=DTYPE))
+
+
+def test_a_paper_group_deflates_the_hessian_of_a_tuple_model():
+    """The linear two-layer net at a generic global minimum: GL_h's orbit (Eq. 20) is flat (Cor. 11) and the
+    Lanczos on its complement starts above zero when the minimum is the orbit itself (h ≤ m: the fibre of
+    UVᵀ = Y, of dimension (m + n)h − mn, equals h² here)."""
+    from symmetry.groups import paper as P
+
+    m, h, n = 3, 3, 4
+    U, Y = randn(m, h, seed=4), randn(m, n, seed=5)
+    V = (torch.linalg.solve(U, Y)).mT  # U Vᵀ = Y
+    net = S.TwoLayerNet("identity", reduction="sum")
+    loss = net.loss_function(None, Y)
+    group = P.GeneralLinear().bind(net, (U, V))
+    eigs = S.hessian_eigenvalues(loss, (U, V))
+    n_zero = int((eigs.abs() < 1e-9 * eigs.abs().max()).sum())
+    assert n_zero == h * h == S.hessian.orbit_tangents(group, (U, V)).shape[1]
+    bottom = S.top_hessian_eigenvalues(loss, (U, V), k=1, which="SA", symmetry=group)
+    assert float(bottom[0]) == pytest.approx(float(eigs[n_zero]), rel=1e-8)  # the smallest nonzero one
+    assert abs(float(S.top_hessian_eigenvalues(loss, (U, V), k=1, which="SA")[0])) < 1e-9 * float(eigs[-1])

@@ -358,3 +358,38 @@ def test_memory_estimate_bounds_the_measured_peak_within_a_factor_3():
                           cwd=root, env=env, capture_output=True, text=True, check=True)
     for estimate, measured in json.loads(done.stdout.strip().splitlines()[-1]):
         assert measured <= estimate <= 3 * measured
+
+
+# --- the count against a symmetry's quantities ---------------------------------------------------
+
+@pytest.mark.parametrize("n,r,m", [(3, 2, 4), (2, 5, 2), (3, 4, 2)])
+def test_the_paper_groups_quantities_are_all_the_laws_of_two_layer_nets(n, r, m):
+    """GL's UᵀU − VᵀV (Example 7) and the positive scaling's α‖u‖² − ‖v‖² (Example 9) have as many independent
+    entries as Marcotte et al. count laws (r = 5 against n + m = 4: 15 entries, 14 independent)."""
+    from symmetry.groups import paper as P
+
+    g = torch.Generator().manual_seed(n + r + m)
+    params = (torch.randn(m, r, generator=g, dtype=torch.float64), torch.randn(n, r, generator=g, dtype=torch.float64))
+    gl = P.GeneralLinear().bind(S.TwoLayerNet("identity"), params)
+    assert L.symmetry_law_count(gl, params) == L.count_conservation_laws(L.linear_net((n, r, m)))
+    scaling = P.PositiveScaling().bind(S.TwoLayerNet("relu"), params)
+    assert L.symmetry_law_count(scaling, params) == L.count_conservation_laws(L.relu_net((n, r, m))) == r
+
+
+@pytest.mark.parametrize("relu", [True, False])
+def test_a_modules_symmetry_is_compared_with_its_count(relu):
+    torch.manual_seed(0)
+    hidden = [torch.nn.ReLU()] if relu else []
+    net = torch.nn.Sequential(torch.nn.Linear(4, 6), *hidden, torch.nn.Linear(6, 3)).double()
+    sym = S.module_symmetries(net)
+    count = L.count_conservation_laws(net, symmetry=sym)
+    assert count == L.symmetry_law_count(sym, dict(net.named_parameters())) == sym.law_count() == (6 if relu else 21)
+
+    class Overclaiming:  # the control: a "symmetry" whose quantities include the first weight itself
+        def quantities(self, params):
+            return {**sym.quantities(params), "weight": params["0.weight"]}
+
+    with pytest.raises(RuntimeError, match="more than the"):
+        L.count_conservation_laws(net, symmetry=Overclaiming())
+    with pytest.raises(S.groups.NotSupportedError, match="flat vector"):
+        L.count_conservation_laws(L.linear_net((3, 2, 4)), symmetry=sym)

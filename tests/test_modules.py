@@ -361,7 +361,8 @@ def test_describe_is_readable():
 
 
 @pytest.mark.parametrize("page, heading", [("README.md", "## Your own model"),
-                                           ("docs/your-own-model.md", "## A GPT block, and the monitor")])
+                                           ("docs/your-own-model.md", "## A GPT block, and the monitor"),
+                                           ("docs/your-own-model.md", "## The paper's own models")])
 def test_shown_examples_run_as_written(page, heading):
     """Every python block of the section runs; where a text block follows one, it is what the block prints."""
     import contextlib

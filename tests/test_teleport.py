@@ -101,9 +101,9 @@ def test_conserved_target_reaches_the_target_Q():
     assert report.relative_loss_change < 1e-9
 
 
-def test_module_adapter_with_biases():
-    """ModuleGroup through the promised ModuleSymmetries API, on a local oracle implementation of
-    positive scaling for Linear(bias) → ReLU → Linear(bias)."""
+def test_any_symmetry_on_a_module_with_biases():
+    """teleport takes any Symmetry directly (what it calls: algebra_zero, exp, act_params, describe), here a
+    local oracle implementation of positive scaling for Linear(bias) → ReLU → Linear(bias)."""
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Linear(4, 6), torch.nn.ReLU(), torch.nn.Linear(6, 3)).double()
 
@@ -114,7 +114,7 @@ def test_module_adapter_with_biases():
         def exp(self, xi):
             return {k: torch.exp(v) for k, v in xi.items()}
 
-        def act_params(self, params, element):
+        def act_params(self, params, element, check=True):
             c = element["0"]
             out = dict(params)
             out["0.weight"], out["0.bias"] = c[:, None] * params["0.weight"], c * params["0.bias"]
@@ -144,17 +144,20 @@ def test_quadratic_gradient_at_maximal_norm_is_a_hessian_eigenvector():
     A = Q @ torch.diag(evals) @ Q.T
     half, inv_half = Q @ torch.diag(evals.sqrt()) @ Q.T, Q @ torch.diag(evals.rsqrt()) @ Q.T
 
-    class Conjugated(T.Group):
+    class Conjugated:  # a Symmetry of the protocol on a tuple model, written by a user
         name = "A^{-1/2} SO(3) A^{1/2}"
 
-        def algebra_zero(self, params):
-            return (torch.zeros(3, 3, dtype=D),)
+        def algebra_zero(self, requires_grad=False):
+            return {"g": torch.zeros(3, 3, dtype=D, requires_grad=requires_grad)}
 
         def exp(self, xi):
-            return (torch.linalg.matrix_exp(xi[0] - xi[0].T),)
+            return {"g": torch.linalg.matrix_exp(xi["g"] - xi["g"].T)}
 
-        def act(self, element, params, X=None):
-            return (inv_half @ element[0] @ half @ params[0],)
+        def act_params(self, params, element, check=True):
+            return (inv_half @ element["g"] @ half @ params[0],)
+
+        def describe(self):
+            return self.name
 
     model = S.PotentialModel(lambda p: 0.5 * (p[0] * (A @ p[0])).sum())
     w = torch.randn(3, 1, generator=g, dtype=D)
@@ -263,8 +266,8 @@ def test_nonlinear_identity_is_the_identity_for_every_batch_size(k):
     """π(I, Z) = I + (σ(Z) − σ(Z))σ(Z)⁺ = I exactly: the paper's σ(Z)σ(Z)⁺ would project the upper layer
     onto the span of the k batch activations when k < h (rank k)."""
     model, W, (X, Y) = mlp(S.activations.leaky_relu(0.1), k=k)
-    group = T.NonlinearGL().bind(model)
-    moved = group.act(group.exp(group.algebra_zero(W)), W, X)
+    group = T.NonlinearGL().bind(model, W, X, approximate=k > 6)
+    moved = group.act(W, group.exp(group.algebra_zero()))
     assert all(torch.equal(a, b) for a, b in zip(moved, W))
     # the paper's form at g = I, for contrast: σ(Z)σ(Z)⁺ has rank min(k, h)
     Z = W[0] @ X
@@ -275,10 +278,10 @@ def test_nonlinear_identity_is_the_identity_for_every_batch_size(k):
 @pytest.mark.parametrize("k", [3, 6])
 def test_nonlinear_action_keeps_the_batch_loss_exactly_when_k_at_most_h(k):
     model, W, (X, Y) = mlp(S.activations.leaky_relu(0.1), k=k)
-    group = T.NonlinearGL().bind(model)
+    group = T.NonlinearGL().bind(model, W, X)
     g = gen(9)
-    xi = tuple(0.3 * torch.randn(z.shape, generator=g, dtype=D) for z in group.algebra_zero(W))
-    moved = group.act(group.exp(xi), W, X)
+    xi = {k: 0.3 * torch.randn(z.shape, generator=g, dtype=D) for k, z in group.algebra_zero().items()}
+    moved = group.act(W, group.exp(xi))
     assert abs(float(model.loss(moved, X, Y) - model.loss(W, X, Y))) <= 1e-11 * float(model.loss(W, X, Y))
     X2 = torch.randn(X.shape[0], 20, generator=g, dtype=D)  # other samples: the action is data-dependent
     assert abs(float(model.loss(moved, X2, Y[:, :1].expand(-1, 20)) - model.loss(W, X2, Y[:, :1].expand(-1, 20)))) > 1e-6
@@ -433,8 +436,8 @@ def test_teleporting_stepper_on_the_engine_protocol():
 
 @pytest.mark.parametrize("layers", ["relu", "linear"])
 def test_module_symmetries_of_the_modules_helper(layers):
-    """Against symmetry.modules (issue 11) once merged: the loss of a Module with biases is kept."""
-    modules = pytest.importorskip("symmetry.modules")
+    """teleport takes module_symmetries(net) directly (no adapter): the loss of a Module with biases is kept."""
+    from symmetry import modules
     torch.manual_seed(1)
     hidden = [torch.nn.ReLU()] if layers == "relu" else []
     net = torch.nn.Sequential(torch.nn.Linear(4, 6), *hidden, torch.nn.Linear(6, 3)).double()
