@@ -323,7 +323,14 @@ def _run_workers(names: list[str], argv: list[str], jobs: int, threads: int, log
                     queue.insert(0, (name, part))
                 running.clear()
                 pool = J.local_executor(jobs)
-    except BaseException:  # an error here (the check in meanwhile, an interrupt) stops the jobs still running
+    except BaseException as stop:  # an error here (the check in meanwhile, an interrupt) stops the jobs still running
+        if isinstance(stop, KeyboardInterrupt):  # figures done while this process was busy (the check) are kept
+            for future, (name, part, _, log) in running.items():
+                if part is None and future.done() and not future.cancelled() and future.exception() is None:
+                    status, value, seconds = future.result()
+                    if status == "ok":
+                        results[name] = JobResult(name, seconds + sum(part_seconds[name].values()),
+                                                  payload=pickle.loads(value), log=log, parts=part_seconds[name] or None)
         J.stop(pool, list(running))
         raise
     else:

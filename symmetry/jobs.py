@@ -125,8 +125,11 @@ def stop(executor: Executor, running: list[Future]) -> None:
     for process in processes.values():
         process.terminate()
     close(executor, wait=False)
-    for process in processes.values():
-        process.join()
+    for process in processes.values():  # SIGTERM: a worker unwinds (a figure half-written leaves no temporary file)
+        process.join(30)
+        if process.is_alive():  # stuck in one long native call: no unwinding to wait for
+            process.kill()
+            process.join()
 
 
 def close(executor: Executor, wait: bool = True) -> None:
