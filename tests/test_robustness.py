@@ -695,6 +695,11 @@ def test_round_two_case12_float32_data_with_float64_parameters_is_promoted_the_r
     promoted = S.gradient_descent(net, params, X.float().double(), Y.float(), 0.1, 3)  # Y float32 → float64
     assert promoted.loss.dtype == torch.float64 and torch.isfinite(promoted.loss).all()
     assert exact.loss.shape == promoted.loss.shape
+    # X float32 too (round two, second pass): the two-layer stepper steps on its own copy of the data, promoted
+    both = S.gradient_descent(net, params, X.float(), Y.float(), 0.1, 3)
+    assert torch.equal(both.loss, S.gradient_descent(net, params, X.float().double(), Y.float().double(), 0.1, 3).loss)
+    with pytest.raises(TypeError, match="X has dtype torch.int64 but the parameters are torch.float64"):
+        S.gradient_descent(net, params, X.long(), Y, 0.1, 3)  # integer data: named, not torch's matmul error
     low = tuple(p.float() for p in params)
     with pytest.raises(TypeError, match="X has dtype torch.float64 but params have torch.float32"):
         S.gradient_descent(net, low, X, Y.float(), 0.1, 3)
