@@ -177,6 +177,7 @@ def _figure_job(name: str, part: str | None, argv: list[str], threads: int, log_
     os.dup2(log.fileno(), 1)  # the C++ side (torch warnings) too
     os.dup2(log.fileno(), 2)
     sys.stdout = sys.stderr = log
+    E.stop_on_signal()  # the parent's terminate() (its own Ctrl-C or SIGTERM) unwinds the job, as it does a script
     torch.set_num_threads(threads)
     if "--out" in argv:  # the parent run holds OUT's lock for its workers
         E.inherit_output_lock(argv[argv.index("--out") + 1])
@@ -324,8 +325,12 @@ def _run_workers(names: list[str], argv: list[str], jobs: int, threads: int, log
                     print(f"[{len(results)}/{total}] {name}: FAILED ({value}; see {log})", flush=True)
     finally:  # an error here (the check in meanwhile, an interrupt) stops the workers still running
         for _, _, process, _, _ in running.values():
-            process.terminate()
-            process.join()
+            process.terminate()  # SIGTERM: the worker unwinds (a figure half-written leaves no temporary file)
+        for _, _, process, _, _ in running.values():
+            process.join(30)
+            if process.is_alive():  # stuck in one long native call: no unwinding to wait for
+                process.kill()
+                process.join()
     try:  # the order of the next run
         known = json.loads((log_dir / TIMINGS).read_text(encoding="utf-8")) if (log_dir / TIMINGS).exists() else {}
         E.write_json(log_dir / TIMINGS, {**known, **{k: round(v, 2) for k, v in timings.items()}})

@@ -604,9 +604,11 @@ def printable_streams() -> None:
                 reconfigure(errors="backslashreplace")
 
 
-def _stop_on_signal() -> None:
+def stop_on_signal() -> None:
     """SIGTERM (what a cluster scheduler sends) and SIGHUP end a run like Ctrl-C: as a KeyboardInterrupt, so the
-    cleanup that stops worker processes runs, and the exit status is 128 + the signal's number."""
+    cleanup that stops worker processes runs, and the exit status is 128 + the signal's number. Also in
+    reproduce.py's workers, which their parent stops with SIGTERM: a figure being written removes its temporary
+    files and the worker exits through Python (no semaphore of its left for the resource tracker to report)."""
     import signal
     import threading
 
@@ -626,7 +628,7 @@ def run_script(main: Callable[[], Any]) -> None:
     interrupt, SIGTERM, divergence, missing or offline data) ends with one line and a non-zero exit status, no
     traceback; ``--debug`` on the command line shows the traceback instead."""
     printable_streams()
-    _stop_on_signal()
+    stop_on_signal()
     try:
         status = main()
     except Exception as error:

@@ -411,6 +411,9 @@ def module_symmetries(model: nn.Module, example_input=None, loss: str | None = N
         if isinstance(x, Tensor) and x.is_floating_point() and x.dtype != dtype:
             raise TypeError(f"example_input{'[%d]' % i if len(inputs) > 1 else ''} has dtype {x.dtype} but the "
                             f"model's parameters are {dtype}: convert one of them")
+        if isinstance(x, Tensor) and x.is_floating_point() and not bool(torch.isfinite(x).all()):
+            raise ValueError(f"example_input{'[%d]' % i if len(inputs) > 1 else ''} contains NaN or infinity: the "
+                             "symmetries are checked on it; pass a batch of finite inputs")
     gm = trace(model, leaves, len(inputs))
     buffers = {n: b.clone() for n, b in model.named_buffers()}
     walker = _Walker(gm, loss)
@@ -498,8 +501,8 @@ def _verify(sym: ModuleSymmetries, model, gm, inputs, loss, walker: _Walker, see
         torch.manual_seed(seed)
         reference = _outputs(functional_call(model, {**params, **{n: b.clone() for n, b in buffers.items()}}, inputs))
     traced = run(params, False)
-    error = float((traced - reference).norm() / reference.norm().clamp_min(1e-300))
-    if error > tol:
+    error = _relative(traced - reference, reference)
+    if not error <= tol:
         raise SymmetryCheckError(f"the traced graph does not reproduce {type(model).__name__}'s output (relative "
                                  f"difference {error:.3g}): the model's code does something the trace does not record")
     gen = torch.Generator().manual_seed(seed + 1)
@@ -521,7 +524,7 @@ def _verify(sym: ModuleSymmetries, model, gm, inputs, loss, walker: _Walker, see
         with _epsilon(gm, sites, _TINY_EPS if tiny else None):
             acted = run(moved, on_loss)
         reference = base(tiny, on_loss)
-        return float((acted - reference).norm() / reference.norm().clamp_min(1e-300))
+        return _relative(acted - reference, reference)
 
     def on_loss(b: Block) -> bool:
         return isinstance(b, TranslationBlock) and loss == "cross_entropy" and "cross-entropy" in b.where
@@ -546,6 +549,13 @@ def _verify(sym: ModuleSymmetries, model, gm, inputs, loss, walker: _Walker, see
         if b.approximate:
             b.approximate += (f" (at the model's ε a random element of scale 0.5 moves the output by "
                               f"{change([b], False, on_loss(b)):.2g} relative)")
+
+
+def _relative(difference: Tensor, reference: Tensor) -> float:
+    """‖difference‖ / ‖reference‖ in Python floats: 0 where both are 0 (an all-zero model's output), never the
+    0/0 = NaN of a float32 division (whose clamp at 1e-300 is 0), and infinite where only the reference is 0."""
+    size, scale = float(difference.norm()), float(reference.norm())
+    return size / scale if scale > 0 else (0.0 if size == 0 else math.inf)
 
 
 class _epsilon:

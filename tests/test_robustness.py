@@ -846,3 +846,67 @@ def test_round_two_case12_teleport_refuses_integer_parameters_by_name():
     integer = (params[0].round().long(), params[1])
     with pytest.raises(TypeError, match=r"params\[0\] must be a floating-point tensor, got dtype torch.int64"):
         S.teleport_to(net, integer, (X, Y), "gl")
+
+
+# ---------------------------------------------------------------- round two, second pass (issue 24)
+
+_PROBE = '''
+import os, signal
+from pathlib import Path
+from symmetry import experiment as E
+
+def main(argv):
+    out = Path(argv[0])
+    def write(tmp):  # the parent's terminate() arrives while the figure is being written
+        Path(tmp).write_text("half a figure")
+        os.kill(os.getpid(), signal.SIGTERM)
+        raise AssertionError("SIGTERM did not stop the job")
+    E._write_unit([(out / "probe.pdf", write), (out / "probe.json", lambda tmp: Path(tmp).write_text("{}"))])
+'''
+
+
+def test_second_pass_case7_a_worker_stopped_mid_write_unwinds_and_leaves_no_temporary_file(tmp_path):
+    import pickle
+
+    (tmp_path / "sigterm_probe.py").write_text(_PROBE, encoding="utf-8")
+    out = tmp_path / "out"
+    out.mkdir()
+    code = ("import sys, pickle, multiprocessing as mp; sys.path[:0] = sys.argv[1:3]; import reproduce; "
+            "receive, send = mp.Pipe(duplex=False); "
+            "reproduce._figure_job('sigterm_probe', None, [sys.argv[3]], 1, sys.argv[4], send); "
+            "open(sys.argv[5], 'wb').write(receive.recv_bytes())")
+    reply = tmp_path / "reply.pickle"
+    worker = subprocess.run([sys.executable, "-c", code, str(ROOT), str(tmp_path), str(out), str(tmp_path / "job.log"),
+                             str(reply)], env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=120)
+    assert worker.returncode == 0  # before: killed by the signal (-15), its temporary file left in OUT
+    status, message, _ = pickle.loads(reply.read_bytes())
+    assert (status, message.split(":")[0]) == ("error", "KeyboardInterrupt")
+    assert sorted(p.name for p in out.iterdir()) == []  # no temporary file, and no half-written target
+
+
+def test_second_pass_case4_the_monitor_on_an_all_zero_float32_model_and_its_step_numbers():
+    import numpy as np
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4, bias=False), torch.nn.Linear(4, 2, bias=False))  # float32
+    with torch.no_grad():
+        for p in model.parameters():
+            p.zero_()
+    # before: the check's 0/0 in float32 was NaN, refused as "the graph was misread; please report this model"
+    monitor = S.ConservationMonitor(model, torch.randn(5, 3))
+    monitor.record(0)
+    monitor.record(0)  # the same step again replaces its row
+    with torch.no_grad():
+        model[0].weight[0, 0] = 1.0
+    monitor.record(np.int64(1))  # numpy's integers (a loop over np.arange) are steps too
+    monitor.record(torch.tensor(2))
+    assert monitor.steps == [0, 1, 2]
+    drift = monitor.drift()["0"]
+    assert torch.isfinite(drift).all() and drift.tolist() == [0.0, 1.0, 1.0]  # the absolute change from zero
+    with pytest.raises(ValueError, match="comes before the last recorded step 2"):
+        monitor.record(1)
+    for bad in (2.0, -1, True, torch.tensor(True)):
+        with pytest.raises(ValueError, match="must be a non-negative integer"):
+            monitor.record(bad)
+    with pytest.raises(ValueError, match="example_input contains NaN or infinity"):
+        S.module_symmetries(model, torch.full((5, 3), math.nan))
