@@ -910,3 +910,18 @@ def test_second_pass_case4_the_monitor_on_an_all_zero_float32_model_and_its_step
             monitor.record(bad)
     with pytest.raises(ValueError, match="example_input contains NaN or infinity"):
         S.module_symmetries(model, torch.full((5, 3), math.nan))
+
+
+@pytest.mark.parametrize("name", ["Q_dynamics_elementwise", "Q_distribution", "Q_convergence_elementwise",
+                                  "Q_convergence_radial", "Q_sharpness_1d", "Q_hessian_eigenvalues", "noether_dynamics",
+                                  "conservation_laws", "conservation_under_optimizers", "teleportation",
+                                  "conservation_modern"])
+def test_second_pass_quick_keeps_the_seed_the_json_records(name):
+    import dataclasses
+
+    script = load_script(name)
+    if not hasattr(script, "quick"):
+        pytest.skip(f"{name} has no quick(cfg)")
+    cfg = dataclasses.replace(script.Settings(), seed=5)
+    # before: Q_sharpness_1d --quick --seed 1 recorded seed 0 in its JSON (quick() dropped the seed)
+    assert script.quick(cfg).seed == 5
