@@ -69,6 +69,7 @@ class ModuleSymmetries:
     device: torch.device
     model_name: str = "model"
     coverage: dict[str, list[str]] = field(default_factory=dict)  # parameter → block names, or ["none: why"]
+    shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)  # parameter → its shape in the model read
 
     # --- names and summary ----------------------------------------------------------------------------------
     def keys(self) -> list[str]:
@@ -124,6 +125,9 @@ class ModuleSymmetries:
             if not isinstance(t, Tensor) or not t.is_floating_point():
                 kind = t.dtype if isinstance(t, Tensor) else type(t).__name__
                 raise TypeError(f"{argument}[{n!r}] must be a floating-point tensor, got {kind}")
+            if n in self.shapes and tuple(t.shape) != self.shapes[n]:
+                raise ValueError(f"{argument}[{n!r}] has shape {tuple(t.shape)} but is {self.shapes[n]} in the "
+                                 f"{self.model_name} these symmetries were found in: read them from this model")
         return params
 
     # --- conserved quantities ---------------------------------------------------------------------------------
@@ -419,7 +423,14 @@ def module_symmetries(model: nn.Module, example_input=None, loss: str | None = N
     walker = _Walker(gm, loss)
     with torch.no_grad(), torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        _with_buffers(gm, buffers, lambda: walker.run(*inputs))
+        try:
+            _with_buffers(gm, buffers, lambda: walker.run(*inputs))
+        except RuntimeError as error:  # torch's own (shapes, dtypes), under torch.fx's notes: its first line
+            if isinstance(error, SymmetryCheckError):
+                raise
+            shapes = [tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__ for x in inputs]
+            raise ValueError(f"{type(model).__name__} cannot run on example_input {shapes[0] if len(shapes) == 1 else shapes}: "
+                             f"{str(error).splitlines()[0]}; pass one batch the model takes") from None
     merged = _merge_pairs(walker)
     blocks: list[Block] = []
     for p in walker.producers:
@@ -429,7 +440,8 @@ def module_symmetries(model: nn.Module, example_input=None, loss: str | None = N
             blocks.extend(_blocks_of(p))
         blocks.extend(_translations_of(p))
     coverage = _coverage(params, blocks, walker, merged)
-    sym = ModuleSymmetries(tuple(blocks), tuple(params), dtype, device, type(model).__name__, coverage)
+    sym = ModuleSymmetries(tuple(blocks), tuple(params), dtype, device, type(model).__name__, coverage,
+                           {n: tuple(p.shape) for n, p in params.items()})
     if check:
         _verify(sym, model, gm, inputs, loss, walker, seed)
     return sym

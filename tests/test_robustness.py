@@ -925,3 +925,23 @@ def test_second_pass_quick_keeps_the_seed_the_json_records(name):
     cfg = dataclasses.replace(script.Settings(), seed=5)
     # before: Q_sharpness_1d --quick --seed 1 recorded seed 0 in its JSON (quick() dropped the seed)
     assert script.quick(cfg).seed == 5
+
+
+def test_second_pass_case12_wrong_inputs_of_module_symmetries_and_the_ensemble_are_named():
+    from symmetry.ensemble import GroupActionEnsemble
+
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2))
+    # before: torch's "mat1 and mat2 shapes cannot be multiplied" under torch.fx's notes (tlparse, graph nodes)
+    with pytest.raises(ValueError, match=r"^Sequential cannot run on example_input \(5, 7\): mat1 and mat2 shapes "
+                                         r"cannot be multiplied \(5x7 and 3x4\); pass one batch the model takes$"):
+        S.module_symmetries(model, torch.randn(5, 7))
+    sym = S.module_symmetries(model, torch.randn(5, 3))
+    wider = torch.nn.Sequential(torch.nn.Linear(3, 6), torch.nn.ReLU(), torch.nn.Linear(6, 2))
+    with pytest.raises(ValueError, match=r"model\['0.weight'\] has shape \(6, 3\) but is \(4, 3\) in the Sequential"):
+        sym.quantities(wider)  # before: torch's setStorage error from a strided read of another model's weights
+    ensemble = GroupActionEnsemble("tanh", num_g=3).fit(torch.randn(3, 6, 6))  # float32
+    z = torch.randn(5, 6, dtype=torch.float64)
+    g, pi = ensemble.g.double(), ensemble.pi.double()  # float64 input: computed in float64 (exact promotion)
+    assert torch.equal(ensemble(z), torch.tanh(z.unsqueeze(0) @ g.mT) @ pi.mT)
+    with pytest.raises(TypeError, match="z must be floating-point"):
+        ensemble(torch.ones(5, 6, dtype=torch.int64))
