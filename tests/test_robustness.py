@@ -945,3 +945,19 @@ def test_second_pass_case12_wrong_inputs_of_module_symmetries_and_the_ensemble_a
     assert torch.equal(ensemble(z), torch.tanh(z.unsqueeze(0) @ g.mT) @ pi.mT)
     with pytest.raises(TypeError, match="z must be floating-point"):
         ensemble(torch.ones(5, 6, dtype=torch.int64))
+
+
+def test_second_pass_case13_hessian_top_k_names_empty_or_non_finite_data():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Tanh(), torch.nn.Linear(4, 1))
+    X, Y = torch.randn(16, 3), torch.randn(16, 1)
+    mse = torch.nn.functional.mse_loss
+    with pytest.raises(ValueError, match="X holds no samples"):  # before: eigenvalues [0, 0] of a NaN loss
+        S.hessian_top_k(model, mse, (X[:0], Y[:0]), k=2)
+    bad = X.clone()
+    bad[0, 0] = math.nan
+    with pytest.raises(ValueError, match=r"X \(shape \(16, 3\)\) contains NaN"):  # before: linalg.eigh failed
+        S.hessian_top_k(model, mse, (bad, Y), k=2)
+    with pytest.raises(ValueError, match="contains NaN"):  # one bad batch among several
+        S.hessian_top_k(model, mse, [(X, Y), (bad, Y)], k=2)
+    assert S.hessian_top_k(model, mse, [(X[:8], Y[:8]), (X[8:], Y[8:])], k=2).values.numel() == 2
