@@ -175,6 +175,17 @@ CIFAR10_FORMS = ("an ImageFolder tree (train/<class>/*, test/<class>/*), its .ta
 """What a CIFAR-10 location (--data, ``load_cifar10(root)``) may be, in the errors that ask for one."""
 
 
+def command_line_data_advice(message: str, program: str) -> str:
+    """``load_cifar10``'s error with its advice in Python arguments (``load_cifar10('path')``, ``download=True``)
+    said as the command line takes it: ``--data PATH`` (reproduce.py and the CIFAR-10 figure scripts)."""
+    advice = f"Give {program} the data with --data PATH, PATH being {CIFAR10_FORMS}"
+    head, found, tail = message.partition(" Pass one of: ")
+    if not found:
+        return f"{message}; {advice[0].lower()}{advice[1:]}"
+    place = tail.partition("; or put one of them in ")[2].partition(", or pass download=True")[0].rstrip(".")
+    return f"{head} {advice}" + (f"; or put one of them in {place}" if place else "")
+
+
 def check_data_location(data: str | Path | None) -> None:
     """Refuse (DataLocationError, naming --data) a CIFAR-10 location that does not exist, before any computation;
     None (the default: data/ in the repository) passes. Whether it holds CIFAR-10 is ``load_cifar10``'s to say."""
@@ -580,6 +591,8 @@ def explain(error: BaseException) -> tuple[int, str] | None:
     if isinstance(error, S.DivergenceError):
         advice = "" if "lower the learning rate" in str(error) else " (the run diverged: lower the learning rate or the init scale)"
         return 1, f"{error}{advice}"
+    if isinstance(error, (DatasetUnavailable, DataError, FileNotFoundError)) and " Pass one of: " in str(error):
+        return 1, command_line_data_advice(str(error), Path(sys.argv[0]).name)  # the user passes --data, not Python
     if isinstance(error, (DatasetUnavailable, DataError)):
         return 1, str(error)
     if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):

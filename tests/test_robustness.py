@@ -961,3 +961,15 @@ def test_second_pass_case13_hessian_top_k_names_empty_or_non_finite_data():
     with pytest.raises(ValueError, match="contains NaN"):  # one bad batch among several
         S.hessian_top_k(model, mse, [(X, Y), (bad, Y)], k=2)
     assert S.hessian_top_k(model, mse, [(X[:8], Y[:8]), (X[8:], Y[8:])], k=2).values.numel() == 2
+
+
+def test_second_pass_case15_a_cifar_script_run_alone_says_data_as_its_command_line_takes_it(tmp_path, monkeypatch):
+    with pytest.raises(FileNotFoundError) as error:
+        D.load_cifar10(tmp_path, download=False)
+    monkeypatch.setattr(sys, "argv", ["conservation_under_optimizers.py", "--quick", "--data", str(tmp_path)])
+    status, line = E.explain(error.value)
+    # before: load_cifar10's Python advice (load_cifar10('path/to/cifar10'), "or pass download=True") on a command line
+    assert status == 1 and "\n" not in line
+    assert "Give conservation_under_optimizers.py the data with --data PATH" in line
+    assert "load_cifar10(" not in line and "download=True" not in line
+    assert line.endswith(f"or put one of them in {tmp_path}")
