@@ -136,8 +136,8 @@ def check_output_location(out: str | Path, names: tuple[str, ...] = ()) -> Path:
     any computation: an existing file, a parent that is a file, a directory that cannot be written, or a
     read-only NAME.pdf / NAME.png / NAME.json. The directory is created if missing."""
     if not str(out).strip():
-        raise OutputLocationError("--out '': an empty path names no directory (it would write into the current "
-                                  "one and claims.json to /); pass a directory")
+        raise OutputLocationError(f"--out {str(out)!r}: an empty path names no directory (it would write into the "
+                                  "current one and claims.json to /); pass a directory")
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise OutputLocationError(f"--out {out}: is an existing file, not a directory; pass a directory "

@@ -627,7 +627,7 @@ def test_round_two_case2_the_json_records_the_threads_of_the_computation():
 def test_round_two_case5_an_empty_out_is_refused():
     with pytest.raises(E.OutputLocationError, match="an empty path names no directory"):
         E.check_output_location("")
-    with pytest.raises(E.OutputLocationError, match="an empty path"):
+    with pytest.raises(E.OutputLocationError, match="^--out '  ': an empty path"):  # the value given, not ''
         E.check_output_location("  ")
 
 
