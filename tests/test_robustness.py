@@ -973,3 +973,18 @@ def test_second_pass_case15_a_cifar_script_run_alone_says_data_as_its_command_li
     assert "Give conservation_under_optimizers.py the data with --data PATH" in line
     assert "load_cifar10(" not in line and "download=True" not in line
     assert line.endswith(f"or put one of them in {tmp_path}")
+
+
+def test_second_pass_case2_teleportation_computes_with_the_threads_its_json_records(tmp_path, monkeypatch):
+    script = load_script("teleportation")
+    seen = []
+
+    def probe(cfg):
+        seen.append(torch.get_num_threads())
+        raise KeyboardInterrupt  # stop before any computation
+
+    monkeypatch.setattr(script, "mnist_problem", probe)
+    with pytest.raises(KeyboardInterrupt):
+        script.main(["--quick", "--threads", "3", "--out", str(tmp_path)])
+    # before: run() forced one thread inside, while the JSON recorded --threads 3
+    assert seen == [3] and E.computation_threads() == 3
