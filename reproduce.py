@@ -318,6 +318,21 @@ def _run_workers(names: list[str], argv: list[str], jobs: int, threads: int, log
                     value = _failure(name, value)
                     results[name] = JobResult(name, seconds, error=value, log=log, parts=kept)
                     print(f"[{len(results)}/{total}] {name}: FAILED ({value}; see {log})", flush=True)
+    except KeyboardInterrupt:  # figures done while this process was busy (the check) are kept for claims.partial
+        for conn in [c for c in running if c.poll(0)]:
+            name, part, process, started, log = running.pop(conn)
+            try:
+                status, value, seconds = pickle.loads(conn.recv_bytes())
+            except (EOFError, OSError, pickle.UnpicklingError):
+                status = "error"
+            if status == "ok" and part is None:
+                results[name] = JobResult(name, seconds + sum(part_seconds[name].values()), payload=value, log=log,
+                                          parts=part_seconds[name] or None)
+            process.join(30)
+            if process.is_alive():
+                process.kill()
+                process.join()
+        raise
     finally:  # an error here (the check in meanwhile, an interrupt) stops the workers still running
         for _, _, process, _, _ in running.values():
             process.terminate()  # SIGTERM: the worker unwinds (a figure half-written leaves no temporary file)
