@@ -486,6 +486,7 @@ def _main(args) -> int:
                                            "figure_seconds": {r.name: {"seconds": round(r.seconds, 2), "parts": r.parts}
                                                               for r in runs},
                                            "environment": environment(args.device)})
+    Path(args.out, "claims.partial.json").unlink(missing_ok=True)  # a stopped run's, made stale by this one
     for r in failed:
         print(f"FAILED: {r.name} ({r.error}){f'; its output: {r.log}' if r.log else ''}")
     # a claim that does not hold is a result, reported above and in the README, not a failure of the run;

@@ -232,6 +232,14 @@ def test_round_two_case7_a_stopped_run_keeps_the_claims_of_the_figures_that_fini
     assert saved["interrupted"] and saved["figures"] == ["Q_sharpness_1d"] and saved["claims"]
     assert not (out / "claims.json").exists()
     assert "claims.partial.json" in capsys.readouterr().err
+    # the rerun that finishes writes claims.json and removes the stopped run's partial claims (before: left beside it)
+    def finished(names, *args, meanwhile=None, **kwargs):
+        meanwhile()  # the conservation check (its rows: the demo's)
+        return [reproduce.JobResult("Q_sharpness_1d", 1.0, payload)]
+
+    monkeypatch.setattr(reproduce, "run_figures", finished)
+    assert reproduce.main(["--quick", "--out", str(out), "--jobs", "1", "--only", "Q_sharpness_1d"]) == 0
+    assert (out / "claims.json").exists() and not (out / "claims.partial.json").exists()
 
 
 # ---------------------------------------------------------------- --data: CIFAR-10 for the figures that read it
