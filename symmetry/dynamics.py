@@ -611,7 +611,9 @@ class TwoLayerGD:
         state = _start(params, track_velocity=False)
         check_params("params", state.params, 2)
         # the stepper steps on its own data: promoted as run() promotes its own (float32 data, float64 parameters)
-        self.X, self.Y = _like_params("X", self.X, state.params), _like_params("Y", self.Y, state.params)
+        Y = _like_params("Y", self.Y, state.params)
+        assert Y is not None  # a tensor's promotion is a tensor
+        self.X, self.Y = _like_params("X", self.X, state.params), Y
         state.memory["lr"] = _per_config(self.lr, state.params, "lr")
         return state
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 import operator
 import time
-from typing import Mapping
+from typing import Any, Mapping
 
 import torch
 from torch import nn
@@ -37,7 +37,7 @@ def full_parameters(model: nn.Module) -> dict[str, Tensor]:
 
 def _step_number(step) -> int:
     """A step as a Python int: any integer (numpy's, a one-element integer tensor) ≥ 0; not a bool or a float."""
-    raw = step.item() if isinstance(step, Tensor) and step.numel() == 1 else step
+    raw: Any = step.item() if isinstance(step, Tensor) and step.numel() == 1 else step
     try:
         value = None if isinstance(raw, bool) else operator.index(raw)
     except TypeError:
