@@ -120,7 +120,8 @@ class ModuleSymmetries:
         missing = sorted(needed - set(params))
         if missing:
             raise KeyError(f"{argument} lacks the parameters {missing} of the model these symmetries were found in")
-        for n in needed:
+        order = {n: i for i, n in enumerate(self.parameter_names)}
+        for n in sorted(needed, key=lambda n: (order.get(n, len(order)), n)):  # the model's order: the same error each run
             t = params[n]
             if not isinstance(t, Tensor) or not t.is_floating_point():
                 kind = t.dtype if isinstance(t, Tensor) else type(t).__name__
