@@ -29,7 +29,7 @@ class Settings:
 
 
 def quick(cfg: Settings) -> Settings:
-    return Settings(Q_values=(-2.0, -0.5, 0.0, 1.0, 2.5), flow_time=100.0, samples=100, device=cfg.device)
+    return Settings(Q_values=(-2.0, -0.5, 0.0, 1.0, 2.5), flow_time=100.0, samples=100, seed=cfg.seed, device=cfg.device)
 
 
 def start(Q: float, p: float) -> tuple[float, float]:

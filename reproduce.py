@@ -180,12 +180,7 @@ def _failure(name: str, error: str) -> str:
     if not (name in CIFAR10_FIGURES and error.startswith(("FileNotFoundError:", "DatasetUnavailable:"))
             and "CIFAR-10" in error):
         return error
-    advice = f"Give reproduce.py the data with --data PATH, PATH being {E.CIFAR10_FORMS}"
-    head, found, tail = error.partition(" Pass one of: ")  # load_cifar10's advice, in its Python arguments
-    if not found:
-        return f"{error}; {advice[0].lower()}{advice[1:]}"
-    place = tail.partition("; or put one of them in ")[2].partition(", or pass download=True")[0]
-    return f"{head} {advice}" + (f"; or put one of them in {place}" if place else "")
+    return E.command_line_data_advice(error, "reproduce.py")
 
 
 def _run_here(names: list[str], argv: list[str], threads: int, meanwhile, results: dict,
@@ -495,6 +490,7 @@ def _main(args) -> int:
                                            "figure_seconds": {r.name: {"seconds": round(r.seconds, 2), "parts": r.parts}
                                                               for r in runs},
                                            "environment": environment(args.device)})
+    Path(args.out, "claims.partial.json").unlink(missing_ok=True)  # a stopped run's, made stale by this one
     for r in failed:
         print(f"FAILED: {r.name} ({r.error}){f'; its output: {r.log}' if r.log else ''}")
     # a claim that does not hold is a result, reported above and in the README, not a failure of the run;

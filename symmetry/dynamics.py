@@ -610,6 +610,10 @@ class TwoLayerGD:
         _rest_only(self.name, velocity)
         state = _start(params, track_velocity=False)
         check_params("params", state.params, 2)
+        # the stepper steps on its own data: promoted as run() promotes its own (float32 data, float64 parameters)
+        Y = _like_params("Y", self.Y, state.params)
+        assert Y is not None  # a tensor's promotion is a tensor
+        self.X, self.Y = _like_params("X", self.X, state.params), Y
         state.memory["lr"] = _per_config(self.lr, state.params, "lr")
         return state
 

@@ -91,7 +91,11 @@ class GroupActionEnsemble(nn.Module):
         if not isinstance(z, Tensor) or z.ndim < 1 or z.shape[-1] != h:
             shape = tuple(z.shape) if isinstance(z, Tensor) else type(z).__name__
             raise ValueError(f"z must be (B, h = {h}) pre-activations, the width the ensemble was fitted on; got {shape}")
-        return self.activation.sigma(z.unsqueeze(0) @ self.g.mT) @ self.pi.mT
+        if not z.is_floating_point():
+            raise TypeError(f"z must be floating-point pre-activations, got dtype {z.dtype}")
+        dtype = torch.promote_types(z.dtype, self.g.dtype)  # exact either way (float32 ⊂ float64)
+        g, pi = self.g.to(dtype), self.pi.to(dtype)
+        return self.activation.sigma(z.to(dtype).unsqueeze(0) @ g.mT) @ pi.mT
 
 
 def vote(logits: Tensor) -> Tensor:

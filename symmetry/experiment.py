@@ -137,8 +137,8 @@ def check_output_location(out: str | Path, names: tuple[str, ...] = ()) -> Path:
     any computation: an existing file, a parent that is a file, a directory that cannot be written, or a
     read-only NAME.pdf / NAME.png / NAME.json. The directory is created if missing."""
     if not str(out).strip():
-        raise OutputLocationError("--out '': an empty path names no directory (it would write into the current "
-                                  "one and claims.json to /); pass a directory")
+        raise OutputLocationError(f"--out {str(out)!r}: an empty path names no directory (it would write into the "
+                                  "current one and claims.json to /); pass a directory")
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise OutputLocationError(f"--out {out}: is an existing file, not a directory; pass a directory "
@@ -174,6 +174,17 @@ class DataLocationError(ValueError):
 CIFAR10_FORMS = ("an ImageFolder tree (train/<class>/*, test/<class>/*), its .tar.gz, or torchvision's CIFAR-10 "
                  "folder (holding cifar-10-batches-py)")
 """What a CIFAR-10 location (--data, ``load_cifar10(root)``) may be, in the errors that ask for one."""
+
+
+def command_line_data_advice(message: str, program: str) -> str:
+    """``load_cifar10``'s error with its advice in Python arguments (``load_cifar10('path')``, ``download=True``)
+    said as the command line takes it: ``--data PATH`` (reproduce.py and the CIFAR-10 figure scripts)."""
+    advice = f"Give {program} the data with --data PATH, PATH being {CIFAR10_FORMS}"
+    head, found, tail = message.partition(" Pass one of: ")
+    if not found:
+        return f"{message}; {advice[0].lower()}{advice[1:]}"
+    place = tail.partition("; or put one of them in ")[2].partition(", or pass download=True")[0].rstrip(".")
+    return f"{head} {advice}" + (f"; or put one of them in {place}" if place else "")
 
 
 def check_data_location(data: str | Path | None) -> None:
@@ -599,6 +610,8 @@ def explain(error: BaseException) -> tuple[int, str] | None:
     if isinstance(error, S.DivergenceError):
         advice = "" if "lower the learning rate" in str(error) else " (the run diverged: lower the learning rate or the init scale)"
         return 1, f"{error}{advice}"
+    if isinstance(error, (DatasetUnavailable, DataError, FileNotFoundError)) and " Pass one of: " in str(error):
+        return 1, command_line_data_advice(str(error), Path(sys.argv[0]).name)  # the user passes --data, not Python
     if isinstance(error, (DatasetUnavailable, DataError)):
         return 1, str(error)
     if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
@@ -623,9 +636,11 @@ def printable_streams() -> None:
                 reconfigure(errors="backslashreplace")
 
 
-def _stop_on_signal() -> None:
+def stop_on_signal() -> None:
     """SIGTERM (what a cluster scheduler sends) and SIGHUP end a run like Ctrl-C: as a KeyboardInterrupt, so the
-    cleanup that stops worker processes runs, and the exit status is 128 + the signal's number."""
+    cleanup that stops worker processes runs, and the exit status is 128 + the signal's number. Also in
+    reproduce.py's workers, which their parent stops with SIGTERM: a figure being written removes its temporary
+    files and the worker exits through Python (no semaphore of its left for the resource tracker to report)."""
     import signal
     import threading
 
@@ -645,7 +660,7 @@ def run_script(main: Callable[[], Any]) -> None:
     interrupt, SIGTERM, divergence, missing or offline data) ends with one line and a non-zero exit status, no
     traceback; ``--debug`` on the command line shows the traceback instead."""
     printable_streams()
-    _stop_on_signal()
+    stop_on_signal()
     try:
         status = main()
     except Exception as error:

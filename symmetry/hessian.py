@@ -16,7 +16,7 @@ from typing import Callable, Iterable, NamedTuple, Sequence
 import torch
 
 from .models import flatten, jvp, quiet_forward_mode, unflatten
-from .validation import check_choice, check_params
+from .validation import check_choice, check_data, check_params
 
 Tensor = torch.Tensor
 Params = tuple[Tensor, ...]
@@ -263,8 +263,12 @@ def module_hessian_vector_product(model: torch.nn.Module, loss: Callable[[Tensor
 
     if single:
         ((X, Y),) = batches
+        check_data(X, Y)  # empty or non-finite data named here, not a Hessian of zeros or a failed eigh
         return _graph_hvp(weighted_gradient(X, Y, 1.0), params, torch.cat), names
-    sizes = [len(X) for X, _ in batches]
+    sizes = []
+    for X, Y in batches:
+        check_data(X, Y)
+        sizes.append(len(X))
     if not sizes:
         raise ValueError("data holds no batches")
     total = sum(sizes)

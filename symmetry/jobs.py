@@ -48,6 +48,29 @@ def _output_to(log_path: str) -> Iterator[None]:
             os.close(saved[1])
 
 
+@contextlib.contextmanager
+def _unwind_on_sigterm() -> Iterator[None]:
+    """While a job runs in a local worker's main thread: SIGTERM and SIGHUP (the parent's stop) unwind it as they
+    do a script ([`symmetry.experiment.stop_on_signal`][]), so a figure being written removes its temporary files;
+    the worker's own handlers come back after the job. A Dask worker runs jobs in threads: nothing to change."""
+    import signal
+    import threading
+
+    from . import experiment as E
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    names = [n for n in ("SIGTERM", "SIGHUP") if hasattr(signal, n)]
+    saved = {n: signal.getsignal(getattr(signal, n)) for n in names}
+    E.stop_on_signal()
+    try:
+        yield
+    finally:
+        for n, handler in saved.items():
+            signal.signal(getattr(signal, n), handler)
+
+
 def figure_job(name: str, part: str | None, argv: list[str], threads: int, log_path: str,
                path: tuple[str, ...] = ()) -> tuple[str, Any, float]:
     """On a worker: run figure script ``name``'s ``main(argv)`` (or ``run_part(part, argv)``) with ``threads``
@@ -68,7 +91,7 @@ def figure_job(name: str, part: str | None, argv: list[str], threads: int, log_p
     Path(log_path).parent.mkdir(parents=True, exist_ok=True)
     out = argv[argv.index("--out") + 1] if "--out" in argv else None
     started = time.perf_counter()
-    with _output_to(log_path):
+    with _output_to(log_path), _unwind_on_sigterm():
         try:
             with torch_threads(threads), (E.inherited_output_lock(out) if out else contextlib.nullcontext()):
                 module = importlib.import_module(name)

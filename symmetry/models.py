@@ -165,6 +165,9 @@ def _check_two_layer(U: Tensor, V: Tensor, X: Tensor | None) -> None:
     if U.shape[-1] != V.shape[-1]:
         raise ValueError(f"hidden widths differ: U is {tuple(U.shape)} (h={U.shape[-1]}) "
                          f"but V is {tuple(V.shape)} (h={V.shape[-1]}); expected U (..., m, h), V (..., n, h)")
+    if X is not None and X.dtype != V.dtype:
+        raise TypeError(f"X has dtype {X.dtype} but the parameters are {V.dtype}: pass X as a floating-point tensor "
+                        f"of the parameters' dtype")
     if X is not None and X.shape[-2] != V.shape[-2]:
         raise ValueError(f"X has {X.shape[-2]} rows but V is {tuple(V.shape)}: X must be (n, k) with n={V.shape[-2]}")
 

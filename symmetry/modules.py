@@ -69,6 +69,7 @@ class ModuleSymmetries:
     device: torch.device
     model_name: str = "model"
     coverage: dict[str, list[str]] = field(default_factory=dict)  # parameter → block names, or ["none: why"]
+    shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)  # parameter → its shape in the model read
 
     # --- names and summary ----------------------------------------------------------------------------------
     def keys(self) -> list[str]:
@@ -119,11 +120,15 @@ class ModuleSymmetries:
         missing = sorted(needed - set(params))
         if missing:
             raise KeyError(f"{argument} lacks the parameters {missing} of the model these symmetries were found in")
-        for n in needed:
+        order = {n: i for i, n in enumerate(self.parameter_names)}
+        for n in sorted(needed, key=lambda n: (order.get(n, len(order)), n)):  # the model's order: the same error each run
             t = params[n]
             if not isinstance(t, Tensor) or not t.is_floating_point():
                 kind = t.dtype if isinstance(t, Tensor) else type(t).__name__
                 raise TypeError(f"{argument}[{n!r}] must be a floating-point tensor, got {kind}")
+            if n in self.shapes and tuple(t.shape) != self.shapes[n]:
+                raise ValueError(f"{argument}[{n!r}] has shape {tuple(t.shape)} but is {self.shapes[n]} in the "
+                                 f"{self.model_name} these symmetries were found in: read them from this model")
         return params
 
     # --- conserved quantities ---------------------------------------------------------------------------------
@@ -411,12 +416,22 @@ def module_symmetries(model: nn.Module, example_input=None, loss: str | None = N
         if isinstance(x, Tensor) and x.is_floating_point() and x.dtype != dtype:
             raise TypeError(f"example_input{'[%d]' % i if len(inputs) > 1 else ''} has dtype {x.dtype} but the "
                             f"model's parameters are {dtype}: convert one of them")
+        if isinstance(x, Tensor) and x.is_floating_point() and not bool(torch.isfinite(x).all()):
+            raise ValueError(f"example_input{'[%d]' % i if len(inputs) > 1 else ''} contains NaN or infinity: the "
+                             "symmetries are checked on it; pass a batch of finite inputs")
     gm = trace(model, leaves, len(inputs))
     buffers = {n: b.clone() for n, b in model.named_buffers()}
     walker = _Walker(gm, loss)
     with torch.no_grad(), torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        _with_buffers(gm, buffers, lambda: walker.run(*inputs))
+        try:
+            _with_buffers(gm, buffers, lambda: walker.run(*inputs))
+        except RuntimeError as error:  # torch's own (shapes, dtypes), under torch.fx's notes: its first line
+            if isinstance(error, SymmetryCheckError):
+                raise
+            shapes = [tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__ for x in inputs]
+            raise ValueError(f"{type(model).__name__} cannot run on example_input {shapes[0] if len(shapes) == 1 else shapes}: "
+                             f"{str(error).splitlines()[0]}; pass one batch the model takes") from None
     merged = _merge_pairs(walker)
     blocks: list[Block] = []
     for p in walker.producers:
@@ -426,7 +441,8 @@ def module_symmetries(model: nn.Module, example_input=None, loss: str | None = N
             blocks.extend(_blocks_of(p))
         blocks.extend(_translations_of(p))
     coverage = _coverage(params, blocks, walker, merged)
-    sym = ModuleSymmetries(tuple(blocks), tuple(params), dtype, device, type(model).__name__, coverage)
+    sym = ModuleSymmetries(tuple(blocks), tuple(params), dtype, device, type(model).__name__, coverage,
+                           {n: tuple(p.shape) for n, p in params.items()})
     if check:
         _verify(sym, model, gm, inputs, loss, walker, seed)
     return sym
@@ -498,8 +514,8 @@ def _verify(sym: ModuleSymmetries, model, gm, inputs, loss, walker: _Walker, see
         torch.manual_seed(seed)
         reference = _outputs(functional_call(model, {**params, **{n: b.clone() for n, b in buffers.items()}}, inputs))
     traced = run(params, False)
-    error = float((traced - reference).norm() / reference.norm().clamp_min(1e-300))
-    if error > tol:
+    error = _relative(traced - reference, reference)
+    if not error <= tol:
         raise SymmetryCheckError(f"the traced graph does not reproduce {type(model).__name__}'s output (relative "
                                  f"difference {error:.3g}): the model's code does something the trace does not record")
     gen = torch.Generator().manual_seed(seed + 1)
@@ -521,7 +537,7 @@ def _verify(sym: ModuleSymmetries, model, gm, inputs, loss, walker: _Walker, see
         with _epsilon(gm, sites, _TINY_EPS if tiny else None):
             acted = run(moved, on_loss)
         reference = base(tiny, on_loss)
-        return float((acted - reference).norm() / reference.norm().clamp_min(1e-300))
+        return _relative(acted - reference, reference)
 
     def on_loss(b: Block) -> bool:
         return isinstance(b, TranslationBlock) and loss == "cross_entropy" and "cross-entropy" in b.where
@@ -546,6 +562,13 @@ def _verify(sym: ModuleSymmetries, model, gm, inputs, loss, walker: _Walker, see
         if b.approximate:
             b.approximate += (f" (at the model's ε a random element of scale 0.5 moves the output by "
                               f"{change([b], False, on_loss(b)):.2g} relative)")
+
+
+def _relative(difference: Tensor, reference: Tensor) -> float:
+    """‖difference‖ / ‖reference‖ in Python floats: 0 where both are 0 (an all-zero model's output), never the
+    0/0 = NaN of a float32 division (whose clamp at 1e-300 is 0), and infinite where only the reference is 0."""
+    size, scale = float(difference.norm()), float(reference.norm())
+    return size / scale if scale > 0 else (0.0 if size == 0 else math.inf)
 
 
 class _epsilon:

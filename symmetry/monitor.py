@@ -4,8 +4,9 @@ paper's groups on a tuple model ([`symmetry.groups.paper`][])."""
 from __future__ import annotations
 
 import json
+import operator
 import time
-from typing import Mapping
+from typing import Any, Mapping
 
 import torch
 from torch import nn
@@ -35,6 +36,18 @@ def full_parameters(model: nn.Module) -> dict[str, Tensor]:
         full = getattr(t, "full_tensor", None)
         out[name] = full() if callable(full) else t
     return out
+
+
+def _step_number(step) -> int:
+    """A step as a Python int: any integer (numpy's, a one-element integer tensor) ≥ 0; not a bool or a float."""
+    raw: Any = step.item() if isinstance(step, Tensor) and step.numel() == 1 else step
+    try:
+        value = None if isinstance(raw, bool) else operator.index(raw)
+    except TypeError:
+        value = None
+    if value is None or value < 0:
+        raise ValueError(f"step={step!r} must be a non-negative integer (0, 1, 2, …)")
+    return value
 
 
 class ConservationMonitor:
@@ -89,9 +102,7 @@ class ConservationMonitor:
         ``params``: the parameters to read (a tuple model's tuple), instead of the model's own. Steps must
         increase; recording a step already recorded replaces that row (the weights changed)."""
         start = time.perf_counter()
-        step = self._calls if step is None else step
-        if isinstance(step, bool) or not isinstance(step, int) or step < 0:
-            raise ValueError(f"step={step!r} must be a non-negative integer")
+        step = self._calls if step is None else _step_number(step)
         if self.steps and step < self.steps[-1]:
             raise ValueError(f"step={step} comes before the last recorded step {self.steps[-1]}: steps must increase")
         self._calls = step + 1

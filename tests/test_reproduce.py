@@ -314,6 +314,14 @@ def test_round_two_case7_a_stopped_run_keeps_the_claims_of_the_figures_that_fini
     assert saved["interrupted"] and saved["figures"] == ["Q_sharpness_1d"] and saved["claims"]
     assert not (out / "claims.json").exists()
     assert "claims.partial.json" in capsys.readouterr().err
+    # the rerun that finishes writes claims.json and removes the stopped run's partial claims (before: left beside it)
+    def finished(names, *args, meanwhile=None, **kwargs):
+        meanwhile()  # the conservation check (its rows: the demo's)
+        return [reproduce.JobResult("Q_sharpness_1d", 1.0, payload)]
+
+    monkeypatch.setattr(reproduce, "run_figures", finished)
+    assert reproduce.main(["--quick", "--out", str(out), "--jobs", "1", "--only", "Q_sharpness_1d"]) == 0
+    assert (out / "claims.json").exists() and not (out / "claims.partial.json").exists()
 
 
 # ---------------------------------------------------------------- --data: CIFAR-10 for the figures that read it
@@ -408,3 +416,29 @@ def test_offline_without_data_says_to_pass_data(tmp_path, monkeypatch):
     assert told.startswith("DatasetUnavailable: CIFAR-10 is not in") and "offline?" in told
     _assert_says_to_pass_data(told)
     assert told.endswith(f"or put one of them in {tmp_path / 'data'}")
+
+
+def test_second_pass_case7_a_figure_done_while_the_check_ran_is_kept_when_the_run_is_stopped(tmp_path, monkeypatch):
+    import time
+
+    import pytest
+
+    reproduce = load("reproduce")
+    (tmp_path / "figure_ok.py").write_text(FIGURE_OK)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    target = tmp_path / "w.txt"
+
+    def check_then_ctrl_c():  # the conservation check runs here while the worker finishes its figure
+        import multiprocessing
+
+        deadline = time.time() + 120
+        while (not target.exists() or multiprocessing.active_children()) and time.time() < deadline:
+            time.sleep(0.1)  # until the worker has sent its result and exited: the result waits in the pipe
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt) as stop:
+        reproduce.run_figures(["figure_ok"], [str(target)], jobs=2, threads=1, log_dir=tmp_path / "logs",
+                              out=str(tmp_path), meanwhile=check_then_ctrl_c)
+    # before: nothing was read from a worker until the check returned, so claims.partial.json missed this figure
+    assert [r.name for r in stop.value.finished] == ["figure_ok"]
+    assert stop.value.finished[0].payload["value"].tolist() == [1.0, 1.0]

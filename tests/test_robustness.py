@@ -627,7 +627,7 @@ def test_round_two_case2_the_json_records_the_threads_of_the_computation():
 def test_round_two_case5_an_empty_out_is_refused():
     with pytest.raises(E.OutputLocationError, match="an empty path names no directory"):
         E.check_output_location("")
-    with pytest.raises(E.OutputLocationError, match="an empty path"):
+    with pytest.raises(E.OutputLocationError, match="^--out '  ': an empty path"):  # the value given, not ''
         E.check_output_location("  ")
 
 
@@ -695,6 +695,11 @@ def test_round_two_case12_float32_data_with_float64_parameters_is_promoted_the_r
     promoted = S.gradient_descent(net, params, X.float().double(), Y.float(), 0.1, 3)  # Y float32 → float64
     assert promoted.loss.dtype == torch.float64 and torch.isfinite(promoted.loss).all()
     assert exact.loss.shape == promoted.loss.shape
+    # X float32 too (round two, second pass): the two-layer stepper steps on its own copy of the data, promoted
+    both = S.gradient_descent(net, params, X.float(), Y.float(), 0.1, 3)
+    assert torch.equal(both.loss, S.gradient_descent(net, params, X.float().double(), Y.float().double(), 0.1, 3).loss)
+    with pytest.raises(TypeError, match="X has dtype torch.int64 but the parameters are torch.float64"):
+        S.gradient_descent(net, params, X.long(), Y, 0.1, 3)  # integer data: named, not torch's matmul error
     low = tuple(p.float() for p in params)
     with pytest.raises(TypeError, match="X has dtype torch.float64 but params have torch.float32"):
         S.gradient_descent(net, low, X, Y.float(), 0.1, 3)
@@ -841,3 +846,143 @@ def test_round_two_case12_teleport_refuses_integer_parameters_by_name():
     integer = (params[0].round().long(), params[1])
     with pytest.raises(TypeError, match=r"params\[0\] must be a floating-point tensor, got dtype torch.int64"):
         S.teleport_to(net, integer, (X, Y), "gl")
+
+
+# ---------------------------------------------------------------- round two, second pass (issue 24)
+
+_PROBE = '''
+import os, signal
+from pathlib import Path
+from symmetry import experiment as E
+
+def main(argv):
+    out = Path(argv[0])
+    def write(tmp):  # the parent's terminate() arrives while the figure is being written
+        Path(tmp).write_text("half a figure")
+        os.kill(os.getpid(), signal.SIGTERM)
+        raise AssertionError("SIGTERM did not stop the job")
+    E._write_unit([(out / "probe.pdf", write), (out / "probe.json", lambda tmp: Path(tmp).write_text("{}"))])
+'''
+
+
+def test_second_pass_case7_a_worker_stopped_mid_write_unwinds_and_leaves_no_temporary_file(tmp_path):
+    (tmp_path / "sigterm_probe.py").write_text(_PROBE, encoding="utf-8")
+    out = tmp_path / "out"
+    out.mkdir()
+    # a local worker's job, in its main thread: the stop unwinds it (KeyboardInterrupt out of the job)
+    code = ("import sys, signal; sys.path[:0] = sys.argv[1:3]; from symmetry import jobs\n"
+            "try:\n    jobs.figure_job('sigterm_probe', None, [sys.argv[3]], 1, sys.argv[4])\n"
+            "except KeyboardInterrupt as stop:\n    open(sys.argv[5], 'w').write(repr(stop.args))\n"
+            "assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the worker's own handler back\n")
+    reply = tmp_path / "reply.txt"
+    worker = subprocess.run([sys.executable, "-c", code, str(ROOT), str(tmp_path), str(out), str(tmp_path / "job.log"),
+                             str(reply)], env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=120)
+    assert worker.returncode == 0  # before: killed by the signal (-15), its temporary file left in OUT
+    assert reply.read_text() == "('SIGTERM', 15)"
+    assert sorted(p.name for p in out.iterdir()) == []  # no temporary file, and no half-written target
+
+
+def test_second_pass_case4_the_monitor_on_an_all_zero_float32_model_and_its_step_numbers():
+    import numpy as np
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4, bias=False), torch.nn.Linear(4, 2, bias=False))  # float32
+    with torch.no_grad():
+        for p in model.parameters():
+            p.zero_()
+    # before: the check's 0/0 in float32 was NaN, refused as "the graph was misread; please report this model"
+    monitor = S.ConservationMonitor(model, torch.randn(5, 3))
+    monitor.record(0)
+    monitor.record(0)  # the same step again replaces its row
+    with torch.no_grad():
+        model[0].weight[0, 0] = 1.0
+    monitor.record(np.int64(1))  # numpy's integers (a loop over np.arange) are steps too
+    monitor.record(torch.tensor(2))
+    assert monitor.steps == [0, 1, 2]
+    drift = monitor.drift()["0"]
+    assert torch.isfinite(drift).all() and drift.tolist() == [0.0, 1.0, 1.0]  # the absolute change from zero
+    with pytest.raises(ValueError, match="comes before the last recorded step 2"):
+        monitor.record(1)
+    for bad in (2.0, -1, True, torch.tensor(True)):
+        with pytest.raises(ValueError, match="must be a non-negative integer"):
+            monitor.record(bad)
+    with pytest.raises(ValueError, match="example_input contains NaN or infinity"):
+        S.module_symmetries(model, torch.full((5, 3), math.nan))
+
+
+@pytest.mark.parametrize("name", ["Q_dynamics_elementwise", "Q_distribution", "Q_convergence_elementwise",
+                                  "Q_convergence_radial", "Q_sharpness_1d", "Q_hessian_eigenvalues", "noether_dynamics",
+                                  "conservation_laws", "conservation_under_optimizers", "teleportation",
+                                  "conservation_modern"])
+def test_second_pass_quick_keeps_the_seed_the_json_records(name):
+    import dataclasses
+
+    script = load_script(name)
+    if not hasattr(script, "quick"):
+        pytest.skip(f"{name} has no quick(cfg)")
+    cfg = dataclasses.replace(script.Settings(), seed=5)
+    # before: Q_sharpness_1d --quick --seed 1 recorded seed 0 in its JSON (quick() dropped the seed)
+    assert script.quick(cfg).seed == 5
+
+
+def test_second_pass_case12_wrong_inputs_of_module_symmetries_and_the_ensemble_are_named():
+    from symmetry.ensemble import GroupActionEnsemble
+
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2))
+    # before: torch's "mat1 and mat2 shapes cannot be multiplied" under torch.fx's notes (tlparse, graph nodes)
+    with pytest.raises(ValueError, match=r"^Sequential cannot run on example_input \(5, 7\): mat1 and mat2 shapes "
+                                         r"cannot be multiplied \(5x7 and 3x4\); pass one batch the model takes$"):
+        S.module_symmetries(model, torch.randn(5, 7))
+    sym = S.module_symmetries(model, torch.randn(5, 3))
+    wider = torch.nn.Sequential(torch.nn.Linear(3, 6), torch.nn.ReLU(), torch.nn.Linear(6, 2))
+    with pytest.raises(ValueError, match=r"model\['0.weight'\] has shape \(6, 3\) but is \(4, 3\) in the Sequential"):
+        sym.quantities(wider)  # before: torch's setStorage error from a strided read of another model's weights
+    ensemble = GroupActionEnsemble("tanh", num_g=3).fit(torch.randn(3, 6, 6))  # float32
+    z = torch.randn(5, 6, dtype=torch.float64)
+    g, pi = ensemble.g.double(), ensemble.pi.double()  # float64 input: computed in float64 (exact promotion)
+    assert torch.equal(ensemble(z), torch.tanh(z.unsqueeze(0) @ g.mT) @ pi.mT)
+    with pytest.raises(TypeError, match="z must be floating-point"):
+        ensemble(torch.ones(5, 6, dtype=torch.int64))
+
+
+def test_second_pass_case13_hessian_top_k_names_empty_or_non_finite_data():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Tanh(), torch.nn.Linear(4, 1))
+    X, Y = torch.randn(16, 3), torch.randn(16, 1)
+    mse = torch.nn.functional.mse_loss
+    with pytest.raises(ValueError, match="X holds no samples"):  # before: eigenvalues [0, 0] of a NaN loss
+        S.hessian_top_k(model, mse, (X[:0], Y[:0]), k=2)
+    bad = X.clone()
+    bad[0, 0] = math.nan
+    with pytest.raises(ValueError, match=r"X \(shape \(16, 3\)\) contains NaN"):  # before: linalg.eigh failed
+        S.hessian_top_k(model, mse, (bad, Y), k=2)
+    with pytest.raises(ValueError, match="contains NaN"):  # one bad batch among several
+        S.hessian_top_k(model, mse, [(X, Y), (bad, Y)], k=2)
+    assert S.hessian_top_k(model, mse, [(X[:8], Y[:8]), (X[8:], Y[8:])], k=2).values.numel() == 2
+
+
+def test_second_pass_case15_a_cifar_script_run_alone_says_data_as_its_command_line_takes_it(tmp_path, monkeypatch):
+    with pytest.raises(FileNotFoundError) as error:
+        D.load_cifar10(tmp_path, download=False)
+    monkeypatch.setattr(sys, "argv", ["conservation_under_optimizers.py", "--quick", "--data", str(tmp_path)])
+    status, line = E.explain(error.value)
+    # before: load_cifar10's Python advice (load_cifar10('path/to/cifar10'), "or pass download=True") on a command line
+    assert status == 1 and "\n" not in line
+    assert "Give conservation_under_optimizers.py the data with --data PATH" in line
+    assert "load_cifar10(" not in line and "download=True" not in line
+    assert line.endswith(f"or put one of them in {tmp_path}")
+
+
+def test_second_pass_case2_teleportation_computes_with_the_threads_its_json_records(tmp_path, monkeypatch):
+    script = load_script("teleportation")
+    seen = []
+
+    def probe(cfg):
+        seen.append(torch.get_num_threads())
+        raise KeyboardInterrupt  # stop before any computation
+
+    monkeypatch.setattr(script, "mnist_problem", probe)
+    with pytest.raises(KeyboardInterrupt):
+        script.main(["--quick", "--threads", "3", "--out", str(tmp_path)])
+    # before: run() forced one thread inside, while the JSON recorded --threads 3
+    assert seen == [3] and E.computation_threads() == 3
