@@ -71,3 +71,24 @@ def test_no_claim_is_decided_by_the_clock():
     rows = json.loads((ROOT / "figures" / "claims.json").read_text(encoding="utf-8"))["claims"]
     timed = [r["claim"] for r in rows if clock.search(r["criterion"]) or clock.search(r["claim"])]
     assert not timed, timed
+
+
+def test_two_runs_are_compared_apart_from_the_clock(tmp_path):
+    """benchmarks/compare_runs.py: a changed time is not a difference, a changed number or verdict is."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("compare_runs", ROOT / "benchmarks" / "compare_runs.py")
+    compare_runs = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(compare_runs)
+    row = {"claim": "c", "criterion": "x < 1", "holds": True, "measured": "0.5"}
+    for run, seconds, value, holds in (("a", 1.0, 0.5, True), ("b", 2.0, 0.5, True), ("c", 1.0, 0.7, False)):
+        (tmp_path / run).mkdir()
+        (tmp_path / run / "claims.json").write_text(json.dumps(
+            {"claims": [{**row, "holds": holds, "measured": str(value)}], "conservation_check": [],
+             "environment": {"git_commit": "abc"}}))
+        (tmp_path / run / "fig.json").write_text(json.dumps({"wall_time_s": seconds, "runs": {"x": value, "seconds": seconds}}))
+    same = compare_runs.compare(tmp_path / "a", tmp_path / "b")
+    assert same["rows_differing"] == [] and same["figure_json_differences_apart_from_the_clock"] == {"fig": []}
+    moved = compare_runs.compare(tmp_path / "a", tmp_path / "c")
+    assert moved["verdicts_differing"] == 1 and moved["figure_json_differences_apart_from_the_clock"]["fig"] == [
+        "/runs/x: 0.5 vs 0.7"]
