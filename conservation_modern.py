@@ -443,17 +443,22 @@ def part_names(cfg: Settings) -> tuple[str, ...]:
     return tuple(names + (["resnet_bn-eps"] if "resnet_bn" in cfg.models else []))
 
 
-def _job(part: str, cfg: Settings, out: str, resume: bool) -> dict:
-    """One job of ``part_names``, cached under OUT/.cache: {run label: training record}, or the ε check."""
+def _job(part: str, cfg: Settings, out: str, resume: bool, task: Task | None = None, sym=None) -> dict:
+    """One job of ``part_names``, cached under OUT/.cache: {run label: training record}, or the ε check.
+    ``task``, ``sym``: the model's data and symmetries where the caller has them already (``run``); a worker's
+    job reads its own."""
     name, _, which = part.partition("-")
     key = {"cfg": replace(cfg, models=(), threads=1), "model": name, "job": which}
 
     def compute() -> dict:
-        cifar = load_cifar10(cfg.data) if name != "gpt" else None
-        corpus, vocab, _ = load_corpus(cfg.corpus_chars) if name == "gpt" else (None, [], {})
-        task = Task(name, cfg, cifar, corpus, len(vocab))
+        nonlocal task, sym
+        if task is None:
+            cifar = load_cifar10(cfg.data) if name != "gpt" else None
+            corpus, vocab, _ = load_corpus(cfg.corpus_chars) if name == "gpt" else (None, [], {})
+            task = Task(name, cfg, cifar, corpus, len(vocab))
+        if sym is None:
+            sym = _symmetries(task, cfg)
         steps = cfg.resnet_steps if name.startswith("resnet") else cfg.steps
-        sym = _symmetries(task, cfg)
         if which == "eps":  # the sphere law's identity with BatchNorm's ε near 0: what is left is round-off
             model = task.build(cfg.seed * 1000)
             for m in model.modules():
@@ -494,10 +499,10 @@ def run(cfg: Settings, out: str, resume: bool = True) -> dict:
         sym = _symmetries(task, cfg)
         per_run: dict[str, list[dict]] = {label: [] for label in runs_of(name, cfg)}
         for s in range(seeds):
-            for label, record in _job(f"{name}-seed{s}", cfg, out, resume).items():
+            for label, record in _job(f"{name}-seed{s}", cfg, out, resume, task, sym).items():
                 per_run[label].append(record)
             print(f"{name}: seed {s + 1}/{seeds} done", flush=True)
-        extra = {"eps_check": _job(f"{name}-eps", cfg, out, resume)} if name == "resnet_bn" else {}
+        extra = {"eps_check": _job(f"{name}-eps", cfg, out, resume, task, sym)} if name == "resnet_bn" else {}
         results[name] = {"sizes": sizes(name, cfg), "laws": sym.law_count(), "blocks": len(sym.blocks),
                          "families": sorted({f for b in sym.blocks if (f := family(name, b))}),
                          "runs": per_run, **({"corpus": corpus_info} if name == "gpt" else {}), **extra}

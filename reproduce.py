@@ -21,9 +21,9 @@ import pickle
 import sys
 import time
 import traceback
+from concurrent.futures import Executor, Future
 from dataclasses import dataclass
 from pathlib import Path
-from concurrent.futures import Executor, Future
 from typing import Callable
 
 import torch
@@ -287,8 +287,8 @@ def _run_workers(names: list[str], argv: list[str], jobs: int, threads: int, log
                         alone.add((name, part))
                         queue.insert(0, (name, part))
                         continue
-                    status, value, seconds = "error", f"its worker process died ({type(error).__name__}: killed, out of memory, or exited)", \
-                        time.perf_counter() - started
+                    value = f"its worker process died ({type(error).__name__}: killed, out of memory, or exited)"
+                    status, seconds = "error", time.perf_counter() - started
                 except BaseException as error:  # the executor's own failure (a Dask worker lost, KilledWorker)
                     if isinstance(error, KeyboardInterrupt):
                         raise
