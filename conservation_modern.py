@@ -36,14 +36,14 @@ import torch.nn.functional as F
 from torch import nn
 
 import symmetry as S
-from symmetry import experiment as E
-from symmetry.data import load_cifar10, to_model_input
+from repro import experiment as E
+from repro.data import load_cifar10, to_model_input
 from symmetry.groups.blocks import LinearBlock, TranslationBlock
 from symmetry.nets import GPT, ViT
 from symmetry.validation import check_choice
 
 NAME = "conservation_modern"
-DEFAULT_DATA = None  # None: data/ inside the repository (symmetry.data.default_data_root); --data for anything else
+DEFAULT_DATA = None  # None: data/ inside the repository (repro.data.default_data_root); --data for anything else
 # The character corpus: standard-library modules every CPython 3 ships, read in this order (their text is hashed
 # into the JSON: another Python version may ship other text)
 CORPUS_FILES = ("textwrap.py", "string.py", "bisect.py", "heapq.py", "shlex.py", "fnmatch.py", "glob.py",

@@ -25,7 +25,7 @@ import torch
 
 import symmetry as S
 from symmetry import dynamics as D
-from symmetry import experiment as E
+from repro import experiment as E
 from symmetry import kernels as K
 
 

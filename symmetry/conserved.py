@@ -12,10 +12,11 @@ from typing import Sequence, cast
 import torch
 
 from .activations import ActivationLike, get_activation
+from .errors import NotSupportedError
+from .types import Params
 from .validation import check_params, check_two_layer
 
 Tensor = torch.Tensor
-Params = tuple[Tensor, ...]
 
 
 def Q_terms(params: Params, activation: ActivationLike) -> tuple[Tensor, Tensor]:
@@ -23,8 +24,6 @@ def Q_terms(params: Params, activation: ActivationLike) -> tuple[Tensor, Tensor]
     U, V = check_two_layer("params", params)
     act = get_activation(activation)
     if getattr(act, "integral", True) is None:
-        from .groups import NotSupportedError
-
         raise NotSupportedError(f"activation {act.name!r} has no ∫σ/σ' in the table: Eq. 48 is not available for it")
     return 0.5 * (U * U).sum(dim=-2), act.integral(V).sum(dim=-2)  # type: ignore[misc]  # checked above
 

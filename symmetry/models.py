@@ -18,10 +18,10 @@ from typing import Callable
 import torch
 
 from .activations import Activation, ActivationLike, get_activation, inverse_square, radial_rescaling
+from .types import Params
 from .validation import check_choice, check_number
 
 Tensor = torch.Tensor
-Params = tuple[Tensor, ...]
 
 #: How the squared error is reduced over the output entries of one configuration.
 REDUCTIONS = {

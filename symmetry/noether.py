@@ -20,10 +20,10 @@ import torch
 from . import dynamics as D
 from .dynamics import DYNAMICS, Snapshot, Stepper
 from .models import MLP, PotentialModel, SwishMLP
+from .types import Params
 from .validation import check_choice
 
 Tensor = torch.Tensor
-Params = tuple[Tensor, ...]
 
 
 def charge_weight(dynamics: str, t: float | Tensor) -> float | Tensor:

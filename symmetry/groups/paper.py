@@ -31,7 +31,8 @@ from ..actions import multilayer_action, multilayer_nonlinear_action, orthogonal
 from ..activations import Activation
 from ..conserved import Q_terms, balance_matrix, conserved_Q, neuron_balance
 from ..validation import check_choice, check_tensors
-from . import NotSupportedError, Params
+from ..errors import NotSupportedError
+from ..types import Params
 
 Tensor = torch.Tensor
 

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import torch
 
-from .dynamics import Trajectory, gradient_descent
-from .init import gaussian_init
-from .conserved import conserved_Q, normalized_Q
-from .models import TwoLayerNet
+from symmetry.conserved import conserved_Q, normalized_Q
+from symmetry.dynamics import Trajectory, gradient_descent
+from symmetry.init import gaussian_init
+from symmetry.models import TwoLayerNet
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 

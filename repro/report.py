@@ -3,10 +3,10 @@
 A page marks each generated table with a pair of HTML comments::
 
     <!-- report:NAME -->
-    ...the table, as [`render`][symmetry.report.render] writes it...
+    ...the table, as [`render`][repro.report.render] writes it...
     <!-- /report:NAME -->
 
-``python reproduce.py --report`` rewrites every such block ([`update_pages`][symmetry.report.update_pages]); the test suite checks that the
+``python reproduce.py --report`` rewrites every such block ([`update_pages`][repro.report.update_pages]); the test suite checks that the
 committed pages equal what it would write, so a table can only go stale by failing CI. Numbers in prose are
 checked against the JSONs by ``tests/test_readme_numbers.py`` instead.
 """
@@ -178,7 +178,7 @@ def benchmark_table(results: dict) -> str:
 
 
 def reproduce_benchmark(root: Path) -> str:
-    """The committed ``benchmarks/results/bench_reproduce.json`` as [`benchmark_table`][symmetry.report.benchmark_table] writes it."""
+    """The committed ``benchmarks/results/bench_reproduce.json`` as [`benchmark_table`][repro.report.benchmark_table] writes it."""
     return benchmark_table(_json(root, "benchmarks/results/bench_reproduce.json"))
 
 

@@ -27,7 +27,8 @@ import torch
 import symmetry as S
 from symmetry.models import computation_threads, torch_threads  # noqa: F401  (for the scripts: E.torch_threads)
 
-from symmetry.training import DTYPES  # noqa: E402  (the training precisions, also for --dtype)
+from .errors import DataError, DatasetUnavailable, SchedulerError
+from .training import DTYPES  # the training precisions, also for --dtype
 
 
 #: --out when none is given; --quick writes beside, never over, the full-setting figures the README shows
@@ -276,11 +277,12 @@ def lock_file_hash(source: str | Path | None = None) -> dict[str, Any] | None:
 
 
 def code_hash(script: str | Path | None = None) -> str:
-    """A hash of what computes the numbers: every source file of this package plus ``script``. Cached
-    results are reused only when it is unchanged (a `git pull` or an edit recomputes)."""
+    """A hash of what computes the numbers: every source file of the library and of this package plus
+    ``script``. Cached results are reused only when it is unchanged (a `git pull` or an edit recomputes)."""
     digest = hashlib.sha256()
-    package = Path(__file__).resolve().parent
-    for path in sorted(package.rglob("*.py")) + ([Path(script).resolve()] if script else []):
+    packages = Path(S.__file__).resolve().parent, Path(__file__).resolve().parent
+    sources = [path for package in packages for path in sorted(package.rglob("*.py"))]
+    for path in sources + ([Path(script).resolve()] if script else []):
         if path.is_file():
             digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
     return digest.hexdigest()[:16]
@@ -297,7 +299,7 @@ def environment(device: torch.device | str = "cpu", source: str | Path | None = 
     import numpy
     import scipy
 
-    from . import __version__
+    from symmetry import __version__
 
     device = torch.device(device)
     git = git_state(source)
@@ -520,9 +522,10 @@ def write_figure(out: str | Path, name: str, payload: dict, fig=None) -> dict:
 
 
 def pyplot():
-    """matplotlib.pyplot on the Agg backend (no display needed), imported on first use."""
-    import matplotlib
+    """matplotlib.pyplot on the Agg backend (no display needed), imported on first use (the ``plot`` extra)."""
+    from symmetry._optional import require
 
+    matplotlib = require("matplotlib", "plot", "drawing the figures")
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -594,10 +597,6 @@ def finish(out: str | Path, name: str, settings: Any, results: dict, wall_second
 
 def explain(error: BaseException) -> tuple[int, str] | None:
     """(exit status, one line naming the cause and what to do) for an expected failure, else None."""
-    from .data import DataError, DatasetUnavailable
-
-    from .jobs import SchedulerError
-
     if isinstance(error, (OutputLocationError, DataLocationError, SchedulerError)):
         return 2, str(error)
     if isinstance(error, ImportError) and "optional package" in str(error):  # _optional.require: names the extra
