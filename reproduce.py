@@ -30,6 +30,7 @@ import torch
 
 import symmetry as S
 from repro import experiment as E
+from repro.report import tally, verdict
 
 ROOT = Path(__file__).resolve().parent
 
@@ -106,20 +107,13 @@ def collect_claims(name: str, payload: dict) -> list[dict]:
     return rows
 
 
-def verdict(holds: bool | None) -> str:
-    """A row's holds as the table prints it."""
-    return "yes" if holds else "n/m" if holds is None else "NO"
-
-
 def print_claims(table: list[dict]) -> None:
     """One line per claim: the claim, yes/NO, what was measured, and the criterion it was held to."""
     width = max(len(r["claim"]) for r in table)
     measured = max(len(r["measured"]) for r in table)
     print(f"\n{'claim':<{width}}  {'holds':<5}  {'measured':<{measured}}  criterion")
     for r in table:
-        print(f"{r['claim']:<{width}}  {verdict(r['holds']):<5}  {r['measured']:<{measured}}  {r['criterion']}")
-    from repro.report import tally
-
+        print(f"{r['claim']:<{width}}  {verdict(r['holds'], markdown=False):<5}  {r['measured']:<{measured}}  {r['criterion']}")
     print(tally(table))
 
 

@@ -32,16 +32,6 @@ resolve there, with a DeprecationWarning.
 
 Only torch is imported here; scipy, tqdm and the optional packages load when a function needs them.
 """
-from __future__ import annotations
-
-import importlib
-import importlib.abc
-import importlib.machinery
-import sys
-import warnings
-from types import ModuleType
-from typing import Any
-
 from . import (actions, activations, conserved, dynamics, errors, graph, groups, hessian, init, laws, models, modules,
                monitor, noether, teleport, types)
 from .actions import linear_action, nonlinear_action
@@ -58,6 +48,7 @@ from .models import MLP, TwoLayerNet, TwoLayerRadialNet
 from .modules import ModuleSymmetries, module_symmetries
 from .monitor import ConservationMonitor
 from .teleport import TeleportingStepper, teleport_to
+from ._compat import MOVED_TO_REPRO as _MOVED, install_finder as _install_finder, moved as _moved
 
 __version__ = "0.1.0"
 
@@ -101,45 +92,15 @@ _ELSEWHERE = {
 }
 _HOME = {name: module for module, names in _ELSEWHERE.items() for name in names}
 
-#: modules that moved to the repository's machinery (the ``repro`` package beside ``symmetry``)
-MOVED_TO_REPRO = ("cifar", "data", "experiment", "jobs", "report", "training")
 
-
-def _moved(name: str) -> ModuleType:
-    warnings.warn(f"symmetry.{name} moved to repro.{name} (the repository's machinery, beside the library): "
-                  f"import it from there", DeprecationWarning, stacklevel=3)
-    try:
-        return importlib.import_module(f"repro.{name}")
-    except ModuleNotFoundError as error:
-        raise ModuleNotFoundError(f"symmetry.{name} moved to repro.{name}, which is not importable here: run from "
-                                  f"a clone of the repository (its root on sys.path)", name=f"symmetry.{name}") from error
-
-
-def __getattr__(name: str) -> Any:
+def __getattr__(name: str) -> object:
     """``symmetry.NAME`` for a lower-level name (from its module) or a module that moved to ``repro``."""
     if name in _HOME:
         return getattr(globals()[_HOME[name]], name)
-    if name in MOVED_TO_REPRO:
-        return _moved(name)
+    if name in _MOVED:
+        module = globals()[name] = _moved(name)  # warned once; later uses find the attribute
+        return module
     raise AttributeError(f"module 'symmetry' has no attribute {name!r}")
 
 
-class _MovedModules(importlib.abc.MetaPathFinder, importlib.abc.Loader):
-    """``import symmetry.data`` (and the other moved modules) as ``repro.data``, with a DeprecationWarning."""
-
-    def find_spec(self, fullname, path=None, target=None):
-        prefix, _, name = fullname.partition(".")
-        if prefix != __name__ or name not in MOVED_TO_REPRO:
-            return None
-        return importlib.machinery.ModuleSpec(fullname, self)
-
-    def create_module(self, spec):
-        return None
-
-    def exec_module(self, module):
-        # the import system hands back what sys.modules holds under the name after this call: the moved module
-        sys.modules[module.__name__] = _moved(module.__name__.partition(".")[2])
-
-
-if not any(isinstance(finder, _MovedModules) for finder in sys.meta_path):
-    sys.meta_path.append(_MovedModules())
+_install_finder()

@@ -32,6 +32,7 @@ from ..activations import Activation
 from ..conserved import Q_terms, balance_matrix, conserved_Q, neuron_balance
 from ..validation import check_choice, check_tensors
 from ..errors import NotSupportedError
+from ..models import MLP, TwoLayerNet
 from ..types import Params
 
 Tensor = torch.Tensor
@@ -44,8 +45,6 @@ def layout(model, params: Params) -> tuple[Params, list[Any], Any]:
     """(weights W_1 … W_L in the multilayer convention, hidden activations, back-conversion) of a tuple model.
 
     A ``TwoLayerNet``'s (U, V) is (W_1, W_2) = (Vᵀ, U), so one multilayer code serves both."""
-    from ..models import MLP, TwoLayerNet
-
     if isinstance(model, TwoLayerNet):
         if len(params) != 2:
             raise ValueError(f"a TwoLayerNet has parameters (U, V); got {len(params)} tensors")
@@ -313,8 +312,6 @@ class NonlinearGL(Group):
                                            "warn" if check else "ignore")
 
     def _two_layer_whitened(self, params) -> tuple[Tensor, Tensor]:
-        from ..models import TwoLayerNet
-
         whitened = self.X is None or (self.X.ndim == 2 and self.X.shape[0] == self.X.shape[1] and
                                       torch.equal(self.X, torch.eye(self.X.shape[0]).to(self.X)))
         if not isinstance(self.model, TwoLayerNet) or not whitened:
