@@ -2,7 +2,7 @@
 
 GD on F = Uσ(Vᵀ) with whitened input and the mean squared error, many configurations (activation,
 learning rate, init scale) in one batched run of [`symmetry.dynamics.gradient_descent`][]
-(the fused [`TwoLayerGD`][] stepper), with Q (Eq. 48) and Q̃ (App. D.2)
+(the fused [`TwoLayerGD`][symmetry.dynamics.TwoLayerGD] stepper), with Q (Eq. 48) and Q̃ (App. D.2)
 recorded in float64.
 """
 from __future__ import annotations

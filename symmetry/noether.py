@@ -2,7 +2,7 @@
 their conserved quantities and test problems.
 
 The dynamics themselves are the engine's ([`symmetry.dynamics`][]): the ODE integrator
-[`integrate`][] for GF, Newtonian dynamics (ND, b = 0) and Nesterov's accelerated
+[`integrate`][symmetry.dynamics.integrate] for GF, Newtonian dynamics (ND, b = 0) and Nesterov's accelerated
 gradient flow (NAGF, b = 3/t) of θ̈ + b(t)θ̇ = −∇L (G&U Eq. 22), and the steppers GD, heavy ball,
 leapfrog and Nesterov with the loop [`run`][]. Here: the weight w(t) = exp ∫ b of
 the Noether charges, each G&U quantity as an observable of a [`Snapshot`][]

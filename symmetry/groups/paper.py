@@ -398,6 +398,7 @@ class NeuronScaling(_Diagonal, _RadialPair):
 
 PAPER_GROUPS: dict[str, type[Group]] = {"gl": GeneralLinear, "scaling": PositiveScaling, "nonlinear": NonlinearGL,
                                         "orthogonal": Orthogonal, "neuron_scaling": NeuronScaling}
+"""The paper's groups by name (what ``make_group`` and ``teleport_to`` accept as a string)."""
 
 
 def make_group(group: str | Group) -> Group:
