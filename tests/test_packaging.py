@@ -12,7 +12,7 @@ from symmetry._optional import require
 
 ROOT = Path(__file__).resolve().parents[1]
 #: heavy or optional packages that `import symmetry` must not load (they load when a function needs them)
-NOT_AT_IMPORT = ["torchvision", "matplotlib", "sympy", "scipy", "sklearn", "art", "mlxtend", "pandas"]
+NOT_AT_IMPORT = ["torchvision", "matplotlib", "sympy", "scipy", "sklearn", "art", "mlxtend", "pandas", "repro"]
 
 
 def test_import_loads_none_of_the_heavy_packages():

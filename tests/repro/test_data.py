@@ -3,24 +3,9 @@ import tarfile
 
 import pytest
 import torch
-from PIL import Image
 
+from conftest import CLASSES, write_tree
 from repro.data import load_cifar10, to_model_input
-
-CLASSES = ["airplane", "bird", "cat"]
-
-
-def write_tree(root, per_class=(4, 2), seed=0):
-    g = torch.Generator().manual_seed(seed)
-    pixels = {}
-    for split, count in zip(("train", "test"), per_class):
-        for c in CLASSES:
-            (root / split / c).mkdir(parents=True)
-            for i in range(count):
-                array = torch.randint(0, 256, (32, 32, 3), generator=g, dtype=torch.uint8)
-                Image.fromarray(array.numpy()).save(root / split / c / f"{i:04d}.png")  # lossless
-                pixels[(split, c, i)] = array
-    return pixels
 
 
 def test_folder_tree_loads_and_is_cached(tmp_path):
