@@ -25,6 +25,7 @@ from typing import Any, Callable, Iterator
 import torch
 
 import symmetry as S
+from symmetry._optional import require
 from symmetry.models import computation_threads, torch_threads  # noqa: F401  (for the scripts: E.torch_threads)
 
 from .errors import DataError, DatasetUnavailable, SchedulerError
@@ -299,8 +300,6 @@ def environment(device: torch.device | str = "cpu", source: str | Path | None = 
     import numpy
     import scipy
 
-    from symmetry import __version__
-
     device = torch.device(device)
     git = git_state(source)
     info = {
@@ -308,7 +307,7 @@ def environment(device: torch.device | str = "cpu", source: str | Path | None = 
         "torch": torch.__version__,
         "numpy": numpy.__version__,
         "scipy": scipy.__version__,
-        "symmetry": __version__,
+        "symmetry": S.__version__,
         "git_commit": git["git_commit"],
         "git_dirty": git["git_dirty"],
         "lock_file": lock_file_hash(source),
@@ -523,8 +522,6 @@ def write_figure(out: str | Path, name: str, payload: dict, fig=None) -> dict:
 
 def pyplot():
     """matplotlib.pyplot on the Agg backend (no display needed), imported on first use (the ``plot`` extra)."""
-    from symmetry._optional import require
-
     matplotlib = require("matplotlib", "plot", "drawing the figures")
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

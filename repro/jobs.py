@@ -18,6 +18,7 @@ from concurrent.futures import Executor, Future
 from pathlib import Path
 from typing import Any, Iterator
 
+from symmetry._optional import require
 from symmetry.models import torch_threads
 
 from . import experiment as E
@@ -115,10 +116,10 @@ def dask_executor(address: str, timeout: float = 20.0) -> tuple[Executor, int]:
     """The workers of the Dask distributed scheduler at ``address`` (``tcp://host:8786``; a SLURM or Kubernetes
     cluster started by ``dask-jobqueue`` or ``dask-kubernetes`` has one) as an Executor, and how many jobs they
     run at once (their threads). Every worker must see this repository and ``--out`` at the same path (a shared
-    file system). Jobs are submitted as impure: a rerun computes again instead of returning Dask's stored result.
+    file system) and import ``repro`` (this project installed with ``pip install -e .``, or the repository on its
+    ``PYTHONPATH``): a worker unpickles ``repro.jobs.figure_job`` by name. Jobs are submitted as impure: a rerun
+    computes again instead of returning Dask's stored result.
     """
-    from symmetry._optional import require
-
     distributed = require("distributed", "distributed", "reproduce.py --scheduler")
     try:
         client = distributed.Client(address, timeout=f"{timeout}s")
