@@ -539,7 +539,7 @@ def cached(out: str | Path, name: str, settings: Any, compute: Callable[[], dict
     """Run ``compute()`` once per settings and code: its result (a dict of tensors and numbers) is saved
     under OUT/.cache and reloaded on a rerun, so an interrupted figure resumes at the last finished part.
 
-    The key hashes the settings and [`code_hash`][] (this package's source and the calling script),
+    The key hashes the settings and [`code_hash`][] (the library's and this package's source and the calling script),
     so a code change recomputes. An unreadable entry (truncated, garbage) is recomputed with one line
     naming the file; entries are loaded with ``weights_only=True`` only (never arbitrary pickles).
     """
