@@ -29,7 +29,8 @@ from typing import Callable
 import torch
 
 import symmetry as S
-from symmetry import experiment as E
+from repro import experiment as E
+from repro.report import tally, verdict
 
 ROOT = Path(__file__).resolve().parent
 
@@ -106,20 +107,13 @@ def collect_claims(name: str, payload: dict) -> list[dict]:
     return rows
 
 
-def verdict(holds: bool | None) -> str:
-    """A row's holds as the table prints it."""
-    return "yes" if holds else "n/m" if holds is None else "NO"
-
-
 def print_claims(table: list[dict]) -> None:
     """One line per claim: the claim, yes/NO, what was measured, and the criterion it was held to."""
     width = max(len(r["claim"]) for r in table)
     measured = max(len(r["measured"]) for r in table)
     print(f"\n{'claim':<{width}}  {'holds':<5}  {'measured':<{measured}}  criterion")
     for r in table:
-        print(f"{r['claim']:<{width}}  {verdict(r['holds']):<5}  {r['measured']:<{measured}}  {r['criterion']}")
-    from symmetry.report import tally
-
+        print(f"{r['claim']:<{width}}  {verdict(r['holds'], markdown=False):<5}  {r['measured']:<{measured}}  {r['criterion']}")
     print(tally(table))
 
 
@@ -214,8 +208,8 @@ def run_figures(names: list[str], argv: list[str], jobs: int, threads: int = 1, 
 
     ``jobs`` = 1: one after the other in this process (live progress bars), with ``threads`` torch threads.
     ``jobs`` > 1, or an ``executor``: up to ``jobs`` jobs at once on a ``concurrent.futures.Executor``
-    (default: ``jobs`` spawned local worker processes, [`symmetry.jobs.local_executor`][]; or a Dask cluster's,
-    [`symmetry.jobs.dask_executor`][]), ``threads`` torch threads each, longest first by the last recorded
+    (default: ``jobs`` spawned local worker processes, [`repro.jobs.local_executor`][]; or a Dask cluster's,
+    [`repro.jobs.dask_executor`][]), ``threads`` torch threads each, longest first by the last recorded
     times; a script's parts (``parts_of``) run as jobs of their own first, and its ``main`` runs when they are
     done, reading them from the cache (so with --no-resume the parts recompute and ``main`` resumes). Each
     job's output goes to ``log_dir``/JOB.log and this process prints one line per finished job. A local worker
@@ -240,7 +234,7 @@ def _run_workers(names: list[str], argv: list[str], jobs: int, threads: int, log
     """``run_figures`` on an Executor: up to ``jobs`` jobs in flight, each job's output to its log."""
     from concurrent.futures import FIRST_COMPLETED, BrokenExecutor, wait
 
-    from symmetry import jobs as J
+    from repro import jobs as J
 
     total = len(names)
     own = executor is None
@@ -352,9 +346,9 @@ def report_claims(root: Path = ROOT) -> dict:
 
 
 def write_report(root: Path = ROOT) -> int:
-    """``reproduce.py --report``: claims.json's rows, then the generated blocks of every page (symmetry.report)."""
-    from symmetry import report
-    from symmetry.experiment import write_json
+    """``reproduce.py --report``: claims.json's rows, then the generated blocks of every page (repro.report)."""
+    from repro import report
+    from repro.experiment import write_json
 
     fresh = report_claims(root)
     path = root / "figures" / "claims.json"
@@ -440,7 +434,7 @@ def _main(args) -> int:
     jobs = 1 if args.device == "cuda" else args.jobs  # one process owns the GPU
     executor = None
     if args.scheduler is not None:  # a cluster: as many jobs in flight as its workers have threads
-        from symmetry.jobs import dask_executor
+        from repro.jobs import dask_executor
 
         executor, jobs = dask_executor(args.scheduler)
     started = time.perf_counter()
@@ -451,7 +445,7 @@ def _main(args) -> int:
     except KeyboardInterrupt as stop:  # stopped (Ctrl-C, SIGTERM): the claims of the figures that finished are kept
         finished = [r for r in getattr(stop, "finished", []) if r.error is None]
         if finished:
-            from symmetry.experiment import write_json
+            from repro.experiment import write_json
 
             partial = [row for r in finished for row in collect_claims(r.name, r.payload)]
             write_json(f"{args.out}/claims.partial.json", {"interrupted": True, "figures": [r.name for r in finished],
@@ -461,7 +455,7 @@ def _main(args) -> int:
         raise
     finally:
         if executor is not None:
-            from symmetry.jobs import close
+            from repro.jobs import close
 
             close(executor)
     print(f"figures: {time.perf_counter() - started:.0f} s wall in all -> {args.out}/NAME.{{pdf,png,json}}")
@@ -471,7 +465,7 @@ def _main(args) -> int:
         if r.error is None:
             table += collect_claims(r.name, r.payload)
 
-    from symmetry.experiment import environment, peak_memory_mb, write_json
+    from repro.experiment import environment, peak_memory_mb, write_json
 
     import resource
 
