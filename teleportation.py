@@ -81,7 +81,7 @@ class Settings:
     mnist_seeds: tuple = (0, 1, 2, 3, 4)  # added to --seed
     mnist_record_every: int = 10  # steps between records of the whole-training-set and test loss
     # optimiser: (lr, teleport epoch, number of teleports alternating with updates, teleport lr, ascent steps);
-    # the ICLR 2024 code's values (SPEC A2.4): 8 teleports for every optimiser
+    # the ICLR 2024 code's values (its teleport_optimization.py): 8 teleports for every optimiser
     mnist_adagrad: tuple = (1e-2, 2, 8, 1e-4, 10)
     mnist_momentum: tuple = (1e-3, 0, 8, 5e-2, 10)
     mnist_rmsprop: tuple = (1e-4, 0, 8, 5e-2, 10)
@@ -720,16 +720,16 @@ def _arm(values: list, horizon: float, spec: str, unit: str) -> str:
             (f" ({never} of {len(vals)} never within {horizon:g})" if never else ""))
 
 
-def _verdict_text(v: dict) -> str:
-    """A comparison in words, from the treated arm's side."""
+def _verdict_text(v: dict, better: str = "better") -> str:
+    """A comparison in words, from the treated arm's side (``better``: the word for the claimed direction)."""
     if v["treated_failed"]:
-        return (f"fails: never reached the target in run(s) {', '.join(str(i + 1) for i in v['treated_failed'])} of "
-                f"{v['seeds']}, where the control did")
+        which = ", ".join(str(i + 1) for i in v["treated_failed"])
+        return (f"fails: never reached the target on seed {which} (of {v['seeds']}), where the control did")
     if v["every_seed"]:
-        return "better on every seed"
+        return f"{better} on every seed"
     if v["decided_by"]:
-        return f"better by a paired t-test, p = {_f(v['p'], '.2g')} ({v['wins']} of {v['seeds']} seeds)"
-    return f"not better: on {v['wins']} of {v['seeds']} seeds, p = {_f(v['p'], '.2g')}"
+        return f"{better} by a paired t-test, p = {_f(v['p'], '.2g')} ({v['wins']} of {v['seeds']} seeds)"
+    return f"not {better}: on {v['wins']} of {v['seeds']} seeds, p = {_f(v['p'], '.2g')}"
 
 
 def compare(summary: dict, treated: str, control: str, lower_is_better: bool = True) -> dict:
@@ -771,6 +771,17 @@ def _cause(summary: dict, family: str, what: str, lower_is_better: bool = True) 
     if family == "reset" and not reset_plain["holds"] and "reset alone" not in words[0]:
         words.append(f"the reset alone vs plain: {_verdict_text(reset_plain)}")
     return "; ".join(words)
+
+
+def _two_controls_cause(verdicts: dict, what: str, better: str = "better") -> str:
+    """In words, for an arm compared with plain training and a random element of its size (no optimiser state)."""
+    plain, random = verdicts["plain"]["holds"], verdicts["random"]["holds"]
+    if plain and random:
+        return f"Cause: the teleport's ascent causes the {what}: it beats a random element of its size"
+    if plain:
+        return (f"Cause: an effect against plain training, but a random element of the same size does as well "
+                f"({_verdict_text(verdicts['random'], better)}): the move along the orbit, not the ascent")
+    return f"Cause: none: no {what} against plain training ({_verdict_text(verdicts['plain'], better)})"
 
 
 def _setting(at_paper: bool, holds: bool) -> str:
@@ -815,6 +826,9 @@ def speed_rows(payload: dict) -> list[dict]:
                                                       for x in map(_num, speed["values"]["teleport"]))
                 measured += f"; one teleport costs {_f(cost, '.0f')} training steps, {count} of them against " \
                             f"{saved:.0f} steps saved against plain"
+                ratios = [x for x in r["teleports"].get("objective_ratio", []) if x is not None]
+                if ratios:
+                    measured += f"; ‖∇L‖² after / before a teleport: median {statistics.median(ratios):.3g}"
             measured += f". Cause: {_cause(speed, family, 'speed-up')}"
             if REGRESSION_VARIANT in speed["values"]:
                 variant = compare(speed, REGRESSION_VARIANT, "reset")
@@ -872,13 +886,12 @@ def generalization_rows(payload: dict) -> list[dict]:
                          f"plain training): the gap is {word} on every seed, or a paired one-sided t-test gives "
                          f"p < 0.05. Deviations from the paper: {_deviations(payload, 'generalization')}",
             "holds": bool(holds),
-            "measured": f"{arm} {_arm(gap['values'][arm], math.inf, '.4f', '')}; " + "; ".join(
-                f"{c} {_arm(gap['values'][c], math.inf, '.4f', '')} ({_verdict_text(v)})"
+            "measured": f"gap: {arm} {_arm(gap['values'][arm], math.inf, '.4f', '')}; " + "; ".join(
+                f"{c} {_arm(gap['values'][c], math.inf, '.4f', '')} ({arm} vs {c}: {_verdict_text(v, word)})"
                 for c, v in verdicts.items()) +
                 f"; final test loss {arm} {_f(_mean(test[arm]), '.4f')}, plain {_f(_mean(test['plain']), '.4f')}, "
                 f"training loss at the end {min(train):.2f}–{max(train):.2f} (chance {math.log(10):.2f}). "
-                + ("Cause: the teleport (it beats a random element of its size)" if holds else
-                   f"Cause: none shown: {_verdict_text(verdicts['random'])} against the random element")
+                + _two_controls_cause(verdicts, f"{word} gap", word)
                 + f". {_setting(False, holds)}"})
     runs = [r for rs in arms.values() for r in rs if "diverged" not in r]
     for key, what, sign in (("sharpness_end", "the perturbed-loss sharpness", 1),
@@ -891,7 +904,7 @@ def generalization_rows(payload: dict) -> list[dict]:
                      f"runs (ICLR 2024: {'lower sharpness' if sign > 0 else 'higher curvature'} goes with lower "
                      f"validation loss)",
             "criterion": f"Pearson correlation over the distinct runs' final parameters (exact duplicates dropped): "
-                         f"p < 0.05 and r {'> 0' if sign > 0 else '< 0'} (the sign of SPEC A-12). Deviations from the "
+                         f"p < 0.05 and r {'> 0' if sign > 0 else '< 0'} (the direction ICLR 2024 states). Deviations from the "
                          f"paper: {_deviations(payload, 'generalization')}",
             "holds": bool(holds),
             "measured": f"r = {c['pearson_r']:.3f} (p = {c['pearson_p']:.2g}), Spearman ρ = {c['spearman_rho']:.3f} "
@@ -921,13 +934,12 @@ def two_layer_rows(payload: dict) -> list[dict]:
                          f"against plain GD (GD has no state: the null teleport is plain GD) and a random element of "
                          f"the same ‖ξ‖: {RULE}; {CENSORING}. Deviations: {_deviations(payload, 'two-layer')}",
             "holds": bool(holds),
-            "measured": "; ".join(f"{a} {_arm(v, horizon, '.1f', ' steps')}" + (f" ({_verdict_text(verdicts[a])})"
-                                                                              if a in verdicts else "")
+            "measured": "; ".join(f"{a} {_arm(v, horizon, '.1f', ' steps')}" +
+                                  (f" (teleport vs {a}: {_verdict_text(verdicts[a])})" if a in verdicts else "")
                                   for a, v in summary["values"].items())
                         + f"; Q₀ moved by the teleport: median |ΔQ₀| = "
                           f"{statistics.median(abs(x['Q0_after'] - x['Q0_before']) for x in runs):.3g}. "
-                        + ("Cause: the teleport (it beats a random element of its size)" if holds else
-                           f"Cause: none shown ({_verdict_text(verdicts['plain'])} against plain GD)")})
+                        + _two_controls_cause(verdicts, "speed-up")})
         minima = [x["minimum_teleport"] for x in runs if "minimum_teleport" in x]
         if not minima:
             continue
