@@ -94,6 +94,7 @@ def conservation_claims(rows: list[dict], cfg: Settings) -> list[dict]:
 
 
 CLAIM_KEYS = ("claim", "criterion", "holds", "measured")
+CHECK = "conservation_check"  # the owner of the check's rows in claims.json's claim_figures
 
 
 def collect_claims(name: str, payload: dict) -> list[dict]:
@@ -339,10 +340,13 @@ def report_claims(root: Path = ROOT) -> dict:
     claims = json.loads((root / "figures" / "claims.json").read_text(encoding="utf-8"))
     cfg = Settings(**{**claims["settings"], "lrs": tuple(claims["settings"]["lrs"])})
     table = conservation_claims(claims["conservation_check"], cfg)
+    owners = [CHECK] * len(table)  # which figure each row comes from: the report counts them by paper
     figures = [name for name in FIGURES if (root / "figures" / f"{name}.json").exists()]
     for name in figures:
-        table += collect_claims(name, json.loads((root / "figures" / f"{name}.json").read_text(encoding="utf-8")))
-    return {**claims, "figures": figures, "claims": table}
+        rows = collect_claims(name, json.loads((root / "figures" / f"{name}.json").read_text(encoding="utf-8")))
+        table += rows
+        owners += [name] * len(rows)
+    return {**claims, "figures": figures, "claims": table, "claim_figures": owners}
 
 
 def write_report(root: Path = ROOT) -> int:
@@ -460,10 +464,13 @@ def _main(args) -> int:
             close(executor)
     print(f"figures: {time.perf_counter() - started:.0f} s wall in all -> {args.out}/NAME.{{pdf,png,json}}")
     table = conservation_claims(rows, cfg)
+    owners = [CHECK] * len(table)
     failed = [r for r in runs if r.error is not None]
     for r in runs:
         if r.error is None:
-            table += collect_claims(r.name, r.payload)
+            figure_rows = collect_claims(r.name, r.payload)
+            table += figure_rows
+            owners += [r.name] * len(figure_rows)
 
     from repro.experiment import environment, peak_memory_mb, write_json
 
@@ -478,7 +485,7 @@ def _main(args) -> int:
     print_claims(table)
     # the conservation check's numbers and the table, beside the figures they were read from
     write_json(f"{args.out}/claims.json", {"settings": cfg, "figures": args.only, "quick": args.quick,
-                                           "conservation_check": rows, "claims": table,
+                                           "conservation_check": rows, "claims": table, "claim_figures": owners,
                                            "failed": [{"figure": r.name, "error": r.error} for r in failed],
                                            # each figure's time: its own job plus its parts run apart (--jobs > 1)
                                            "figure_seconds": {r.name: {"seconds": round(r.seconds, 2), "parts": r.parts}

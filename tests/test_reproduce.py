@@ -42,7 +42,11 @@ def test_reproduce_main_prints_the_table(demo, monkeypatch, capsys, tmp_path):
     out = capsys.readouterr().out
     assert "Q conserved under gradient flow" in out and "App. G.1: λ_max = √(Q²+4)" in out
     # the count line says what the rows printed above it say (the quick Q_distribution spread row may say NO)
-    table = json.loads((tmp_path / "claims.json").read_text(encoding="utf-8"))["claims"]
+    written = json.loads((tmp_path / "claims.json").read_text(encoding="utf-8"))
+    table = written["claims"]
+    # each row's figure, for the report's count by paper: the check's two rows, then each figure's own
+    assert written["claim_figures"][:2] == ["conservation_check"] * 2 and len(written["claim_figures"]) == len(table)
+    assert set(written["claim_figures"][2:]) == {"Q_sharpness_1d", "Q_distribution"}
     held = sum(r["holds"] is True for r in table)
     assert f"{held} of {len(table)} claims hold" in out and out.count("  NO  ") == len(table) - held
     assert (tmp_path / "Q_sharpness_1d.json").exists() and (tmp_path / "Q_distribution.png").exists()
