@@ -400,6 +400,11 @@ class NeuronScaling(_Diagonal, _RadialPair):
 
 PAPER_GROUPS: dict[str, type[Group]] = {"gl": GeneralLinear, "scaling": PositiveScaling, "nonlinear": NonlinearGL,
                                         "orthogonal": Orthogonal, "neuron_scaling": NeuronScaling}
+"""The paper's groups by name: ``gl`` [GeneralLinear][symmetry.groups.paper.GeneralLinear] (Eq. 17), ``scaling``
+[PositiveScaling][symmetry.groups.paper.PositiveScaling] (Example 3), ``nonlinear``
+[NonlinearGL][symmetry.groups.paper.NonlinearGL] (Prop. 8), ``orthogonal``
+[Orthogonal][symmetry.groups.paper.Orthogonal] (Example 5), ``neuron_scaling``
+[NeuronScaling][symmetry.groups.paper.NeuronScaling] (Prop. 14)."""
 
 
 def make_group(group: str | Group) -> Group:
