@@ -1,9 +1,9 @@
 """The tables of the README and the documentation pages, written from the committed JSONs.
 
-A page marks each generated table with a pair of HTML comments::
+A page marks each generated table with a pair of HTML comments:
 
     <!-- report:NAME -->
-    ...the table, as [`render`][symmetry.report.render] writes it...
+    ...the table, as render() writes it...
     <!-- /report:NAME -->
 
 ``python reproduce.py --report`` rewrites every such block ([`update_pages`][symmetry.report.update_pages]); the test suite checks that the
