@@ -65,3 +65,11 @@ def test_ci_builds_the_documentation_strict_with_its_warnings_shown():
     for line in commands:
         command = line.split("#")[0].split()
         assert "--strict" in command and not {"--quiet", "-q"} & set(command), line
+
+
+def test_every_committed_figure_is_on_a_page_and_the_readme_shows_one():
+    pages = {p: p.read_text(encoding="utf-8") for p in [ROOT / "README.md", *(ROOT / "docs").glob("*.md")]}
+    missing = [png.name for png in sorted((ROOT / "figures").glob("*.png"))
+               if not any(f"figures/{png.name})" in text for text in pages.values())]
+    assert not missing, f"committed figures that no page shows: {missing}"
+    assert re.search(r"!\[[^\]]+\]\(figures/\w+\.png\)", pages[ROOT / "README.md"]), "the README shows no figure"
