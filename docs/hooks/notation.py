@@ -11,7 +11,8 @@ import re
 PROTECTED = re.compile(r"<(pre|code|script|style|textarea)\b.*?</\1>|<!--.*?-->|<[^>]*>", re.S | re.I)
 BRACED = re.compile(r"(?<=[^\s\\_^])([_^])\{")
 INDEX = r"[A-Za-z0-9αβγδεζηθικλμνξπρστυφχψωℓ]"
-SINGLE = re.compile(rf"(?<![A-Za-z_`\\])([^\W\d_])([_^])({INDEX}{{1,3}})(?![A-Za-z0-9_])")
+# a letter that does not end a longer word (W_i, not max_evaluations), or a closing ‖ or ) (‖Y − F‖_F)
+SINGLE = re.compile(rf"((?<![A-Za-z_`\\])[^\W\d_]|[‖)])([_^])({INDEX}{{1,3}})(?![A-Za-z0-9_])")
 TAG = {"_": "sub", "^": "sup"}
 
 
