@@ -37,7 +37,7 @@ MAX_SEED = 2**62
 
 
 def seed_argument(text: str) -> int:
-    """argparse type of --seed: an integer in [0, 2**62] (a larger one overflows torch's generator)."""
+    """argparse type of --seed: an integer in [0, 2⁶²] (a larger one overflows torch's generator)."""
     try:
         value = int(text)
     except ValueError:

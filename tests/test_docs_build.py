@@ -33,10 +33,49 @@ def docs_copy(tmp_path_factory):
     return copy
 
 
-def test_the_documentation_builds_strict_without_a_warning(tmp_path):
-    run = _build(ROOT, tmp_path / "site")
+# what a reader must never see as text on a page (outside code): reST roles and literals, Markdown that did not
+# render, the plain-text notation the hook turns into sub/superscripts
+RAW = re.compile(r"``|\\ s\b|:param |:returns?:|\]\[|\]\(|\*\*\w|_\{|\^\{|::\s*$", re.M)
+# a docstring outside this change writes R^{n_l×n_(l−1)}, whose underscores Markdown reads as emphasis
+RAW_ALLOWED = {"api/laws/index.html": 1}
+
+
+def _text_outside_code(page_html: str) -> str:
+    import html
+
+    page_html = re.sub(r"<(pre|code|script|style)\b.*?</\1>", " ", page_html, flags=re.S)
+    return html.unescape(re.sub(r"<[^>]+>", " ", page_html))
+
+
+def test_the_documentation_builds_strict_without_a_warning_or_raw_markup(tmp_path):
+    site = tmp_path / "site"
+    run = _build(ROOT, site)
     assert run.returncode == 0 and not _warnings(run), (run.returncode, _warnings(run) or run.stderr[-2000:])
-    assert (tmp_path / "site" / "index.html").is_file() and (tmp_path / "site" / "figures" / "Q_dynamics_elementwise.png").is_file()
+    assert (site / "index.html").is_file() and (site / "figures" / "Q_dynamics_elementwise.png").is_file()
+    raw = {}
+    for page in sorted(site.rglob("index.html")):
+        text = _text_outside_code(page.read_text(encoding="utf-8"))
+        hits = [text[max(0, m.start() - 40):m.end() + 20].replace("\n", " ") for m in RAW.finditer(text)]
+        if len(hits) > RAW_ALLOWED.get(page.relative_to(site).as_posix(), 0):
+            raw[page.relative_to(site).as_posix()] = hits[:5]
+    assert not raw, f"raw markup on the rendered pages: {raw}"
+    monitor = (site / "api" / "monitor" / "index.html").read_text(encoding="utf-8")
+    assert re.search(r"ConservationMonitor</span><span[^>]*>\(", monitor) or "ConservationMonitor(" in \
+        _text_outside_code(monitor.replace("<code", "<span").replace("</code>", "</span>")), "no constructor shown"
+    assert 'class="glightbox"' in (site / "figures" / "index.html").read_text(encoding="utf-8")
+
+
+def test_the_notation_hook_leaves_code_alone():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("notation", ROOT / "docs" / "hooks" / "notation.py")
+    notation = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(notation)
+    assert notation.render_notation("<p>θ_{k+1} = 2θ_k − θ_{k−1}, R^{n_i×n_{i−1}}, ‖Y − F‖_F, η^p</p>") == (
+        "<p>θ<sub>k+1</sub> = 2θ<sub>k</sub> − θ<sub>k−1</sub>, R<sup>n<sub>i</sub>×n<sub>i−1</sub></sup>, "
+        "‖Y − F‖<sub>F</sub>, η<sup>p</sup></p>")
+    untouched = '<p>module_symmetries, max_evaluations <code>W_{i}</code> <a href="a_b.md">x</a></p><pre>e^{x}</pre>'
+    assert notation.render_notation(untouched) == untouched
 
 
 @pytest.mark.parametrize("broken, named", [
