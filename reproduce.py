@@ -34,7 +34,7 @@ from typing import Callable
 import torch
 
 import symmetry as S
-from symmetry import experiment as E
+from repro import experiment as E
 
 ROOT = Path(__file__).resolve().parent
 
@@ -111,7 +111,6 @@ def collect_claims(name: str, payload: dict) -> list[dict]:
     return rows
 
 
-verdict = E.verdict  # a row's holds as the table prints it: yes, NO, n/m
 print_claims = E.print_claims  # one line per claim, then the tally: the same lines a figure script prints alone
 
 
@@ -206,8 +205,8 @@ def run_figures(names: list[str], argv: list[str], jobs: int, threads: int = 1, 
 
     ``jobs`` = 1: one after the other in this process (live progress bars), with ``threads`` torch threads.
     ``jobs`` > 1, or an ``executor``: up to ``jobs`` jobs at once on a ``concurrent.futures.Executor``
-    (default: ``jobs`` spawned local worker processes, [`symmetry.jobs.local_executor`][]; or a Dask cluster's,
-    [`symmetry.jobs.dask_executor`][]), ``threads`` torch threads each, longest first by the last recorded
+    (default: ``jobs`` spawned local worker processes, [`repro.jobs.local_executor`][]; or a Dask cluster's,
+    [`repro.jobs.dask_executor`][]), ``threads`` torch threads each, longest first by the last recorded
     times; a script's parts (``parts_of``) run as jobs of their own first, and its ``main`` runs when they are
     done, reading them from the cache (so with --no-resume the parts recompute and ``main`` resumes). Each
     job's output goes to ``log_dir``/JOB.log and this process prints one line per finished job. A local worker
@@ -232,7 +231,7 @@ def _run_workers(names: list[str], argv: list[str], jobs: int, threads: int, log
     """``run_figures`` on an Executor: up to ``jobs`` jobs in flight, each job's output to its log."""
     from concurrent.futures import FIRST_COMPLETED, BrokenExecutor, wait
 
-    from symmetry import jobs as J
+    from repro import jobs as J
 
     total = len(names)
     own = executor is None
@@ -344,9 +343,9 @@ def report_claims(root: Path = ROOT) -> dict:
 
 
 def write_report(root: Path = ROOT) -> int:
-    """``reproduce.py --report``: claims.json's rows, then the generated blocks of every page (symmetry.report)."""
-    from symmetry import report
-    from symmetry.experiment import write_json
+    """``reproduce.py --report``: claims.json's rows, then the generated blocks of every page (repro.report)."""
+    from repro import report
+    from repro.experiment import write_json
 
     fresh = report_claims(root)
     path = root / "figures" / "claims.json"
@@ -432,7 +431,7 @@ def _main(args) -> int:
     jobs = 1 if args.device == "cuda" else args.jobs  # one process owns the GPU
     executor = None
     if args.scheduler is not None:  # a cluster: as many jobs in flight as its workers have threads
-        from symmetry.jobs import dask_executor
+        from repro.jobs import dask_executor
 
         executor, jobs = dask_executor(args.scheduler)
     started = time.perf_counter()
@@ -443,7 +442,7 @@ def _main(args) -> int:
     except KeyboardInterrupt as stop:  # stopped (Ctrl-C, SIGTERM): the claims of the figures that finished are kept
         finished = [r for r in getattr(stop, "finished", []) if r.error is None]
         if finished:
-            from symmetry.experiment import write_json
+            from repro.experiment import write_json
 
             partial = [row for r in finished for row in collect_claims(r.name, r.payload)]
             write_json(f"{args.out}/claims.partial.json", {"interrupted": True, "figures": [r.name for r in finished],
@@ -453,7 +452,7 @@ def _main(args) -> int:
         raise
     finally:
         if executor is not None:
-            from symmetry.jobs import close
+            from repro.jobs import close
 
             close(executor)
     print(f"figures: {time.perf_counter() - started:.0f} s wall in all -> {args.out}/NAME.{{pdf,png,json}}")
@@ -463,7 +462,7 @@ def _main(args) -> int:
         if r.error is None:
             table += collect_claims(r.name, r.payload)
 
-    from symmetry.experiment import environment, peak_memory_mb, write_json
+    from repro.experiment import environment, peak_memory_mb, write_json
 
     import resource
 

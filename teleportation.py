@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 import torch
 
 import symmetry as S
-from symmetry import experiment as E
+from repro import experiment as E
 from symmetry import teleport as T
 
 NAME = "teleportation"
@@ -241,7 +241,7 @@ def run_regression(cfg: Settings) -> dict:
 # ----------------------------------------------------------------------------- (2) MNIST, ICLR 2024
 
 def mnist_problem(cfg: Settings) -> dict:
-    from symmetry.data import load_image_dataset
+    from repro.data import load_image_dataset
 
     data = load_image_dataset("mnist-subset")
     n = cfg.mnist_train + cfg.mnist_test

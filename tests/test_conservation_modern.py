@@ -5,8 +5,7 @@ import math
 
 import pytest
 
-from conftest import load_script
-from test_data import write_tree
+from conftest import load_script, write_tree
 
 
 @pytest.fixture(scope="module")

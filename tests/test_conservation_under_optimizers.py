@@ -2,7 +2,7 @@
 import json
 
 from conftest import load_script
-from test_data import write_tree
+from conftest import write_tree
 
 
 def test_quick_run(tmp_path):

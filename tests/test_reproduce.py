@@ -160,7 +160,7 @@ def test_the_figures_run_on_a_dask_cluster_of_two_workers(tmp_path, monkeypatch)
     """The distributed extra: the same jobs, failures and parts on a local Dask cluster (two worker processes)
     give what the local pool gives."""
     distributed = pytest.importorskip("distributed")
-    from symmetry import jobs as J
+    from repro import jobs as J
 
     reproduce = load("reproduce")
     for name, text in (("figure_ok", FIGURE_OK), ("figure_fails", FIGURE_FAILS), ("figure_parts", FIGURE_WITH_PARTS)):
@@ -333,7 +333,7 @@ def claims(payload):
     return []
 '''
 FIGURE_NO_CIFAR = '''
-from symmetry.data import load_cifar10
+from repro.data import load_cifar10
 
 def main(argv):
     load_cifar10(argv[0], download=False)
@@ -402,7 +402,7 @@ def test_offline_without_data_says_to_pass_data(tmp_path, monkeypatch):
 
     import torchvision.datasets
 
-    from symmetry import data as D
+    from repro import data as D
 
     class Offline:
         def __init__(self, root, train, download):

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from symmetry import experiment as E
+from repro import experiment as E
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = sorted([*ROOT.glob("Q_*.py"), *ROOT.glob("conservation_*.py"), ROOT / "noether_dynamics.py",

@@ -3,24 +3,9 @@ import tarfile
 
 import pytest
 import torch
-from PIL import Image
 
-from symmetry.data import load_cifar10, to_model_input
-
-CLASSES = ["airplane", "bird", "cat"]
-
-
-def write_tree(root, per_class=(4, 2), seed=0):
-    g = torch.Generator().manual_seed(seed)
-    pixels = {}
-    for split, count in zip(("train", "test"), per_class):
-        for c in CLASSES:
-            (root / split / c).mkdir(parents=True)
-            for i in range(count):
-                array = torch.randint(0, 256, (32, 32, 3), generator=g, dtype=torch.uint8)
-                Image.fromarray(array.numpy()).save(root / split / c / f"{i:04d}.png")  # lossless
-                pixels[(split, c, i)] = array
-    return pixels
+from conftest import CLASSES, write_tree
+from repro.data import load_cifar10, to_model_input
 
 
 def test_folder_tree_loads_and_is_cached(tmp_path):
@@ -32,7 +17,7 @@ def test_folder_tree_loads_and_is_cached(tmp_path):
     assert data["train_y"].tolist() == [0] * 4 + [1] * 4 + [2] * 4
     assert torch.equal(data["train_x"][5], pixels[("train", "bird", 1)].permute(2, 0, 1))
     assert len(list((tmp_path / "cifar" / ".cache").glob("cifar10-folder-*.pt"))) == 1
-    import symmetry.data as D  # the second load of an unchanged tree reads the cache only
+    import repro.data as D  # the second load of an unchanged tree reads the cache only
 
     def no_decoding(*args):
         raise AssertionError("decoded again")
@@ -70,7 +55,7 @@ def test_missing_data_says_where_it_looked(tmp_path):
 
 
 def test_experiment_splits_are_disjoint_and_seeded(tmp_path):
-    from symmetry.cifar import experiment_splits
+    from repro.cifar import experiment_splits
 
     write_tree(tmp_path / "cifar", per_class=(10, 8))
     data = load_cifar10(tmp_path / "cifar")
@@ -101,7 +86,7 @@ def test_an_archive_put_where_the_error_says_is_found(tmp_path):
 
 def test_a_symlink_loop_is_named(tmp_path):
     """Issue 24 case 11: a --data that is a cycle of links gets one error naming it, not a RuntimeError."""
-    from symmetry.data import DataError
+    from repro.data import DataError
 
     (tmp_path / "a").symlink_to(tmp_path / "b")
     (tmp_path / "b").symlink_to(tmp_path / "a")

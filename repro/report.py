@@ -6,7 +6,7 @@ A page marks each generated table with a pair of HTML comments:
     ...the table, as render() writes it...
     <!-- /report:NAME -->
 
-``python reproduce.py --report`` rewrites every such block ([`update_pages`][symmetry.report.update_pages]); the test suite checks that the
+``python reproduce.py --report`` rewrites every such block ([`update_pages`][repro.report.update_pages]); the test suite checks that the
 committed pages equal what it would write, so a table can only go stale by failing CI. Numbers in prose are
 checked against the JSONs by ``tests/test_readme_numbers.py`` instead.
 """
@@ -18,7 +18,7 @@ import re
 from collections.abc import Callable
 from pathlib import Path
 
-__all__ = ["PAGES", "TABLES", "render", "tally", "update_pages"]
+__all__ = ["PAGES", "TABLES", "render", "tally", "update_pages", "verdict"]
 
 # The figure table: every script and notebook that writes a committed figure, in the order of the paper.
 SCRIPTS = ("Q_dynamics_elementwise", "Q_distribution", "Q_convergence_elementwise", "Q_convergence_radial",
@@ -91,8 +91,12 @@ def tally(rows: list[dict]) -> str:
     return f"{held} of {len(rows)} claims hold, {failed} do not" + (f", {unmeasured} not measured" if unmeasured else "")
 
 
-def _verdict(holds: bool | None) -> str:
-    return "yes" if holds else "not measured" if holds is None else "**NO**"
+def verdict(holds: bool | None, markdown: bool = True) -> str:
+    """A claim row's ``holds`` as a table prints it: yes, NO, or not measured (the console's narrow column: n/m;
+    a Markdown table's NO in bold). The one renderer of a verdict: the pages and ``reproduce.py``'s table."""
+    if holds is None:
+        return "not measured" if markdown else "n/m"
+    return "yes" if holds else "**NO**" if markdown else "NO"
 
 
 def claim_table(root: Path) -> str:
@@ -100,7 +104,7 @@ def claim_table(root: Path) -> str:
     data = _json(root, "figures/claims.json")
     rows = data["claims"]
     lines = ["| claim | holds | measured | criterion |", "|---|---|---|---|"]
-    lines += [f"| {_cell(r['claim'])} | {_verdict(r['holds'])} | {_cell(r['measured'])} | "
+    lines += [f"| {_cell(r['claim'])} | {verdict(r['holds'])} | {_cell(r['measured'])} | "
               f"{_cell(r['criterion'])} |" for r in rows]
     lines.append("")
     lines.append(f"{tally(rows)} (seed {data['settings']['seed']}).")
@@ -182,7 +186,7 @@ def benchmark_table(results: dict) -> str:
 
 
 def reproduce_benchmark(root: Path) -> str:
-    """The committed ``benchmarks/results/bench_reproduce.json`` as [`benchmark_table`][symmetry.report.benchmark_table] writes it."""
+    """The committed ``benchmarks/results/bench_reproduce.json`` as [`benchmark_table`][repro.report.benchmark_table] writes it."""
     return benchmark_table(_json(root, "benchmarks/results/bench_reproduce.json"))
 
 

@@ -2,7 +2,7 @@
 workers of a Dask distributed cluster (the ``distributed`` extra).
 
 ``reproduce.py`` decides what runs when (longest first, a script's parts before its ``main``); this module holds
-what runs on a worker ([`figure_job`][symmetry.jobs.figure_job]) and the two executors. The job function lives in
+what runs on a worker ([`figure_job`][repro.jobs.figure_job]) and the two executors. The job function lives in
 the package, not in ``reproduce.py``, so that a worker on another machine can import it by name.
 """
 from __future__ import annotations
@@ -18,11 +18,13 @@ from concurrent.futures import Executor, Future
 from pathlib import Path
 from typing import Any, Iterator
 
+from symmetry._optional import require
+from symmetry.models import torch_threads
+
+from . import experiment as E
+from .errors import SchedulerError
+
 __all__ = ["SchedulerError", "figure_job", "local_executor", "dask_executor", "stop", "close"]
-
-
-class SchedulerError(ConnectionError):
-    """``--scheduler ADDRESS``: no Dask scheduler answers there, or it has no workers."""
 
 
 @contextlib.contextmanager
@@ -51,12 +53,10 @@ def _output_to(log_path: str) -> Iterator[None]:
 @contextlib.contextmanager
 def _unwind_on_sigterm() -> Iterator[None]:
     """While a job runs in a local worker's main thread: SIGTERM and SIGHUP (the parent's stop) unwind it as they
-    do a script ([`symmetry.experiment.stop_on_signal`][]), so a figure being written removes its temporary files;
+    do a script ([`repro.experiment.stop_on_signal`][]), so a figure being written removes its temporary files;
     the worker's own handlers come back after the job. A Dask worker runs jobs in threads: nothing to change."""
     import signal
     import threading
-
-    from . import experiment as E
 
     if threading.current_thread() is not threading.main_thread():
         yield
@@ -82,9 +82,6 @@ def figure_job(name: str, part: str | None, argv: list[str], threads: int, log_p
     path, as a spawned process would have it). ``--out OUT`` in ``argv``: the submitting run holds OUT's lock,
     so the scripts take it as held while the job runs.
     """
-    from . import experiment as E
-    from .models import torch_threads
-
     for entry in reversed(path):
         if entry not in sys.path:
             sys.path.insert(0, entry)
@@ -107,7 +104,7 @@ def figure_job(name: str, part: str | None, argv: list[str], threads: int, log_p
 
 def local_executor(jobs: int) -> Executor:
     """``jobs`` local worker processes, started with ``spawn``: no fork of a process whose torch thread pool is
-    running. A worker runs job after job; [`figure_job`][symmetry.jobs.figure_job] restores its streams, threads
+    running. A worker runs job after job; [`figure_job`][repro.jobs.figure_job] restores its streams, threads
     and lock after each."""
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
@@ -119,10 +116,10 @@ def dask_executor(address: str, timeout: float = 20.0) -> tuple[Executor, int]:
     """The workers of the Dask distributed scheduler at ``address`` (``tcp://host:8786``; a SLURM or Kubernetes
     cluster started by ``dask-jobqueue`` or ``dask-kubernetes`` has one) as an Executor, and how many jobs they
     run at once (their threads). Every worker must see this repository and ``--out`` at the same path (a shared
-    file system). Jobs are submitted as impure: a rerun computes again instead of returning Dask's stored result.
+    file system) and import ``repro`` (this project installed with ``pip install -e .``, or the repository on its
+    ``PYTHONPATH``): a worker unpickles ``repro.jobs.figure_job`` by name. Jobs are submitted as impure: a rerun
+    computes again instead of returning Dask's stored result.
     """
-    from ._optional import require
-
     distributed = require("distributed", "distributed", "reproduce.py --scheduler")
     try:
         client = distributed.Client(address, timeout=f"{timeout}s")

@@ -1,11 +1,11 @@
-"""symmetry.report and reproduce.py --report: the committed pages are what the command writes from the JSONs."""
+"""repro.report and reproduce.py --report: the committed pages are what the command writes from the JSONs."""
 import json
 import shutil
 
 import pytest
 
 from conftest import ROOT, load_script
-from symmetry import report
+from repro import report
 
 reproduce = load_script("reproduce")
 
