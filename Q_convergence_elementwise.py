@@ -158,7 +158,8 @@ def plot(rows: list[dict], cfg: Settings):
         for ax, a in zip(line, acts):
             runs = [r for r in rows if r["activation"] == a and r["design"] == design]
             for k, r in enumerate(runs):
-                label = f"Q₀ = {r['Q0']:.3g}" if k in (0, len(runs) - 1) else None
+                label = (f"Q₀ = {r['Q0']:.3g} ({'first' if k == 0 else 'last'} of {len(runs)}; colour bar)"
+                         if k in (0, len(runs) - 1) else None)
                 ax.semilogy(r["steps"], r["error"], color=shade[r[key]], lw=0.9, label=label)
             ax.axhline(cfg.convergence_level, color="grey", ls=":", lw=0.8)
             ax.set(title=f"σ = {a}", xlabel="GD step")
@@ -167,6 +168,12 @@ def plot(rows: list[dict], cfg: Settings):
             steps = sorted((abs(r["Q0"]), r["steps_to_converge"]) for r in runs if r["steps_to_converge"] is not None)
             # along the orbit |Q₀| is not monotone in c (Q₀ changes sign): points, not a line
             line[-1].loglog(*zip(*steps), "o-" if design == "init_scale" else "o", ms=3, label=a) if steps else None
+        # every curve's colour: its init std (top) or orbit scale c (bottom), one tick per value
+        mappable = plt.cm.ScalarMappable(cmap=cmap, norm=plt.Normalize(0, max(1, len(values) - 1)))
+        bar = fig.colorbar(mappable, ax=line[len(acts) - 1], pad=0.02, fraction=0.08)
+        ticks = list(range(0, len(values), max(1, (len(values) + 5) // 6)))
+        bar.set_ticks(ticks, labels=[f"{values[t]:g}" for t in ticks], fontsize=7)
+        bar.set_label("init std" if design == "init_scale" else "orbit scale c", fontsize=8)
         line[0].set_ylabel(f"{DESIGNS[design]}\n‖Y − Uσ(Vᵀ)‖_F", fontsize=8)
         line[-1].set(xlabel="|Q₀|", ylabel=f"steps to ‖Y − F‖_F ≤ {cfg.convergence_level:g}", title="steps vs |Q₀|")
         line[-1].legend(fontsize=7)

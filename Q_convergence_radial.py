@@ -209,7 +209,7 @@ def plot(main_rows: dict, decoupled: list[dict], small: list[dict], steps: torch
     ax.axhline(cfg.threshold, color="grey", lw=0.6)
     ax.set(xlabel="GD step", ylabel="MSE / ‖Y‖_F")
     ax.legend(fontsize=7)
-    ax.set_title("Fig. 7: smaller Q₀ converges faster\n(solid float32, dotted float64)", fontsize=10)
+    ax.set_title("Fig. 7: loss for each Q₀ (solid float32, dotted float64);\nwhether smaller Q₀ converges faster: the claim rows", fontsize=9)
     # Prop. 16 as the rows test it, float64: the largest excess over the tolerated bound among the modes, for
     # the full model at three η (first μ, short window) and the decoupled modes (first μ, the whole run)
     tolerance = BOUND_ABSOLUTE_TOLERANCE

@@ -95,8 +95,9 @@ def plot(rows: list[dict], cfg: Settings):
                 ax.plot([], [], " ", label=f"std = {r['std']:.3g} = {r['std_over_terms_ours']:.2g} × terms")
             ax.set_title(title.format(**r), fontsize=9)
             ax.set_xlabel("Q = ½Tr UᵀU − ΣA(V)")
-            ax.set_ylim(top=1.5 * ax.get_ylim()[1])  # room for the legend above the bars
-            ax.legend(fontsize=7)
+            ax.set_ylabel("draws per bin")
+            ax.set_ylim(top=1.8 * ax.get_ylim()[1])  # room for the legend above the bars
+            ax.legend(fontsize=7, loc="upper left")
         for ax in ax_row[len(group):]:
             ax.axis("off")
     fig.suptitle(f"Q under Xavier init, {cfg.draws} draws per histogram", fontsize=10)

@@ -401,7 +401,7 @@ def claims(payload: dict) -> list[dict]:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").partition("\n")[0])  # -OO strips docstrings
     E.add_common_arguments(parser, dtype=False)  # float64 throughout: the exact identities are checked to round-off
     parser.add_argument("--data", default=DEFAULT_DATA,
                         help=f"CIFAR-10: {E.CIFAR10_FORMS} (default: data/ in the repository)")

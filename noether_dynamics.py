@@ -322,7 +322,7 @@ def run_part(part: str, argv: list[str] | None = None) -> None:
 
 
 def parse(argv: list[str] | None) -> tuple[argparse.Namespace, Settings]:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").partition("\n")[0])  # -OO strips docstrings
     E.add_common_arguments(parser, dtype=False)  # float64 throughout
     parser.add_argument("--dataset", choices=["auto", *IMAGE_DATASETS], default=None,
                         help="auto (default): KMNIST if it loads, else mnist-subset; kmnist fails offline unless --allow-fallback")

@@ -1,12 +1,17 @@
-"""Regenerate every figure but the CIFAR-10 notebooks (Figs. 3–9, App. G.1, the two related papers) and print the claims with the measured numbers.
+"""Regenerate every figure but the two CIFAR-10 notebooks and print the claims with the measured numbers.
 
+The figures, one job each (FIGURES below; the figure table of the README gives each one's time and their total):
+  Q_dynamics_elementwise (Fig. 3), Q_distribution (Figs. 4, 5), Q_convergence_elementwise (Fig. 6),
+  Q_convergence_radial (Fig. 7), Q_sharpness_1d (App. G.1), Q_hessian_eigenvalues (Fig. 9),
+  noether_dynamics (Gluch & Urbanke), conservation_laws (Marcotte et al.),
+  conservation_under_optimizers (torch.optim), teleportation (Zhao et al. 2022, 2024),
+  conservation_modern (ResNet-18, ViT, GPT).
 First a short check that every figure's Q axis rests on (run while the first figures start): on
 the net of Fig. 3, Q of Eq. 48 stays constant under gradient flow (adaptive ODE solver) and drifts
 under gradient descent by an amount proportional to the step size. Each figure script runs at the paper's settings and
 writes figures/NAME.{pdf,png,json}; the table at the end collects each script's claims(payload):
-the claim, whether it holds, what was measured, and the criterion it was held to.
-Then the two related papers: Gluch & Urbanke (noether_dynamics) and Marcotte et al. (conservation_laws).
-Each figure's time is in the figure table, written from figures/claims.json (``figure_seconds``).
+the claim, whether it holds, what was measured, and the criterion it was held to. At the end it prints its own
+wall time in all.
 Usage: python reproduce.py [--device cpu|cuda] [--seed 0] [--out figures] [--quick] [--only NAME ...] [--data PATH]
        [--jobs N (default: cores; figures, and the parts of Fig. 3, noether_dynamics and conservation_modern,
        in parallel worker processes)] [--scheduler ADDRESS (a Dask cluster's workers instead)] [--threads 1]
@@ -30,7 +35,6 @@ import torch
 
 import symmetry as S
 from repro import experiment as E
-from repro.report import tally, verdict
 
 ROOT = Path(__file__).resolve().parent
 
@@ -108,14 +112,7 @@ def collect_claims(name: str, payload: dict) -> list[dict]:
     return rows
 
 
-def print_claims(table: list[dict]) -> None:
-    """One line per claim: the claim, yes/NO, what was measured, and the criterion it was held to."""
-    width = max(len(r["claim"]) for r in table)
-    measured = max(len(r["measured"]) for r in table)
-    print(f"\n{'claim':<{width}}  {'holds':<5}  {'measured':<{measured}}  criterion")
-    for r in table:
-        print(f"{r['claim']:<{width}}  {verdict(r['holds'], markdown=False):<5}  {r['measured']:<{measured}}  {r['criterion']}")
-    print(tally(table))
+print_claims = E.print_claims  # one line per claim, then the tally: the same lines a figure script prints alone
 
 
 @dataclass
@@ -371,7 +368,7 @@ CIFAR10_FIGURES = ("conservation_under_optimizers", "conservation_modern")  # th
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").partition("\n")[0])  # -OO strips docstrings
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where to run")
     parser.add_argument("--seed", type=E.seed_argument, default=0, help="seed of the inits and the targets Y")
     parser.add_argument("--out", default=None, help=f"directory for the figures and their JSON (default: "

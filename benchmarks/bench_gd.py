@@ -51,7 +51,7 @@ def plain_sgd(activation: str, lr: float, steps: int, U0, V0, Y) -> list[float]:
 
 
 def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").partition("\n")[0])  # -OO strips docstrings
     parser.add_argument("--fraction", type=float, default=0.01, help="fraction of the paper's step counts")
     parser.add_argument("--repeats", type=int, default=3, help="interleaved repeats; medians are reported")
     parser.add_argument("--out", default="benchmarks/results", help="directory for bench_gd.json")

@@ -90,7 +90,7 @@ def ode_solve(repeats: int, horizon: float = 3.0) -> dict:
 
 
 def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").partition("\n")[0])  # -OO strips docstrings
     parser.add_argument("--calls", type=E.positive_int, default=2000, help="gradient calls per timing")
     parser.add_argument("--repeats", type=E.positive_int, default=3, help="interleaved repeats; medians are reported")
     parser.add_argument("--ode-repeats", type=E.positive_int, default=1, help="repeats of each ODE solve (~10-20 s each)")

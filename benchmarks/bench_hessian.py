@@ -77,7 +77,7 @@ def timed(fn, repeats: int):
 
 
 def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").partition("\n")[0])  # -OO strips docstrings
     parser.add_argument("--repeats", type=E.positive_int, default=3)
     parser.add_argument("--images", type=E.positive_int, default=1000)
     parser.add_argument("--tol", type=float, default=1e-3)

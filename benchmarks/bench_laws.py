@@ -157,7 +157,7 @@ def estimates() -> dict:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").partition("\n")[0])  # -OO strips docstrings
     parser.add_argument("--count", type=int, default=50, help="random architectures of each kind")
     parser.add_argument("--seed", type=int, default=0, help="seed of the architectures and the points")
     parser.add_argument("--ablation", action="store_true", help="also bracket every pair on the ReLU set")

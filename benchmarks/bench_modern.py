@@ -52,7 +52,7 @@ def measure(cm, task, steps: int, seed: int) -> dict:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").partition("\n")[0])  # -OO strips docstrings
     parser.add_argument("--steps", type=E.positive_int, default=12)
     parser.add_argument("--models", nargs="+", choices=("resnet", "resnet_bn", "vit", "gpt"),
                         default=["resnet", "resnet_bn", "vit", "gpt"])

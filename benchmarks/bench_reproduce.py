@@ -109,7 +109,7 @@ def markdown(results: dict) -> str:
 
 
 def main(argv=None) -> dict | None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").partition("\n")[0])  # -OO strips docstrings
     parser.add_argument("--quick", action="store_true", help="every figure in its --quick form (tests the benchmark)")
     parser.add_argument("--jobs", type=E.positive_int, default=None, help="reproduce.py --jobs (default: its own)")
     parser.add_argument("--threads", type=E.positive_int, default=1, help="reproduce.py --threads")

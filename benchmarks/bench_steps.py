@@ -150,7 +150,7 @@ def roundoff(steps: int = 1000) -> dict:
 
 
 def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").partition("\n")[0])  # -OO strips docstrings
     parser.add_argument("--repeats", type=E.positive_int, default=5)
     parser.add_argument("--quick", action="store_true", help="fewer steps and repeats (a smoke test)")
     parser.add_argument("--out", default="benchmarks/results")

@@ -105,7 +105,7 @@ def plot(result: dict):
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").partition("\n")[0])  # -OO strips docstrings
     parser.add_argument("--repeats", type=int, default=15, help="interleaved repeats (medians reported)")
     parser.add_argument("--out", default="benchmarks/results", help="directory for bench_teleport.{json,png}")
     args = parser.parse_args(argv)

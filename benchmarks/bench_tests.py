@@ -60,7 +60,7 @@ def _one_run(pytest_args: list[str]) -> dict:
 
 
 def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").partition("\n")[0])  # -OO strips docstrings
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"), help="folder for bench_tests.json")
     parser.add_argument("pytest_args", nargs="*", help="extra arguments for pytest (after --)")
     parser.add_argument("--repeats", type=E.positive_int, default=1,

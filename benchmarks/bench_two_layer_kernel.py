@@ -122,7 +122,7 @@ def measure(dtype: torch.dtype, steps: int, repeats: int) -> dict:
 
 
 def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").partition("\n")[0])  # -OO strips docstrings
     parser.add_argument("--steps", type=E.positive_int, default=20_000)
     parser.add_argument("--repeats", type=E.positive_int, default=3)
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))

@@ -36,7 +36,7 @@ class DoubleSoftmax(nn.Module):
 
 
 def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").partition("\n")[0])  # -OO strips docstrings
     parser.add_argument("--data", default=None, help="CIFAR-10: an ImageFolder tree, its .tar.gz or torchvision's CIFAR-10 "
                         "folder (default: data/ in the repository; see repro.data.load_cifar10)")
     parser.add_argument("--epochs", type=int, default=10)

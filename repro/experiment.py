@@ -39,7 +39,7 @@ MAX_SEED = 2**62
 
 
 def seed_argument(text: str) -> int:
-    """argparse type of --seed: an integer in [0, 2**62] (a larger one overflows torch's generator)."""
+    """argparse type of --seed: an integer in [0, 2⁶²] (a larger one overflows torch's generator)."""
     try:
         value = int(text)
     except ValueError:
@@ -118,7 +118,7 @@ def settings_from_cli(doc: str, settings_cls, quick: Callable[[Any], Any], argv:
     if names is None:
         name = sys._getframe(1).f_globals.get("NAME")
         names = (name,) if isinstance(name, str) else ()
-    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser = argparse.ArgumentParser(description=(doc or "").partition("\n")[0])  # python -OO: no docstrings
     add_common_arguments(parser, dtype=dtype)
     args = parse_common(parser, argv, names)
     cfg = settings_cls(seed=args.seed, device=args.device, **({"dtype": args.dtype} if dtype else {}))
@@ -166,7 +166,28 @@ def check_output_location(out: str | Path, names: tuple[str, ...] = ()) -> Path:
                 raise OutputLocationError(f"--out {out}: {target} is read-only (mode "
                                           f"{stat.S_IMODE(target.stat().st_mode):o}); make it writable (chmod u+w) "
                                           f"to replace it, or pass another --out")
+    warn_committed(out, names)
     return out
+
+
+def committed_files(out: str | Path, names: tuple[str, ...]) -> list[str]:
+    """The NAME.pdf/png/json under ``out`` that git tracks in this project's checkout (the committed figures)."""
+    root = project_root(out)
+    candidates = [Path(out) / f"{name}.{ext}" for name in names for ext in FIGURE_FILES]
+    candidates = [p for p in candidates if p.exists()]
+    if root is None or not candidates:
+        return []
+    listed = _git(root, "ls-files", "--", *(str(p.resolve().relative_to(root)) for p in candidates))
+    return listed.splitlines() if listed else []
+
+
+def warn_committed(out: str | Path, names: tuple[str, ...]) -> None:
+    """One line on stderr before anything is computed when this run will replace committed figure files."""
+    files = committed_files(out, names)
+    if files:
+        stems = sorted({str(Path(f).with_suffix("")) for f in files})
+        print(f"note: this run replaces committed files ({', '.join(s + '.*' for s in stems)}); "
+              f"`git checkout -- {' '.join(s + '.*' for s in stems)}` restores them", file=sys.stderr, flush=True)
 
 
 class DataLocationError(ValueError):
@@ -338,6 +359,10 @@ def _refuse_read_only(path: Path) -> None:
                                   f"make it writable (chmod u+w) to replace it, or pass another --out")
 
 
+#: the figure files (NAME.pdf/png/json) this process has written, in order: what a script reports at its end
+WRITTEN: list[Path] = []
+
+
 def _write_unit(files: list[tuple[Path, Callable[[str], object]]]) -> None:
     """Write every file to a temporary name in its directory, then rename them in order: the last one
     (a figure's JSON) appears only after the others are in place; on any failure no temporary file is
@@ -353,6 +378,8 @@ def _write_unit(files: list[tuple[Path, Callable[[str], object]]]) -> None:
             os.chmod(temps[-1], 0o644)  # mkstemp makes files private; results are for everyone to read
         for (path, _), tmp in zip(files, temps):
             os.replace(tmp, path)
+            if path.suffix[1:] in FIGURE_FILES:
+                WRITTEN.append(path)
     except BaseException:
         for tmp in temps:
             if os.path.exists(tmp):
@@ -521,7 +548,11 @@ def write_figure(out: str | Path, name: str, payload: dict, fig=None) -> dict:
 
 
 def pyplot():
-    """matplotlib.pyplot on the Agg backend (no display needed), imported on first use (the ``plot`` extra)."""
+    """matplotlib.pyplot on the Agg backend (no display needed), imported on first use (the ``plot`` extra). The
+    scripts only write files, so a backend named in MPLBACKEND (which matplotlib refuses at import when it does not
+    know it) is replaced by Agg, here and in the workers this process starts."""
+    if "matplotlib" not in sys.modules:
+        os.environ["MPLBACKEND"] = "Agg"
     matplotlib = require("matplotlib", "plot", "drawing the figures")
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -651,14 +682,48 @@ def stop_on_signal() -> None:
             signal.signal(getattr(signal, name), interrupt)
 
 
+def print_claims(table: list[dict]) -> None:
+    """One line per claim: the claim, yes/NO, what was measured, and the criterion it was held to; then the tally.
+    What reproduce.py prints for all figures and a figure script for its own."""
+    from .report import tally, verdict
+
+    width = max(len(r["claim"]) for r in table)
+    measured = max(len(r["measured"]) for r in table)
+    print(f"\n{'claim':<{width}}  {'holds':<5}  {'measured':<{measured}}  criterion")
+    for r in table:
+        print(f"{r['claim']:<{width}}  {verdict(r['holds'], markdown=False):<5}  {r['measured']:<{measured}}  "
+              f"{r['criterion']}")
+    print(tally(table))
+
+
+def report_run(payload: dict, claims: Callable[[dict], list[dict]] | None, written: list[Path]) -> None:
+    """What a figure script prints at its end: the files it wrote, and its claims with their verdicts (the lines
+    reproduce.py prints for it)."""
+    stems: dict[Path, list[str]] = {}
+    for path in written:
+        stems.setdefault(path.with_suffix(""), [])
+        if path.suffix[1:] not in stems[path.with_suffix("")]:
+            stems[path.with_suffix("")].append(path.suffix[1:])
+    for stem, exts in stems.items():
+        print(f"wrote {stem}.{{{','.join(exts)}}}" if len(exts) > 1 else f"wrote {stem}.{exts[0]}")
+    rows = claims(payload) if claims is not None else payload.get("claims")
+    if payload.get("settings", {}).get("quick"):
+        print("QUICK MODE (--quick: small settings, not the paper's): the verdicts below are a first look")
+    if rows:
+        print_claims(rows)
+
+
 def run_script(main: Callable[[], Any]) -> None:
     """Entry point of a figure script and reproduce.py: an expected failure (bad --out, disk full,
     interrupt, SIGTERM, divergence, missing or offline data) ends with one line and a non-zero exit status, no
-    traceback; ``--debug`` on the command line shows the traceback instead."""
+    traceback; ``--debug`` on the command line shows the traceback instead. A script's ``main`` that returns its
+    figure's payload ends with the files written and its claims with their verdicts ([`report_run`][])."""
     printable_streams()
     stop_on_signal()
     try:
         status = main()
+        if isinstance(status, dict) and "figure" in status:
+            report_run(status, getattr(sys.modules.get(main.__module__), "claims", None), WRITTEN)
     except Exception as error:
         return _fail(error)
     except KeyboardInterrupt as error:

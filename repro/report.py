@@ -1,9 +1,9 @@
 """The tables of the README and the documentation pages, written from the committed JSONs.
 
-A page marks each generated table with a pair of HTML comments::
+A page marks each generated table with a pair of HTML comments:
 
     <!-- report:NAME -->
-    ...the table, as [`render`][repro.report.render] writes it...
+    ...the table, as render() writes it...
     <!-- /report:NAME -->
 
 ``python reproduce.py --report`` rewrites every such block ([`update_pages`][repro.report.update_pages]); the test suite checks that the
@@ -70,6 +70,10 @@ def figure_table(root: Path) -> str:
         seconds, source = _seconds(root, name, claims)
         file = f"{name}.ipynb" if name in NOTEBOOKS else f"{name}.py"
         rows.append(f"| `{file}` | {_cell(_what_it_shows(root, name))} | {seconds:.0f} s ({source}) |")
+    main_job = [_seconds(root, name, claims)[0] for name in SCRIPTS if (root / "figures" / f"{name}.json").exists()]
+    rows += ["", f"`reproduce.py`'s {len(main_job)} figures add up to {sum(main_job) / 60:.0f} minutes of job time "
+                 f"(a row marked *its own run* counts that run's wall time); it runs them in parallel worker processes "
+                 f"(`--jobs`, default: one per core) and prints its own wall time at the end."]
     return "\n".join(rows)
 
 

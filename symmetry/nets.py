@@ -1,4 +1,4 @@
-"""Modern blocks as plain ``nn.Module``\\ s: RMSNorm, multi-head attention (causal or not, with or without RoPE),
+"""Modern blocks as plain ``nn.Module`` classes: RMSNorm, multi-head attention (causal or not, with or without RoPE),
 SwiGLU, a GPT-style language model and a small vision transformer. Written with ordinary torch operations (no fused kernels), so that
 [`symmetry.module_symmetries`][] reads them off the graph like any user's model; the examples, the tests and the
 modern-architecture figure use them.
