@@ -44,10 +44,10 @@ from typing import Any, Callable, Mapping, Protocol, Sequence, runtime_checkable
 
 import torch
 
-from .errors import DivergenceError, NotSupportedError
-from .models import Model, TwoLayerNet, _residual_scale, flatten, unflatten
-from .types import Params
-from .validation import (
+from ..errors import DivergenceError, NotSupportedError
+from ..models import Model, TwoLayerNet, _residual_scale, flatten, unflatten
+from ..types import Params
+from ..validation import (
     cast_exactly,
     check_choice,
     check_count,
