@@ -50,7 +50,7 @@ from .records import Integrand, Observable, Snapshot, Trajectory
 from .state import GradFn, State, Stepper, bind_in_place
 from .steppers import (GD, SGD, STEPPERS, AdaGrad, Adam, AdamW, HeavyBall, Leapfrog, Nesterov, TorchOptimizer,
                        make_stepper, wrap_optimizer)
-from ..errors import DivergenceError, NotSupportedError  # as before the split: symmetry.dynamics.DivergenceError
+from ..errors import DivergenceError, NotSupportedError  # noqa: F401  (as before the split: symmetry.dynamics.DivergenceError)
 
 __all__ = [
     # records
@@ -66,5 +66,4 @@ __all__ = [
     "TwoLayerGD", "CompiledGD", "compiled_stepper", "compiled_gradient_descent",
     # the loop and the ODE integrator
     "run", "gradient_descent", "DYNAMICS", "friction", "integrate", "gradient_flow",
-    "DivergenceError", "NotSupportedError",
 ]

@@ -159,7 +159,7 @@ def interrupt_after() -> Iterator[None]:
 
     The first call of a numba kernel loads it from numba's cache through llvmlite's ctypes callbacks;
     a KeyboardInterrupt raised inside one is printed as "Exception ignored on calling ctypes callback
-    function" and lost, and the run went on to its end (tests/test_kernels.py shows it). A compiled
+    function" and lost, and the run went on to its end (tests/symmetry/dynamics/test_dynamics_compiled.py shows it). A compiled
     call does not see signals before it returns anyway. Only the main thread receives signals, so
     elsewhere, or with a handler that is not a Python function, the block runs as it is.
     """
