@@ -26,13 +26,13 @@ def run(model, params: Params, X: Tensor | None, Y: Tensor | None, stepper: Step
     """Run ``stepper`` on ``model`` for ``steps`` steps from ``params`` (the inputs are not modified).
 
     ``model``: a tuple model of [`symmetry.models`][] or an ``nn.Module`` (wrap it in
-    [`ModuleModel`][] to choose the loss; a bare module gets the mean squared error). Loss and
-    ``observables`` (name → function of a [`Snapshot`][]) are recorded at steps 0, k, 2k, … and
+    [`ModuleModel`][symmetry.dynamics.ModuleModel] to choose the loss; a bare module gets the mean squared error). Loss and
+    ``observables`` (name → function of a [`Snapshot`][symmetry.dynamics.Snapshot]) are recorded at steps 0, k, 2k, … and
     the last; ``times`` are step numbers (``clock="steps"``) or continuous times step·dt
     (``clock="time"``). ``integrands`` f(t, θ, θ̇) are summed along the steps by the trapezoidal rule
-    (the discrete counterpart of [`integrate`][]'s path integrals). ``batches(k) -> (X_k, Y_k)``
+    (the discrete counterpart of [`integrate`][symmetry.dynamics.integrate]'s path integrals). ``batches(k) -> (X_k, Y_k)``
     gives step k its mini-batch (recorded losses then use the batch of that step, and
-    ``step_loss`` holds every step's). A NaN or infinite loss raises [`DivergenceError`][]
+    ``step_loss`` holds every step's). A NaN or infinite loss raises [`DivergenceError`][symmetry.errors.DivergenceError]
     naming the configuration (by ``labels`` if given).
     """
     if isinstance(model, torch.nn.Module):

@@ -16,7 +16,8 @@ Tensor = torch.Tensor
 
 
 class Snapshot(tuple):
-    """What an observable sees at a recorded step or time (the same object in [`run`][] and [`integrate`][]).
+    """What an observable sees at a recorded step or time (the same object in [`run`][symmetry.dynamics.run] and
+    [`integrate`][symmetry.dynamics.integrate]).
 
     It is the parameter tuple itself (pass it wherever a parameter tuple goes:
     ``observables={"Q": S.conserved_Q}`` works) with the run's ``velocity`` (θ̇ estimate; None where a

@@ -34,9 +34,9 @@ class Stepper(Protocol):
     ``grad(params) -> (loss, gradient tuple)``; ``dt`` is the continuous time of one step (η for GD
     in GF time, √η for heavy ball in ND time, √s for Nesterov in NAGF time, 1 where there is none).
     ``step`` may update the state's tensors in place (the loop owns copies) and returns the new state.
-    Optional ``advance(state, n) -> State``: n steps in one call, which [`run`][] uses between records
+    Optional ``advance(state, n) -> State``: n steps in one call, which [`run`][symmetry.dynamics.run] uses between records
     when nothing is needed per step (no mini-batches, no integrands); it must equal n calls of ``step``.
-    A wrapper may replace ``state.params`` between steps: see the module docstring (memory is kept).
+    A wrapper may replace ``state.params`` between steps: see [`symmetry.dynamics`][] (memory is kept).
     """
 
     name: str
@@ -48,6 +48,7 @@ class Stepper(Protocol):
 
 
 def start_state(params: Params, velocity: Params | None = None, track_velocity: bool = True) -> State:
+    """The state at step 0: copies of ``params`` and of ``velocity`` (zeros where None, unless not tracked)."""
     params = tuple(p.detach().clone() for p in params)
     if velocity is None:
         velocity = tuple(torch.zeros_like(p) for p in params) if track_velocity else None
@@ -57,6 +58,7 @@ def start_state(params: Params, velocity: Params | None = None, track_velocity: 
 
 
 def require_rest(name: str, velocity: Params | None) -> None:
+    """Refuse a non-zero initial velocity for a method that starts from rest, naming the method."""
     if velocity is not None and any(bool(v.any()) for v in velocity):
         raise ValueError(f"{name} starts from rest: it takes no initial velocity")
 
@@ -67,12 +69,13 @@ def check_lr(lr, name: str = "lr") -> float | Tensor:
 
 
 def check_nonnegative(name: str, value) -> float:
+    """A finite number ≥ 0 (momentum, weight decay, eps), or a ValueError naming ``name``."""
     return check_number(name, value, minimum=0)
 
 
 def step_clock(lr) -> float:
+    """``dt`` of a GD-type step: η for one learning rate (GF time), 1 for one per configuration."""
     return lr if isinstance(lr, float) else 1.0
-
 
 
 def like_params(name: str, t: Tensor | None, params: Params) -> Tensor | None:
@@ -86,6 +89,7 @@ def like_params(name: str, t: Tensor | None, params: Params) -> Tensor | None:
 
 
 def batch_shape(params: Params) -> torch.Size:
+    """The configurations' shape: the leading dimensions of the first parameter matrix."""
     return params[0].shape[:-2]
 
 
@@ -99,7 +103,6 @@ def per_config(value, params: Params, name: str) -> Tensor | float:
         raise ValueError(f"{name} must be a number or have the parameters' batch shape {tuple(batch)}, "
                          f"got shape {tuple(value.shape)}")
     return value.reshape(*batch, 1, 1)
-
 
 
 def bind_in_place(state: State, make: Callable[[Params], Callable[[], None]], contiguous: bool = False) -> Params:
