@@ -8,8 +8,9 @@ Three pieces serve every figure, notebook and extension:
   weight decay; [`GD`][] is its plain case), [`Adam`][] / [`AdamW`][] (coupled / decoupled
   weight decay, exactly ``torch.optim.Adam`` / ``AdamW``), [`AdaGrad`][] (``torch.optim.Adagrad``),
   Gluch & Urbanke's [`HeavyBall`][], [`Leapfrog`][] and [`Nesterov`][] (discretisations of
-  ND and NAGF), [`TwoLayerGD`][] (GD on [`TwoLayerNet`][] in fused, preallocated
-  tensor ops: the hot loop of Figs. 3, 6, 9), and [`wrap_optimizer`][] for any ``torch.optim.Optimizer``.
+  ND and NAGF), [`wrap_optimizer`][] for any ``torch.optim.Optimizer``; and two speed paths of [`GD`][]'s
+  step, [`TwoLayerGD`][] (GD on [`TwoLayerNet`][] in fused, preallocated tensor ops: the hot loop of
+  Figs. 3, 6, 9) and [`CompiledGD`][] (numba kernels for Fig. 7's models).
 - **One loop**, [`run`][]: a stepper on a model for a number of steps, all configurations of a
   batched run at once, observables recorded every k steps, divergence reported by configuration.
   [`gradient_descent`][] is its full-batch GD case (Fig. 3's fast step where it applies).
