@@ -11,7 +11,7 @@ rate η is GD on ½‖Y − F‖² at rate 2η/(mn): flow time t = step · 2η/(
 Beside the full (U, V) model, in float64: Prop. 14's decoupled per-mode system (ūᵢ, v̄ᵢ) stepped at the
 same η, and the full model at smaller η over the first flow time (where its violations are), to
 separate the step size from the instability of the spectral manifold in the full model.
-GD on the full model and on the decoupled modes runs in the compiled steps (symmetry.kernels, numba) where
+GD on the full model and on the decoupled modes runs in the compiled steps (symmetry.dynamics.compiled, numba) where
 they apply, else the torch step; μ = 0.01 is sensitive to round-off (one ulp at init moves its parameters by 13% within 1000
 steps), so its numbers differ between the two steps in the last digits that the claims do not read.
 """
@@ -23,7 +23,7 @@ import torch
 
 import symmetry as S
 from repro import experiment as E
-from symmetry import kernels
+from symmetry.dynamics import compiled as kernels
 
 NAME = "Q_convergence_radial"
 
@@ -42,7 +42,7 @@ class Settings:
     small_lrs: tuple = (1e-6, 1e-7)  # the full model at smaller η, μ = means[0], float64
     window_steps: int = 5_000  # ... over the flow time of this many steps at lr (t = 0.002)
     window_record_every: int = 100  # ... recorded at the flow times of every 100 steps at lr
-    compiled: bool = True  # numba kernel on CPU (symmetry.kernels); False: the torch step throughout
+    compiled: bool = True  # numba kernel on CPU (symmetry.dynamics.compiled); False: the torch step throughout
     seed: int = 0
     device: str = "cpu"
 

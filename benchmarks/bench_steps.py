@@ -2,7 +2,7 @@
 
 (a) Fig. 7: one batched GD step of the radial net (4 configurations, 5×10×5) and of Prop. 14's decoupled
     per-mode system (4 × 5 modes) by the engine's torch GD step (closed-form gradients) and by the compiled
-    kernels (symmetry.kernels), float32 and float64;
+    kernels (symmetry.dynamics.compiled), float32 and float64;
 (b) Fig. 3/6: one batched step of the elementwise net (12 configurations, 5×50×10, dynamics.TwoLayerGD)
     with 1 and 2 torch threads, quiet and with one core kept busy by a spinning process started here;
 (c) Fig. 7's round-off sensitivity: after 1000 steps from Fig. 7's init in float64, the largest relative
@@ -26,7 +26,7 @@ import torch
 import symmetry as S
 from repro import experiment as E
 from symmetry import dynamics as D
-from symmetry import kernels as K
+from symmetry.dynamics import compiled as K
 
 
 def fig7_problem(dtype):

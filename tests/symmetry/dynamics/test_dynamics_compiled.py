@@ -1,4 +1,4 @@
-"""The compiled GD kernels against the torch steps they replace (the engine's GD on TwoLayerRadialNet and on
+"""The compiled GD kernels (symmetry.dynamics.compiled) against the torch steps they replace (the engine's GD on TwoLayerRadialNet and on
 SpectralModes, Prop. 14's decoupled per-mode system)."""
 
 import ctypes
@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import symmetry as S
-from symmetry import kernels as K
+from symmetry.dynamics import compiled as K
 
 from conftest import randn
 
@@ -187,3 +187,10 @@ def test_a_compiled_call_delivers_ctrl_c_when_it_returns(python_sigint_handler):
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler is restored
     steps.advance(3)  # and nothing is left pending
     assert done == [7, 3]
+
+
+def test_the_former_name_symmetry_kernels_is_this_module():
+    import symmetry.kernels
+    from symmetry import kernels
+
+    assert kernels is symmetry.kernels is K and K.compiled_stepper is S.dynamics.compiled_stepper
