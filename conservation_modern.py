@@ -670,11 +670,11 @@ def tau_row(payload: dict, name: str, s: dict) -> dict:
     claim = f"{TITLES[name]}: every law's error grows as τ² at a fixed number of steps (Prop. 5.1)"
     criterion = (f"over the SGD lrs ≤ {top:g} (the range fixed before the run): error/η² of the final error (mean "
                  f"over seeds) within a factor {factor:g} (flat: the asymptotic regime) and its fitted exponent in "
-                 "[1.7, 2.3], every quadratic law family")
+                 "[1.7, 2.3], every quadratic law family (at least three lrs)")
     quadratic = {f: v for f, v in s["law_final_by_lr"].items() if "translation" not in f}
-    if len(fit) < 2:
+    if len(fit) < 3:
         return {"claim": claim, "criterion": criterion, "holds": False,
-                "measured": f"not tested: this run's SGD lrs {_fmt(s['lrs'])} have fewer than two ≤ {top:g} (made "
+                "measured": f"not tested: this run's SGD lrs {_fmt(s['lrs'])} have fewer than three ≤ {top:g} (made "
                             "before the range was fixed; not re-run); at the lrs run: "
                             + "; ".join(f"{f}: {e:.2f}" for f, e in s["law_exponent"].items())}
     parts, ok = [], True
