@@ -348,7 +348,7 @@ def saturation_fit(lrs: list[float], drifts: list[float], every: float) -> tuple
     words = (f"{left} saturated at order one; over the {len(keep)} lrs left p = {fit:.2f}; a fit through it: "
              f"p = {every:.2f}{' (in range because of it)' if abs(every - 2) <= 0.5 < abs(fit - 2) else ''}")
     if len(keep) < 3:
-        return None, f"weak, not testable: {words}; fewer than three unsaturated lrs (not re-run at smaller lrs); "
+        return None, f"weak, not testable: {words}; fewer than three unsaturated lrs (not re-run at smaller lrs: the figure's run did not fit this round); "
     return fit, words + "; "
 
 
