@@ -177,7 +177,7 @@ def test_fig7_counts_censored_runs_as_slower():
 def test_fig7_floors_and_the_cause_of_prop16s_violations():
     payload = committed("Q_convergence_radial")
     assert "precision floors" in row(radial, payload, "Fig. 7: smaller Q₀ ends at a lower loss (float64)")["measured"]
-    start = "Prop. 16 bound holds along GD of the full model (float64)"
+    start = "Prop. 16 bound holds along GD (float64)"
     r = row(radial, payload, start)
     assert not r["holds"] and "leaves the spectral manifold" in r["measured"] and "0.022" in r["measured"]
     p = copy.deepcopy(payload)
