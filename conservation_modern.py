@@ -15,10 +15,11 @@ pair mixed across frequencies (GPT), a Q–K Gram entry across two heads (ViT), 
 either side of a residual connection (Marcotte et al. Thm 4.7), and for the BatchNorm ResNet the plain
 conv–conv rescaling (broken by BatchNorm). The error of a quantity is |h(θ_k) − h(θ₀)| over the size of
 its terms at θ₀ (the monitor's relative drift), its largest entry; GL blocks: the Frobenius norm of the change.
-The claims: the error of every law grows as τ² (Prop. 5.1's τ²k) at a fixed number of steps, every law is ≥ 100×
-below every control, nothing is conserved across a skip, Adam breaks the laws, weight decay makes a quadratic law
-decay as e^{−2λt} and a translation law as e^{−λt} plus the finite-lr term (Thm 2.1, Kunin et al.), BatchNorm's
-sphere law grows by exactly η²‖∇_{W_j}L‖² per SGD step. ``--data``: a CIFAR-10 root or .tar.gz. ``--full``: the
+The claims: the error of every law grows as τ² (Prop. 5.1's τ²k) at a fixed number of steps, over the lrs where
+error/η² is flat (fixed before the run); every law is far below the control of its own family, which drifts at first
+order; a residual net has only its blocks' laws (Thm 4.7, by the library's rank test); Adam moves the laws > 10× more
+than SGD and weight decay resolves Kunin et al.'s finite-lr term (the optimizer figure's criteria); BatchNorm's
+sphere law grows by exactly η²‖∇_{W_j}L‖² per SGD step at ε → 0. ``--data``: a CIFAR-10 root or .tar.gz. ``--full``: the
 papers' sizes (a GPU); the default sizes fit a 2-core CPU with each model's depth and block structure kept.
 """
 from __future__ import annotations
@@ -65,7 +66,9 @@ class Settings:
     # the two transformers: SGD at three lrs, Adam, SGD with weight decay
     steps: int = 50
     seeds: int = 3
-    sgd_lrs: tuple = (0.01, 0.02, 0.05)
+    # SGD lrs: 1e-3–5e-3 where the error/η² of the laws is flat (Prop. 5.1's asymptotic regime; at 1e-2–5e-2 the
+    # transformers' was not, issue 35), and 5e-2 to show where it ends; chosen before the run
+    sgd_lrs: tuple = (1e-3, 2e-3, 5e-3, 5e-2)
     adam_lr: float = 1e-3
     decay_lr: float = 0.05
     weight_decay: float = 0.05
@@ -83,6 +86,11 @@ class Settings:
     gpt_batch: int = 8
     corpus_chars: int = 200_000
     data: str | None = DEFAULT_DATA
+    # the claims' criteria, fixed before the run (issue 35)
+    tau_fit_max_lr: float = 5e-3  # Prop. 5.1's exponent is fitted over the SGD lrs ≤ this (the asymptotic range)
+    flat_factor: float = 1.5  # ... where error/η² must stay within this factor (flat: the regime holds there)
+    matched_ratio: float = 10.0  # a law ≥ this × below the control of its own family, at every SGD lr
+    skip_rank_inputs: int = 40  # Thm 4.7's rank test: inputs of the two-block residual net (width 3, hidden 2)
     seed: int = 0
     device: str = "cpu"
     threads: int = 1
@@ -274,6 +282,50 @@ def controls(task: str, cfg: Settings) -> dict[str, tuple[Quantity, Quantity]]:
     return out
 
 
+class _TwoBlocks(nn.Module):
+    """Thm 4.7's setting in miniature: two blocks x ↦ x + U σ(V x) (``kind="relu"``, the ResNet's conv–ReLU–conv)
+    or x ↦ x + down(SiLU(gate x) ⊙ up x) (``kind="swiglu"``, the transformers' MLP), with or without the skip."""
+
+    def __init__(self, kind: str, skip: bool, width: int = 3, hidden: int = 2):
+        super().__init__()
+        self.kind, self.skip = kind, skip
+        names = ("V", "U") if kind == "relu" else ("gate", "up", "down")
+        for i in range(2):
+            for n in names:
+                shape = (width, hidden) if n in ("U", "down") else (hidden, width)
+                setattr(self, f"{n}{i}", nn.Linear(shape[1], shape[0], bias=False))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for i in range(2):
+            if self.kind == "relu":
+                y = getattr(self, f"U{i}")(torch.relu(getattr(self, f"V{i}")(x)))
+            else:
+                y = getattr(self, f"down{i}")(F.silu(getattr(self, f"gate{i}")(x)) * getattr(self, f"up{i}")(x))
+            x = x + y if self.skip else y
+        return x
+
+
+def skip_rank_test(kind: str, inputs: int, seed: int) -> dict:
+    """Marcotte et al. Thm 4.7 as the paper tests it (§4 numerics): the number of conservation laws of a two-block
+    residual net, D − dim Lie(W_φ) by the library's rank test (ALGO 2 on the outputs' gradients over ``inputs``
+    inputs), against the blocks' own laws (one per hidden unit: Thm 3.6 / Tran Thm 4.2). The same blocks without
+    the skip, the control: there laws link the two blocks,
+    so the test can find more laws than the blocks' when they exist: the linear maps U₀ and V₁ (down₀ and gate₁, up₁)
+    meet without the skip, a GL(width) symmetry between the blocks."""
+    x = torch.randn(inputs, 3, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    out: dict = {"kind": kind, "inputs": inputs, "width": 3, "hidden": 2, "block_laws": 2 * 2}
+    for skip in (True, False):
+        with torch.random.fork_rng():  # the weights only give the shapes: the test draws its own points
+            torch.manual_seed(seed)
+            model = _TwoBlocks(kind, skip).double()
+        # without the skip, at one point: a ReLU net's count changes between activation regions (each shows the link)
+        dim = S.laws.lie_algebra_dimension(S.laws.output_fields(model, x), seed=seed, points=2 if skip else 1)
+        out["residual" if skip else "plain"] = {"parameters": dim.D, "laws": dim.laws, "rank": dim.dim,
+                                                "smallest_accepted": dim.smallest_accepted,
+                                                "largest_rejected": dim.largest_rejected}
+    return out
+
+
 def _relative(change: torch.Tensor, scale: torch.Tensor) -> float:
     """The monitor's relative size of a change: GL (C, C) by the Frobenius norm, entries by their largest."""
     if change.ndim == 2:
@@ -401,11 +453,14 @@ def decay_check(task: str, sym, history: dict, scale: dict, grad_terms: list[dic
         err = max(_relative(Q[k] - predicted[k], scale[b.name]) for k in range(len(Q)))
         pure_err = max(_relative(Q[k] - pure[k], scale[b.name]) for k in range(len(Q)))
         change = max(_relative(Q[k] - Q[0], scale[b.name]) for k in range(len(Q)))
+        term = max(_relative(predicted[k] - pure[k], scale[b.name]) for k in range(len(Q)))  # the finite-lr term
         row = out.setdefault(fam, {"prediction_error": 0.0, "pure_decay_error": 0.0, "change": 0.0,
+                                   "finite_lr_term": 0.0,
                                    "law": "e^{−λt}" if isinstance(b, TranslationBlock) else "e^{−2λt}"})
         row["prediction_error"] = max(row["prediction_error"], err)
         row["pure_decay_error"] = max(row["pure_decay_error"], pure_err)
         row["change"] = max(row["change"], change)
+        row["finite_lr_term"] = max(row["finite_lr_term"], term)
     return out
 
 
@@ -503,6 +558,8 @@ def run(cfg: Settings, out: str, resume: bool = True) -> dict:
                 per_run[label].append(record)
             print(f"{name}: seed {s + 1}/{seeds} done", flush=True)
         extra = {"eps_check": _job(f"{name}-eps", cfg, out, resume, task, sym)} if name == "resnet_bn" else {}
+        extra["skip_rank"] = skip_rank_test("relu" if name.startswith("resnet") else "swiglu", cfg.skip_rank_inputs,
+                                            cfg.seed)
         results[name] = {"sizes": sizes(name, cfg), "laws": sym.law_count(), "blocks": len(sym.blocks),
                          "families": sorted({f for b in sym.blocks if (f := family(name, b))}),
                          "runs": per_run, **({"corpus": corpus_info} if name == "gpt" else {}), **extra}
@@ -559,6 +616,7 @@ def summarize(results: dict, cfg: Settings) -> dict:
         if name == "resnet":
             s["paper_h_final_by_lr"] = [sum(run["paper_h_error"][-1] for run in o) / len(o) for o in sgd]
             s["paper_h_exponent"] = _slope(lrs, s["paper_h_final_by_lr"])
+        s["skip_rank"] = r.get("skip_rank")
         s["identity_error"] = {f: max(run["identity_error"].get(f, 0.0) for o in sgd for run in o) for f in quadratic}
         if name == "resnet_bn":
             s["eps_check"] = r["eps_check"]
@@ -570,7 +628,8 @@ def summarize(results: dict, cfg: Settings) -> dict:
             s["adam_control_final"] = {c: final(adam, "control_error", c) for c in ctrls}
             dec = runs[f"SGD lr={cfg.decay_lr:g}, weight decay {cfg.weight_decay:g}"]
             s["decay"] = {f: {k: max(run["decay"][f][k] for run in dec) for k in
-                              ("prediction_error", "pure_decay_error", "change")} | {"law": dec[0]["decay"][f]["law"]}
+                              ("prediction_error", "pure_decay_error", "change", "finite_lr_term")}
+                          | {"law": dec[0]["decay"][f]["law"]}
                           for f in dec[0]["decay"]}
             s["decay_flow_time"] = cfg.decay_lr * cfg.steps
         summary[name] = s
@@ -581,39 +640,142 @@ def _fmt(values) -> str:
     return ", ".join(f"{v:.2g}" for v in values)
 
 
+# the control of each law's own family: the quantity of the same form that the architecture does not conserve
+MATCHED = {"conv–ReLU–conv rescaling (Marcotte Thm 3.6)": "balance across the skip (Thm 4.7)",
+           "BN sphere ‖conv1_j‖² (Kunin et al.)": "conv–conv rescaling through BN (broken by BN)",
+           "SwiGLU up–down (Tran Thm 4.2)": "SiLU gate ReLU-style balance (Thm 4.1)",
+           "RoPE Q–K pairs (Tran Thm 4.4)": "mixed RoPE pair (Thm 4.4)",
+           "Q–K per head (Marcotte Cor. 3.10)": "Q–K Gram across two heads (Cor. 3.10)"}
+
+
+def _setting(payload: dict, key: str):
+    """A criterion's setting as the run recorded it (a JSON made before it was recorded: today's default)."""
+    return payload["settings"].get(key, getattr(Settings(), key))
+
+
+def _per_seed_exponents(payload: dict, name: str, fam: str, lrs: list[float]) -> list[float]:
+    """The exponent of each seed's final error against the lrs (empty when the JSON has no per-run records)."""
+    runs = payload.get("runs", {}).get(name, {}).get("runs", {})
+    seeds = [runs.get(f"SGD lr={lr:g}", []) for lr in lrs]
+    if not seeds or not all(seeds):
+        return []
+    return [_slope(lrs, [o[k]["law_error"][fam][-1] for o in seeds]) for k in range(min(len(o) for o in seeds))]
+
+
+def tau_row(payload: dict, name: str, s: dict) -> dict:
+    """Prop. 5.1's τ²: the exponent fitted over the SGD lrs ≤ tau_fit_max_lr, where error/η² must be flat (within
+    flat_factor): the asymptotic regime the O(η²) statement is about; outside it the row says the setting."""
+    top, factor = _setting(payload, "tau_fit_max_lr"), _setting(payload, "flat_factor")
+    fit = [i for i, lr in enumerate(s["lrs"]) if lr <= top * (1 + 1e-9)]
+    lrs = [s["lrs"][i] for i in fit]
+    claim = f"{TITLES[name]}: every law's error grows as τ² at a fixed number of steps (Prop. 5.1)"
+    criterion = (f"over the SGD lrs ≤ {top:g} (the range fixed before the run): error/η² of the final error (mean "
+                 f"over seeds) within a factor {factor:g} (flat: the asymptotic regime) and its fitted exponent in "
+                 "[1.7, 2.3], every quadratic law family (at least three lrs)")
+    quadratic = {f: v for f, v in s["law_final_by_lr"].items() if "translation" not in f}
+    if len(fit) < 3:
+        return {"claim": claim, "criterion": criterion, "holds": False,
+                "measured": f"not tested: this run's SGD lrs {_fmt(s['lrs'])} have fewer than three ≤ {top:g} (made "
+                            "before the range was fixed; not re-run); at the lrs run: "
+                            + "; ".join(f"{f}: {e:.2f}" for f, e in s["law_exponent"].items())}
+    parts, ok = [], True
+    for f, v in quadratic.items():
+        errs = [v[i] for i in fit]
+        scaled = [e / lr ** 2 for e, lr in zip(errs, lrs)]
+        spread = max(scaled) / min(scaled) if min(scaled) > 0 else math.inf
+        p = _slope(lrs, errs)
+        seeds = _per_seed_exponents(payload, name, f, lrs)
+        flat = spread <= factor
+        ok = ok and flat and 1.7 <= p <= 2.3
+        parts.append(f"{f}: p = {p:.2f}, error/η² {min(scaled):.3g}–{max(scaled):.3g} (×{spread:.2f}"
+                     + ("" if flat else ": not flat, the lrs are outside the asymptotic regime") + ")"
+                     + (f", per seed {min(seeds):.2f}–{max(seeds):.2f}" if seeds else ""))
+    cause = ("" if ok else "; where error/η² is not flat the setting, not Prop. 5.1, decides: the exact per-step row "
+             "tests the O(η²) term itself")
+    return {"claim": claim, "criterion": criterion, "holds": ok,
+            "measured": f"lrs {_fmt(lrs)}: " + "; ".join(parts) + cause}
+
+
+def matched_row(payload: dict, name: str, s: dict) -> dict | None:
+    """Each law against the control of its own family (MATCHED): a law's error is O(η²) and a control's O(η), so
+    their ratio ∝ 1/η and a ratio across families says more about the lr than about the law."""
+    laws, ctrls, lrs = s["law_final_by_lr"], s["control_final_by_lr"], s["lrs"]
+    pairs = [(f, c) for f, c in MATCHED.items() if f in laws and c in ctrls]
+    if not pairs:
+        return None
+    least = _setting(payload, "matched_ratio")
+    parts, ok = [], True
+    for f, c in pairs:
+        ratios = [b / a if a > 0 else math.inf for a, b in zip(laws[f], ctrls[c])]
+        e = s["control_exponent"][c]
+        ok = ok and min(ratios) >= least and e < 1.5
+        parts.append(f"{f} vs {c}: {_fmt(ratios)} (control's exponent {e:.2f})")
+    return {"claim": f"{TITLES[name]}: each law's error is far below the control of its own family, which drifts at "
+                     "first order",
+            "criterion": f"at each SGD lr ({_fmt(lrs)}), after the same steps: the family's control / the law ≥ "
+                         f"{least:g}, and the control's exponent in lr < 1.5; laws are O(η²) and controls O(η), so "
+                         "the ratio ∝ 1/η: only the control of the same form is compared, and the order of each",
+            "holds": ok, "measured": "; ".join(parts)}
+
+
+def skip_row(payload: dict, name: str, s: dict) -> dict | None:
+    """Thm 4.7 as stated: no law depends on the two layers across a skip; tested by the library's rank test."""
+    skip = "balance across the skip (Thm 4.7)"
+    if skip not in s["control_final_by_lr"]:
+        return None
+    drift = f"the balance across the skip drifts with exponent {s['control_exponent'][skip]:.2f} in lr"
+    claim = (f"{TITLES[name]}: no law across a skip connection: a residual net has only its blocks' laws "
+             "(Marcotte et al. Thm 4.7)")
+    criterion = ("the library's rank test (D − dim Lie(W_φ), ALGO 2 on the outputs' gradients) of two residual "
+                 "blocks of this model's kind counts exactly the blocks' laws (one per hidden unit), and the same "
+                 "blocks without the skip more (so the test finds a law between the blocks where there is one)")
+    r = s.get("skip_rank")
+    if r is None:
+        return {"claim": claim, "criterion": criterion, "holds": False,
+                "measured": f"not tested: the rank test is not in this JSON (made before it was added; not "
+                            f"re-run); {drift}"}
+    res, plain = r["residual"], r["plain"]
+    return {"claim": claim, "criterion": criterion,
+            "holds": res["laws"] == r["block_laws"] and plain["laws"] > r["block_laws"],
+            "measured": f"{r['kind']} blocks (width {r['width']}, hidden {r['hidden']}, {r['inputs']} inputs): "
+                        f"{res['laws']} laws with the skip, the blocks' {r['block_laws']} (rank {res['rank']} of "
+                        f"{res['parameters']}; residuals accepted ≥ {res['smallest_accepted']:.1e}, rejected ≤ "
+                        f"{res['largest_rejected']:.1e}); {plain['laws']} without it; {drift}"}
+
+
+def decay_row(name: str, s: dict, fraction: float) -> dict:
+    """Weight decay with the optimizer figure's criterion: the prediction's error below ``fraction`` × the finite-lr
+    term (which the pure decay cannot pass); a translation law has no such term (the error below ``fraction`` × the
+    change). A JSON without the term: its lower bound |pure error − error| decides a pass only."""
+    parts, ok = [], True
+    for f, d in s["decay"].items():
+        err = d["prediction_error"]
+        if d["law"] == "e^{−λt}":
+            good = err < fraction * d["change"]
+            parts.append(f"{f} (e^{{−λt}}, no finite-lr term): {err:.1e} of change {d['change']:.2g}")
+        else:
+            term = d.get("finite_lr_term")
+            bound = term if term is not None else abs(d["pure_decay_error"] - err)
+            good = err < fraction * bound
+            parts.append(f"{f}: {err:.1e}, finite-lr term {bound:.1e}" + ("" if term is not None else " (lower bound)")
+                         + f", pure e^{{−2λt}} {d['pure_decay_error']:.1e}"
+                         + ("" if good else ": with and without the term alike"))
+        ok = ok and good
+    return {"claim": f"{TITLES[name]}: with weight decay a quadratic law follows e^{{−2λt}} plus the finite-lr term, a "
+                     "translation law e^{−λt} (Thm 2.1, Kunin et al.)",
+            "criterion": f"as the optimizer figure: max_k error of the prediction < {fraction:g} × the finite-lr term "
+                         "(max_k |prediction − e^{−2λt}Q₀|, which the pure decay cannot pass), every quadratic family; "
+                         f"a translation law (no such term): < {fraction:g} × its change",
+            "holds": ok, "measured": "; ".join(parts) + f"; t = {s['decay_flow_time']:g}"}
+
+
 def claims(payload: dict) -> list[dict]:
     rows = []
     summary = payload["summary"]
     for name, s in summary.items():
         title = TITLES[name]
-        exps = s["law_exponent"]
-        ok = bool(exps) and all(1.7 <= e <= 2.3 for e in exps.values())
-        rows.append({"claim": f"{title}: every law's error grows as τ² at a fixed number of steps (Prop. 5.1)",
-                     "criterion": "fitted exponent of the final error (mean over seeds) against the SGD lr in [1.7, 2.3], "
-                                  "every quadratic law family",
-                     "holds": ok, "measured": "; ".join(f"{f}: {e:.2f}" for f, e in exps.items())})
-        laws, ctrls = s["law_final_by_lr"], s["control_final_by_lr"]
-        worst_law = [max(v[i] for v in laws.values()) for i in range(len(s["lrs"]))]
-        best_ctrl = [min(v[i] for v in ctrls.values()) for i in range(len(s["lrs"]))]
-        ratios = [c / w if w > 0 else math.inf for c, w in zip(best_ctrl, worst_law)]
-        worst = max(laws, key=lambda f: laws[f][-1])
-        weakest = min(ctrls, key=lambda c: ctrls[c][-1])
-        rows.append({"claim": f"{title}: every law's error is ≥ 100× below every control's",
-                     "criterion": "at each SGD lr, after the same steps: min over controls / max over laws ≥ 100",
-                     "holds": all(r >= 100 for r in ratios),
-                     "measured": f"ratio {_fmt(ratios)} at lr {_fmt(s['lrs'])}; at lr {s['lrs'][-1]:g} the largest "
-                                 f"law error {worst} {laws[worst][-1]:.1e}, the smallest control {weakest} "
-                                 f"{ctrls[weakest][-1]:.1e}"})
-        skip = "balance across the skip (Thm 4.7)"
-        if skip in s["control_final_by_lr"]:
-            e = s["control_exponent"][skip]
-            first = [v / w if w > 0 else math.inf for v, w in zip(s["control_final_by_lr"][skip], worst_law)]
-            rows.append({"claim": f"{title}: no law across a skip connection: the balance of the two layers on either "
-                                  "side drifts like a control (Marcotte et al. Thm 4.7)",
-                         "criterion": "its error ≥ 100× every law's at each SGD lr, growing at first order (exponent "
-                                      "in lr < 1.5)",
-                         "holds": all(r >= 100 for r in first) and e < 1.5,
-                         "measured": f"over the largest law: {_fmt(first)}; exponent {e:.2f}"})
+        rows.append(tau_row(payload, name, s))
+        rows += [r for r in (matched_row(payload, name, s), skip_row(payload, name, s)) if r is not None]
         exact = {f: v for f, v in s["identity_error"].items() if "sphere" not in f}  # sphere: the BatchNorm row
         if exact:
             rows.append({"claim": f"{title}: each SGD step changes every quadratic law by exactly η²B(g, g) "
@@ -629,33 +791,32 @@ def claims(payload: dict) -> list[dict]:
                          "criterion": "max relative change over runs < 1e-12 (float64 round-off)",
                          "holds": t < 1e-12, "measured": f"{t:.1e}"})
         if "adam_final" in s:
-            adam = s["adam_final"]
+            adam, lr0 = s["adam_final"], s["lrs"][0]
             smallest = {f: v[0] for f, v in s["law_final_by_lr"].items()}
-            rows.append({"claim": f"{title}: Adam breaks the laws (error of order one; Marcotte et al. §2.3)",
-                         "criterion": "every law family's error under Adam ≥ 0.1",
-                         "holds": all(v >= 0.1 for v in adam.values()),
-                         "measured": "; ".join(f"{f}: {v:.2g} (SGD lr {s['lrs'][0]:g}: {smallest[f]:.1g})"
-                                               for f, v in adam.items())})
-            dec = s["decay"]
-            rows.append({"claim": f"{title}: with weight decay a quadratic law follows e^{{−2λt}}, a translation law "
-                                  "e^{−λt}, plus the finite-lr term (Thm 2.1, Kunin et al.)",
-                         "criterion": "max_k error of the prediction < 1e-3 and < 1/10 of the change, every law family",
-                         "holds": all(d["prediction_error"] < 1e-3 and d["prediction_error"] < 0.1 * d["change"]
-                                      for d in dec.values()),
-                         "measured": "; ".join(f"{f} ({d['law']}): {d['prediction_error']:.1e} of change "
-                                               f"{d['change']:.2g}" for f, d in dec.items())
-                                     + f"; t = {s['decay_flow_time']:g}"})
+            ratios = {f: v / smallest[f] if smallest[f] > 0 else math.inf for f, v in adam.items()}
+            rows.append({"claim": f"{title}: Adam (no prediction) breaks the laws far more than SGD (Marcotte et al. "
+                                  "§2.3: Adam's flow has no such laws)",
+                         "criterion": f"as the optimizer figure: every law family's final error under Adam > 10 × "
+                                      f"under SGD at the smallest lr ({lr0:g}); the papers state no size (an earlier "
+                                      "reading, 'of order one', is not theirs)",
+                         "holds": all(r > 10 for r in ratios.values()),
+                         "measured": "; ".join(f"{f}: {adam[f]:.2g} vs {smallest[f]:.1g} (×{ratios[f]:.3g})"
+                                               for f in adam)})
+            rows.append(decay_row(name, s, 0.1))
         if "bn_identity_error" in s:
+            check = s["eps_check"]
             rows.append({"claim": f"{title}: BatchNorm's sphere law ‖W_j‖² grows by exactly η²‖∇_{{W_j}}L‖² per SGD "
-                                  "step (Kunin et al.)",
-                         "criterion": "max over steps and channels of |Δ‖W_j‖² − η²‖∇_{W_j}L‖²|, over the run's "
-                                      "largest η²‖∇_{W_j}L‖², < 1e-3 at every lr and seed (both BatchNorm'd "
-                                      "convolutions of the block)",
-                         "holds": s["bn_identity_error"] < 1e-3,
-                         "measured": f"{s['bn_identity_error']:.2g} at BatchNorm ε = {payload['settings']['bn_eps']:g} "
-                                     f"(the difference over ‖W_j‖²: {s['bn_first_order_over_norm']:.1e}); "
-                                     f"{s['eps_check']['bn_identity_error']:.1e} at ε = {s['eps_check']['eps']:g} "
-                                     f"({s['eps_check']['steps']} steps, lr {s['eps_check']['lr']:g})"})
+                                  "step (Kunin et al.: scale invariance, BatchNorm with ε = 0)",
+                         "criterion": "at ε → 0 (the run with BatchNorm's ε = "
+                                      f"{check['eps']:g}): max over steps and channels of |Δ‖W_j‖² − "
+                                      "η²‖∇_{W_j}L‖²|, over the run's largest η²‖∇_{W_j}L‖², < 1e-10 (float64 "
+                                      "round-off, as every exact row); at ε > 0 the difference is the first-order "
+                                      "term 2η⟨W_j, ∇_{W_j}L⟩ = 2η ε/(σ_j²+ε) Σ y·∂L/∂y, reported, not tested",
+                         "holds": check["bn_identity_error"] < 1e-10,
+                         "measured": f"{check['bn_identity_error']:.1e} at ε = {check['eps']:g} ({check['steps']} "
+                                     f"steps, lr {check['lr']:g}); at ε = {payload['settings']['bn_eps']:g} over "
+                                     f"{len(s['lrs'])} lrs and the seeds: {s['bn_identity_error']:.2g} (over "
+                                     f"‖W_j‖²: {s['bn_first_order_over_norm']:.1e}), ε's first-order term"})
     return rows
 
 

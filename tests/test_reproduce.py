@@ -92,7 +92,12 @@ def test_fig7_convergence_claim_needs_converged_runs():
                    "mu": 0.01, "flow_time_window": 0.002, "per_lr": [{"lr": 1e-5, "bound_violations": 0,
                                                                        "lambda_drift": 0.0}]}}
     row = next(r for r in fig7.claims(payload) if r["claim"].startswith("Fig. 7"))
-    assert row["holds"] is False and "1/3 never converged" in row["measured"]
+    # issue 35: a run that never converges is censored at the horizon, slower than the runs that do, not dropped
+    assert row["holds"] is True and "≥ 10000 (censored)" in row["measured"]
+    payload["per_dtype"]["float32"] = never  # no pair can be ordered: nothing shown
+    assert next(r for r in fig7.claims(payload) if r["claim"].startswith("Fig. 7"))["holds"] is False
+    payload["per_dtype"]["float32"] = fig7.summary([_fig7_run(1.0, None), _fig7_run(2.0, 2000)])  # the other way
+    assert next(r for r in fig7.claims(payload) if r["claim"].startswith("Fig. 7"))["holds"] is False
 
 
 FIGURE_OK = '''
