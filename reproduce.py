@@ -339,6 +339,37 @@ def _run_workers(names: list[str], argv: list[str], jobs: int, threads: int, log
     return [results[n] for n in names]
 
 
+def kept_from_before(out: Path, ran: list[str], quick: bool) -> dict:
+    """What the last run on ``out`` recorded for the figures this run did not make (``--only``), so that its
+    ``claims.json`` never loses them: their claim rows (made anew from their NAME.json there, as ``--report``
+    does; a figure whose JSON is gone is dropped), their recorded failures and their job times. Nothing is kept
+    from a run of the other form (--quick against full settings) or from an unreadable claims.json."""
+    kept: dict = {"figures": [], "claims": {}, "failed": [], "figure_seconds": {}}
+    try:
+        old = json.loads((out / "claims.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return kept
+    if not isinstance(old, dict) or bool(old.get("quick")) != bool(quick):
+        return kept
+    failed = {f.get("figure"): f for f in old.get("failed") or [] if isinstance(f, dict)}
+    seconds = old.get("figure_seconds") or {}
+    for name in old.get("figures") or []:
+        if name not in FIGURES or name in ran:
+            continue
+        if name in failed:
+            kept["failed"].append(failed[name])
+        else:
+            try:
+                payload = json.loads((out / f"{name}.json").read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                continue  # its figure is gone: nothing to claim
+            kept["claims"][name] = collect_claims(name, payload)
+        kept["figures"].append(name)
+        if name in seconds:
+            kept["figure_seconds"][name] = seconds[name]
+    return kept
+
+
 def report_claims(root: Path = ROOT) -> dict:
     """``figures/claims.json`` with its claim rows made anew from the committed figure JSONs: the conservation
     check's two rows from its own numbers, then each figure's ``claims(payload)``. Nothing is computed."""
@@ -465,11 +496,9 @@ def _main(args) -> int:
 
             close(executor)
     print(f"figures: {time.perf_counter() - started:.0f} s wall in all -> {args.out}/NAME.{{pdf,png,json}}")
-    table = conservation_claims(rows, cfg)
     failed = [r for r in runs if r.error is not None]
-    for r in runs:
-        if r.error is None:
-            table += collect_claims(r.name, r.payload)
+    own = {r.name: collect_claims(r.name, r.payload) for r in runs if r.error is None}
+    table = conservation_claims(rows, cfg) + [row for r in runs for row in own.get(r.name, [])]
 
     from symmetry.experiment import environment, peak_memory_mb, write_json
 
@@ -482,13 +511,19 @@ def _main(args) -> int:
         print(f"\nQUICK MODE (--quick: small settings, not the paper's; figures in {args.out}): claims below are "
               f"quick-mode numbers, not the README's")
     print_claims(table)
+    # --only: what the last run on OUT recorded for the other figures stays, merged by figure
+    kept = kept_from_before(Path(args.out), [r.name for r in runs], args.quick)
+    claimed = [n for n in FIGURES if n in kept["figures"] or n in args.only]
+    table = conservation_claims(rows, cfg) + [row for n in claimed for row in {**kept["claims"], **own}.get(n, [])]
     # the conservation check's numbers and the table, beside the figures they were read from
-    write_json(f"{args.out}/claims.json", {"settings": cfg, "figures": args.only, "quick": args.quick,
+    write_json(f"{args.out}/claims.json", {"settings": cfg, "figures": claimed, "quick": args.quick,
                                            "conservation_check": rows, "claims": table,
-                                           "failed": [{"figure": r.name, "error": r.error} for r in failed],
+                                           "failed": kept["failed"] + [{"figure": r.name, "error": r.error}
+                                                                       for r in failed],
                                            # each figure's time: its own job plus its parts run apart (--jobs > 1)
-                                           "figure_seconds": {r.name: {"seconds": round(r.seconds, 2), "parts": r.parts}
-                                                              for r in runs},
+                                           "figure_seconds": {**kept["figure_seconds"],
+                                                              **{r.name: {"seconds": round(r.seconds, 2),
+                                                                          "parts": r.parts} for r in runs}},
                                            "environment": environment(args.device)})
     Path(args.out, "claims.partial.json").unlink(missing_ok=True)  # a stopped run's, made stale by this one
     for r in failed:

@@ -442,3 +442,37 @@ def test_second_pass_case7_a_figure_done_while_the_check_ran_is_kept_when_the_ru
     # before: nothing was read from a worker until the check returned, so claims.partial.json missed this figure
     assert [r.name for r in stop.value.finished] == ["figure_ok"]
     assert stop.value.finished[0].payload["value"].tolist() == [1.0, 1.0]
+
+
+# ---------------------------------------------------------------- issue 38: --only merges by figure
+def _fake_check_rows():
+    """Rows of the conservation check's shape (its four activations), for main runs that test something else."""
+    return [{"activation": a, "Q0": 1.0, "gf_drift": 1e-9, "loss_start": 1.0, "loss_end": 0.5,
+             "gd_drift_lr0.1": 1e-2, "gd_drift_lr0.01": 1e-3} for a in ("identity", "relu", "tanh", "sigmoid")]
+
+
+def test_issue38_case6_only_keeps_what_the_other_figures_recorded(tmp_path, monkeypatch):
+    """`--only Q_distribution` after a run of two figures: claims.json keeps Q_sharpness_1d's rows and job time
+    (before: rewritten to Q_distribution's alone), and --report's time column still reads its job time."""
+    from symmetry import report
+
+    reproduce = load("reproduce")
+    monkeypatch.setattr(reproduce, "run", lambda cfg: _fake_check_rows())
+    out = tmp_path / "figures"
+    common = ["--quick", "--out", str(out), "--jobs", "1"]
+    assert reproduce.main(common + ["--only", "Q_sharpness_1d", "Q_distribution"]) == 0
+    first = json.loads((out / "claims.json").read_text(encoding="utf-8"))
+    assert reproduce.main(common + ["--only", "Q_distribution"]) == 0
+    second = json.loads((out / "claims.json").read_text(encoding="utf-8"))
+    assert second["figures"] == first["figures"] == ["Q_distribution", "Q_sharpness_1d"]
+    assert [r["claim"] for r in second["claims"]] == [r["claim"] for r in first["claims"]]
+    assert second["figure_seconds"]["Q_sharpness_1d"] == first["figure_seconds"]["Q_sharpness_1d"]
+    assert set(second["figure_seconds"]) == {"Q_sharpness_1d", "Q_distribution"}
+    # --report reads the kept job time, not the figure's own wall time
+    seconds, source = report._seconds(tmp_path, "Q_sharpness_1d", second)
+    assert source.startswith("reproduce.py job") and seconds == first["figure_seconds"]["Q_sharpness_1d"]["seconds"]
+    assert reproduce.report_claims(tmp_path)["figure_seconds"] == second["figure_seconds"]
+    # a figure whose JSON is gone is not claimed any more; a full-settings run keeps nothing of a --quick one
+    (out / "Q_sharpness_1d.json").unlink()
+    assert reproduce.main(common + ["--only", "Q_distribution"]) == 0
+    assert json.loads((out / "claims.json").read_text(encoding="utf-8"))["figures"] == ["Q_distribution"]
