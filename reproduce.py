@@ -256,6 +256,7 @@ def _run_workers(names: list[str], argv: list[str], jobs: int, threads: int, log
     alone: set = set()  # jobs in flight when a local worker died: run again one at a time, to find which
     timings: dict[str, float] = {}
     running: dict[Future, tuple] = {}  # future → (name, part, start, log)
+    workerless: float | None = None  # since when a Dask cluster has had no worker
     where = "worker processes" if own else "jobs at once on the Dask cluster"
     print(f"running {total} figures ({sum(map(len, parts.values()))} parts apart) in {min(jobs, len(queue))} {where} "
           f"({threads} torch thread(s) each); their output goes to {log_dir}/JOB.log", flush=True)
@@ -270,17 +271,27 @@ def _run_workers(names: list[str], argv: list[str], jobs: int, threads: int, log
                 queue.remove((name, part))
                 log = str(log_dir / f"{_job_name(name, part)}.log")
                 job_argv = (resumed if part is None and parts[name] else argv) + extra_argv.get(name, [])
-                future = pool.submit(J.figure_job, name, part, job_argv, threads, log, tuple(sys.path))
+                # a cluster's worker may have started in another folder: it gets absolute paths, and its files
+                future = pool.submit(J.figure_job, name, part, job_argv, threads, str(Path(log).resolve()),
+                                     tuple(sys.path), **({} if own else {"ship": True}))
                 running[future] = (name, part, time.perf_counter(), log)
             if meanwhile is not None:  # this process's own work, while the workers start theirs
                 meanwhile()
                 meanwhile = None
-            done, _ = wait(list(running), return_when=FIRST_COMPLETED)
+            done, _ = wait(list(running), timeout=None if own else 1.0, return_when=FIRST_COMPLETED)
+            if not done and not own:  # a cluster that lost every worker (kill -9) would wait for one for ever
+                workerless = None if J.workers_left(pool) else workerless or time.perf_counter()
+                if workerless is not None and time.perf_counter() - workerless > J.WORKERLESS_WAIT_S:
+                    _give_up_workerless(names, queue, running, results, total)
+                    break
+                continue
             broken = False
             for future in done:
                 name, part, started, log = running.pop(future)
                 try:
-                    status, value, seconds = future.result()
+                    status, value, seconds, *shipped = future.result()
+                    if shipped and status == "ok":
+                        _write_shipped(Path(out), shipped[0])
                 except BrokenExecutor as error:  # a local worker died (killed, out of memory): which job killed it?
                     broken = True
                     if (name, part) not in alone:  # every job in flight fails with the pool: run each again alone
@@ -370,6 +381,34 @@ def kept_from_before(out: Path, ran: list[str], quick: bool) -> dict:
     return kept
 
 
+def _write_shipped(out: Path, files: dict[str, bytes]) -> None:
+    """The figure files a cluster's worker sent back, written under this process's --out (atomically, as the
+    scripts write them) where they are not there already: a worker without this file system, or started in
+    another folder, leaves its copy elsewhere."""
+    for name, data in files.items():
+        target = out / name
+        if not (target.is_file() and target.read_bytes() == data):
+            E._atomic_write(target, lambda tmp, data=data: Path(tmp).write_bytes(data))
+
+
+def _give_up_workerless(names: list[str], queue: list, running: dict, results: dict, total: int) -> None:
+    """A Dask cluster with no worker left: the jobs in flight and those still queued are failures (the figures
+    finished before are kept), said in one line; their futures are cancelled."""
+    from symmetry import jobs as J
+
+    for future in running:
+        future.cancel()
+    lost = [n for n in names if n not in results]
+    why = (f"not made: the Dask cluster lost all its workers (none for {J.WORKERLESS_WAIT_S:g} s; killed, out of "
+           "memory, or stopped)")
+    for name in lost:
+        results[name] = JobResult(name, 0.0, error=why)
+    running.clear()
+    queue.clear()
+    print(f"the Dask cluster has no workers left: {len(lost)} of {total} figure(s) not made "
+          f"({', '.join(lost)}); the {len(results) - len(lost)} finished are written", file=sys.stderr, flush=True)
+
+
 def report_claims(root: Path = ROOT) -> dict:
     """``figures/claims.json`` with its claim rows made anew from the committed figure JSONs: the conservation
     check's two rows from its own numbers, then each figure's ``claims(payload)``. Nothing is computed."""
@@ -423,8 +462,9 @@ def main(argv: list[str] | None = None) -> int:
                              "process, one after the other)")
     parser.add_argument("--scheduler", default=None, metavar="ADDRESS",
                         help="run the figures on the workers of this Dask distributed scheduler (tcp://host:8786; "
-                             "pip install -e \".[distributed]\"), as many at once as they have threads; every "
-                             "worker must see this repository and --out at the same path")
+                             "pip install -e \".[distributed]\"), one at a time per worker process: start the "
+                             "workers with --nthreads 1 (more threads are refused); every worker must see this "
+                             "repository at the same path; the figure files come back here, to --out")
     parser.add_argument("--threads", type=E.positive_int, default=1,
                         help="torch threads per figure (default 1: their loops are of tiny ops)")
     parser.add_argument("--report", action="store_true",
@@ -466,7 +506,9 @@ def _main(args) -> int:
             print(f"{r['activation']:<10} {r['Q0']:>9.4f} {r['loss_start']:>8.4f}→{r['loss_end']:<8.4f} "
                   f"{r['gf_drift']:>9.1e} " + " ".join(f"{r[k]:>11.1e}" for k in lr_keys), flush=True)
 
-    common = (["--device", args.device, "--seed", str(args.seed), "--out", args.out, "--threads", str(args.threads)]
+    # a cluster's workers may have started in other folders: they get --out and --data as absolute paths
+    where = (lambda path: str(Path(path).resolve())) if args.scheduler is not None else str
+    common = (["--device", args.device, "--seed", str(args.seed), "--out", where(args.out), "--threads", str(args.threads)]
               + (["--quick"] if args.quick else []) + ([] if args.resume else ["--no-resume"]))
     jobs = 1 if args.device == "cuda" else args.jobs  # one process owns the GPU
     executor = None
@@ -476,7 +518,7 @@ def _main(args) -> int:
         executor, jobs = dask_executor(args.scheduler)
     started = time.perf_counter()
     try:
-        data = {name: ["--data", args.data] for name in CIFAR10_FIGURES} if args.data is not None else {}
+        data = {name: ["--data", where(args.data)] for name in CIFAR10_FIGURES} if args.data is not None else {}
         runs = run_figures(args.only, common, jobs, args.threads, Path(args.out) / ".logs", args.out, meanwhile=check,
                            extra_argv=data, executor=executor)
     except KeyboardInterrupt as stop:  # stopped (Ctrl-C, SIGTERM): the claims of the figures that finished are kept
