@@ -385,7 +385,7 @@ def _write_shipped(out: Path, files: dict[str, bytes]) -> None:
     """The figure files a cluster's worker sent back, written under this process's --out (atomically, as the
     scripts write them) where they are not there already: a worker without this file system, or started in
     another folder, leaves its copy elsewhere."""
-    for name, data in files.items():
+    for name, data in sorted(files.items(), key=lambda item: item[0].endswith(".json")):  # the JSON last
         target = out / name
         if not (target.is_file() and target.read_bytes() == data):
             E._atomic_write(target, lambda tmp, data=data: Path(tmp).write_bytes(data))

@@ -638,7 +638,7 @@ def test_issue38_case7_the_only_worker_killed_ends_the_run_with_the_finished_fig
     finally:
         worker.kill()
         worker.wait()
-        J.close(executor, wait=False)
+        J.close(executor, wait=not thread.is_alive())  # as reproduce.py's main closes it after the run
     ok, lost = runs
     assert ok.error is None and ok.payload["value"].tolist() == [1.0, 1.0]
     assert lost.payload is None and "the Dask cluster lost all its workers" in lost.error
