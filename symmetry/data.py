@@ -202,14 +202,13 @@ def _check_batches(root: Path, CIFAR10: Any) -> None:
         said = "; ".join(part for part in (f"missing {', '.join(missing)}" if missing else "",
                                            f"corrupt (MD5 differs) {', '.join(corrupt)}" if corrupt else "") if part)
         raise DataError(f"{folder} is not the whole CIFAR-10 ({said}); copy the folder again from the official "
-                        "archive (cifar-10-python.tar.gz), or pass another CIFAR-10")
+                        "archive (cifar-10-python.tar.gz), or remove it (in the default data/ folder it is then "
+                        "downloaded again), or pass another CIFAR-10")
 
 
 def _torchvision_split(root: Path, split: str, download: bool) -> tuple[Tensor, Tensor, list[str]]:
     CIFAR10 = require("torchvision.datasets", "cifar", "loading CIFAR-10 with torchvision").CIFAR10
 
-    if not download:
-        _check_batches(root, CIFAR10)
     dataset = CIFAR10(str(root), train=split == "train", download=download)
     return torch.from_numpy(dataset.data).permute(0, 3, 1, 2).contiguous(), torch.tensor(dataset.targets), dataset.classes
 
@@ -289,7 +288,8 @@ def load_cifar10(root: str | Path | None = None, source: str = "auto", download:
             f"CIFAR-10 root {root.resolve()} {where}: looked for an ImageFolder tree ({root}/train/<class>/*, "
             f"{root}/test/<class>/*) and for torchvision's pickles ({root}/cifar-10-batches-py). "
             + _how_to_provide(root) + ", or pass download=True to fetch it with torchvision (online).")
-    if found == "torchvision" and download and not (root / "cifar-10-batches-py").is_dir():
+    there = (root / "cifar-10-batches-py").is_dir()  # one there already is checked when decoded, not downloaded over
+    if found == "torchvision" and download and not there:
         try:
             root.mkdir(parents=True, exist_ok=True)
             _torchvision_split(root, "test", True)  # the official archive, with torchvision's progress bar
@@ -320,6 +320,8 @@ def load_cifar10(root: str | Path | None = None, source: str = "auto", download:
             raise DataError(f"{root / 'train'}: class folder(s) {', '.join(empty)} hold no training images (a partial "
                             f"copy of the data set?); add their images, or remove the class from both splits")
     else:
+        if there:  # whole, or refused naming its files (a decoded copy is only ever made of a whole one)
+            _check_batches(root, require("torchvision.datasets", "cifar", "loading CIFAR-10 with torchvision").CIFAR10)
         for split in SPLITS:
             data[f"{split}_x"], data[f"{split}_y"], classes = _torchvision_split(root, split, download)
     data["classes"] = data["train_classes"] = data["test_classes"] = classes

@@ -228,8 +228,9 @@ def dask_executor(address: str, timeout: float = 20.0) -> tuple[Executor, int]:
         many = {worker: n for worker, n in threads.items() if n > 1}
         if many:
             worker, n = next(iter(many.items()))
-            raise SchedulerError(f"--scheduler {address!r}: worker {worker} runs {n} threads (and {len(many) - 1} "
-                                 "other(s) more than one); a figure job's matplotlib state and log files are per "
+            others = f" (and {len(many) - 1} other worker(s) more than one)" if len(many) > 1 else ""
+            raise SchedulerError(f"--scheduler {address!r}: worker {worker} runs {n} threads{others}; a figure "
+                                 "job's matplotlib state and log files are per "
                                  "process, so start the workers with --nthreads 1 (several per machine with "
                                  "--nworkers N)")
         stale = [w for w, (loaded, now) in client.run(loaded_code).items() if loaded != now]
