@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import torch
 
 import symmetry as S
-from symmetry import experiment as E
+from repro import experiment as E
 from symmetry import kernels
 
 NAME = "Q_convergence_radial"

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 
 import symmetry as S
-from symmetry import experiment as E
+from repro import experiment as E
 
 NAME = "Q_distribution"
 

@@ -19,8 +19,8 @@ from dataclasses import dataclass
 import torch
 
 import symmetry as S
-from symmetry import experiment as E
-from symmetry import training as T
+from repro import experiment as E
+from repro import training as T
 from symmetry.validation import check_choice
 
 NAME = "Q_dynamics_elementwise"

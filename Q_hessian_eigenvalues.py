@@ -18,8 +18,8 @@ from dataclasses import dataclass
 import torch
 
 import symmetry as S
-from symmetry import experiment as E
-from symmetry import training as T
+from repro import experiment as E
+from repro import training as T
 
 NAME = "Q_hessian_eigenvalues"
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import torch
 from tqdm import tqdm
 
-from symmetry import experiment as E
+from repro import experiment as E
 from symmetry import laws as L
 
 NAME = "conservation_laws"

@@ -36,14 +36,14 @@ import torch.nn.functional as F
 from torch import nn
 
 import symmetry as S
-from symmetry import experiment as E
-from symmetry.data import load_cifar10, to_model_input
+from repro import experiment as E
+from repro.data import load_cifar10, to_model_input
 from symmetry.groups.blocks import LinearBlock, TranslationBlock
 from symmetry.nets import GPT, ViT
 from symmetry.validation import check_choice
 
 NAME = "conservation_modern"
-DEFAULT_DATA = None  # None: data/ inside the repository (symmetry.data.default_data_root); --data for anything else
+DEFAULT_DATA = None  # None: data/ inside the repository (repro.data.default_data_root); --data for anything else
 # The character corpus: standard-library modules every CPython 3 ships, read in this order (their text is hashed
 # into the JSON: another Python version may ship other text)
 CORPUS_FILES = ("textwrap.py", "string.py", "bisect.py", "heapq.py", "shlex.py", "fnmatch.py", "glob.py",
@@ -513,7 +513,8 @@ def run(cfg: Settings, out: str, resume: bool = True) -> dict:
 
 
 # ------------------------------------------------------------------------------------------------ summary, claims
-def _mean(rows: list[list[float]]) -> list[float]:
+def _column_means(rows: list[list[float]]) -> list[float]:
+    """The mean of each column (one per recorded step) over the rows (one per run)."""
     return [sum(v) / len(v) for v in zip(*rows)]
 
 
@@ -549,10 +550,10 @@ def summarize(results: dict, cfg: Settings) -> dict:
              "final_loss": {label: sum(run["loss"][-1] for run in o) / len(o) for label, o in runs.items()},
              "first_loss": sum(run["loss"][0] for run in sgd[0]) / len(sgd[0]),
              "record_seconds_per_step": max(run["record_seconds_per_step"] for o in runs.values() for run in o)}
-        s["law_curve_by_lr"] = {f"{lr:g}": _mean([[max(run["law_error"][f][k] for f in quadratic)
+        s["law_curve_by_lr"] = {f"{lr:g}": _column_means([[max(run["law_error"][f][k] for f in quadratic)
                                                    for k in range(len(run["law_error"][quadratic[0]]))]
                                                   for run in o]) for lr, o in zip(lrs, sgd)}
-        s["control_curve_by_lr"] = {f"{lr:g}": _mean([[min(run["control_error"][c][k] for c in ctrls)
+        s["control_curve_by_lr"] = {f"{lr:g}": _column_means([[min(run["control_error"][c][k] for c in ctrls)
                                                        for k in range(len(run["loss"]) + 1)]
                                                       for run in o]) for lr, o in zip(lrs, sgd)}
         # Prop. 5.1's slope: error ≈ C τ² k; C from the largest lr's last step

@@ -22,11 +22,11 @@ import torch
 from torch import nn
 
 import symmetry as S
-from symmetry import experiment as E
-from symmetry.data import class_balanced_subset, load_cifar10, load_image_dataset, to_model_input
+from repro import experiment as E
+from repro.data import class_balanced_subset, load_cifar10, load_image_dataset, to_model_input
 
 NAME = "conservation_under_optimizers"
-DEFAULT_DATA = None  # None: data/ inside the repository (symmetry.data.default_data_root); --data for anything else
+DEFAULT_DATA = None  # None: data/ inside the repository (repro.data.default_data_root); --data for anything else
 
 
 @dataclass

@@ -26,9 +26,9 @@ import torch
 import symmetry as S
 from symmetry import conserved as C
 from symmetry import dynamics as D
-from symmetry import experiment as E
+from repro import experiment as E
 from symmetry import noether as N
-from symmetry.data import (
+from repro.data import (
     IMAGE_DATASETS,
     DatasetUnavailable,
     class_balanced_subset,

@@ -29,7 +29,8 @@ from typing import Callable
 import torch
 
 import symmetry as S
-from symmetry import experiment as E
+from repro import experiment as E
+from repro.report import tally, verdict
 
 ROOT = Path(__file__).resolve().parent
 
@@ -93,6 +94,7 @@ def conservation_claims(rows: list[dict], cfg: Settings) -> list[dict]:
 
 
 CLAIM_KEYS = ("claim", "criterion", "holds", "measured")
+CHECK = "conservation_check"  # the owner of the check's rows in claims.json's claim_figures
 
 
 def collect_claims(name: str, payload: dict) -> list[dict]:
@@ -106,20 +108,13 @@ def collect_claims(name: str, payload: dict) -> list[dict]:
     return rows
 
 
-def verdict(holds: bool | None) -> str:
-    """A row's holds as the table prints it."""
-    return "yes" if holds else "n/m" if holds is None else "NO"
-
-
 def print_claims(table: list[dict]) -> None:
     """One line per claim: the claim, yes/NO, what was measured, and the criterion it was held to."""
     width = max(len(r["claim"]) for r in table)
     measured = max(len(r["measured"]) for r in table)
     print(f"\n{'claim':<{width}}  {'holds':<5}  {'measured':<{measured}}  criterion")
     for r in table:
-        print(f"{r['claim']:<{width}}  {verdict(r['holds']):<5}  {r['measured']:<{measured}}  {r['criterion']}")
-    from symmetry.report import tally
-
+        print(f"{r['claim']:<{width}}  {verdict(r['holds'], markdown=False):<5}  {r['measured']:<{measured}}  {r['criterion']}")
     print(tally(table))
 
 
@@ -214,8 +209,8 @@ def run_figures(names: list[str], argv: list[str], jobs: int, threads: int = 1, 
 
     ``jobs`` = 1: one after the other in this process (live progress bars), with ``threads`` torch threads.
     ``jobs`` > 1, or an ``executor``: up to ``jobs`` jobs at once on a ``concurrent.futures.Executor``
-    (default: ``jobs`` spawned local worker processes, [`symmetry.jobs.local_executor`][]; or a Dask cluster's,
-    [`symmetry.jobs.dask_executor`][]), ``threads`` torch threads each, longest first by the last recorded
+    (default: ``jobs`` spawned local worker processes, [`repro.jobs.local_executor`][]; or a Dask cluster's,
+    [`repro.jobs.dask_executor`][]), ``threads`` torch threads each, longest first by the last recorded
     times; a script's parts (``parts_of``) run as jobs of their own first, and its ``main`` runs when they are
     done, reading them from the cache (so with --no-resume the parts recompute and ``main`` resumes). Each
     job's output goes to ``log_dir``/JOB.log and this process prints one line per finished job. A local worker
@@ -240,7 +235,7 @@ def _run_workers(names: list[str], argv: list[str], jobs: int, threads: int, log
     """``run_figures`` on an Executor: up to ``jobs`` jobs in flight, each job's output to its log."""
     from concurrent.futures import FIRST_COMPLETED, BrokenExecutor, wait
 
-    from symmetry import jobs as J
+    from repro import jobs as J
 
     total = len(names)
     own = executor is None
@@ -394,7 +389,7 @@ def _write_shipped(out: Path, files: dict[str, bytes]) -> None:
 def _give_up_workerless(names: list[str], queue: list, running: dict, results: dict, total: int) -> None:
     """A Dask cluster with no worker left: the jobs in flight and those still queued are failures (the figures
     finished before are kept), said in one line; their futures are cancelled."""
-    from symmetry import jobs as J
+    from repro import jobs as J
 
     for future in running:
         future.cancel()
@@ -415,16 +410,19 @@ def report_claims(root: Path = ROOT) -> dict:
     claims = json.loads((root / "figures" / "claims.json").read_text(encoding="utf-8"))
     cfg = Settings(**{**claims["settings"], "lrs": tuple(claims["settings"]["lrs"])})
     table = conservation_claims(claims["conservation_check"], cfg)
+    owners = [CHECK] * len(table)  # which figure each row comes from: the report counts them by paper
     figures = [name for name in FIGURES if (root / "figures" / f"{name}.json").exists()]
     for name in figures:
-        table += collect_claims(name, json.loads((root / "figures" / f"{name}.json").read_text(encoding="utf-8")))
-    return {**claims, "figures": figures, "claims": table}
+        rows = collect_claims(name, json.loads((root / "figures" / f"{name}.json").read_text(encoding="utf-8")))
+        table += rows
+        owners += [name] * len(rows)
+    return {**claims, "figures": figures, "claims": table, "claim_figures": owners}
 
 
 def write_report(root: Path = ROOT) -> int:
-    """``reproduce.py --report``: claims.json's rows, then the generated blocks of every page (symmetry.report)."""
-    from symmetry import report
-    from symmetry.experiment import write_json
+    """``reproduce.py --report``: claims.json's rows, then the generated blocks of every page (repro.report)."""
+    from repro import report
+    from repro.experiment import write_json
 
     fresh = report_claims(root)
     path = root / "figures" / "claims.json"
@@ -513,7 +511,7 @@ def _main(args) -> int:
     jobs = 1 if args.device == "cuda" else args.jobs  # one process owns the GPU
     executor = None
     if args.scheduler is not None:  # a cluster: as many jobs in flight as its workers have threads
-        from symmetry.jobs import dask_executor
+        from repro.jobs import dask_executor
 
         executor, jobs = dask_executor(args.scheduler)
     started = time.perf_counter()
@@ -524,7 +522,7 @@ def _main(args) -> int:
     except KeyboardInterrupt as stop:  # stopped (Ctrl-C, SIGTERM): the claims of the figures that finished are kept
         finished = [r for r in getattr(stop, "finished", []) if r.error is None]
         if finished:
-            from symmetry.experiment import write_json
+            from repro.experiment import write_json
 
             partial = [row for r in finished for row in collect_claims(r.name, r.payload)]
             write_json(f"{args.out}/claims.partial.json", {"interrupted": True, "figures": [r.name for r in finished],
@@ -534,7 +532,7 @@ def _main(args) -> int:
         raise
     finally:
         if executor is not None:
-            from symmetry.jobs import close
+            from repro.jobs import close
 
             close(executor)
     print(f"figures: {time.perf_counter() - started:.0f} s wall in all -> {args.out}/NAME.{{pdf,png,json}}")
@@ -542,7 +540,7 @@ def _main(args) -> int:
     own = {r.name: collect_claims(r.name, r.payload) for r in runs if r.error is None}
     table = conservation_claims(rows, cfg) + [row for r in runs for row in own.get(r.name, [])]
 
-    from symmetry.experiment import environment, peak_memory_mb, write_json
+    from repro.experiment import environment, peak_memory_mb, write_json
 
     import resource
 
@@ -556,10 +554,12 @@ def _main(args) -> int:
     # --only: what the last run on OUT recorded for the other figures stays, merged by figure
     kept = kept_from_before(Path(args.out), [r.name for r in runs], args.quick)
     claimed = [n for n in FIGURES if n in kept["figures"] or n in args.only]
-    table = conservation_claims(rows, cfg) + [row for n in claimed for row in {**kept["claims"], **own}.get(n, [])]
+    merged, checked = {**kept["claims"], **own}, conservation_claims(rows, cfg)
+    table = checked + [row for n in claimed for row in merged.get(n, [])]
+    owners = [CHECK] * len(checked) + [n for n in claimed for _ in merged.get(n, [])]  # each row's figure
     # the conservation check's numbers and the table, beside the figures they were read from
     write_json(f"{args.out}/claims.json", {"settings": cfg, "figures": claimed, "quick": args.quick,
-                                           "conservation_check": rows, "claims": table,
+                                           "conservation_check": rows, "claims": table, "claim_figures": owners,
                                            "failed": kept["failed"] + [{"figure": r.name, "error": r.error}
                                                                        for r in failed],
                                            # each figure's time: its own job plus its parts run apart (--jobs > 1)

@@ -19,8 +19,8 @@ import time
 import torch
 
 import symmetry as S
-from symmetry import experiment as E
-from symmetry import training as T
+from repro import experiment as E
+from repro import training as T
 
 M, N, H, STD = 5, 10, 50, 0.1
 LRS = (0.1, 0.01, 0.001)

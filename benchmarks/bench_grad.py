@@ -20,7 +20,7 @@ from unittest import mock
 
 import torch
 
-from symmetry import experiment as E
+from repro import experiment as E
 from symmetry import noether as N
 from symmetry.models import MLP, Model, torch_threads
 

@@ -15,7 +15,7 @@ import time
 import torch
 
 import symmetry as S
-from symmetry import experiment as E
+from repro import experiment as E
 from symmetry.nets import GPT
 
 

@@ -25,11 +25,11 @@ import time
 import torch
 
 import symmetry as S
-from symmetry import experiment as E
+from repro import experiment as E
 
 
 def setup(n_images: int, seed: int = 0):
-    from symmetry.data import load_image_dataset
+    from repro.data import load_image_dataset
 
     data = load_image_dataset("mnist-subset")
     X, Y = data["x"][:n_images], data["y"][:n_images]

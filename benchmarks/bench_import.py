@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     if args.repeats < 1:
         parser.error(f"--repeats must be a positive integer, got {args.repeats}")
-    from symmetry import experiment as E
+    from repro import experiment as E
 
     seconds: dict[str, list[float]] = {name: [] for name in CASES}
     loaded: list[str] = []

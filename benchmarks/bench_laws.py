@@ -32,7 +32,7 @@ import time
 import torch
 from tqdm import tqdm
 
-from symmetry import experiment as E
+from repro import experiment as E
 from symmetry import laws as L
 
 

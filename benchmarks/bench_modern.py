@@ -20,7 +20,7 @@ import torch
 
 import symmetry as S
 from bench_monitor import time_record  # benchmarks/ is on sys.path when run as a script
-from symmetry import experiment as E
+from repro import experiment as E
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 import symmetry as S
-from symmetry import experiment as E
+from repro import experiment as E
 from symmetry.nets import GPT
 
 MODELS = ("mlp", "resnet18", "gpt")

@@ -30,8 +30,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from symmetry import experiment as E  # noqa: E402
-from symmetry import report  # noqa: E402
+from repro import experiment as E  # noqa: E402
+from repro import report  # noqa: E402
 
 MAIN = ("Q_dynamics_elementwise", "Q_distribution", "Q_convergence_elementwise", "Q_convergence_radial",
         "Q_sharpness_1d", "Q_hessian_eigenvalues")

@@ -24,8 +24,8 @@ import time
 import torch
 
 import symmetry as S
+from repro import experiment as E
 from symmetry import dynamics as D
-from symmetry import experiment as E
 from symmetry import kernels as K
 
 

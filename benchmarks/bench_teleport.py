@@ -19,14 +19,14 @@ import time
 import torch
 
 import symmetry as S
-from symmetry import experiment as E
+from repro import experiment as E
 from symmetry import teleport as T
 
 D = torch.float64
 
 
 def problem():
-    from symmetry.data import load_image_dataset
+    from repro.data import load_image_dataset
 
     d = load_image_dataset("mnist-subset")
     perm = torch.randperm(len(d["y"]), generator=torch.Generator().manual_seed(0))[:2000]

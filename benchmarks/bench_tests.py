@@ -26,7 +26,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from symmetry import experiment as E  # noqa: E402
+from repro import experiment as E  # noqa: E402
 
 from bench_two_layer_kernel import fig3_problem, torch_step_seconds  # noqa: E402
 

@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import symmetry as S  # noqa: E402
-from symmetry import experiment as E  # noqa: E402
+from repro import experiment as E  # noqa: E402
 
 CODES = {"identity": 0, "relu": 1, "tanh": 2, "sigmoid": 3}
 

@@ -14,7 +14,7 @@ import argparse
 import json
 from pathlib import Path
 
-from symmetry import experiment as E
+from repro import experiment as E
 
 CLOCK = ("second", "time", "wall", "peak_memory", "median_s", "max_s", "total_s")
 NOT_RESULTS = ("command", "environment", "files")

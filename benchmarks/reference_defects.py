@@ -16,9 +16,9 @@ import time
 import torch
 from torch import nn
 
-from symmetry import experiment as E
-from symmetry.cifar import art_classifier, attack, experiment_splits, make_model, train_classifier
-from symmetry.data import load_cifar10
+from repro import experiment as E
+from repro.cifar import art_classifier, attack, experiment_splits, make_model, train_classifier
+from repro.data import load_cifar10
 from symmetry.ensemble import GroupActionEnsemble
 
 H, NUM_G, EPSILON = 16, 120, 20.0
@@ -38,7 +38,7 @@ class DoubleSoftmax(nn.Module):
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default=None, help="CIFAR-10: an ImageFolder tree, its .tar.gz or torchvision's CIFAR-10 "
-                        "folder (default: data/ in the repository; see symmetry.data.load_cifar10)")
+                        "folder (default: data/ in the repository; see repro.data.load_cifar10)")
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--out", default="benchmarks/results")
     args = parser.parse_args(argv)

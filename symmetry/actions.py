@@ -15,16 +15,13 @@ from typing import Callable, Sequence
 import torch
 
 from .activations import ActivationLike, get_activation
+from .errors import RankDeficiencyWarning
 from .models import jvp
+from .types import Params
 from .validation import check_alike, check_choice, check_finite_tensor, check_group_element, check_params, check_square
 
 Tensor = torch.Tensor
-Params = tuple[Tensor, ...]
 Action = Callable[[Tensor, Params], Params]
-
-
-class RankDeficiencyWarning(UserWarning):
-    """σ(gZ) lost rank: π(g, Z) = σ(Z)σ(gZ)⁺ is then not a group action (Prop. 8)."""
 
 
 # ---------------------------------------------------------------------------------------

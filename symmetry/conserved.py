@@ -12,10 +12,11 @@ from typing import Sequence, cast
 import torch
 
 from .activations import ActivationLike, get_activation
+from .errors import NotSupportedError
+from .types import Params
 from .validation import check_params, check_two_layer
 
 Tensor = torch.Tensor
-Params = tuple[Tensor, ...]
 
 
 def Q_terms(params: Params, activation: ActivationLike) -> tuple[Tensor, Tensor]:
@@ -23,8 +24,6 @@ def Q_terms(params: Params, activation: ActivationLike) -> tuple[Tensor, Tensor]
     U, V = check_two_layer("params", params)
     act = get_activation(activation)
     if getattr(act, "integral", True) is None:
-        from .groups import NotSupportedError
-
         raise NotSupportedError(f"activation {act.name!r} has no ∫σ/σ' in the table: Eq. 48 is not available for it")
     return 0.5 * (U * U).sum(dim=-2), act.integral(V).sum(dim=-2)  # type: ignore[misc]  # checked above
 
@@ -73,9 +72,10 @@ def normalized_Q(params: Params, activation: ActivationLike, initial: Params, co
 
 
 def imbalance_matrix(params: Params) -> Tensor:
-    """UᵀU − VᵀV (h × h): every entry is conserved for a linear two-layer net (Example 7)."""
+    """UᵀU − VᵀV (h × h): every entry is conserved for a linear two-layer net (Example 7). The two-layer
+    case of [`balance_matrix`][] ((W_1, W_2) = (Vᵀ, U)), in the paper's words."""
     U, V = check_two_layer("params", params)
-    return U.mT @ U - V.mT @ V
+    return balance_matrix((V.mT, U))[0]
 
 
 def homogeneous_imbalance(params: Params, alpha: float = 1.0) -> Tensor:
@@ -94,9 +94,10 @@ def neuron_balance(a: Params, b: Params | None = None, alpha: float | Sequence[f
 
 
 def layer_imbalances(weights: Sequence[Tensor]) -> list[Tensor]:
-    """W_i W_iᵀ − W_{i+1}ᵀ W_{i+1} (n_i × n_i) for each hidden layer of a linear MLP (Example 7)."""
+    """W_i W_iᵀ − W_{i+1}ᵀ W_{i+1} (n_i × n_i) for each hidden layer of a linear MLP (Example 7): an alias of
+    [`balance_matrix`][] with the opposite sign ("inner minus outer", as Example 7 writes it), exactly its negative."""
     weights = check_params("weights", weights)
-    return [W @ W.mT - W_next.mT @ W_next for W, W_next in zip(weights[:-1], weights[1:])]
+    return [-B for B in balance_matrix(weights)]
 
 
 def conserved_Q_M(params: Params, M_theta: Params) -> Tensor:

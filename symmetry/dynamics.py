@@ -44,7 +44,9 @@ from typing import Any, Callable, Mapping, Protocol, Sequence, runtime_checkable
 
 import torch
 
+from .errors import DivergenceError, NotSupportedError
 from .models import Model, TwoLayerNet, _residual_scale, flatten, unflatten
+from .types import Params
 from .validation import (
     cast_exactly,
     check_choice,
@@ -58,7 +60,6 @@ from .validation import (
 )
 
 Tensor = torch.Tensor
-Params = tuple[Tensor, ...]
 GradFn = Callable[[Params], tuple[Tensor, Params]]  # params ↦ (loss per configuration, gradient tuple)
 
 
@@ -104,10 +105,6 @@ class Trajectory:
     observables: dict[str, Tensor] = field(default_factory=dict)
     params: Params = ()  # parameters at the last recorded time
     step_loss: Tensor | None = None  # (steps, *batch): the loss each step's gradient saw (mini-batch runs)
-
-
-class DivergenceError(FloatingPointError):
-    """The loss became NaN or infinite; the message names the configurations."""
 
 
 def _like_params(name: str, t: Tensor | None, params: Params) -> Tensor | None:
@@ -734,16 +731,12 @@ def run(model, params: Params, X: Tensor | None, Y: Tensor | None, stepper: Step
     if labels is not None and (len(batch) != 1 or len(labels) != batch[0]):
         raise ValueError(f"labels must name each of the {tuple(batch)} configurations")
     if batches is not None and not getattr(stepper, "uses_grad", True):
-        from .groups import NotSupportedError
-
         raise NotSupportedError(f"{stepper!r} steps on its own data and cannot take mini-batches; use GD or SGD")
     integrands = dict(integrands or {})
     n_records = steps // record_every + 1 + (steps % record_every != 0)
     record = _Recorder(n_records, observables or {})
     state = stepper.init_state(params, velocity)
     if integrands and state.velocity is None:
-        from .groups import NotSupportedError
-
         raise NotSupportedError(f"integrands need a velocity estimate, which {stepper!r} does not keep")
     totals = {k: torch.zeros_like(f(state.time, state.params, state.velocity)) for k, f in integrands.items()}  # type: ignore[arg-type]  # velocity checked above
     last = {k: f(state.time, state.params, state.velocity) for k, f in integrands.items()}  # type: ignore[arg-type]  # velocity checked above

@@ -16,11 +16,10 @@ from typing import Callable, Iterable, NamedTuple, Sequence
 import torch
 
 from .models import flatten, jvp, quiet_forward_mode, unflatten
+from .types import LossFn, Params
 from .validation import check_choice, check_data, check_params
 
 Tensor = torch.Tensor
-Params = tuple[Tensor, ...]
-LossFn = Callable[[Params], Tensor]
 
 
 def _flat_loss(loss_fn: LossFn, params: Params) -> Callable[[Tensor], Tensor]:

@@ -12,10 +12,11 @@ import torch
 
 from .activations import ActivationLike, get_activation
 from .conserved import Q_terms
+from .errors import NotSupportedError
+from .types import Params
 from .validation import check_params
 
 Tensor = torch.Tensor
-Params = tuple[Tensor, ...]
 
 
 def make_generator(seed: int | torch.Generator) -> torch.Generator:
@@ -84,8 +85,6 @@ def expected_Q_xavier(m: int, h: int, n: int, activation: ActivationLike = "iden
     """
     act = get_activation(activation)
     if act.gaussian_mean_integral is None:
-        from .groups import NotSupportedError
-
         raise NotSupportedError(f"no closed form for E[A(x)] is known for activation {act.name!r}")
     return m / 2 - n * h * act.gaussian_mean_integral(1.0 / n)
 

@@ -1,7 +1,7 @@
 """Compiled whole-loop GD kernels for steps whose cost is per-op overhead (optional: ``pip install .[fast]``).
 
 Fig. 7's models are tiny: the radial net (m=5, n=10, h=5, four configurations) takes about 10⁴
-flops per batched step and Prop. 14's decoupled per-mode system ([`symmetry.SpectralModes`][])
+flops per batched step and Prop. 14's decoupled per-mode system ([`symmetry.models.SpectralModes`][])
 20 scalars. torch spends ~40 µs per step dispatching ~20 small ops; a compiled loop spends ~2 µs
 (radial) or a few ns (modes) on the arithmetic. The torch steps (the engine's ``GD`` on the model's
 closed-form ``loss_and_grad``) stay the reference and the path on CUDA; each kernel repeats their

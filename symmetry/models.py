@@ -17,11 +17,11 @@ from typing import Callable
 
 import torch
 
-from .activations import Activation, ActivationLike, get_activation, inverse_square, radial_rescaling
+from .activations import Activation, ActivationLike, get_activation, inverse_square, radial_rescaling, swish
+from .types import Params
 from .validation import check_choice, check_number
 
 Tensor = torch.Tensor
-Params = tuple[Tensor, ...]
 
 #: How the squared error is reduced over the output entries of one configuration.
 REDUCTIONS = {
@@ -436,8 +436,6 @@ class SwishMLP(Model):
         return f"SwishMLP(reduction={self.reduction!r})"
 
     def forward(self, params: Params, X: Tensor | None = None) -> Tensor:
-        from .activations import swish
-
         if len(params) % 2 != 1:
             raise ValueError(f"SwishMLP parameters are (W_1, β_1, …, W_L): an odd count, got {len(params)}")
         H = params[0] if X is None else params[0] @ X

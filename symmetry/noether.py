@@ -2,7 +2,7 @@
 their conserved quantities and test problems.
 
 The dynamics themselves are the engine's ([`symmetry.dynamics`][]): the ODE integrator
-[`integrate`][] for GF, Newtonian dynamics (ND, b = 0) and Nesterov's accelerated
+[`integrate`][symmetry.dynamics.integrate] for GF, Newtonian dynamics (ND, b = 0) and Nesterov's accelerated
 gradient flow (NAGF, b = 3/t) of θ̈ + b(t)θ̇ = −∇L (G&U Eq. 22), and the steppers GD, heavy ball,
 leapfrog and Nesterov with the loop [`run`][]. Here: the weight w(t) = exp ∫ b of
 the Noether charges, each G&U quantity as an observable of a [`Snapshot`][]
@@ -17,13 +17,14 @@ from dataclasses import dataclass
 
 import torch
 
+from . import conserved as C
 from . import dynamics as D
 from .dynamics import DYNAMICS, Snapshot, Stepper
 from .models import MLP, PotentialModel, SwishMLP
+from .types import Params
 from .validation import check_choice
 
 Tensor = torch.Tensor
-Params = tuple[Tensor, ...]
 
 
 def charge_weight(dynamics: str, t: float | Tensor) -> float | Tensor:
@@ -110,8 +111,6 @@ def _stack(x) -> Tensor:
 
 def balance_quantities(alpha: float = 1.0) -> dict[str, Quantity]:
     """Layer balance α‖W_{i+1}‖² − ‖W_i‖² (Eq. 31) and its ND / NAGF Noether charge (Eq. 30)."""
-    from . import conserved as C
-
     def absform(a, b):
         return C.layer_balance(a, b, alpha=alpha) + 2 * C.layer_balance(a, b, alpha=0.0).abs()  # α⟨|a|,|b|⟩ + ⟨|a|,|b|⟩
 
@@ -124,8 +123,6 @@ def balance_quantities(alpha: float = 1.0) -> dict[str, Quantity]:
 
 def swish_quantities() -> dict[str, Quantity]:
     """‖W_{i+1}‖² + ‖β_i‖² − ‖W_i‖² (Sec. 4.3, trainable β) and its Noether charge."""
-    from . import conserved as C
-
     def absform(a, b):
         return C.swish_balance(a, b) + 2 * torch.stack([(x * y).sum() for x, y in zip(a[0::2][:-1], b[0::2][:-1])])
 
@@ -138,8 +135,6 @@ def swish_quantities() -> dict[str, Quantity]:
 
 def balance_matrix_quantities() -> dict[str, Quantity]:
     """Balance matrices W_{i+1}ᵀW_{i+1} − W_iW_iᵀ of a linear MLP (Eq. 42) and their charge (Eq. 41)."""
-    from . import conserved as C
-
     def absform(a, b):
         return [b[i + 1].mT @ a[i + 1] + a[i] @ b[i].mT for i in range(len(a) - 1)]
 
@@ -152,8 +147,6 @@ def balance_matrix_quantities() -> dict[str, Quantity]:
 
 def rotation_quantities() -> dict[str, Quantity]:
     """J = W₁ᵀẆ₁ − Ẇ₁ᵀW₁ (Eq. 45, 48; w × ẇ for one row) and t³J (Eq. 46 for NAGF)."""
-    from . import conserved as C
-
     def scale(s, d):
         return 2 * _norm(s.params[0]) * _norm(s.velocity[0]) * abs(charge_weight(d, s.time))
 
@@ -168,8 +161,6 @@ def rotation_quantities() -> dict[str, Quantity]:
 
 def energy_quantities() -> dict[str, Quantity]:
     """H = ½‖θ̇‖² + L (Sec. 7)."""
-    from . import conserved as C
-
     return {"hamiltonian": Quantity("hamiltonian", lambda s, d: C.hamiltonian(s.loss, s.velocity),  # type: ignore[arg-type]  # runs with a velocity
                                     lambda s, d: C.hamiltonian(s.loss.abs(), s.velocity))}  # type: ignore[arg-type]  # runs with a velocity
 

@@ -45,11 +45,11 @@ import torch
 from .groups import Element, NotSupportedError, Params, Symmetry
 from .groups.paper import (PAPER_GROUPS, GeneralLinear, Group, NeuronScaling, NonlinearGL, Orthogonal,
                            PositiveScaling, make_group)
+from .types import LossFn
 from .validation import check_choice, check_finite, check_tensors
 
 Tensor = torch.Tensor
 Leaves = tuple[Tensor, ...]  # Lie-algebra coordinates ξ as a tuple, in the order of the symmetry's keys
-LossFn = Callable[[Params], Tensor]
 #: the paper's groups by name (symmetry.groups.paper)
 GROUPS = PAPER_GROUPS
 

@@ -86,3 +86,23 @@ def norm(a) -> float:
 @pytest.fixture(autouse=True)
 def _deterministic():
     torch.manual_seed(0)
+
+
+#: the classes of the tiny CIFAR-10-like ImageFolder tree that write_tree writes
+CLASSES = ["airplane", "bird", "cat"]
+
+
+def write_tree(root, per_class=(4, 2), seed=0):
+    """An ImageFolder tree root/{train,test}/<class>/NNNN.png of random 32×32 images (lossless); returns the pixels."""
+    from PIL import Image  # torchvision's dependency, in the cifar and data extras
+
+    g = torch.Generator().manual_seed(seed)
+    pixels = {}
+    for split, count in zip(("train", "test"), per_class):
+        for c in CLASSES:
+            (root / split / c).mkdir(parents=True)
+            for i in range(count):
+                array = torch.randint(0, 256, (32, 32, 3), generator=g, dtype=torch.uint8)
+                Image.fromarray(array.numpy()).save(root / split / c / f"{i:04d}.png")  # lossless
+                pixels[(split, c, i)] = array
+    return pixels

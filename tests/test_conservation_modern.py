@@ -5,8 +5,7 @@ import math
 
 import pytest
 
-from conftest import load_script
-from test_data import write_tree
+from conftest import load_script, write_tree
 
 
 @pytest.fixture(scope="module")
@@ -99,7 +98,7 @@ def test_issue38_case2_its_jobs_are_keyed_by_the_datas_content_not_its_path(tmp_
     the path, and the rerun resumed the small set's numbers); the figure's JSON records the content's hash."""
     import shutil
 
-    from symmetry import experiment as E
+    from repro import experiment as E
 
     script = load_script("conservation_modern")
     keys = []
@@ -116,7 +115,7 @@ def test_issue38_case2_its_jobs_are_keyed_by_the_datas_content_not_its_path(tmp_
 
 
 def test_issue38_case2_the_json_records_the_datas_content_hash(quick_run):
-    from symmetry.data import load_cifar10
+    from repro.data import load_cifar10
 
     script, payload, tmp = quick_run
     sha = load_cifar10(tmp / "cifar")["sha256"]

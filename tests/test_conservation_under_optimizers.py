@@ -2,7 +2,7 @@
 import json
 
 from conftest import load_script
-from test_data import write_tree
+from conftest import write_tree
 
 
 def test_quick_run(tmp_path):
@@ -14,7 +14,7 @@ def test_quick_run(tmp_path):
     on_disk = json.loads((tmp_path / "conservation_under_optimizers.json").read_text())
     assert on_disk["settings"]["quick"] is True
     # issue 38: the JSON records the content of the CIFAR-10 it read, not only the --data path
-    from symmetry.data import load_cifar10
+    from repro.data import load_cifar10
 
     assert on_disk["runs"]["cnn"]["data_sha256"] == load_cifar10(tmp_path / "cifar")["sha256"]
     assert "data_sha256" not in on_disk["runs"]["mlp"]

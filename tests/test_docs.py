@@ -7,13 +7,13 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGE_FILES = sorted((ROOT / "symmetry").rglob("*.py"))
+PACKAGE_FILES = sorted([*(ROOT / "symmetry").rglob("*.py"), *(ROOT / "repro").rglob("*.py")])
 
 # Sphinx cross-reference roles (:func:`x`, :class:`x`, :py:meth:`x`, …). The docstring fields of
 # `docstring_style: sphinx` (:param x:, :returns:, :raises E:, :type x:, :rtype:) are not roles: no backtick.
 SPHINX_ROLE = re.compile(r":(?:py:)?(?:func|class|data|meth|attr|mod|obj|exc|const|any|ref|term|doc):`")
 # [`text`][symmetry.path]: an explicit autorefs target (an empty [] resolves in the docstring's scope).
-EXPLICIT_REF = re.compile(r"\]\[(symmetry(?:\.\w+)*)\]")
+EXPLICIT_REF = re.compile(r"\]\[((?:symmetry|repro)(?:\.\w+)*)\]")
 
 ROLES_ALLOWED_IN: set[str] = set()
 

@@ -160,7 +160,7 @@ def test_train_two_layer_budgets_takes_its_starts_and_checks_them():
     """starts replaces the scaled draw: given the draw itself it changes nothing; a wrong shape is named."""
     import torch
     import symmetry as S
-    from symmetry import training as T
+    from repro import training as T
 
     groups = {20: [("tanh", 0.1, 0.5), ("relu", 0.1, 0.5)]}
     U0, V0 = S.gaussian_init(3, 6, 4, std=1.0, seed=0, dtype=torch.float64)
@@ -251,7 +251,7 @@ def test_bad_flags_are_refused(tmp_path, capsys):
 def test_divergence_stops_with_the_configuration_named(tmp_path):
     """A NaN loss stops a script with a message naming the configuration."""
     import symmetry as S
-    from symmetry import training as T
+    from repro import training as T
 
     with pytest.raises(S.DivergenceError, match=r"identity, lr=1000"):
         T.train_two_layer(3, 4, 5, [("identity", 1000.0, 1.0)], 200, seed=0, record_every=10)
@@ -262,7 +262,7 @@ def test_script_exits_cleanly_on_divergence(tmp_path):
     import subprocess
 
     code = ("import sys; sys.argv=['Q_convergence_elementwise.py','--quick','--out',sys.argv[1]];"
-            "import Q_convergence_elementwise as f; from symmetry import experiment as E;"
+            "import Q_convergence_elementwise as f; from repro import experiment as E;"
             "f.quick=lambda cfg: f.Settings(lr=1e4, steps=50, sigmoid_steps=50, record_every=5);"
             "E.run_script(f.main)")
     proc = subprocess.run([sys.executable, "-c", code, str(tmp_path)], cwd=ROOT, capture_output=True, text=True)
@@ -286,7 +286,7 @@ def test_budgets_in_one_batch_equal_separate_runs(dtype):
     budget, what a separate train_two_layer run gives: same records, same numbers."""
     import torch
 
-    from symmetry import training as T
+    from repro import training as T
 
     groups = {40: [("identity", 0.1, 0.1), ("relu", 0.1, 0.5), ("tanh", 0.01, 0.1)],
               80: [("sigmoid", 0.1, 0.1), ("sigmoid", 0.01, 0.2)], 120: [("tanh", 0.05, 0.3)]}
@@ -308,7 +308,7 @@ def test_float64_runs_take_the_learning_rate_in_float64():
     import torch
 
     import symmetry as S
-    from symmetry import training as T
+    from repro import training as T
 
     lr = 1e-3
     res = T.train_two_layer(3, 4, 5, [("tanh", lr, 0.5)], 1, seed=0, dtype="float64", record_every=1)

@@ -8,7 +8,7 @@ import torch
 from conftest import load_script
 
 from symmetry import noether as N
-from symmetry.data import DatasetUnavailable, load_image_dataset
+from repro.data import DatasetUnavailable, load_image_dataset
 
 
 @pytest.fixture

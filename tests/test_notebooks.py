@@ -9,7 +9,7 @@ from nbclient import NotebookClient
 from PIL import Image
 
 from conftest import ROOT
-from symmetry import experiment as E
+from repro import experiment as E
 
 CLASSES = [f"class{i}" for i in range(10)]
 

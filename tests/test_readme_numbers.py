@@ -2,7 +2,7 @@
 
 Convention, applied to the whole of README.md and of every docs/*.md page (the API pages are docstrings) outside
 code (fenced blocks and code spans: names, settings and printed outputs that other tests run) and outside the
-generated tables (``<!-- report:NAME -->`` blocks, which tests/test_report.py checks against the JSONs whole):
+generated tables (``<!-- report:NAME -->`` blocks, which tests/repro/test_report.py checks against the JSONs whole):
 - a number written with a decimal point or an exponent (0.617, 5.5e-3, 3.2e-14, 6·10⁸ is not checked)
   must equal some number in figures/*.json or benchmarks/results/*.json once that number is rounded
   to the printed digits (significant digits in scientific form, decimals otherwise; signs ignored);

@@ -42,7 +42,11 @@ def test_reproduce_main_prints_the_table(demo, monkeypatch, capsys, tmp_path):
     out = capsys.readouterr().out
     assert "Q conserved under gradient flow" in out and "App. G.1: λ_max = √(Q²+4)" in out
     # the count line says what the rows printed above it say (the quick Q_distribution spread row may say NO)
-    table = json.loads((tmp_path / "claims.json").read_text(encoding="utf-8"))["claims"]
+    written = json.loads((tmp_path / "claims.json").read_text(encoding="utf-8"))
+    table = written["claims"]
+    # each row's figure, for the report's count by paper: the check's two rows, then each figure's own
+    assert written["claim_figures"][:2] == ["conservation_check"] * 2 and len(written["claim_figures"]) == len(table)
+    assert set(written["claim_figures"][2:]) == {"Q_sharpness_1d", "Q_distribution"}
     held = sum(r["holds"] is True for r in table)
     assert f"{held} of {len(table)} claims hold" in out and out.count("  NO  ") == len(table) - held
     assert (tmp_path / "Q_sharpness_1d.json").exists() and (tmp_path / "Q_distribution.png").exists()
@@ -160,7 +164,7 @@ def test_the_figures_run_on_a_dask_cluster_of_two_workers(tmp_path, monkeypatch)
     """The distributed extra: the same jobs, failures and parts on a local Dask cluster (two worker processes)
     give what the local pool gives."""
     distributed = pytest.importorskip("distributed")
-    from symmetry import jobs as J
+    from repro import jobs as J
 
     reproduce = load("reproduce")
     for name, text in (("figure_ok", FIGURE_OK), ("figure_fails", FIGURE_FAILS), ("figure_parts", FIGURE_WITH_PARTS)):
@@ -333,7 +337,7 @@ def claims(payload):
     return []
 '''
 FIGURE_NO_CIFAR = '''
-from symmetry.data import load_cifar10
+from repro.data import load_cifar10
 
 def main(argv):
     load_cifar10(argv[0], download=False)
@@ -402,7 +406,7 @@ def test_offline_without_data_says_to_pass_data(tmp_path, monkeypatch):
 
     import torchvision.datasets
 
-    from symmetry import data as D
+    from repro import data as D
 
     class Offline:
         def __init__(self, root, train, download):
@@ -454,7 +458,7 @@ def _fake_check_rows():
 def test_issue38_case6_only_keeps_what_the_other_figures_recorded(tmp_path, monkeypatch):
     """`--only Q_distribution` after a run of two figures: claims.json keeps Q_sharpness_1d's rows and job time
     (before: rewritten to Q_distribution's alone), and --report's time column still reads its job time."""
-    from symmetry import report
+    from repro import report
 
     reproduce = load("reproduce")
     monkeypatch.setattr(reproduce, "run", lambda cfg: _fake_check_rows())
@@ -535,7 +539,7 @@ def test_issue38_case1_a_worker_runs_the_figure_script_as_it_is_now(tmp_path, mo
     the worker kept the module it imported first, 8.2121 under the new code's hash). A worker whose package is older
     than the files on disk is restarted by the client, and a job on one refuses."""
     distributed = pytest.importorskip("distributed")
-    from symmetry import jobs as J
+    from repro import jobs as J
 
     reproduce = load("reproduce")
     script = tmp_path / "figure_version.py"
@@ -567,7 +571,7 @@ def test_issue38_case1_a_worker_runs_the_figure_script_as_it_is_now(tmp_path, mo
 def test_issue38_case5_the_figure_files_come_back_to_the_clients_out(tmp_path, monkeypatch, scheduler):
     """A worker started in another folder, writing where the client cannot see: the figure files are written under
     the client's --out (before: only in the worker's folder)."""
-    from symmetry import jobs as J
+    from repro import jobs as J
 
     reproduce = load("reproduce")
     (tmp_path / "figure_writes.py").write_text(FIGURE_WRITES)
@@ -613,7 +617,7 @@ def test_issue38_case7_the_only_worker_killed_ends_the_run_with_the_finished_fig
     import threading
     import time
 
-    from symmetry import jobs as J
+    from repro import jobs as J
 
     reproduce = load("reproduce")
     (tmp_path / "figure_ok.py").write_text(FIGURE_OK)
@@ -648,7 +652,7 @@ def test_issue38_case7_the_only_worker_killed_ends_the_run_with_the_finished_fig
 
 def test_issue38_case8_workers_with_two_threads_are_refused_with_one_line(tmp_path):
     distributed = pytest.importorskip("distributed")
-    from symmetry import jobs as J
+    from repro import jobs as J
 
     with distributed.LocalCluster(n_workers=1, threads_per_worker=2, processes=False, dashboard_address=None) as cluster:
         with pytest.raises(J.SchedulerError, match=r"runs 2 threads.*--nthreads 1"):
@@ -671,7 +675,7 @@ def test_issue38_case8_jobs_in_one_process_run_one_at_a_time(tmp_path, monkeypat
     (before: the two redirections of stdout mixed them, and one wrote to a closed file)."""
     import threading
 
-    from symmetry import jobs as J
+    from repro import jobs as J
 
     (tmp_path / "figure_talks.py").write_text(FIGURE_TALKS)
     monkeypatch.syspath_prepend(str(tmp_path))

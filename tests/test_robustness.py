@@ -16,8 +16,8 @@ import pytest
 import torch
 
 import symmetry as S
-from symmetry import data as D
-from symmetry import experiment as E
+from repro import data as D
+from repro import experiment as E
 
 from conftest import DTYPE, ROOT, load_script, randn, two_layer_problem
 
@@ -97,7 +97,7 @@ def test_case10_unbatched_divergence_names_the_run():
 
 def _probe_script(folder: Path, body: str) -> Path:
     script = folder / "probe_script.py"
-    script.write_text("from symmetry import experiment as E\n" + body)
+    script.write_text("from repro import experiment as E\n" + body)
     return script
 
 
@@ -739,7 +739,7 @@ def test_round_two_case7_sigterm_stops_the_workers_and_says_so_in_one_line(tmp_p
 
 def _hold_in_another_process(out):
     """A process that holds OUT's lock (a first run), started and waited for until it holds it."""
-    code = ("import sys, time; from symmetry import experiment as E; E.hold_output(sys.argv[1]); "
+    code = ("import sys, time; from repro import experiment as E; E.hold_output(sys.argv[1]); "
             "print('held', flush=True); time.sleep(60)")
     holder = subprocess.Popen([sys.executable, "-c", code, str(out)], stdout=subprocess.PIPE, text=True,
                               env={**os.environ, "PYTHONPATH": str(ROOT)})
@@ -774,7 +774,7 @@ def test_a_figure_script_run_alone_holds_its_out_for_its_lifetime(tmp_path):
     reproduce.py's workers run under their parent's lock (test_reproduce runs --jobs 2)."""
     load_script("Q_distribution").main(["--quick", "--out", str(tmp_path)])
     load_script("Q_distribution").main(["--quick", "--out", str(tmp_path)])  # the same process again: reentrant
-    code = "import sys; from symmetry import experiment as E; E.hold_output(sys.argv[1])"
+    code = "import sys; from repro import experiment as E; E.hold_output(sys.argv[1])"
     second = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True,
                             env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert second.returncode != 0 and f"another run (pid {os.getpid()}) is writing there" in second.stderr
@@ -853,7 +853,7 @@ def test_round_two_case12_teleport_refuses_integer_parameters_by_name():
 _PROBE = '''
 import os, signal
 from pathlib import Path
-from symmetry import experiment as E
+from repro import experiment as E
 
 def main(argv):
     out = Path(argv[0])
@@ -870,7 +870,7 @@ def test_second_pass_case7_a_worker_stopped_mid_write_unwinds_and_leaves_no_temp
     out = tmp_path / "out"
     out.mkdir()
     # a local worker's job, in its main thread: the stop unwinds it (KeyboardInterrupt out of the job)
-    code = ("import sys, signal; sys.path[:0] = sys.argv[1:3]; from symmetry import jobs\n"
+    code = ("import sys, signal; sys.path[:0] = sys.argv[1:3]; from repro import jobs\n"
             "try:\n    jobs.figure_job('sigterm_probe', None, [sys.argv[3]], 1, sys.argv[4])\n"
             "except KeyboardInterrupt as stop:\n    open(sys.argv[5], 'w').write(repr(stop.args))\n"
             "assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the worker's own handler back\n")

@@ -365,9 +365,12 @@ def test_teleportation_figure_quick(tmp_path):
     by_claim = {r["claim"]: r for r in rows}
     assert by_claim["a teleport keeps the loss on its batch when the batch is no larger than the hidden widths"]["holds"]
     assert by_claim["the null teleport (0 ascent steps, state kept) is plain training: the identity is the identity"]["holds"]
-    for opt in ("adagrad", "momentum", "rmsprop", "adam"):  # every speed-up row names the three controls
-        row = by_claim[f"teleportation speeds up mnist/{opt} against its three controls (ICLR 2024)"]
-        assert all(c in row["measured"] for c in ("null", "reset", "random"))
+    for opt in ("adagrad", "momentum", "rmsprop", "adam"):  # every speed-up row names every arm and its cause
+        row = by_claim[f"teleportation speeds up mnist/{opt} against the controls of its protocol (ICLR 2024)"]
+        assert all(c in row["measured"] for c in ("plain", "null", "reset", "random", "Cause: "))
+        assert "teleport vs reset" in row["measured"] and "teleport vs null" not in row["measured"]  # ICLR: reset family
+    row = by_claim["teleportation speeds up regression/adagrad against the controls of its protocol (NeurIPS 2022)"]
+    assert "teleport vs null" in row["measured"] and "teleport vs reset" not in row["measured"]  # NeurIPS: state kept
     assert by_claim["1-D valley (App. G.1): teleporting to minimum sharpness lands at Q = 0, λ_max = √(0+4) = 2"]["holds"]
     # round two, case 3: --seed reaches the repeated runs (their seeds are offsets added to it)
     other = script.main(["--quick", "--out", str(tmp_path / "seed7"), "--seed", "7"])

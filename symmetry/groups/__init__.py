@@ -26,22 +26,10 @@ from typing import Mapping, Protocol, runtime_checkable
 
 import torch
 
-Tensor = torch.Tensor
-#: a tuple model's parameters (W_1, …, W_L), or (U, V)
-Params = tuple[Tensor, ...]
-#: Lie-algebra coordinates ξ, one tensor per factor of the group
-Algebra = dict[str, Tensor]
-#: a group element g = exp(ξ), one tensor per factor
-Element = dict[str, Tensor]
+from ..errors import NotSupportedError
+from ..types import Algebra, Element, Params, Tensor
 
 __all__ = ["Algebra", "Element", "NotSupportedError", "Params", "Symmetry"]
-
-
-class NotSupportedError(TypeError, ValueError):
-    """What the library cannot treat exactly, refused by name (a layer, an operation, a model structure, a
-    quantity a group does not have).
-
-    A ``TypeError`` and a ``ValueError`` at once, so code written against either keeps catching it."""
 
 
 @runtime_checkable
@@ -74,4 +62,4 @@ class Symmetry(Protocol):
     def describe(self) -> str: ...
 
 
-from . import blocks, paper  # noqa: E402  (the instances import the protocol's names above)
+from . import blocks, paper  # noqa: E402  (the instances, re-exported as the package's submodules)

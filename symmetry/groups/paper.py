@@ -31,7 +31,9 @@ from ..actions import multilayer_action, multilayer_nonlinear_action, orthogonal
 from ..activations import Activation
 from ..conserved import Q_terms, balance_matrix, conserved_Q, neuron_balance
 from ..validation import check_choice, check_tensors
-from . import NotSupportedError, Params
+from ..errors import NotSupportedError
+from ..models import MLP, TwoLayerNet
+from ..types import Params
 
 Tensor = torch.Tensor
 
@@ -43,8 +45,6 @@ def layout(model, params: Params) -> tuple[Params, list[Any], Any]:
     """(weights W_1 … W_L in the multilayer convention, hidden activations, back-conversion) of a tuple model.
 
     A ``TwoLayerNet``'s (U, V) is (W_1, W_2) = (Vᵀ, U), so one multilayer code serves both."""
-    from ..models import MLP, TwoLayerNet
-
     if isinstance(model, TwoLayerNet):
         if len(params) != 2:
             raise ValueError(f"a TwoLayerNet has parameters (U, V); got {len(params)} tensors")
@@ -312,8 +312,6 @@ class NonlinearGL(Group):
                                            "warn" if check else "ignore")
 
     def _two_layer_whitened(self, params) -> tuple[Tensor, Tensor]:
-        from ..models import TwoLayerNet
-
         whitened = self.X is None or (self.X.ndim == 2 and self.X.shape[0] == self.X.shape[1] and
                                       torch.equal(self.X, torch.eye(self.X.shape[0]).to(self.X)))
         if not isinstance(self.model, TwoLayerNet) or not whitened:
@@ -400,6 +398,7 @@ class NeuronScaling(_Diagonal, _RadialPair):
 
 PAPER_GROUPS: dict[str, type[Group]] = {"gl": GeneralLinear, "scaling": PositiveScaling, "nonlinear": NonlinearGL,
                                         "orthogonal": Orthogonal, "neuron_scaling": NeuronScaling}
+"""The paper's groups by name (what ``make_group`` and ``teleport_to`` accept as a string)."""
 
 
 def make_group(group: str | Group) -> Group:

@@ -2,17 +2,17 @@
 
 GD on F = Uσ(Vᵀ) with whitened input and the mean squared error, many configurations (activation,
 learning rate, init scale) in one batched run of [`symmetry.dynamics.gradient_descent`][]
-(the fused [`TwoLayerGD`][] stepper), with Q (Eq. 48) and Q̃ (App. D.2)
+(the fused [`TwoLayerGD`][symmetry.dynamics.TwoLayerGD] stepper), with Q (Eq. 48) and Q̃ (App. D.2)
 recorded in float64.
 """
 from __future__ import annotations
 
 import torch
 
-from .dynamics import Trajectory, gradient_descent
-from .init import gaussian_init
-from .conserved import conserved_Q, normalized_Q
-from .models import TwoLayerNet
+from symmetry.conserved import conserved_Q, normalized_Q
+from symmetry.dynamics import Trajectory, gradient_descent
+from symmetry.init import gaussian_init
+from symmetry.models import TwoLayerNet
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 

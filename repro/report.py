@@ -3,10 +3,10 @@
 A page marks each generated table with a pair of HTML comments::
 
     <!-- report:NAME -->
-    ...the table, as [`render`][symmetry.report.render] writes it...
+    ...the table, as [`render`][repro.report.render] writes it...
     <!-- /report:NAME -->
 
-``python reproduce.py --report`` rewrites every such block ([`update_pages`][symmetry.report.update_pages]); the test suite checks that the
+``python reproduce.py --report`` rewrites every such block ([`update_pages`][repro.report.update_pages]); the test suite checks that the
 committed pages equal what it would write, so a table can only go stale by failing CI. Numbers in prose are
 checked against the JSONs by ``tests/test_readme_numbers.py`` instead.
 """
@@ -18,7 +18,7 @@ import re
 from collections.abc import Callable
 from pathlib import Path
 
-__all__ = ["PAGES", "TABLES", "render", "tally", "update_pages"]
+__all__ = ["PAGES", "TABLES", "render", "tally", "update_pages", "verdict"]
 
 # The figure table: every script and notebook that writes a committed figure, in the order of the paper.
 SCRIPTS = ("Q_dynamics_elementwise", "Q_distribution", "Q_convergence_elementwise", "Q_convergence_radial",
@@ -27,7 +27,7 @@ SCRIPTS = ("Q_dynamics_elementwise", "Q_distribution", "Q_convergence_elementwis
 NOTEBOOKS = ("ensemble_CIFAR", "adversarial_CIFAR")
 # the pages that hold generated blocks, relative to the repository root
 PAGES = ("README.md", "docs/index.md", "docs/results.md", "docs/figures.md", "docs/beyond-gradient-flow.md",
-         "docs/optimizers.md", "docs/performance.md", "docs/counting-laws.md", "docs/modern.md")
+         "docs/optimizers.md", "docs/performance.md", "docs/counting-laws.md", "docs/modern.md", "docs/teleportation.md")
 BLOCK = re.compile(r"(<!-- report:(?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- /report:(?P=name) -->)", re.S)
 
 
@@ -73,10 +73,41 @@ def figure_table(root: Path) -> str:
     return "\n".join(rows)
 
 
+# Whose claims each figure's rows test, and at which settings: the headline counts this paper's apart.
+CHECK = "conservation_check"  # reproduce.py's own two rows (Q under GF and GD), this paper's Prop. 12 / App. D
+GROUPS = (
+    ("this paper (Zhao et al., ICLR 2023)",
+     (CHECK, "Q_dynamics_elementwise", "Q_distribution", "Q_convergence_elementwise", "Q_convergence_radial",
+      "Q_sharpness_1d", "Q_hessian_eigenvalues"),
+     "Figs. 3–9 and App. G.1 at the paper's settings; Figs. 10–11 (the notebooks) have no claim rows"),
+    ("related papers (Gluch & Urbanke 2021; Marcotte et al. 2023)", ("noether_dynamics", "conservation_laws"),
+     "their claims on their models, at settings listed in each script"),
+    ("extensions (Kunin et al. 2021; teleportation, Zhao et al. 2022 and 2024; modern architectures)",
+     ("conservation_under_optimizers", "teleportation", "conservation_modern"),
+     ("other papers' claims at CPU-scaled or chosen settings, the deviations beside each row; only the NeurIPS 2022 "
+      "regression rows of teleportation run at that paper's settings")),
+)
+
+
+def _grouped(data: dict) -> list[tuple[str, str, list[dict]]]:
+    """(group, its settings, its rows) in the order of ``GROUPS``; needs claims.json's ``claim_figures``."""
+    owners = data.get("claim_figures")
+    rows = data["claims"]
+    if owners is None or len(owners) != len(rows):
+        raise ValueError("figures/claims.json has no claim_figures beside its claims: run `python reproduce.py --report`")
+    known = {name for _, names, _ in GROUPS for name in names}
+    unknown = sorted(set(owners) - known)
+    if unknown:
+        raise ValueError(f"claim rows of {', '.join(unknown)} belong to no paper: add them to repro.report.GROUPS")
+    return [(label, settings, [r for r, o in zip(rows, owners) if o in names]) for label, names, settings in GROUPS]
+
+
 def claim_count(root: Path) -> str:
-    """One line: how many claim rows hold, with a link to the table (the README's first screen)."""
-    rows = _json(root, "figures/claims.json")["claims"]
-    return (f"**{tally(rows)}** at the paper's settings; every row, its criterion and what was measured: "
+    """How many claim rows hold, this paper's apart from the related papers' and the extensions' (the README's
+    first screen), with a link to the table."""
+    data = _json(root, "figures/claims.json")
+    parts = [f"**{label}: {tally(rows)}** ({settings})" for label, settings, rows in _grouped(data)]
+    return ("; ".join(parts) + f". In all, {tally(data['claims'])}; every row, its criterion and what was measured: "
             f"[the results page](docs/results.md).")
 
 
@@ -87,19 +118,37 @@ def tally(rows: list[dict]) -> str:
     return f"{held} of {len(rows)} claims hold, {failed} do not" + (f", {unmeasured} not measured" if unmeasured else "")
 
 
-def _verdict(holds: bool | None) -> str:
-    return "yes" if holds else "not measured" if holds is None else "**NO**"
+def verdict(holds: bool | None, markdown: bool = True) -> str:
+    """A claim row's ``holds`` as a table prints it: yes, NO, or not measured (the console's narrow column: n/m;
+    a Markdown table's NO in bold). The one renderer of a verdict: the pages and ``reproduce.py``'s table."""
+    if holds is None:
+        return "not measured" if markdown else "n/m"
+    return "yes" if holds else "**NO**" if markdown else "NO"
 
 
 def claim_table(root: Path) -> str:
     """Every claim row of ``figures/claims.json``: the claim, yes/NO, what was measured, the criterion."""
     data = _json(root, "figures/claims.json")
-    rows = data["claims"]
-    lines = ["| claim | holds | measured | criterion |", "|---|---|---|---|"]
-    lines += [f"| {_cell(r['claim'])} | {_verdict(r['holds'])} | {_cell(r['measured'])} | "
-              f"{_cell(r['criterion'])} |" for r in rows]
+    lines = []
+    for label, settings, rows in _grouped(data):
+        lines += [f"**{label[0].upper()}{label[1:]}**: {tally(rows)} ({settings}).", "",
+                  "| claim | holds | measured | criterion |", "|---|---|---|---|"]
+        lines += [f"| {_cell(r['claim'])} | {verdict(r['holds'])} | {_cell(r['measured'])} | "
+                  f"{_cell(r['criterion'])} |" for r in rows]
+        lines.append("")
+    lines.append(f"In all, {tally(data['claims'])} (seed {data['settings']['seed']}).")
+    return "\n".join(lines)
+
+
+def teleportation_claims(root: Path) -> str:
+    """teleportation.py's rows of ``figures/claims.json``: each result, its verdict, and in words what caused it
+    (the "Cause:" of each row) and whether a NO refutes the paper or comes from a setting that differs."""
+    data = _json(root, "figures/claims.json")
+    rows = [r for r, o in zip(data["claims"], data.get("claim_figures") or []) if o == "teleportation"]
+    lines = ["| claim | holds | measured, cause and setting |", "|---|---|---|"]
+    lines += [f"| {_cell(r['claim'])} | {verdict(r['holds'])} | {_cell(r['measured'])} |" for r in rows]
     lines.append("")
-    lines.append(f"{tally(rows)} (seed {data['settings']['seed']}).")
+    lines.append(f"{tally(rows)}; each row's criterion and deviations from the paper: [the results page](results.md).")
     return "\n".join(lines)
 
 
@@ -178,7 +227,7 @@ def benchmark_table(results: dict) -> str:
 
 
 def reproduce_benchmark(root: Path) -> str:
-    """The committed ``benchmarks/results/bench_reproduce.json`` as [`benchmark_table`][symmetry.report.benchmark_table] writes it."""
+    """The committed ``benchmarks/results/bench_reproduce.json`` as [`benchmark_table`][repro.report.benchmark_table] writes it."""
     return benchmark_table(_json(root, "benchmarks/results/bench_reproduce.json"))
 
 
@@ -308,7 +357,7 @@ def modern_benchmark(root: Path) -> str:
 
 
 TABLES: dict[str, Callable[[Path], str]] = {
-    "figures": figure_table, "claim-count": claim_count, "claims": claim_table,
+    "figures": figure_table, "claim-count": claim_count, "claims": claim_table, "teleportation": teleportation_claims,
     "conservation-check": conservation_check, "noether-drift": noether_drift_table,
     "optimizers": optimizer_table, "reproduce-benchmark": reproduce_benchmark, "law-counts": law_counts,
     "law-benchmark": law_benchmark, "module-law-benchmark": module_law_benchmark,

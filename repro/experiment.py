@@ -25,9 +25,11 @@ from typing import Any, Callable, Iterator
 import torch
 
 import symmetry as S
+from symmetry._optional import require
 from symmetry.models import computation_threads, torch_threads  # noqa: F401  (for the scripts: E.torch_threads)
 
-from symmetry.training import DTYPES  # noqa: E402  (the training precisions, also for --dtype)
+from .errors import DataError, DatasetUnavailable, SchedulerError
+from .training import DTYPES  # the training precisions, also for --dtype
 
 
 #: --out when none is given; --quick writes beside, never over, the full-setting figures the README shows
@@ -276,18 +278,19 @@ def lock_file_hash(source: str | Path | None = None) -> dict[str, Any] | None:
 
 
 def code_hash(script: str | Path | None = None) -> str:
-    """A hash of what computes the numbers: every source file of this package plus ``script``. Cached
-    results are reused only when it is unchanged (a `git pull` or an edit recomputes)."""
+    """A hash of what computes the numbers: every source file of the library and of this package plus
+    ``script``. Cached results are reused only when it is unchanged (a `git pull` or an edit recomputes)."""
     digest = hashlib.sha256()
-    package = Path(__file__).resolve().parent
-    for path in sorted(package.rglob("*.py")) + ([Path(script).resolve()] if script else []):
+    packages = Path(S.__file__).resolve().parent, Path(__file__).resolve().parent
+    sources = [path for package in packages for path in sorted(package.rglob("*.py"))]
+    for path in sources + ([Path(script).resolve()] if script else []):
         if path.is_file():
             digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
     return digest.hexdigest()[:16]
 
 
-#: [`code_hash`][] of this package when this process imported it: a long-lived process (a notebook, a Dask worker)
-#: whose package changed on disk since runs other code than code_hash() names, and [`cached`][] stores nothing then
+#: [`code_hash`][] (the library and this package) when this process imported this module: a long-lived process
+#: (a notebook, a Dask worker) whose sources changed on disk since runs other code than code_hash() names, and [`cached`][] stores nothing then
 CODE_AT_IMPORT = code_hash()
 
 
@@ -302,8 +305,6 @@ def environment(device: torch.device | str = "cpu", source: str | Path | None = 
     import numpy
     import scipy
 
-    from . import __version__
-
     device = torch.device(device)
     git = git_state(source)
     info = {
@@ -311,7 +312,7 @@ def environment(device: torch.device | str = "cpu", source: str | Path | None = 
         "torch": torch.__version__,
         "numpy": numpy.__version__,
         "scipy": scipy.__version__,
-        "symmetry": __version__,
+        "symmetry": S.__version__,
         "git_commit": git["git_commit"],
         "git_dirty": git["git_dirty"],
         "lock_file": lock_file_hash(source),
@@ -525,9 +526,8 @@ def write_figure(out: str | Path, name: str, payload: dict, fig=None) -> dict:
 
 
 def pyplot():
-    """matplotlib.pyplot on the Agg backend (no display needed), imported on first use."""
-    import matplotlib
-
+    """matplotlib.pyplot on the Agg backend (no display needed), imported on first use (the ``plot`` extra)."""
+    matplotlib = require("matplotlib", "plot", "drawing the figures")
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -544,8 +544,8 @@ def cached(out: str | Path, name: str, settings: Any, compute: Callable[[], dict
     """Run ``compute()`` once per settings and code: its result (a dict of tensors and numbers) is saved
     under OUT/.cache and reloaded on a rerun, so an interrupted figure resumes at the last finished part.
 
-    The key hashes the settings and [`code_hash`][] (this package's source and the calling script),
-    so a code change recomputes; a process that imported the package before its source changed stores
+    The key hashes the settings and [`code_hash`][] (the library's and this package's source and the calling script),
+    so a code change recomputes; a process that imported the packages before their source changed stores
     nothing (its code is not the code the key names). An unreadable entry (truncated, garbage) is recomputed
     with one line naming the file; entries are loaded with ``weights_only=True`` only (never arbitrary pickles).
     """
@@ -604,10 +604,6 @@ def finish(out: str | Path, name: str, settings: Any, results: dict, wall_second
 
 def explain(error: BaseException) -> tuple[int, str] | None:
     """(exit status, one line naming the cause and what to do) for an expected failure, else None."""
-    from .data import DataError, DatasetUnavailable
-
-    from .jobs import SchedulerError
-
     if isinstance(error, (OutputLocationError, DataLocationError, SchedulerError)):
         return 2, str(error)
     if isinstance(error, ImportError) and "optional package" in str(error):  # _optional.require: names the extra

@@ -14,9 +14,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._optional import require
-from .activations import Activation, ActivationLike, get_activation
-from .ensemble import ENSEMBLE_MODES, GroupActionEnsemble, mean_probability, vote
+from symmetry._optional import require
+from symmetry.activations import Activation, ActivationLike, get_activation
+from symmetry.dynamics import ModuleModel, run, wrap_optimizer
+from symmetry.ensemble import ENSEMBLE_MODES, GroupActionEnsemble, mean_probability, vote
+
+from .data import to_model_input
 
 Tensor = torch.Tensor
 
@@ -64,8 +67,6 @@ def train_classifier(model: nn.Module, x: Tensor, y: Tensor, epochs: int = 10, b
     """Adam (``torch.optim.Adam``, default settings) on the cross-entropy of the logits, shuffled mini-batches
     (one permutation per epoch from ``seed``), run by the dynamics engine; trains ``model`` in place and
     returns the mean loss of each epoch."""
-    from .dynamics import ModuleModel, run, wrap_optimizer
-
     n_batches = math.ceil(len(x) / batch_size)
     generator = torch.Generator().manual_seed(seed)
     orders: list[Tensor] = []  # one permutation per epoch, drawn in epoch order
@@ -185,8 +186,6 @@ def experiment_splits(data: dict, n_eval: int, n_fit: int, train_fraction: float
     """The images both notebooks use: a random ``train_fraction`` of the training split to train on, and from
     the test split (shuffled once: folders are sorted by class) ``n_eval`` images to score and the next
     ``n_fit`` to fit π(g, H) on. Inputs as x/255 − 0.5."""
-    from .data import to_model_input
-
     if n_eval + n_fit > len(data["test_y"]):
         raise ValueError(f"n_eval + n_fit = {n_eval + n_fit} exceeds the {len(data['test_y'])} test images")
     generator = torch.Generator().manual_seed(seed)

@@ -3,24 +3,9 @@ import tarfile
 
 import pytest
 import torch
-from PIL import Image
 
-from symmetry.data import load_cifar10, to_model_input
-
-CLASSES = ["airplane", "bird", "cat"]
-
-
-def write_tree(root, per_class=(4, 2), seed=0):
-    g = torch.Generator().manual_seed(seed)
-    pixels = {}
-    for split, count in zip(("train", "test"), per_class):
-        for c in CLASSES:
-            (root / split / c).mkdir(parents=True)
-            for i in range(count):
-                array = torch.randint(0, 256, (32, 32, 3), generator=g, dtype=torch.uint8)
-                Image.fromarray(array.numpy()).save(root / split / c / f"{i:04d}.png")  # lossless
-                pixels[(split, c, i)] = array
-    return pixels
+from conftest import CLASSES, write_tree
+from repro.data import load_cifar10, to_model_input
 
 
 def test_folder_tree_loads_and_is_cached(tmp_path):
@@ -32,7 +17,7 @@ def test_folder_tree_loads_and_is_cached(tmp_path):
     assert data["train_y"].tolist() == [0] * 4 + [1] * 4 + [2] * 4
     assert torch.equal(data["train_x"][5], pixels[("train", "bird", 1)].permute(2, 0, 1))
     assert len(list((tmp_path / "cifar" / ".cache").glob("cifar10-folder-*.pt"))) == 1
-    import symmetry.data as D  # the second load of an unchanged tree reads the cache only
+    import repro.data as D  # the second load of an unchanged tree reads the cache only
 
     def no_decoding(*args):
         raise AssertionError("decoded again")
@@ -70,7 +55,7 @@ def test_missing_data_says_where_it_looked(tmp_path):
 
 
 def test_experiment_splits_are_disjoint_and_seeded(tmp_path):
-    from symmetry.cifar import experiment_splits
+    from repro.cifar import experiment_splits
 
     write_tree(tmp_path / "cifar", per_class=(10, 8))
     data = load_cifar10(tmp_path / "cifar")
@@ -101,7 +86,7 @@ def test_an_archive_put_where_the_error_says_is_found(tmp_path):
 
 def test_a_symlink_loop_is_named(tmp_path):
     """Issue 24 case 11: a --data that is a cycle of links gets one error naming it, not a RuntimeError."""
-    from symmetry.data import DataError
+    from repro.data import DataError
 
     (tmp_path / "a").symlink_to(tmp_path / "b")
     (tmp_path / "b").symlink_to(tmp_path / "a")
@@ -139,7 +124,7 @@ def test_issue38_case2_the_content_hash_follows_the_images_not_the_path(tmp_path
 
 
 def test_issue38_case4_a_plain_tar_named_tar_gz_or_a_cut_one_is_refused_by_name(tmp_path):
-    from symmetry.data import DataError
+    from repro.data import DataError
 
     write_tree(tmp_path / "src", per_class=(4, 2))
     plain = _archive(tmp_path / "src", tmp_path / "plain" / "cifar10.tar.gz", mode="w")  # not compressed
@@ -190,7 +175,7 @@ def test_issue38_case9_two_processes_extract_the_same_archive_at_once(tmp_path):
 
 
 def test_issue38_case10_a_class_without_training_images_is_refused_with_its_name(tmp_path):
-    from symmetry.data import DataError
+    from repro.data import DataError
 
     write_tree(tmp_path / "cifar", per_class=(2, 1))
     for image in (tmp_path / "cifar" / "train" / "bird").iterdir():
@@ -202,7 +187,7 @@ def test_issue38_case10_a_class_without_training_images_is_refused_with_its_name
 def test_issue38_case10_a_corrupt_torchvision_folder_names_its_files(tmp_path):
     """A cifar-10-batches-py folder with a file missing and one changed: one line naming both (before:
     torchvision's "Dataset not found or corrupted. You can use download=True" traceback)."""
-    from symmetry.data import DataError
+    from repro.data import DataError
 
     folder = tmp_path / "cifar" / "cifar-10-batches-py"
     folder.mkdir(parents=True)

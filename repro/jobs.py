@@ -2,7 +2,7 @@
 workers of a Dask distributed cluster (the ``distributed`` extra).
 
 ``reproduce.py`` decides what runs when (longest first, a script's parts before its ``main``); this module holds
-what runs on a worker ([`figure_job`][symmetry.jobs.figure_job]) and the two executors. The job function lives in
+what runs on a worker ([`figure_job`][repro.jobs.figure_job]) and the two executors. The job function lives in
 the package, not in ``reproduce.py``, so that a worker on another machine can import it by name.
 """
 from __future__ import annotations
@@ -20,12 +20,14 @@ from concurrent.futures import Executor, Future
 from pathlib import Path
 from typing import Any, Iterator
 
+from symmetry._optional import require
+from symmetry.models import torch_threads
+
+from . import experiment as E
+from .errors import SchedulerError
+
 __all__ = ["SchedulerError", "StaleCodeError", "figure_job", "local_executor", "dask_executor", "workers_left",
            "stop", "close"]
-
-
-class SchedulerError(ConnectionError):
-    """``--scheduler ADDRESS``: no Dask scheduler answers there, or it has no workers."""
 
 
 @contextlib.contextmanager
@@ -54,12 +56,10 @@ def _output_to(log_path: str) -> Iterator[None]:
 @contextlib.contextmanager
 def _unwind_on_sigterm() -> Iterator[None]:
     """While a job runs in a local worker's main thread: SIGTERM and SIGHUP (the parent's stop) unwind it as they
-    do a script ([`symmetry.experiment.stop_on_signal`][]), so a figure being written removes its temporary files;
+    do a script ([`repro.experiment.stop_on_signal`][]), so a figure being written removes its temporary files;
     the worker's own handlers come back after the job. A Dask worker runs jobs in threads: nothing to change."""
     import signal
     import threading
-
-    from . import experiment as E
 
     if threading.current_thread() is not threading.main_thread():
         yield
@@ -79,18 +79,16 @@ def _source_hash(source: bytes) -> str:
 
 
 def _package_hash() -> str:
-    from .experiment import code_hash
-
-    return code_hash()
+    return E.code_hash()
 
 
-# this package's code hash when this process imported it (symmetry.jobs is imported with the package, when a worker
-# unpickles its first job): a long-lived worker whose package changed on disk since runs other code than the hash says
+# the library's and repro's code hash when this process imported them (repro.jobs is imported with them, when a worker
+# unpickles its first job): a long-lived worker whose sources changed on disk since runs other code than the hash says
 _PACKAGE_AT_IMPORT = _package_hash()
 
 
 class StaleCodeError(RuntimeError):
-    """A worker process runs this package as it was when it imported it, and the source has changed since."""
+    """A worker process runs the library and repro as they were when it imported them, and their source has changed since."""
 
 
 def loaded_code() -> tuple[str, str]:
@@ -158,12 +156,9 @@ def figure_job(name: str, part: str | None, argv: list[str], threads: int, log_p
     ``path``: import directories put in front of ``sys.path`` (the scripts' folder; the submitting process's
     path, as a spawned process would have it). ``--out OUT`` in ``argv``: the submitting run holds OUT's lock,
     so the scripts take it as held while the job runs. The script runs as its file is now
-    ([`_current_module`][]); a process whose copy of this package is older than the files on disk refuses the job
+    ([`_current_module`][]); a process whose copy of the library or of repro is older than the files on disk refuses the job
     ([`StaleCodeError`][]); jobs in one process run one at a time.
     """
-    from . import experiment as E
-    from .models import torch_threads
-
     with _ONE_JOB:
         for entry in reversed(path):
             if entry not in sys.path:
@@ -175,8 +170,8 @@ def figure_job(name: str, part: str | None, argv: list[str], threads: int, log_p
             try:
                 loaded, now = loaded_code()
                 if loaded != now:
-                    raise StaleCodeError(f"this worker process imported the symmetry package (code hash {loaded}) "
-                                         f"before its source changed on disk (now {now}); restart the workers "
+                    raise StaleCodeError(f"this worker process imported symmetry and repro (code hash {loaded}) "
+                                         f"before their source changed on disk (now {now}); restart the workers "
                                          "(client.restart(), or start them again) and rerun")
                 with torch_threads(threads), (E.inherited_output_lock(out) if out else contextlib.nullcontext()):
                     module = _current_module(name)
@@ -195,7 +190,7 @@ def figure_job(name: str, part: str | None, argv: list[str], threads: int, log_p
 
 def local_executor(jobs: int) -> Executor:
     """``jobs`` local worker processes, started with ``spawn``: no fork of a process whose torch thread pool is
-    running. A worker runs job after job; [`figure_job`][symmetry.jobs.figure_job] restores its streams, threads
+    running. A worker runs job after job; [`figure_job`][repro.jobs.figure_job] restores its streams, threads
     and lock after each."""
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
@@ -208,13 +203,13 @@ def dask_executor(address: str, timeout: float = 20.0) -> tuple[Executor, int]:
     cluster started by ``dask-jobqueue`` or ``dask-kubernetes`` has one) as an Executor, and how many jobs they
     run at once: one per worker process. A worker with more than one thread is refused with one line (a figure
     job's matplotlib state, log redirection and torch threads are per process; [`figure_job`][] also runs a
-    process's jobs one at a time). A worker whose copy of this package is older than the files on disk is
+    process's jobs one at a time). A worker whose copy of the library or of repro is older than the files on disk is
     restarted (it imports them again), or refused where it cannot be. Jobs are submitted as impure: a rerun
     computes again instead of returning Dask's stored result. The figure files come back to the client
-    (``figure_job(ship=True)``), which writes them under its own --out.
+    (``figure_job(ship=True)``), which writes them under its own --out. Every worker must import ``repro`` (this
+    project installed with ``pip install -e .``, or the repository on its ``PYTHONPATH``): a worker unpickles
+    ``repro.jobs.figure_job`` by name.
     """
-    from ._optional import require
-
     distributed = require("distributed", "distributed", "reproduce.py --scheduler")
     try:
         client = distributed.Client(address, timeout=f"{timeout}s")

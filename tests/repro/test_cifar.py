@@ -2,7 +2,7 @@
 import torch
 import torch.nn.functional as F
 
-from symmetry.cifar import make_model, train_classifier
+from repro.cifar import make_model, train_classifier
 
 
 def plain_adam_loop(model, x, y, epochs, batch_size, seed):

@@ -25,8 +25,11 @@ from typing import Any, Iterator
 
 import torch
 
-from ._optional import require
-from .validation import check_choice
+from symmetry._optional import require
+from symmetry.validation import check_choice
+
+from .errors import DataError, DatasetUnavailable
+from .experiment import project_root
 
 Tensor = torch.Tensor
 SOURCES = ("auto", "folder", "torchvision")
@@ -34,19 +37,9 @@ SPLITS = ("train", "test")
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp"}
 
 
-class DataError(ValueError):
-    """The data is there but cannot be used: a broken archive, an unreadable or mis-sized image."""
-
-
-class DatasetUnavailable(RuntimeError):
-    """The requested data set could not be loaded and no fallback was allowed."""
-
-
 def default_data_root() -> Path:
     """``data/`` inside this repository (where git ignores it); ``./data`` if the package is installed
     outside a checkout of the project."""
-    from .experiment import project_root
-
     root = project_root()
     return (root if root is not None else Path.cwd()) / "data"
 

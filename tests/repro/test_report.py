@@ -1,11 +1,11 @@
-"""symmetry.report and reproduce.py --report: the committed pages are what the command writes from the JSONs."""
+"""repro.report and reproduce.py --report: the committed pages are what the command writes from the JSONs."""
 import json
 import shutil
 
 import pytest
 
 from conftest import ROOT, load_script
-from symmetry import report
+from repro import report
 
 reproduce = load_script("reproduce")
 
@@ -46,6 +46,28 @@ def test_a_changed_json_makes_its_page_stale(tmp_path):
     assert set(report.update_pages(tmp_path)) == {"README.md", "docs/results.md"}
     assert report.update_pages(tmp_path, write=False) == []  # written: current again
     assert "**NO**" in (tmp_path / "docs" / "results.md").read_text(encoding="utf-8").split("\n| Q conserved")[1][:200]
+
+
+def test_the_headline_counts_this_papers_claims_apart(tmp_path):
+    """Issue 35: the README's count separates this paper's rows from the related papers' and the extensions'; a
+    flipped teleportation row moves the extensions' count, never this paper's; a figure of no paper is refused."""
+    data = json.loads((ROOT / "figures" / "claims.json").read_text(encoding="utf-8"))
+    rows, owners = data["claims"], data["claim_figures"]
+    (label, names, _), *_ = report.GROUPS
+    ours = [r for r, o in zip(rows, owners) if o in names]
+    text = report.claim_count(ROOT)
+    assert text.startswith(f"**{label}: {report.tally(ours)}**") and f"In all, {report.tally(rows)}" in text
+    assert "conservation_check" in owners and "teleportation" in owners
+    (tmp_path / "figures").mkdir()
+    i = owners.index("teleportation")
+    rows[i]["holds"] = not rows[i]["holds"]
+    (tmp_path / "figures" / "claims.json").write_text(json.dumps(data), encoding="utf-8")
+    flipped = report.claim_count(tmp_path)
+    assert flipped != text and flipped.split(";")[0] == text.split(";")[0]
+    data["claim_figures"][i] = "nobody"
+    (tmp_path / "figures" / "claims.json").write_text(json.dumps(data), encoding="utf-8")
+    with pytest.raises(ValueError, match="claim rows of nobody belong to no paper"):
+        report.claim_count(tmp_path)
 
 
 def test_an_unknown_table_is_refused_by_name():
