@@ -470,6 +470,8 @@ def test_issue38_case6_only_keeps_what_the_other_figures_recorded(tmp_path, monk
     second = json.loads((out / "claims.json").read_text(encoding="utf-8"))
     assert second["figures"] == first["figures"] == ["Q_distribution", "Q_sharpness_1d"]
     assert [r["claim"] for r in second["claims"]] == [r["claim"] for r in first["claims"]]
+    assert second["claim_figures"] == first["claim_figures"] and len(second["claim_figures"]) == len(second["claims"])
+    assert {"Q_sharpness_1d", "Q_distribution", "conservation_check"} == set(second["claim_figures"])
     assert second["figure_seconds"]["Q_sharpness_1d"] == first["figure_seconds"]["Q_sharpness_1d"]
     assert set(second["figure_seconds"]) == {"Q_sharpness_1d", "Q_distribution"}
     # --report reads the kept job time, not the figure's own wall time
