@@ -151,13 +151,13 @@ def figure_job(name: str, part: str | None, argv: list[str], threads: int, log_p
     torch threads, its output to ``log_path``. Returns ``("ok", pickled payload, seconds)`` or
     ``("error", "ExceptionType: message", seconds)``: a failing script (``SystemExit`` from its checks included)
     is a result, not an exception of the executor. ``ship``: a fourth element, {file name: bytes} of the figure
-    files the job wrote into ``--out``, for the client to write ([`_written_files`][]).
+    files the job wrote into ``--out``, for the client to write (``_written_files``).
 
     ``path``: import directories put in front of ``sys.path`` (the scripts' folder; the submitting process's
     path, as a spawned process would have it). ``--out OUT`` in ``argv``: the submitting run holds OUT's lock,
     so the scripts take it as held while the job runs. The script runs as its file is now
-    ([`_current_module`][]); a process whose copy of the library or of repro is older than the files on disk refuses the job
-    ([`StaleCodeError`][]); jobs in one process run one at a time.
+    (``_current_module``); a process whose copy of the library or of repro is older than the files on disk
+    refuses the job ([`StaleCodeError`][]); jobs in one process run one at a time.
     """
     with _ONE_JOB:
         for entry in reversed(path):
