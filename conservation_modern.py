@@ -503,12 +503,14 @@ def _job(part: str, cfg: Settings, out: str, resume: bool, task: Task | None = N
     ``task``, ``sym``: the model's data and symmetries where the caller has them already (``run``); a worker's
     job reads its own."""
     name, _, which = part.partition("-")
-    key = {"cfg": replace(cfg, models=(), threads=1), "model": name, "job": which}
+    cifar = None if name == "gpt" else task.cifar if task is not None else load_cifar10(cfg.data)
+    # keyed by the data's content, not the --data path: new images at the same path are a new computation
+    key = {"cfg": replace(cfg, models=(), threads=1), "model": name, "job": which,
+           "data_sha256": None if cifar is None else cifar["sha256"]}
 
     def compute() -> dict:
         nonlocal task, sym
         if task is None:
-            cifar = load_cifar10(cfg.data) if name != "gpt" else None
             corpus, vocab, _ = load_corpus(cfg.corpus_chars) if name == "gpt" else (None, [], {})
             task = Task(name, cfg, cifar, corpus, len(vocab))
         if sym is None:
@@ -562,7 +564,8 @@ def run(cfg: Settings, out: str, resume: bool = True) -> dict:
                                             cfg.seed)
         results[name] = {"sizes": sizes(name, cfg), "laws": sym.law_count(), "blocks": len(sym.blocks),
                          "families": sorted({f for b in sym.blocks if (f := family(name, b))}),
-                         "runs": per_run, **({"corpus": corpus_info} if name == "gpt" else {}), **extra}
+                         "runs": per_run, **({"corpus": corpus_info} if name == "gpt" else {}),
+                         **({"data_sha256": cifar["sha256"]} if cifar is not None and name != "gpt" else {}), **extra}
     return results
 
 

@@ -220,6 +220,8 @@ def run(cfg: Settings) -> dict:
         state = {k: v.clone() for k, v in model0.state_dict().items()}
         per_opt = {"groups": S.module_symmetries(model0, x).describe(), "images": len(y), "by_optimizer": {},
                    "minibatch_size": -(-len(y) // cfg.minibatches)}
+        if name != "mlp":  # the content of the CIFAR-10 it read (decoded once, its hash kept with the decoded copy)
+            per_opt["data_sha256"] = load_cifar10(cfg.data)["sha256"]
         schedule = batch_schedule(len(y), cfg.steps, cfg.minibatches, cfg.seed)  # one schedule for every lr
         minibatch = {minibatch_label(lr) for lr in cfg.sgd_lrs}
         for label, (cls, kwargs) in optimizers(cfg).items():

@@ -248,6 +248,7 @@ def _run_workers(names: list[str], argv: list[str], jobs: int, threads: int, log
     alone: set = set()  # jobs in flight when a local worker died: run again one at a time, to find which
     timings: dict[str, float] = {}
     running: dict[Future, tuple] = {}  # future → (name, part, start, log)
+    workerless: float | None = None  # since when a Dask cluster has had no worker
     where = "worker processes" if own else "jobs at once on the Dask cluster"
     print(f"running {total} figures ({sum(map(len, parts.values()))} parts apart) in {min(jobs, len(queue))} {where} "
           f"({threads} torch thread(s) each); their output goes to {log_dir}/JOB.log", flush=True)
@@ -262,17 +263,27 @@ def _run_workers(names: list[str], argv: list[str], jobs: int, threads: int, log
                 queue.remove((name, part))
                 log = str(log_dir / f"{_job_name(name, part)}.log")
                 job_argv = (resumed if part is None and parts[name] else argv) + extra_argv.get(name, [])
-                future = pool.submit(J.figure_job, name, part, job_argv, threads, log, tuple(sys.path))
+                # a cluster's worker may have started in another folder: it gets absolute paths, and its files
+                future = pool.submit(J.figure_job, name, part, job_argv, threads, str(Path(log).resolve()),
+                                     tuple(sys.path), **({} if own else {"ship": True}))
                 running[future] = (name, part, time.perf_counter(), log)
             if meanwhile is not None:  # this process's own work, while the workers start theirs
                 meanwhile()
                 meanwhile = None
-            done, _ = wait(list(running), return_when=FIRST_COMPLETED)
+            done, _ = wait(list(running), timeout=None if own else 1.0, return_when=FIRST_COMPLETED)
+            if not done and not own:  # a cluster that lost every worker (kill -9) would wait for one for ever
+                workerless = None if J.workers_left(pool) else workerless or time.perf_counter()
+                if workerless is not None and time.perf_counter() - workerless > J.WORKERLESS_WAIT_S:
+                    _give_up_workerless(names, queue, running, results, total)
+                    break
+                continue
             broken = False
             for future in done:
                 name, part, started, log = running.pop(future)
                 try:
-                    status, value, seconds = future.result()
+                    status, value, seconds, *shipped = future.result()
+                    if shipped and status == "ok":
+                        _write_shipped(Path(out), shipped[0])
                 except BrokenExecutor as error:  # a local worker died (killed, out of memory): which job killed it?
                     broken = True
                     if (name, part) not in alone:  # every job in flight fails with the pool: run each again alone
@@ -331,6 +342,65 @@ def _run_workers(names: list[str], argv: list[str], jobs: int, threads: int, log
     return [results[n] for n in names]
 
 
+def kept_from_before(out: Path, ran: list[str], quick: bool) -> dict:
+    """What the last run on ``out`` recorded for the figures this run did not make (``--only``), so that its
+    ``claims.json`` never loses them: their claim rows (made anew from their NAME.json there, as ``--report``
+    does; a figure whose JSON is gone is dropped), their recorded failures and their job times. Nothing is kept
+    from a run of the other form (--quick against full settings) or from an unreadable claims.json."""
+    kept: dict = {"figures": [], "claims": {}, "failed": [], "figure_seconds": {}}
+    try:
+        old = json.loads((out / "claims.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return kept
+    if not isinstance(old, dict) or bool(old.get("quick")) != bool(quick):
+        return kept
+    failed = {f.get("figure"): f for f in old.get("failed") or [] if isinstance(f, dict)}
+    seconds = old.get("figure_seconds") or {}
+    for name in old.get("figures") or []:
+        if name not in FIGURES or name in ran:
+            continue
+        if name in failed:
+            kept["failed"].append(failed[name])
+        else:
+            try:
+                payload = json.loads((out / f"{name}.json").read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                continue  # its figure is gone: nothing to claim
+            kept["claims"][name] = collect_claims(name, payload)
+        kept["figures"].append(name)
+        if name in seconds:
+            kept["figure_seconds"][name] = seconds[name]
+    return kept
+
+
+def _write_shipped(out: Path, files: dict[str, bytes]) -> None:
+    """The figure files a cluster's worker sent back, written under this process's --out (atomically, as the
+    scripts write them) where they are not there already: a worker without this file system, or started in
+    another folder, leaves its copy elsewhere."""
+    for name, data in sorted(files.items(), key=lambda item: item[0].endswith(".json")):  # the JSON last
+        target = out / name
+        if not (target.is_file() and target.read_bytes() == data):
+            E._atomic_write(target, lambda tmp, data=data: Path(tmp).write_bytes(data))
+
+
+def _give_up_workerless(names: list[str], queue: list, running: dict, results: dict, total: int) -> None:
+    """A Dask cluster with no worker left: the jobs in flight and those still queued are failures (the figures
+    finished before are kept), said in one line; their futures are cancelled."""
+    from repro import jobs as J
+
+    for future in running:
+        future.cancel()
+    lost = [n for n in names if n not in results]
+    why = (f"not made: the Dask cluster lost all its workers (none for {J.WORKERLESS_WAIT_S:g} s; killed, out of "
+           "memory, or stopped)")
+    for name in lost:
+        results[name] = JobResult(name, 0.0, error=why)
+    running.clear()
+    queue.clear()
+    print(f"the Dask cluster has no workers left: {len(lost)} of {total} figure(s) not made "
+          f"({', '.join(lost)}); the {len(results) - len(lost)} finished are written", file=sys.stderr, flush=True)
+
+
 def report_claims(root: Path = ROOT) -> dict:
     """``figures/claims.json`` with its claim rows made anew from the committed figure JSONs: the conservation
     check's two rows from its own numbers, then each figure's ``claims(payload)``. Nothing is computed."""
@@ -387,8 +457,9 @@ def main(argv: list[str] | None = None) -> int:
                              "process, one after the other)")
     parser.add_argument("--scheduler", default=None, metavar="ADDRESS",
                         help="run the figures on the workers of this Dask distributed scheduler (tcp://host:8786; "
-                             "pip install -e \".[distributed]\"), as many at once as they have threads; every "
-                             "worker must see this repository and --out at the same path")
+                             "pip install -e \".[distributed]\"), one at a time per worker process: start the "
+                             "workers with --nthreads 1 (more threads are refused); every worker must see this "
+                             "repository at the same path; the figure files come back here, to --out")
     parser.add_argument("--threads", type=E.positive_int, default=1,
                         help="torch threads per figure (default 1: their loops are of tiny ops)")
     parser.add_argument("--report", action="store_true",
@@ -430,7 +501,9 @@ def _main(args) -> int:
             print(f"{r['activation']:<10} {r['Q0']:>9.4f} {r['loss_start']:>8.4f}→{r['loss_end']:<8.4f} "
                   f"{r['gf_drift']:>9.1e} " + " ".join(f"{r[k]:>11.1e}" for k in lr_keys), flush=True)
 
-    common = (["--device", args.device, "--seed", str(args.seed), "--out", args.out, "--threads", str(args.threads)]
+    # a cluster's workers may have started in other folders: they get --out and --data as absolute paths
+    where = (lambda path: str(Path(path).resolve())) if args.scheduler is not None else str
+    common = (["--device", args.device, "--seed", str(args.seed), "--out", where(args.out), "--threads", str(args.threads)]
               + (["--quick"] if args.quick else []) + ([] if args.resume else ["--no-resume"]))
     jobs = 1 if args.device == "cuda" else args.jobs  # one process owns the GPU
     executor = None
@@ -440,7 +513,7 @@ def _main(args) -> int:
         executor, jobs = dask_executor(args.scheduler)
     started = time.perf_counter()
     try:
-        data = {name: ["--data", args.data] for name in CIFAR10_FIGURES} if args.data is not None else {}
+        data = {name: ["--data", where(args.data)] for name in CIFAR10_FIGURES} if args.data is not None else {}
         runs = run_figures(args.only, common, jobs, args.threads, Path(args.out) / ".logs", args.out, meanwhile=check,
                            extra_argv=data, executor=executor)
     except KeyboardInterrupt as stop:  # stopped (Ctrl-C, SIGTERM): the claims of the figures that finished are kept
@@ -460,14 +533,9 @@ def _main(args) -> int:
 
             close(executor)
     print(f"figures: {time.perf_counter() - started:.0f} s wall in all -> {args.out}/NAME.{{pdf,png,json}}")
-    table = conservation_claims(rows, cfg)
-    owners = [CHECK] * len(table)
     failed = [r for r in runs if r.error is not None]
-    for r in runs:
-        if r.error is None:
-            figure_rows = collect_claims(r.name, r.payload)
-            table += figure_rows
-            owners += [r.name] * len(figure_rows)
+    own = {r.name: collect_claims(r.name, r.payload) for r in runs if r.error is None}
+    table = conservation_claims(rows, cfg) + [row for r in runs for row in own.get(r.name, [])]
 
     from repro.experiment import environment, peak_memory_mb, write_json
 
@@ -480,13 +548,21 @@ def _main(args) -> int:
         print(f"\nQUICK MODE (--quick: small settings, not the paper's; figures in {args.out}): claims below are "
               f"quick-mode numbers, not the README's")
     print_claims(table)
+    # --only: what the last run on OUT recorded for the other figures stays, merged by figure
+    kept = kept_from_before(Path(args.out), [r.name for r in runs], args.quick)
+    claimed = [n for n in FIGURES if n in kept["figures"] or n in args.only]
+    merged, checked = {**kept["claims"], **own}, conservation_claims(rows, cfg)
+    table = checked + [row for n in claimed for row in merged.get(n, [])]
+    owners = [CHECK] * len(checked) + [n for n in claimed for _ in merged.get(n, [])]  # each row's figure
     # the conservation check's numbers and the table, beside the figures they were read from
-    write_json(f"{args.out}/claims.json", {"settings": cfg, "figures": args.only, "quick": args.quick,
+    write_json(f"{args.out}/claims.json", {"settings": cfg, "figures": claimed, "quick": args.quick,
                                            "conservation_check": rows, "claims": table, "claim_figures": owners,
-                                           "failed": [{"figure": r.name, "error": r.error} for r in failed],
+                                           "failed": kept["failed"] + [{"figure": r.name, "error": r.error}
+                                                                       for r in failed],
                                            # each figure's time: its own job plus its parts run apart (--jobs > 1)
-                                           "figure_seconds": {r.name: {"seconds": round(r.seconds, 2), "parts": r.parts}
-                                                              for r in runs},
+                                           "figure_seconds": {**kept["figure_seconds"],
+                                                              **{r.name: {"seconds": round(r.seconds, 2),
+                                                                          "parts": r.parts} for r in runs}},
                                            "environment": environment(args.device)})
     Path(args.out, "claims.partial.json").unlink(missing_ok=True)  # a stopped run's, made stale by this one
     for r in failed:

@@ -2,7 +2,7 @@
 
 ``load_cifar10(root)`` accepts
 - an ImageFolder tree ``root/train/<class>/*``, ``root/test/<class>/*`` (e.g. a JPEG re-encoding of
-  CIFAR-10), or the ``.tar.gz`` of one: it is extracted once into ``data/`` or ``extract_to``;
+  CIFAR-10), or the ``.tar.gz`` of one: it is extracted once per content into ``data/`` or ``extract_to``;
 - the official python pickles that ``torchvision.datasets.CIFAR10`` reads (``root/cifar-10-batches-py``).
 Without ``root`` it reads ``data/`` inside the repository and, if CIFAR-10 is not there, torchvision
 downloads the official archive into it (with a progress bar); offline, the error says what to pass.
@@ -12,6 +12,7 @@ about a second and an added or changed image is seen. torchvision and PIL are im
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
@@ -20,7 +21,7 @@ import tarfile
 import tempfile
 import zlib
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 
@@ -55,32 +56,88 @@ def _writable(folder: Path) -> bool:
     return os.access(folder, os.W_OK) and bool(folder.stat().st_mode & 0o200)
 
 
+def _archive_sha256(archive: Path) -> str:
+    digest = hashlib.sha256()
+    with open(archive, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _read_whole_archive(archive: Path, into: Path) -> None:
+    """Extract ``archive`` into ``into``, refusing (DataError naming it) what is not a whole gzip-compressed tar:
+    a file named .tar.gz that is not gzip (a plain tar: tarfile would read it, and any cut of it, without a word),
+    a cut compressed stream, or a tar that ends without its end-of-archive blocks (cut at a file boundary)."""
+    with open(archive, "rb") as f:
+        magic = f.read(2)
+    if magic != b"\x1f\x8b":
+        raise DataError(f"{archive} is named {''.join(archive.suffixes[-2:]) or archive.suffix} but is not "
+                        "gzip-compressed (a plain or mislabelled archive); pass a .tar.gz made with tar -czf, or the "
+                        "extracted ImageFolder tree instead")
+    with tarfile.open(archive, "r:gz") as tar:
+        members = tar.getmembers()
+        # tarfile stops at the first all-zero header block (the end of the archive, read: 512 bytes past
+        # tar.offset) or at the end of the data (none read: the archive was cut between two members)
+        if tar.fileobj is None or tar.fileobj.tell() < tar.offset + tarfile.BLOCKSIZE:
+            raise DataError(f"{archive} is cut short: its tar stream ends after {len(members)} member(s) without the "
+                            "end-of-archive marker (an interrupted download or copy); download it again, or pass "
+                            "the extracted ImageFolder tree instead")
+        tar.extractall(into, filter="data")
+
+
 def extract_archive(archive: str | Path, into: str | Path | None = None) -> Path:
     """Extract a .tar.gz once into ``into`` (default ``data/`` in the repository, ignored by git); return the
     data root inside. Never beside the archive by default: shared data folders are often read-only.
-    A broken archive raises [`DataError`][] naming it, and leaves no partial extraction behind."""
+    The extraction is keyed by the archive's content (its SHA-256), never its name: two archives of one name
+    are two extractions, and a replaced archive is extracted again. Safe for concurrent first use (two processes:
+    the second waits on a lock and reads the first's). A broken, cut or mislabelled archive raises [`DataError`][]
+    naming it, and leaves no partial extraction behind."""
     archive = Path(archive)
     into = default_data_root() if into is None else Path(into)
     into.mkdir(parents=True, exist_ok=True)
-    target = into / (archive.name.removesuffix(".tar.gz").removesuffix(".tgz") + "-extracted")
-    if not target.exists():
-        tmp = Path(tempfile.mkdtemp(dir=into, prefix=".extract-"))
-        try:
-            with tarfile.open(archive) as tar:
-                tar.extractall(tmp, filter="data")
-        except (tarfile.TarError, EOFError, zlib.error, OSError) as error:
-            shutil.rmtree(tmp, ignore_errors=True)
-            reason = (str(error).strip().splitlines() or [""])[0].rstrip(":")
-            raise DataError(f"{archive} is not a readable .tar.gz ({type(error).__name__}: {reason}); "
-                            f"download it again, or pass the extracted ImageFolder tree instead") from None
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        os.replace(tmp, target)  # atomic: a half-extracted tree is never seen as done
+    key = _archive_sha256(archive)[:16]
+    target = into / (archive.name.removesuffix(".tar.gz").removesuffix(".tgz") + f"-{key}-extracted")
+    with _exclusive(into / f".extract-{key}.lock"):
+        if not target.exists():
+            tmp = Path(tempfile.mkdtemp(dir=into, prefix=".extract-"))
+            try:
+                _read_whole_archive(archive, tmp)
+            except (tarfile.TarError, EOFError, zlib.error, OSError) as error:
+                shutil.rmtree(tmp, ignore_errors=True)
+                reason = (str(error).strip().splitlines() or [""])[0].rstrip(":")
+                raise DataError(f"{archive} is not a readable .tar.gz ({type(error).__name__}: {reason}); "
+                                f"download it again, or pass the extracted ImageFolder tree instead") from None
+            except BaseException:
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise
+            try:
+                os.replace(tmp, target)  # atomic: a half-extracted tree is never seen as done
+            except OSError:
+                shutil.rmtree(tmp, ignore_errors=True)  # another process (no lock to share) made the same one first
+                if not target.is_dir():
+                    raise
     roots = [p for p in target.rglob("train") if (p.parent / "test").is_dir()]
     if not roots:
         raise FileNotFoundError(f"{archive} holds no train/ and test/ folders")
     return roots[0].parent
+
+
+@contextlib.contextmanager
+def _exclusive(lock: Path) -> Iterator[None]:
+    """An exclusive lock on the file ``lock`` (fcntl.flock; released by the kernel if the process dies); a
+    no-op where there is no fcntl or the folder cannot take the file."""
+    try:
+        import fcntl
+        handle = open(lock, "a+")
+    except (ImportError, OSError):
+        yield
+        return
+    with handle:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:  # nothing left behind; a process that then locks the unlinked file only repeats a finished step
+            lock.unlink(missing_ok=True)
 
 
 def _class_names(root: Path) -> list[str]:
@@ -123,6 +180,23 @@ def _folder_split(root: Path, split: str, classes: list[str]) -> tuple[Tensor, T
     if not images:
         raise FileNotFoundError(f"{root / split} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
     return torch.stack(images), torch.tensor(labels)
+
+
+def _check_batches(root: Path, CIFAR10: Any) -> None:
+    """Refuse (DataError, one line) a cifar-10-batches-py folder whose files are missing or do not match their
+    published MD5 (torchvision would say only "Dataset not found or corrupted. You can use download=True")."""
+    from torchvision.datasets.utils import check_integrity
+
+    folder = root / CIFAR10.base_folder
+    files = [*CIFAR10.train_list, *CIFAR10.test_list, [CIFAR10.meta["filename"], CIFAR10.meta["md5"]]]
+    missing = [name for name, _ in files if not (folder / name).is_file()]
+    corrupt = [name for name, md5 in files if name not in missing and not check_integrity(str(folder / name), md5)]
+    if missing or corrupt:
+        said = "; ".join(part for part in (f"missing {', '.join(missing)}" if missing else "",
+                                           f"corrupt (MD5 differs) {', '.join(corrupt)}" if corrupt else "") if part)
+        raise DataError(f"{folder} is not the whole CIFAR-10 ({said}); copy the folder again from the official "
+                        "archive (cifar-10-python.tar.gz), or remove it (in the default data/ folder it is then "
+                        "downloaded again), or pass another CIFAR-10")
 
 
 def _torchvision_split(root: Path, split: str, download: bool) -> tuple[Tensor, Tensor, list[str]]:
@@ -173,7 +247,8 @@ def _cache_folder(root: Path) -> Path:
 
 def load_cifar10(root: str | Path | None = None, source: str = "auto", download: bool | None = None,
                  cache: bool = True, extract_to: str | Path | None = None) -> dict:
-    """{"train_x", "train_y", "test_x", "test_y", "classes"}: images uint8 (N, 3, 32, 32), labels int64.
+    """{"train_x", "train_y", "test_x", "test_y", "classes", "sha256"}: images uint8 (N, 3, 32, 32), labels int64,
+    and the content's hash ([`content_hash`][]: what a cached result made from the data is keyed by).
 
     ``root``: an ImageFolder tree, its .tar.gz (extracted once into ``extract_to``), or a folder with
     torchvision's ``cifar-10-batches-py``; default ``data/`` in the repository. ``download``: fetch the
@@ -206,7 +281,8 @@ def load_cifar10(root: str | Path | None = None, source: str = "auto", download:
             f"CIFAR-10 root {root.resolve()} {where}: looked for an ImageFolder tree ({root}/train/<class>/*, "
             f"{root}/test/<class>/*) and for torchvision's pickles ({root}/cifar-10-batches-py). "
             + _how_to_provide(root) + ", or pass download=True to fetch it with torchvision (online).")
-    if found == "torchvision" and download and not (root / "cifar-10-batches-py").is_dir():
+    there = (root / "cifar-10-batches-py").is_dir()  # one there already is checked when decoded, not downloaded over
+    if found == "torchvision" and download and not there:
         try:
             root.mkdir(parents=True, exist_ok=True)
             _torchvision_split(root, "test", True)  # the official archive, with torchvision's progress bar
@@ -223,7 +299,8 @@ def load_cifar10(root: str | Path | None = None, source: str = "auto", download:
         cache_file = folder / f"cifar10-{source}-{key}.pt"
         if cache_file.exists():
             try:
-                return torch.load(cache_file, weights_only=True)
+                cached = torch.load(cache_file, weights_only=True)
+                return cached if "sha256" in cached else {**cached, "sha256": content_hash(cached)}
             except Exception as error:
                 print(f"cache entry {cache_file} is unreadable ({type(error).__name__}); decoding again", file=sys.stderr)
     data: dict = {}
@@ -231,10 +308,17 @@ def load_cifar10(root: str | Path | None = None, source: str = "auto", download:
         classes = _class_names(root)
         for split in SPLITS:
             data[f"{split}_x"], data[f"{split}_y"] = _folder_split(root, split, classes)
+        empty = [name for label, name in enumerate(classes) if not bool((data["train_y"] == label).any())]
+        if empty:  # a partial copy: a model trained on it never sees the class (and per-class draws come up empty)
+            raise DataError(f"{root / 'train'}: class folder(s) {', '.join(empty)} hold no training images (a partial "
+                            f"copy of the data set?); add their images, or remove the class from both splits")
     else:
+        if there:  # whole, or refused naming its files (a decoded copy is only ever made of a whole one)
+            _check_batches(root, require("torchvision.datasets", "cifar", "loading CIFAR-10 with torchvision").CIFAR10)
         for split in SPLITS:
             data[f"{split}_x"], data[f"{split}_y"], classes = _torchvision_split(root, split, download)
     data["classes"] = data["train_classes"] = data["test_classes"] = classes
+    data["sha256"] = content_hash(data)
     if cache_file is not None:
         cache_file.parent.mkdir(parents=True, exist_ok=True)
         for stale in cache_file.parent.glob(f"cifar10-{source}*.pt"):  # entries of older file lists
@@ -248,6 +332,19 @@ def load_cifar10(root: str | Path | None = None, source: str = "auto", download:
             Path(tmp).unlink(missing_ok=True)
             raise
     return data
+
+
+def content_hash(data: dict) -> str:
+    """SHA-256 of a loaded data set's content: the images and labels of both splits (their bytes, shapes and
+    dtypes) and the class names. What a result made from the data is keyed by and records (``data["sha256"]``):
+    never the path or the file names, which stay the same when the data behind them changes."""
+    digest = hashlib.sha256()
+    for key in ("train_x", "train_y", "test_x", "test_y"):
+        tensor = data[key].contiguous()
+        digest.update(f"{key}\0{tuple(tensor.shape)}\0{tensor.dtype}\0".encode())
+        digest.update(memoryview(tensor.numpy()).cast("B"))
+    digest.update("\0".join(data["classes"]).encode())
+    return digest.hexdigest()
 
 
 def to_model_input(images: Tensor) -> Tensor:

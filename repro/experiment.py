@@ -310,6 +310,11 @@ def code_hash(script: str | Path | None = None) -> str:
     return digest.hexdigest()[:16]
 
 
+#: [`code_hash`][] (the library and this package) when this process imported this module: a long-lived process
+#: (a notebook, a Dask worker) whose sources changed on disk since runs other code than code_hash() names, and [`cached`][] stores nothing then
+CODE_AT_IMPORT = code_hash()
+
+
 def _caller_file(depth: int) -> str | None:
     """The source file of the script that called (``depth`` frames up): what made the result."""
     return sys._getframe(depth + 1).f_globals.get("__file__")
@@ -571,8 +576,9 @@ def cached(out: str | Path, name: str, settings: Any, compute: Callable[[], dict
     under OUT/.cache and reloaded on a rerun, so an interrupted figure resumes at the last finished part.
 
     The key hashes the settings and [`code_hash`][] (the library's and this package's source and the calling script),
-    so a code change recomputes. An unreadable entry (truncated, garbage) is recomputed with one line
-    naming the file; entries are loaded with ``weights_only=True`` only (never arbitrary pickles).
+    so a code change recomputes; a process that imported the packages before their source changed stores
+    nothing (its code is not the code the key names). An unreadable entry (truncated, garbage) is recomputed
+    with one line naming the file; entries are loaded with ``weights_only=True`` only (never arbitrary pickles).
     """
     key = settings_hash({"settings": settings, "code": code_hash(_caller_file(1))})
     path = Path(out) / ".cache" / f"{name}-{key}.pt"
@@ -582,6 +588,10 @@ def cached(out: str | Path, name: str, settings: Any, compute: Callable[[], dict
         except Exception as error:  # any corruption: the entry is only a cache, recompute it
             print(f"cache entry {path} is unreadable ({type(error).__name__}); recomputing it", file=sys.stderr)
     result = compute()
+    if code_hash() != CODE_AT_IMPORT:  # computed by the code imported before the change: not under the new key
+        print(f"not cached: this process imported the package before its source changed on disk, so {name}'s "
+              "result is not stored under the new code's key; restart the process to cache it", file=sys.stderr)
+        return result
     _atomic_write(path, lambda tmp: torch.save(result, tmp))
     return result
 

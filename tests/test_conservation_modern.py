@@ -91,3 +91,33 @@ def test_its_jobs_are_the_models_and_seeds_and_main_reads_them_back(quick_run, t
     assert again["runs"] == payload["runs"]  # the timings too: each record is the cached one
     with pytest.raises(ValueError, match="part"):
         script.run_part("gpt-seed9", argv)
+
+
+def test_issue38_case2_its_jobs_are_keyed_by_the_datas_content_not_its_path(tmp_path, monkeypatch):
+    """The small data set at --data DIR, then the full one put at the same DIR: a new cache key (before: the key held
+    the path, and the rerun resumed the small set's numbers); the figure's JSON records the content's hash."""
+    import shutil
+
+    from repro import experiment as E
+
+    script = load_script("conservation_modern")
+    keys = []
+    monkeypatch.setattr(E, "cached", lambda out, name, key, compute, resume=True: keys.append(key) or {})
+    cfg = script.Settings(data=str(tmp_path / "cifar"))
+    write_tree(tmp_path / "cifar", per_class=(1, 1))
+    script._job("resnet-seed0", cfg, str(tmp_path), True)
+    shutil.rmtree(tmp_path / "cifar")
+    write_tree(tmp_path / "cifar", per_class=(3, 1), seed=1)
+    script._job("resnet-seed0", cfg, str(tmp_path), True)
+    assert keys[0]["cfg"] == keys[1]["cfg"] and keys[0]["data_sha256"] != keys[1]["data_sha256"]
+    script._job("gpt-seed0", cfg, str(tmp_path), True)  # the GPT reads no CIFAR-10
+    assert keys[2]["data_sha256"] is None
+
+
+def test_issue38_case2_the_json_records_the_datas_content_hash(quick_run):
+    from repro.data import load_cifar10
+
+    script, payload, tmp = quick_run
+    sha = load_cifar10(tmp / "cifar")["sha256"]
+    assert all(payload["runs"][m]["data_sha256"] == sha for m in ("resnet", "resnet_bn", "vit"))
+    assert "data_sha256" not in payload["runs"]["gpt"]

@@ -13,6 +13,11 @@ def test_quick_run(tmp_path):
         assert (tmp_path / f"conservation_under_optimizers.{ext}").stat().st_size > 0
     on_disk = json.loads((tmp_path / "conservation_under_optimizers.json").read_text())
     assert on_disk["settings"]["quick"] is True
+    # issue 38: the JSON records the content of the CIFAR-10 it read, not only the --data path
+    from repro.data import load_cifar10
+
+    assert on_disk["runs"]["cnn"]["data_sha256"] == load_cifar10(tmp_path / "cifar")["sha256"]
+    assert "data_sha256" not in on_disk["runs"]["mlp"]
     for name in ("mlp", "cnn"):
         s = payload["summary"][name]
         assert s["gd_identity_error"] < 1e-10 and s["decay_identity_error"] < 1e-10

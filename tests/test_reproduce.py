@@ -451,3 +451,260 @@ def test_second_pass_case7_a_figure_done_while_the_check_ran_is_kept_when_the_ru
     # before: nothing was read from a worker until the check returned, so claims.partial.json missed this figure
     assert [r.name for r in stop.value.finished] == ["figure_ok"]
     assert stop.value.finished[0].payload["value"].tolist() == [1.0, 1.0]
+
+
+# ---------------------------------------------------------------- issue 38: --only merges by figure
+def _fake_check_rows():
+    """Rows of the conservation check's shape (its four activations), for main runs that test something else."""
+    return [{"activation": a, "Q0": 1.0, "gf_drift": 1e-9, "loss_start": 1.0, "loss_end": 0.5,
+             "gd_drift_lr0.1": 1e-2, "gd_drift_lr0.01": 1e-3} for a in ("identity", "relu", "tanh", "sigmoid")]
+
+
+def test_issue38_case6_only_keeps_what_the_other_figures_recorded(tmp_path, monkeypatch):
+    """`--only Q_distribution` after a run of two figures: claims.json keeps Q_sharpness_1d's rows and job time
+    (before: rewritten to Q_distribution's alone), and --report's time column still reads its job time."""
+    from repro import report
+
+    reproduce = load("reproduce")
+    monkeypatch.setattr(reproduce, "run", lambda cfg: _fake_check_rows())
+    out = tmp_path / "figures"
+    common = ["--quick", "--out", str(out), "--jobs", "1"]
+    assert reproduce.main(common + ["--only", "Q_sharpness_1d", "Q_distribution"]) == 0
+    first = json.loads((out / "claims.json").read_text(encoding="utf-8"))
+    assert reproduce.main(common + ["--only", "Q_distribution"]) == 0
+    second = json.loads((out / "claims.json").read_text(encoding="utf-8"))
+    assert second["figures"] == first["figures"] == ["Q_distribution", "Q_sharpness_1d"]
+    assert [r["claim"] for r in second["claims"]] == [r["claim"] for r in first["claims"]]
+    assert second["claim_figures"] == first["claim_figures"] and len(second["claim_figures"]) == len(second["claims"])
+    assert {"Q_sharpness_1d", "Q_distribution", "conservation_check"} == set(second["claim_figures"])
+    assert second["figure_seconds"]["Q_sharpness_1d"] == first["figure_seconds"]["Q_sharpness_1d"]
+    assert set(second["figure_seconds"]) == {"Q_sharpness_1d", "Q_distribution"}
+    # --report reads the kept job time, not the figure's own wall time
+    seconds, source = report._seconds(tmp_path, "Q_sharpness_1d", second)
+    assert source.startswith("reproduce.py job") and seconds == first["figure_seconds"]["Q_sharpness_1d"]["seconds"]
+    assert reproduce.report_claims(tmp_path)["figure_seconds"] == second["figure_seconds"]
+    # a figure whose JSON is gone is not claimed any more; a full-settings run keeps nothing of a --quick one
+    (out / "Q_sharpness_1d.json").unlink()
+    assert reproduce.main(common + ["--only", "Q_distribution"]) == 0
+    assert json.loads((out / "claims.json").read_text(encoding="utf-8"))["figures"] == ["Q_distribution"]
+
+
+# ---------------------------------------------------------------- issue 38: Dask workers (stale code, files, loss)
+FIGURE_VERSION = '''
+def main(argv):
+    return {"lambda_max": 8.2121}
+'''
+FIGURE_WRITES = '''
+from pathlib import Path
+
+def main(argv):
+    out = Path(argv[argv.index("--out") + 1])
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "figure_writes.json").write_text('{"made": "on the worker"}')
+    return {"out": str(out)}
+'''
+FIGURE_HANGS_ON = '''
+import time
+from pathlib import Path
+
+def main(argv):
+    Path(argv[0]).write_text("started")
+    time.sleep(120)  # killed before it ends
+'''
+
+
+def _worker(address, cwd, threads=1):
+    """A Dask worker process without a nanny (nothing restarts it), started in ``cwd``; returned once it joined."""
+    import subprocess
+    import sys
+    import time
+
+    import distributed
+
+    process = subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_worker", address, "--nthreads",
+                                str(threads), "--no-nanny", "--no-dashboard"], cwd=cwd, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    with distributed.Client(address, timeout="20s") as client:
+        deadline = time.time() + 60
+        while not client.nthreads() and time.time() < deadline:
+            time.sleep(0.2)
+        assert client.nthreads(), "the worker did not join"
+    return process
+
+
+@pytest.fixture
+def scheduler():
+    """A Dask scheduler in this process, with no workers of its own."""
+    distributed = pytest.importorskip("distributed")
+    with distributed.LocalCluster(n_workers=0, processes=False, protocol="tcp", host="127.0.0.1",
+                                  dashboard_address=None) as cluster:
+        yield cluster.scheduler_address
+
+
+def test_issue38_case1_a_worker_runs_the_figure_script_as_it_is_now(tmp_path, monkeypatch):
+    """The script edited between two runs on one cluster: the second run gives the edited script's number (before:
+    the worker kept the module it imported first, 8.2121 under the new code's hash). A worker whose package is older
+    than the files on disk is restarted by the client, and a job on one refuses."""
+    distributed = pytest.importorskip("distributed")
+    from repro import jobs as J
+
+    reproduce = load("reproduce")
+    script = tmp_path / "figure_version.py"
+    script.write_text(FIGURE_VERSION)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+        executor, slots = J.dask_executor(cluster.scheduler_address)
+        try:
+            [first] = reproduce.run_figures(["figure_version"], [], jobs=slots, log_dir=tmp_path / "logs",
+                                            out=str(tmp_path), executor=executor)
+            script.write_text(FIGURE_VERSION.replace("8.2121", "4.1061"))  # same size, same second: no .pyc trusted
+            [second] = reproduce.run_figures(["figure_version"], [], jobs=slots, log_dir=tmp_path / "logs",
+                                             out=str(tmp_path), executor=executor)
+            assert first.payload == {"lambda_max": 8.2121} and second.payload == {"lambda_max": 4.1061}
+            # a worker that imported the package before it changed: dask_executor restarts it
+            executor.client.run(lambda: setattr(J, "_PACKAGE_AT_IMPORT", "an older package"))
+        finally:
+            J.close(executor)
+        executor, _ = J.dask_executor(cluster.scheduler_address)
+        try:
+            assert all(a == b for a, b in executor.client.run(J.loaded_code).values())
+        finally:
+            J.close(executor)
+    monkeypatch.setattr(J, "_PACKAGE_AT_IMPORT", "an older package")  # and a job on such a process refuses
+    status, message, _ = J.figure_job("figure_version", None, [], 1, str(tmp_path / "logs" / "stale.log"))
+    assert status == "error" and message.startswith("StaleCodeError") and "restart the workers" in message
+
+
+def test_issue38_case5_the_figure_files_come_back_to_the_clients_out(tmp_path, monkeypatch, scheduler):
+    """A worker started in another folder, writing where the client cannot see: the figure files are written under
+    the client's --out (before: only in the worker's folder)."""
+    from repro import jobs as J
+
+    reproduce = load("reproduce")
+    (tmp_path / "figure_writes.py").write_text(FIGURE_WRITES)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    (tmp_path / "elsewhere").mkdir()
+    worker = _worker(scheduler, tmp_path / "elsewhere")
+    executor, slots = J.dask_executor(scheduler)
+    try:
+        # the worker's --out is one this process does not read: what it writes must still land in out
+        [run] = reproduce.run_figures(["figure_writes"], ["--out", str(tmp_path / "elsewhere" / "out")], jobs=slots,
+                                      log_dir=tmp_path / "logs", out=str(tmp_path / "client-out"), executor=executor)
+    finally:
+        J.close(executor)
+        worker.kill()
+        worker.wait()
+    assert run.error is None
+    assert (tmp_path / "client-out" / "figure_writes.json").read_text() == '{"made": "on the worker"}'
+
+
+def test_issue38_case5_reproduce_gives_a_cluster_absolute_paths(tmp_path, monkeypatch, scheduler):
+    """reproduce.py --out relative, its worker started in another folder: the figure is under the client's folder."""
+    reproduce = load("reproduce")
+    monkeypatch.setattr(reproduce, "run", lambda cfg: _fake_check_rows())
+    (tmp_path / "client").mkdir()
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "client")
+    worker = _worker(scheduler, tmp_path / "elsewhere")
+    try:
+        assert reproduce.main(["--quick", "--only", "Q_sharpness_1d", "--out", "rel", "--scheduler", scheduler]) == 0
+    finally:
+        worker.kill()
+        worker.wait()
+    assert (tmp_path / "client" / "rel" / "Q_sharpness_1d.json").exists()
+    assert (tmp_path / "client" / "rel" / ".logs" / "Q_sharpness_1d.log").exists()
+    assert not (tmp_path / "elsewhere" / "rel").exists()
+
+
+def test_issue38_case7_the_only_worker_killed_ends_the_run_with_the_finished_figures(tmp_path, monkeypatch, capsys,
+                                                                                    scheduler):
+    """kill -9 of the only worker during a job: the run ends (before: it waited for ever) with one line, the
+    figure finished before it kept and the one in flight failed."""
+    import signal
+    import threading
+    import time
+
+    from repro import jobs as J
+
+    reproduce = load("reproduce")
+    (tmp_path / "figure_ok.py").write_text(FIGURE_OK)
+    (tmp_path / "figure_hangs_on.py").write_text(FIGURE_HANGS_ON)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(J, "WORKERLESS_WAIT_S", 2.0, raising=False)
+    worker = _worker(scheduler, tmp_path)
+    executor, slots = J.dask_executor(scheduler)
+    marker = tmp_path / "started.txt"
+    runs: list = []
+    thread = threading.Thread(target=lambda: runs.extend(reproduce.run_figures(
+        ["figure_ok", "figure_hangs_on"], [str(marker)], jobs=slots, log_dir=tmp_path / "logs", out=str(tmp_path),
+        executor=executor)), daemon=True)
+    try:
+        started = time.time()
+        thread.start()
+        while marker.read_text() != "started" if marker.exists() else time.time() - started < 120:
+            time.sleep(0.1)
+        os.kill(worker.pid, signal.SIGKILL)
+        thread.join(60)
+        assert not thread.is_alive(), "the run waits for a worker for ever"
+    finally:
+        worker.kill()
+        worker.wait()
+        J.close(executor, wait=not thread.is_alive())  # as reproduce.py's main closes it after the run
+    ok, lost = runs
+    assert ok.error is None and ok.payload["value"].tolist() == [1.0, 1.0]
+    assert lost.payload is None and "the Dask cluster lost all its workers" in lost.error
+    err = capsys.readouterr().err
+    assert err.count("no workers left") == 1 and "figure_hangs_on" in err
+
+
+def test_issue38_case8_workers_with_two_threads_are_refused_with_one_line(tmp_path):
+    distributed = pytest.importorskip("distributed")
+    from repro import jobs as J
+
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=2, processes=False, dashboard_address=None) as cluster:
+        with pytest.raises(J.SchedulerError, match=r"runs 2 threads.*--nthreads 1"):
+            J.dask_executor(cluster.scheduler_address)
+
+
+FIGURE_TALKS = '''
+import sys, time
+
+def main(argv):
+    for i in range(5):
+        print(f"{argv[0]} line {i}", flush=True)
+        time.sleep(0.05)
+    return {"who": argv[0]}
+'''
+
+
+def test_issue38_case8_jobs_in_one_process_run_one_at_a_time(tmp_path, monkeypatch):
+    """Two threads of one worker process given a figure job each: each log holds its own figure's lines only
+    (before: the two redirections of stdout mixed them, and one wrote to a closed file)."""
+    import threading
+
+    from repro import jobs as J
+
+    (tmp_path / "figure_talks.py").write_text(FIGURE_TALKS)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    results = {}
+
+    def job(who):
+        results[who] = J.figure_job("figure_talks", None, [who], 1, str(tmp_path / f"{who}.log"))
+
+    threads = [threading.Thread(target=job, args=(who,)) for who in ("first", "second")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    for who in ("first", "second"):
+        assert results[who][0] == "ok", results[who]
+        lines = (tmp_path / f"{who}.log").read_text().splitlines()
+        assert lines == [f"{who} line {i}" for i in range(5)]
+
+
+def test_issue38_case8_the_scheduler_help_says_one_job_per_worker_process(capsys):
+    with pytest.raises(SystemExit):
+        load("reproduce").main(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "one at a time per worker process" in text and "--nthreads 1" in text
+    assert "as many at once as they have threads" not in text

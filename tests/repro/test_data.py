@@ -39,7 +39,7 @@ def test_archive_is_extracted_once(tmp_path):
         tar.add(tmp_path / "src" / "cifar10-jpeg", arcname="cifar10-jpeg")
     data = load_cifar10(archive, extract_to=tmp_path / "work")
     assert data["train_x"].shape == (6, 3, 32, 32)
-    assert (tmp_path / "work" / "cifar10-jpeg-extracted").is_dir()
+    assert len(list((tmp_path / "work").glob("cifar10-jpeg-*-extracted"))) == 1
     assert torch.equal(load_cifar10(archive, extract_to=tmp_path / "work")["test_y"], data["test_y"])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cifar10-jpeg.tar.gz", "src", "work"]  # nothing beside it
 
@@ -92,3 +92,109 @@ def test_a_symlink_loop_is_named(tmp_path):
     (tmp_path / "b").symlink_to(tmp_path / "a")
     with pytest.raises(DataError, match="cycle of symbolic links"):
         load_cifar10(tmp_path / "a", download=False)
+
+
+# ---------------------------------------------------------------- issue 38: data keyed by content, refused by name
+def _archive(src, path, mode="w:gz"):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(path, mode) as tar:
+        tar.add(src, arcname="cifar10")
+    return path
+
+
+def test_issue38_case3_two_archives_of_one_name_are_two_extractions(tmp_path):
+    """a/cifar10.tar.gz and b/cifar10.tar.gz: b's images (before: a's extraction was reused by name)."""
+    write_tree(tmp_path / "src-a", per_class=(1, 1))
+    write_tree(tmp_path / "src-b", per_class=(3, 1), seed=1)
+    a = load_cifar10(_archive(tmp_path / "src-a", tmp_path / "a" / "cifar10.tar.gz"), extract_to=tmp_path / "work")
+    b = load_cifar10(_archive(tmp_path / "src-b", tmp_path / "b" / "cifar10.tar.gz"), extract_to=tmp_path / "work")
+    assert len(a["train_y"]) == 3 and len(b["train_y"]) == 9 and a["sha256"] != b["sha256"]
+    assert b["sha256"] == load_cifar10(tmp_path / "src-b")["sha256"]  # the content's hash, whatever its form
+
+
+def test_issue38_case2_the_content_hash_follows_the_images_not_the_path(tmp_path):
+    import shutil
+
+    write_tree(tmp_path / "cifar", per_class=(1, 1))
+    small = load_cifar10(tmp_path / "cifar")
+    shutil.rmtree(tmp_path / "cifar")
+    write_tree(tmp_path / "cifar", per_class=(2, 1))
+    assert load_cifar10(tmp_path / "cifar")["sha256"] != small["sha256"]
+    assert load_cifar10(tmp_path / "cifar", cache=False)["sha256"] == load_cifar10(tmp_path / "cifar")["sha256"]
+
+
+def test_issue38_case4_a_plain_tar_named_tar_gz_or_a_cut_one_is_refused_by_name(tmp_path):
+    from repro.data import DataError
+
+    write_tree(tmp_path / "src", per_class=(4, 2))
+    plain = _archive(tmp_path / "src", tmp_path / "plain" / "cifar10.tar.gz", mode="w")  # not compressed
+    with pytest.raises(DataError, match=r"cifar10\.tar\.gz is named \.tar\.gz but is not gzip-compressed"):
+        load_cifar10(plain, extract_to=tmp_path / "work")
+    # a tar cut at a member's end, then compressed: every member whole, the end-of-archive blocks missing
+    import gzip
+
+    data = (tmp_path / "plain" / "cifar10.tar.gz").read_bytes()
+    with tarfile.open(plain) as tar:
+        members = tar.getmembers()
+    cut = members[len(members) // 2].offset  # the header of a member in the middle: the members before it whole
+    (tmp_path / "cut").mkdir()
+    (tmp_path / "cut" / "cifar10.tar.gz").write_bytes(gzip.compress(data[:cut]))
+    with pytest.raises(DataError, match=r"cifar10\.tar\.gz is cut short"):
+        load_cifar10(tmp_path / "cut" / "cifar10.tar.gz", extract_to=tmp_path / "work")
+    assert sorted(p.name for p in (tmp_path / "work").iterdir()) == []  # no partial extraction left
+
+
+def _extract_at_once(archive, work, barrier, queue):
+    import symmetry.data as D
+
+    barrier.wait()
+    try:
+        queue.put(len(D.load_cifar10(archive, extract_to=work, cache=False)["train_y"]))
+    except Exception as error:  # noqa: BLE001 (reported to the test)
+        queue.put(f"{type(error).__name__}: {error}")
+
+
+def test_issue38_case9_two_processes_extract_the_same_archive_at_once(tmp_path):
+    """First use of one archive from two processes: both load it (before: OSError [Errno 39] Directory not empty
+    in one, and orphan extraction folders left)."""
+    import multiprocessing
+
+    write_tree(tmp_path / "src", per_class=(40, 2))
+    archive = _archive(tmp_path / "src", tmp_path / "cifar10.tar.gz")
+    context = multiprocessing.get_context("spawn")
+    barrier, queue = context.Barrier(2), context.Queue()
+    workers = [context.Process(target=_extract_at_once, args=(archive, tmp_path / "work", barrier, queue))
+               for _ in range(2)]
+    for w in workers:
+        w.start()
+    told = [queue.get(timeout=120) for _ in workers]
+    for w in workers:
+        w.join(60)
+    assert told == [120, 120]
+    assert [p.name for p in (tmp_path / "work").iterdir()] == [next((tmp_path / "work").glob("cifar10-*-extracted")).name]
+
+
+def test_issue38_case10_a_class_without_training_images_is_refused_with_its_name(tmp_path):
+    from repro.data import DataError
+
+    write_tree(tmp_path / "cifar", per_class=(2, 1))
+    for image in (tmp_path / "cifar" / "train" / "bird").iterdir():
+        image.unlink()
+    with pytest.raises(DataError, match=r"train: class folder\(s\) bird hold no training images"):
+        load_cifar10(tmp_path / "cifar")
+
+
+def test_issue38_case10_a_corrupt_torchvision_folder_names_its_files(tmp_path):
+    """A cifar-10-batches-py folder with a file missing and one changed: one line naming both (before:
+    torchvision's "Dataset not found or corrupted. You can use download=True" traceback)."""
+    from repro.data import DataError
+
+    folder = tmp_path / "cifar" / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    for name in ("data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "test_batch", "batches.meta"):
+        (folder / name).write_bytes(b"not the published file")
+    with pytest.raises(DataError) as error:
+        load_cifar10(tmp_path / "cifar")
+    message = str(error.value)
+    assert "missing data_batch_5" in message and "corrupt (MD5 differs) data_batch_1" in message
+    assert "download=True" not in message and "\n" not in message
