@@ -587,7 +587,9 @@ def _verify(sym: ModuleSymmetries, model, gm, inputs, loss, walker: Walker, seed
             out = torch.log_softmax(out, dim=-1)
         return _outputs(out)
 
-    with torch.no_grad(), torch.random.fork_rng(devices=[]):
+    from .graph.export import _opened
+
+    with torch.no_grad(), torch.random.fork_rng(devices=[]), _opened():  # the code path that was recorded
         torch.manual_seed(seed)
         model_buffers = {n: b.detach().clone() for n, b in model.named_buffers()}
         reference = _outputs(functional_call(model, {**dict(model.named_parameters()), **model_buffers}, inputs))
