@@ -230,3 +230,19 @@ def test_dropout_in_train_mode_is_read_and_checked_with_one_random_stream():
     x = torch.randn(2, 5, 8, dtype=DT)
     sym = S.module_symmetries(layer, x)
     assert sym.blocks, sym.describe()
+
+
+def test_docs_zoo_table_is_the_committed_benchmark():
+    """docs/zoo.md's table is rendered from benchmarks/results/bench_zoo.json (no number typed by hand), and the
+    benchmark accepted every model it ran with the group keeping the output."""
+    import json
+
+    spec = importlib.util.spec_from_file_location("bench_zoo", ROOT / "benchmarks" / "bench_zoo.py")
+    assert spec is not None and spec.loader is not None
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    record = json.loads((ROOT / "benchmarks" / "results" / "bench_zoo.json").read_text())
+    page = (ROOT / "docs" / "zoo.md").read_text(encoding="utf-8")
+    assert f"{bench.BEGIN}\n{bench.table(record)}\n{bench.END}" in page
+    for row in record["rows"]:
+        assert row["status"] == "accepted" and row["check_error"] < 1e-9, row
