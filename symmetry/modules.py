@@ -295,6 +295,10 @@ def _merge_pairs(walker: Walker) -> set[int]:
             for p in (Pq, Pk):
                 p.break_(f"paired in attention with a projection whose symmetry is broken ({why})")
             continue
+        if len(set(mapping.values())) < len(mapping):  # grouped-query attention: the GL of each key group
+            _merge_grouped(Pq, Pk, mapping)
+            merged.add(qid)
+            continue
         q_units = torch.tensor(sorted(mapping), dtype=torch.long)
         k_units = torch.tensor([mapping[int(u)] for u in q_units], dtype=torch.long)
         for leg in Pk.incoming:
@@ -317,6 +321,36 @@ def _merge_pairs(walker: Walker) -> set[int]:
         Pq.where = f"attention scores of {Pq.where} with {Pk.where}"
         merged.add(kid)
     return merged
+
+
+def _merge_grouped(Pq: Producer, Pk: Producer, mapping: dict[int, int]) -> None:
+    """Grouped-query attention: r query units read each key unit. K → GK and every query head of the group
+    Q_h → G⁻ᵀQ_h with one G (the scores Q_hᵀK are kept): the query rows of a key unit, side by side, join the
+    key projection's block as outgoing rows (exponent −1)."""
+    readers: dict[int, list[int]] = {}
+    for q, k in sorted(mapping.items()):
+        readers.setdefault(k, []).append(q)
+    k_units = torch.tensor(sorted(readers), dtype=torch.long)
+    for leg in Pq.incoming:
+        parts = []
+        for r in range(len(readers[int(k_units[0])])):
+            rows = _rows_for(leg, torch.tensor([readers[int(k)][r] for k in k_units]), Pq.units)
+            if rows is None:
+                Pk.break_("its grouped queries have units the score does not pair")
+                return
+            parts.append(leg.index[rows])
+        Pk.outgoing.append(Leg(leg.param, torch.cat(parts, 1), -leg.exponent, units=k_units))
+    if Pq.kind == "scaling":
+        Pk.restrict(Pq.positive)
+    for q in mapping:
+        root = Pq.find(q)
+        if root in mapping:
+            Pk.tie(mapping[q], mapping[root])
+    for q, k in mapping.items():
+        Pk.signature[k] += Pq.signature[q]
+    Pk.eps += Pq.eps
+    Pk.name = f"{Pk.name}–{Pq.name}"
+    Pk.where = f"attention scores of {Pk.where} with the grouped queries of {Pq.where}"
 
 
 def _blocks_of(p: Producer) -> list[Block]:

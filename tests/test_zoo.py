@@ -73,6 +73,10 @@ def test_llama_gqa_reads_and_the_readme_example_runs_on_it():
     model, x = zoo_models.MODELS["hf/llama"]()
     sym = S.module_symmetries(model, x, "cross_entropy")
     assert any(isinstance(b, S.groups.blocks.TranslationBlock) for b in sym.blocks)
+    for layer in range(2):  # GQA: 4 query heads read 2 key heads; the Q–K block of each key group
+        a = f"model.model.layers.{layer}.self_attn."
+        qk = sym.block(f"{a}k_proj–{a}q_proj")
+        assert {a + "q_proj.weight", a + "k_proj.weight"} <= qk.parameters()
     assert sym.law_count() > 0 and _keeps_output(model, x, sym, "cross_entropy") < 1e-9
 
 

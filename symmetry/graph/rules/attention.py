@@ -30,8 +30,12 @@ def pair(w: Walker, n, qid, qtag, qval, kid, ktag, kval, transposed: bool):
     q0 = Lq[..., 0, :].expand(*shape, Lq.shape[-1]).reshape(-1, Lq.shape[-1])
     k0 = Lk[..., 0, :].expand(*shape, Lk.shape[-1]).reshape(-1, Lk.shape[-1])
     pairs = torch.stack([q0.reshape(-1), k0.reshape(-1)], 1).unique(dim=0)
+    keys = pairs[:, 1][pairs[:, 1] >= 0]
+    shared = torch.bincount(keys).unique() if keys.numel() else torch.ones(1, dtype=torch.long)
+    shared = shared[shared > 0]
+    # one to one, or grouped-query attention: every key unit read by the same number r of query units
     if bool(((pairs[:, 0] >= 0) != (pairs[:, 1] >= 0)).any()) or pairs[:, 0].unique().numel() != len(pairs) \
-            or pairs[:, 1].unique().numel() != len(pairs) or qid == kid:
+            or shared.numel() != 1 or qid == kid:
         for p in (Pq, Pk):
             p.break_(f"its units are not paired one to one in an attention score ({w.where(n)})")
         return
