@@ -57,7 +57,7 @@ def one(name: str, repeats: int) -> dict:
         before = torch.func.functional_call(model, detached, (x,))
         after = torch.func.functional_call(model, sym.act_params(detached, element), (x,))
     row.update(status="accepted", blocks=len(sym.blocks), group_dimension=sym.dimension(), laws=sym.law_count(),
-               covered=covered / row["parameters"], check_error=float((after - before).norm() / before.norm()),
+               covered=covered / row["parameters"], check_error=float((after - before).norm() / before.norm().clamp_min(1e-300)),
                read_check_s=min(times))
     try:
         import torch_pruning as tp

@@ -31,6 +31,17 @@ def _image(size: int, channels: int = 3, batch: int = 2) -> Tensor:
     return torch.randn(batch, channels, size, size, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
 
 
+def _no_zero_parameters(model: nn.Module) -> nn.Module:
+    """Parameters a library initialises to exactly zero (timm's classifier heads) drawn small instead: a model
+    whose output is identically 0 cannot be checked (module_symmetries refuses it)."""
+    g = torch.Generator().manual_seed(2)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.ndim > 1 and not bool(p.ne(0).any()):
+                p.copy_(0.02 * torch.randn(p.shape, generator=g, dtype=torch.float64))
+    return model
+
+
 def _hf(kind: str) -> Callable[[], tuple[nn.Module, Tensor]]:
     def build():
         import transformers as tf
@@ -89,7 +100,7 @@ def _tv(name: str, size: int = 64) -> Callable[[], tuple[nn.Module, Tensor]]:
             kwargs["aux_logits"] = False
             kwargs["init_weights"] = True
         model = getattr(torchvision.models, name)(**kwargs).to(torch.float64).eval()
-        return model, _image(size)
+        return _no_zero_parameters(model), _image(size)
     return build
 
 
@@ -99,7 +110,7 @@ def _timm(name: str, size: int = 64, **kwargs) -> Callable[[], tuple[nn.Module, 
 
         torch.manual_seed(0)
         model = timm.create_model(name, pretrained=False, num_classes=5, **kwargs).to(torch.float64).eval()
-        return model, _image(size)
+        return _no_zero_parameters(model), _image(size)
     return build
 
 

@@ -26,7 +26,7 @@ from .activations import ActivationLike, get_activation
 from .graph import Producer, SymmetryCheckError, Walker, trace, unwrap
 from .groups import NotSupportedError
 from .validation import cast_exactly
-from .groups.blocks import Block, Leg, LinearBlock, ScalingBlock, TranslationBlock
+from .groups.blocks import Block, Leg, LinearBlock, RotationBlock, ScalingBlock, TranslationBlock
 
 Tensor = torch.Tensor
 
@@ -250,12 +250,16 @@ def _group_text(b: Block) -> str:
         return f"positive rescaling (R_>0)^{b.n_classes}{tied}{deg}"
     if isinstance(b, LinearBlock):
         return f"GL({b.units})"
+    if isinstance(b, RotationBlock):
+        return f"rotations SO(2)^{b.element_shape()[0]} of unit pairs"
     return f"translation R^{b.element_shape()[0]}"
 
 
 def _quantity_text(b: Block) -> str:
     legs_in = ", ".join(sorted({leg.param for leg in b.legs if leg.exponent > 0}))
     legs_out = ", ".join(sorted({leg.param for leg in b.legs if leg.exponent < 0}))
+    if isinstance(b, RotationBlock):
+        return "quantities identically 0 (no law): Σ_legs e (θ_aᵀθ_b − θ_bᵀθ_a) per pair"
     if isinstance(b, ScalingBlock):
         if not legs_out:
             return f"Q_c = −‖I_c‖² (I: {legs_in})"
@@ -317,6 +321,7 @@ def _merge_pairs(walker: Walker) -> set[int]:
         for q, k in mapping.items():
             Pq.signature[q] += Pk.signature[k]
         Pq.eps += Pk.eps
+        Pq.paired_with = kid
         Pq.name = f"{Pq.name}–{Pk.name}"
         Pq.where = f"attention scores of {Pq.where} with {Pk.where}"
         merged.add(kid)
@@ -349,6 +354,7 @@ def _merge_grouped(Pq: Producer, Pk: Producer, mapping: dict[int, int]) -> None:
     for q, k in mapping.items():
         Pk.signature[k] += Pq.signature[q]
     Pk.eps += Pq.eps
+    Pk.paired_with = Pq.pid
     Pk.name = f"{Pk.name}–{Pq.name}"
     Pk.where = f"attention scores of {Pk.where} with the grouped queries of {Pq.where}"
 
@@ -364,7 +370,9 @@ def _blocks_of(p: Producer) -> list[Block]:
         roots = [p.find(u) for u in range(p.units)]
         ids = {r: i for i, r in enumerate(dict.fromkeys(roots))}
         classes = torch.tensor([ids[r] for r in roots], dtype=torch.long)
-        return [ScalingBlock(p.name, p.units, tuple(legs), where, eps, classes=classes)]
+        blocks: list[Block] = [ScalingBlock(p.name, p.units, tuple(legs), where, eps, classes=classes)]
+        rotation = _rotation_of(p, classes, legs, where, eps)
+        return blocks + ([rotation] if rotation is not None else [])
     groups: dict[tuple, list[int]] = {}
     for u in range(p.units):
         groups.setdefault(tuple(sorted(p.signature[u])), []).append(u)
@@ -382,6 +390,21 @@ def _blocks_of(p: Producer) -> list[Block]:
         name = p.name if len(groups) == 1 else f"{p.name}[{i}]"
         blocks.append(LinearBlock(name, len(members), tuple(chosen), where, eps))
     return blocks
+
+
+def _rotation_of(p: Producer, classes: Tensor, legs: list[Leg], where: str, eps) -> Block | None:
+    """RoPE: in a query–key block, classes of two units that were summed with each other (q cos + rot(q) sin)
+    also rotate together (a candidate, kept only if the check confirms it)."""
+    if p.paired_with is None or not p.mixed or any(abs(leg.exponent) != 1 for leg in legs):
+        return None
+    members: dict[int, list[int]] = {}
+    for u, c in enumerate(classes.tolist()):
+        members.setdefault(c, []).append(u)
+    pairs = [tuple(m) for m in members.values() if len(m) == 2 and (tuple(m) in p.mixed or tuple(m[::-1]) in p.mixed)]
+    if not pairs:
+        return None
+    return RotationBlock(f"{p.name}:rotation", p.units, tuple(legs), f"{where}; rotations of RoPE's pairs", eps,
+                         pairs=torch.tensor(pairs, dtype=torch.long))
 
 
 def _eps_text(p: Producer) -> str | None:
@@ -627,6 +650,10 @@ def _verify(sym: ModuleSymmetries, model, gm, inputs, loss, walker: Walker, seed
         torch.manual_seed(seed)
         model_buffers = {n: b.detach().clone() for n, b in model.named_buffers()}
         reference = _outputs(functional_call(model, {**dict(model.named_parameters()), **model_buffers}, inputs))
+    if not bool(reference.ne(0).any()):
+        raise NotSupportedError(f"{type(model).__name__}'s output is identically 0 on example_input (a head "
+                                "initialised to zero?): no check can tell a symmetry from a misread graph there; "
+                                "initialise the last layer (or pass check=False to read the blocks unchecked)")
     traced = run(params, False)
     error = _relative(traced - reference, reference)
     if not error <= tol:
@@ -656,6 +683,13 @@ def _verify(sym: ModuleSymmetries, model, gm, inputs, loss, walker: Walker, seed
 
     def on_loss(b: Block) -> bool:
         return isinstance(b, TranslationBlock) and loss == "cross_entropy" and "cross-entropy" in b.where
+
+    # RoPE rotation candidates: kept where a random rotation keeps the output, dropped otherwise (a missed
+    # symmetry, never a wrong one)
+    candidates = [b for b in sym.blocks if isinstance(b, RotationBlock)]
+    if candidates and change(candidates, True, False) > tol:
+        wrong = {b.name for b in candidates if change([b], True, False) > tol}
+        sym.blocks = tuple(b for b in sym.blocks if b.name not in wrong)
 
     # All the blocks of one setting at once: the product of random elements keeps the output iff (almost surely)
     # each does. Only when the product fails is the group bisected, to name the block that fails.

@@ -250,3 +250,19 @@ def test_docs_zoo_table_is_the_committed_benchmark():
     assert f"{bench.BEGIN}\n{bench.table(record)}\n{bench.END}" in page
     for row in record["rows"]:
         assert row["status"] == "accepted" and row["check_error"] < 1e-9, row
+
+
+def test_a_model_whose_output_is_zero_is_refused_not_checked_vacuously():
+    """timm starts its classifier heads at 0: every action would "keep" that output, so nothing is checked."""
+    model = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2)).to(DT)
+    nn.init.zeros_(model[2].weight), nn.init.zeros_(model[2].bias)
+    with pytest.raises(S.NotSupportedError, match="identically 0.*initialise the last layer"):
+        S.module_symmetries(model)
+
+
+@pytest.mark.parametrize("name", ["torchvision/shufflenet_v2_x0_5", "timm/mixer_s16_224"])
+def test_more_of_the_zoo(name):
+    """ShuffleNet's channel shuffle (a view of a transposed value), MLP-Mixer's token mixing."""
+    model, x = zoo_models.MODELS[name]()
+    sym = S.module_symmetries(model, x)
+    assert sym.blocks and _keeps_output(model, x, sym) < 1e-9

@@ -48,6 +48,7 @@ class Producer:
     translation: dict[str, bool] = field(default_factory=dict)  # mode -> still valid (absorbed somewhere)
     translation_absorbed: dict[str, list[str]] = field(default_factory=dict)
     paired_with: int | None = None  # a key projection paired to this query projection (or the reverse)
+    mixed: set[tuple[int, int]] = field(default_factory=set)  # units summed with each other (RoPE's pairs)
 
     def __post_init__(self):
         self.parent = list(range(self.units))

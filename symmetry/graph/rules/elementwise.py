@@ -146,6 +146,8 @@ def add_rule(w: Walker, n, a: Args, result):
             if bool(differ.any()):
                 p.restrict()
                 p.tie_where(la, lb, differ)
+                pairs = torch.stack([la[differ], lb[differ]], 1).unique(dim=0)
+                p.mixed.update((int(u), int(v)) for u, v in pairs.tolist())
             out[pid] = Tag(la, ta.degree)
         else:
             p.break_(f"added to a tensor its units do not reach ({w.where(n)}): a residual or skip connection; no "

@@ -104,7 +104,12 @@ def matmul_rule(w: Walker, n, a: Args, result):
     if vx.ndim < 2 or vy.ndim < 2:
         w.unknown(n, f"{w.where(n)} of a vector")
         return {}
-    A, B = w.tags(x), w.tags(y)
+    return contract(w, n, w.tags(x), w.tags(y), vx, vy, result)
+
+
+def contract(w: Walker, n, A: dict[int, Tag], B: dict[int, Tag], vx, vy, result) -> dict[int, Tag]:
+    """x @ y for two values no parameter is: units on x's rows or y's columns pass; units contracted on both
+    sides pair a query with a key (Cor. 3.9); units contracted against a tensor no group acts on break."""
     out: dict[int, Tag] = {}
     shape = torch.broadcast_shapes(vx.shape[:-2], vy.shape[:-2])
     for pid in set(A) | set(B):
@@ -196,3 +201,47 @@ def embedding_rule(w: Walker, n, a: Args, result):
 
 
 _ = fx
+
+
+@on(aten.einsum)
+def einsum_rule(w: Walker, n, a: Args, result):
+    """A two-operand einsum without ellipsis, read as the matmul it is: each operand permuted to
+    (batch, free, contracted) / (batch, contracted, free), the product's labels moved back to the output's order."""
+    equation, operands = a.value("equation").replace(" ", ""), a["tensors"]
+    values = a.value("tensors")
+    if "..." in equation or "->" not in equation or len(operands) != 2 or any(w.pref(o) for o in operands):
+        if any(w.tags(o) or w.pref(o) for o in operands):
+            w.unknown(n, f"{w.where(n)} ({equation!r}: the walker reads two-operand einsums of activations only)")
+        return {}
+    (ta, tb), to = equation.split("->")[0].split(","), equation.split("->")[1]
+    if len(set(ta)) != len(ta) or len(set(tb)) != len(tb) or any(c not in tb and c not in to for c in ta) or \
+            any(c not in ta and c not in to for c in tb):
+        w.unknown(n, f"{w.where(n)} ({equation!r}: a trace or a sum over one operand)")
+        return {}
+    batch = [c for c in to if c in ta and c in tb]
+    free_a, free_b = [c for c in to if c in ta and c not in tb], [c for c in to if c in tb and c not in ta]
+    summed = [c for c in ta if c in tb and c not in to]
+    size = {c: d for t, v in ((ta, values[0]), (tb, values[1])) for c, d in zip(t, v.shape)}
+
+    def prod(cs):
+        out = 1
+        for c in cs:
+            out *= size[c]
+        return out
+
+    def canon(L, t, first, second):
+        order = [t.index(c) for c in batch + first + second]
+        return L.permute(*order).reshape(prod(batch), prod(first), prod(second))
+
+    A = {pid: Tag(canon(tag.labels.expand(values[0].shape), ta, free_a, summed), tag.degree)
+         for pid, tag in w.tags(operands[0]).items()}
+    B = {pid: Tag(canon(tag.labels.expand(values[1].shape), tb, summed, free_b), tag.degree)
+         for pid, tag in w.tags(operands[1]).items()}
+    vx = torch.empty(prod(batch), prod(free_a), prod(summed), device="meta")
+    vy = torch.empty(prod(batch), prod(summed), prod(free_b), device="meta")
+    vr = torch.empty(prod(batch), prod(free_a), prod(free_b), device="meta")
+    out = contract(w, n, A, B, vx, vy, vr)
+    letters = batch + free_a + free_b
+    back = [letters.index(c) for c in to]
+    return {pid: Tag(tag.labels.reshape(*[size[c] for c in letters]).permute(*back), tag.degree)
+            for pid, tag in out.items()}

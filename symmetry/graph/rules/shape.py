@@ -29,8 +29,13 @@ IDENTITY = [_op(n) for n in ("clone", "contiguous", "_to_copy", "to", "detach", 
                              "_assert_tensor_metadata", "positive", "alias_copy")]
 
 
+_VIEWS = {getattr(aten, "view", None), getattr(aten, "_unsafe_view", None)}
+
+
 def reapply(n: fx.Node, a: Args, t: Tensor):
     """The node's op on another tensor in place of its first argument (the labels, or entry positions)."""
+    if getattr(n.target, "overloadpacket", None) in _VIEWS:
+        t = t.contiguous()  # labels are often broadcast views: a view needs compatible strides
     values = [a.values[k] for k in list(a.values)[1:]]
     names = list(a.nodes)[1:]
     schema = n.target._schema  # type: ignore[union-attr]
