@@ -370,9 +370,9 @@ def _blocks_of(p: Producer) -> list[Block]:
         roots = [p.find(u) for u in range(p.units)]
         ids = {r: i for i, r in enumerate(dict.fromkeys(roots))}
         classes = torch.tensor([ids[r] for r in roots], dtype=torch.long)
-        blocks: list[Block] = [ScalingBlock(p.name, p.units, tuple(legs), where, eps, classes=classes)]
+        scaling: list[Block] = [ScalingBlock(p.name, p.units, tuple(legs), where, eps, classes=classes)]
         rotation = _rotation_of(p, classes, legs, where, eps)
-        return blocks + ([rotation] if rotation is not None else [])
+        return scaling + ([rotation] if rotation is not None else [])
     groups: dict[tuple, list[int]] = {}
     for u in range(p.units):
         groups.setdefault(tuple(sorted(p.signature[u])), []).append(u)
@@ -686,7 +686,7 @@ def _verify(sym: ModuleSymmetries, model, gm, inputs, loss, walker: Walker, seed
 
     # RoPE rotation candidates: kept where a random rotation keeps the output, dropped otherwise (a missed
     # symmetry, never a wrong one)
-    candidates = [b for b in sym.blocks if isinstance(b, RotationBlock)]
+    candidates: list[Block] = [b for b in sym.blocks if isinstance(b, RotationBlock)]
     if candidates and change(candidates, True, False) > tol:
         wrong = {b.name for b in candidates if change([b], True, False) > tol}
         sym.blocks = tuple(b for b in sym.blocks if b.name not in wrong)
