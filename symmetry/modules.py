@@ -72,6 +72,7 @@ class ModuleSymmetries:
     coverage: dict[str, list[str]] = field(default_factory=dict)  # parameter → block names, or ["none: why"]
     shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)  # parameter → its shape in the model read
     tolerance: float | None = None  # the relative change of the output the check allowed (by dtype)
+    training: bool | None = None  # the mode the model was read in (dropout, BatchNorm's statistics)
 
     # --- names and summary ----------------------------------------------------------------------------------
     def keys(self) -> list[str]:
@@ -101,6 +102,9 @@ class ModuleSymmetries:
         if self.tolerance is not None:
             lines.append(f"  each block checked on the example input: output kept to a relative {self.tolerance:g} "
                          f"(the tolerance for {str(self.dtype).replace('torch.', '')})")
+        if self.training is not None:
+            lines.append(f"  read in {'train' if self.training else 'eval'} mode: the blocks are symmetries of the model "
+                         "in that mode (BatchNorm's batch statistics or running ones, dropout on or off)")
         for b in self.blocks:
             lines.append(f"  [{b.name!r}] {_group_text(b)}; {_quantity_text(b)}")
             lines.append(f"      {b.where}" + (f"; APPROXIMATE: {b.approximate}" if b.approximate else ""))
@@ -533,7 +537,7 @@ def module_symmetries(model: nn.Module, example_input=None, loss: str | None = N
         if not [c for c in coverage.get(name, []) if not c.startswith("none")]:
             coverage[name] = [f"none — {why}"]
     sym = ModuleSymmetries(tuple(blocks), tuple(params), dtype, device, type(model).__name__, coverage,
-                           {n: tuple(p.shape) for n, p in params.items()})
+                           {n: tuple(p.shape) for n, p in params.items()}, training=model.training)
     if check:
         _verify(sym, model, gm, inputs, loss, walker, seed, approximate)
     return sym
@@ -576,7 +580,7 @@ def _prefixed(sym: ModuleSymmetries, prefix: str, wrapper: str) -> ModuleSymmetr
         blocks.append(dataclasses.replace(b, legs=legs))
     return ModuleSymmetries(tuple(blocks), tuple(prefix + n for n in sym.parameter_names), sym.dtype, sym.device,
                             f"{wrapper}({sym.model_name})", {prefix + n: c for n, c in sym.coverage.items()},
-                            {prefix + n: s for n, s in sym.shapes.items()})
+                            {prefix + n: s for n, s in sym.shapes.items()}, sym.tolerance, sym.training)
 
 
 def _coverage(params, blocks, walker: Walker, merged: set[int]) -> dict[str, list[str]]:

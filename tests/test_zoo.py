@@ -266,3 +266,17 @@ def test_more_of_the_zoo(name):
     model, x = zoo_models.MODELS[name]()
     sym = S.module_symmetries(model, x)
     assert sym.blocks and _keeps_output(model, x, sym) < 1e-9
+
+
+def test_the_mode_a_model_was_read_in_is_recorded_and_said():
+    """A BatchNorm symmetry read in train mode is none in eval mode (running statistics do not rescale): the
+    result says which mode it holds in."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(2, 3, 3), nn.BatchNorm2d(3), nn.ReLU(), nn.Flatten(), nn.Linear(12, 2)).to(DT)
+    x = torch.randn(4, 2, 4, 4, dtype=DT)
+    train = S.module_symmetries(model.train(), x, approximate=True)
+    evaluated = S.module_symmetries(model.eval(), x, approximate=True)
+    assert train.training is True and "read in train mode" in train.describe()
+    assert evaluated.training is False and "read in eval mode" in evaluated.describe()
+    assert any("0.weight" in b.parameters() for b in train.blocks)
+    assert not any("0.weight" in b.parameters() for b in evaluated.blocks)  # eval BatchNorm: an affine map
