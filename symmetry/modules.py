@@ -1,6 +1,6 @@
 """A user's ``nn.Module``: the symmetries found in its computation graph, checked, and their conserved quantities.
 
-[`module_symmetries`][] traces the model ([`symmetry.graph`][]), reads the blocks of
+[`module_symmetries`][] records the model with torch.export ([`symmetry.graph`][]), reads the blocks of
 [`symmetry.groups.blocks`][] off the graph and checks each one on the example input before it returns them: a
 random element must keep the output (the log-softmax of the output for the loss-level translation of a
 ``loss="cross_entropy"`` head) to a relative 1e-9 in float64 (1e-4 in float32). The result,

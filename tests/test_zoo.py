@@ -280,3 +280,30 @@ def test_the_mode_a_model_was_read_in_is_recorded_and_said():
     assert evaluated.training is False and "read in eval mode" in evaluated.describe()
     assert any("0.weight" in b.parameters() for b in train.blocks)
     assert not any("0.weight" in b.parameters() for b in evaluated.blocks)  # eval BatchNorm: an affine map
+
+
+class EinsumAttention(nn.Module):
+    def __init__(self, d=8, heads=2):
+        super().__init__()
+        self.heads = heads
+        self.q, self.k, self.v, self.o = (nn.Linear(d, d, bias=False) for _ in range(4))
+
+    def forward(self, x):
+        B, T, D = x.shape
+        q, k, v = (m(x).view(B, T, self.heads, D // self.heads) for m in (self.q, self.k, self.v))
+        mask = torch.ones(T, T).tril()  # a tensor made inside forward: a constant, not control flow
+        scores = torch.einsum("bthd,bshd->bhts", q, k).masked_fill(mask == 0, float("-inf"))
+        return self.o(torch.einsum("bhts,bshd->bthd", scores.softmax(-1), v).reshape(B, T, D))
+
+
+def test_einsum_attention_and_the_transformer_encoder_stack():
+    """The issue's gaps: einsum attention (no block found), torch.ones(t, t) inside forward, nn.TransformerEncoder."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 5, 8, dtype=DT)
+    sym = S.module_symmetries(EinsumAttention().to(DT), x)
+    assert sym.keys() == ["q–k[0]", "q–k[1]", "v[0]", "v[1]"]
+    stack = nn.TransformerEncoder(nn.TransformerEncoderLayer(8, 2, 16, dropout=0.0, batch_first=True), 2).to(DT)
+    sym = S.module_symmetries(stack, x)
+    for layer in range(2):
+        assert f"layers.{layer}.self_attn.q–layers.{layer}.self_attn.k[0]" in sym.keys()
+    assert _keeps_output(stack, x, sym) < 1e-9
