@@ -73,6 +73,7 @@ class ModuleSymmetries:
     shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)  # parameter → its shape in the model read
     tolerance: float | None = None  # the relative change of the output the check allowed (by dtype)
     training: bool | None = None  # the mode the model was read in (dropout, BatchNorm's statistics)
+    unchecked: str | None = None  # why the blocks could not be checked (an output identically 0)
 
     # --- names and summary ----------------------------------------------------------------------------------
     def keys(self) -> list[str]:
@@ -99,6 +100,8 @@ class ModuleSymmetries:
     def describe(self) -> str:
         lines = [f"{self.model_name}: {len(self.blocks)} symmetry block(s), group dimension {self.dimension()}, "
                  f"{self.law_count()} conserved quantities"]
+        if self.unchecked is not None:
+            lines.append(f"  NOT CHECKED: {self.unchecked}")
         if self.tolerance is not None:
             lines.append(f"  each block checked on the example input: output kept to a relative {self.tolerance:g} "
                          f"(the tolerance for {str(self.dtype).replace('torch.', '')})")
@@ -580,7 +583,7 @@ def _prefixed(sym: ModuleSymmetries, prefix: str, wrapper: str) -> ModuleSymmetr
         blocks.append(dataclasses.replace(b, legs=legs))
     return ModuleSymmetries(tuple(blocks), tuple(prefix + n for n in sym.parameter_names), sym.dtype, sym.device,
                             f"{wrapper}({sym.model_name})", {prefix + n: c for n, c in sym.coverage.items()},
-                            {prefix + n: s for n, s in sym.shapes.items()}, sym.tolerance, sym.training)
+                            {prefix + n: s for n, s in sym.shapes.items()}, sym.tolerance, sym.training, sym.unchecked)
 
 
 def _coverage(params, blocks, walker: Walker, merged: set[int]) -> dict[str, list[str]]:
@@ -654,10 +657,11 @@ def _verify(sym: ModuleSymmetries, model, gm, inputs, loss, walker: Walker, seed
         torch.manual_seed(seed)
         model_buffers = {n: b.detach().clone() for n, b in model.named_buffers()}
         reference = _outputs(functional_call(model, {**dict(model.named_parameters()), **model_buffers}, inputs))
-    if not bool(reference.ne(0).any()):
-        raise NotSupportedError(f"{type(model).__name__}'s output is identically 0 on example_input (a head "
-                                "initialised to zero?): no check can tell a symmetry from a misread graph there; "
-                                "initialise the last layer (or pass check=False to read the blocks unchecked)")
+    if not bool(reference.ne(0).any()):  # every action keeps a zero output: nothing can be checked, said so
+        sym.unchecked = (f"{type(model).__name__}'s output is identically 0 on example_input (a head initialised "
+                         "to zero?): the blocks are read from the graph, unchecked; initialise the last layer to "
+                         "have them checked")
+        return
     traced = run(params, False)
     error = _relative(traced - reference, reference)
     if not error <= tol:
@@ -668,7 +672,7 @@ def _verify(sym: ModuleSymmetries, model, gm, inputs, loss, walker: Walker, seed
     sites = walker.eps_sites
     elements = {b.name: b.exp(b.random_algebra(0.5, gen, sym.dtype, torch.device("cpu"), params)).to(sym.device)
                 for b in sym.blocks}
-    bases: dict[tuple[bool, bool], Tensor] = {}
+    bases: dict[tuple[bool, bool], Tensor] = {(False, False): traced}  # the recorded graph's own output
 
     def base(tiny: bool, on_loss: bool) -> Tensor:
         if (tiny, on_loss) not in bases:

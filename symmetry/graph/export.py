@@ -209,6 +209,24 @@ def _failing_module(model: nn.Module, tb) -> tuple[str, str] | None:
     return found
 
 
+def _runs_eagerly(model: nn.Module, inputs: tuple) -> None:
+    """Raise ValueError naming the input when the model itself cannot run on it (its buffers left as they were)."""
+    saved = {n: b.clone() for n, b in model.named_buffers()}
+    try:
+        with torch.no_grad(), torch.random.fork_rng(devices=[]):
+            model(*inputs)
+    except Exception as error:  # noqa: BLE001  the model's own error, reported with its first line
+        shapes = [tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__ for x in inputs]
+        raise ValueError(f"{type(model).__name__} cannot run on example_input "
+                         f"{shapes[0] if len(shapes) == 1 else shapes}: {str(error).splitlines()[0]}; pass one batch "
+                         "the model takes") from None
+    finally:
+        with torch.no_grad():
+            for n, b in model.named_buffers():
+                if n in saved:
+                    b.copy_(saved[n])
+
+
 def trace(model: nn.Module, example_inputs: tuple, leaves: Sequence[str] = ()) -> fx.GraphModule:
     """The ATen graph of ``model`` called with ``example_inputs`` (``torch.export.export(model, example_inputs,
     strict=False).module()``); submodules named in ``leaves`` stay opaque calls (their parameters uncovered)."""
@@ -220,7 +238,9 @@ def trace(model: nn.Module, example_inputs: tuple, leaves: Sequence[str] = ()) -
     except (ValueError, NotSupportedError):
         raise
     except Exception as error:  # noqa: BLE001  export raises many kinds from the model's own code
-        where = _failing_module(model, sys.exc_info()[2])
+        tb = sys.exc_info()[2]
+        _runs_eagerly(model, example_inputs)  # the input itself wrong: said as such
+        where = _failing_module(model, tb)
         first = str(error).strip().splitlines()[0] if str(error).strip() else ""
         if where is not None and where[1]:
             text, name = where
