@@ -114,7 +114,20 @@ def _timm(name: str, size: int = 64, **kwargs) -> Callable[[], tuple[nn.Module, 
     return build
 
 
-MODELS: dict[str, Callable[[], tuple[nn.Module, Tensor]]] = {
+class _Zoo(dict):
+    """The named models; any other torchvision classification model or timm model by ``torchvision/NAME`` or
+    ``timm/NAME`` (64×64 input, 75×75 for Inception v3)."""
+
+    def __missing__(self, key: str):
+        family, _, name = key.partition("/")
+        if family == "torchvision":
+            return _tv(name, 75 if name == "inception_v3" else 64)
+        if family == "timm":
+            return _timm(name)
+        raise KeyError(key)
+
+
+MODELS: dict[str, Callable[[], tuple[nn.Module, Tensor]]] = _Zoo({
     **{f"hf/{k}": _hf(k) for k in ("llama", "mistral", "qwen2", "gpt2", "opt", "bert", "distilbert", "vit", "t5")},
     **{f"torchvision/{k}": _tv(k, 75 if k == "inception_v3" else 64) for k in (
         "resnet18", "resnet50", "mobilenet_v2", "mobilenet_v3_small", "densenet121", "googlenet", "inception_v3",
@@ -126,4 +139,4 @@ MODELS: dict[str, Callable[[], tuple[nn.Module, Tensor]]] = {
         ("deit_tiny_patch16_224", {"img_size": 64}), ("mixer_s16_224", {"img_size": 64}),
         ("resmlp_12_224", {"img_size": 64}), ("poolformer_s12", {}), ("convmixer_768_32", {}),
         ("swin_tiny_patch4_window7_224", {"img_size": 64, "window_size": 2}), ("levit_128s", {"img_size": 64}))},
-}
+})
