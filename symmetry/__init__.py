@@ -17,7 +17,7 @@ Modules, each named for the paper's object it holds:
   ``TeleportingStepper`` teleports inside training, run by ``dynamics.run``
 - ``groups``: the one symmetry abstraction (``Symmetry``) and its instances: the paper's groups on tuple
   models (``groups.paper``) and the blocks of a user's module (``groups.blocks``): rescaling, GL, translation
-- ``graph``: a user's nn.Module traced (torch.fx) and walked: which units each value carries
+- ``graph``: a user's nn.Module recorded (torch.export) and walked, one rule per ATen op (register_rule): which units each value carries
 - ``modules``: ``module_symmetries``: the blocks found on the graph, each checked on an example input
 - ``monitor``: ConservationMonitor for any training loop (DDP/FSDP aware)
 - ``laws``: every conservation law of a model (Marcotte et al.): ALGO 2 counts them through the

@@ -944,20 +944,33 @@ class _Chain:
 
 
 def _module_chain(model) -> _Chain:
-    """Read what ``model`` computes (its fx graph, [`symmetry.graph.trace`][], the one module walker) as a chain
-    of Linear layers and activations, each node fed by the one before; any other node (a skip connection, a reshape,
-    a functional call, another layer) is refused by name."""
-    import torch.nn.functional as F
+    """Read what ``model`` computes (its ``torch.export`` graph, [`symmetry.graph.trace`][], the one module
+    reader) as a chain of linear layers and activations, each node fed by the one before; any other node (a skip
+    connection, a reshape, another op) is refused by name."""
     from torch import nn
 
-    from .graph import trace
+    from .graph import trace, unwrap
+    from .graph.walk import op_name
     from .groups import NotSupportedError
 
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    graph = trace(model)
-    modules = dict(graph.named_modules())
+    model, _ = unwrap(model)
     supported = ", ".join(SUPPORTED_LAYERS)
+    first = next((m for m in model.modules() if isinstance(m, nn.Linear)), None)
+    if first is None:
+        raise NotSupportedError(f"model has no Linear layer; supported layers: {supported}")
+    if isinstance(model, nn.Sequential):  # a width mismatch would stop the recording itself: name it here
+        linears = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+        for (_, before), (name, layer) in zip(linears, linears[1:]):
+            if layer.in_features != before.out_features:
+                raise NotSupportedError(f"layer {name} ({layer}) takes {layer.in_features} inputs but the layer "
+                                        f"before gives {before.out_features}")
+    p0 = next(iter(model.parameters()))
+    graph = trace(model, (torch.zeros(2, first.in_features, dtype=p0.dtype, device=p0.device),))
+    params = dict(graph.named_parameters(remove_duplicate=False))
+    layer_of = {f"{name}.weight": m for name, m in model.named_modules(remove_duplicate=False)
+                if isinstance(m, nn.Linear)}
     widths: list[int] = []
     bias: list[bool] = []
     free: list[bool] = []
@@ -965,6 +978,8 @@ def _module_chain(model) -> _Chain:
     pending_free = False
     previous = None
     for node in graph.graph.nodes:
+        if node.op == "get_attr" or (node.op == "call_module" and node.target == "_guards_fn"):
+            continue
         if node.op == "placeholder":
             if previous is not None:
                 raise NotSupportedError(f"model takes more than one input ({node.name!r}); count_conservation_laws "
@@ -972,43 +987,49 @@ def _module_chain(model) -> _Chain:
             previous = node
             continue
         if node.op == "output":
-            if node.args[0] is not previous:
+            if node.args[0] not in (previous, (previous,), [previous]):
                 raise NotSupportedError(f"the model's output is not its last layer's ({node.args[0]!r})")
             break
-        if node.all_input_nodes != [previous] or len(node.users) != 1:
-            raise NotSupportedError(f"node {node.name!r} ({node.op} {node.target}) is not fed by the layer before it "
-                                    "alone, or feeds more than the layer after it: a skip connection or a branch is "
-                                    f"not a chain; count_conservation_laws counts chains of {supported}")
-        if node.op == "call_function" and node.target in (F.relu, torch.relu):
-            pending_free = True
+        feeds = [a for a in node.all_input_nodes if a.op != "get_attr"]
+        if feeds != [previous] or len([u for u in node.users if u.op != "output" or True]) != 1:
+            raise NotSupportedError(f"node {node.name!r} ({op_name(node)}) is not fed by the layer before it alone, "
+                                    "or feeds more than the layer after it: a skip connection or a branch is not a "
+                                    f"chain; count_conservation_laws counts chains of {supported}")
+        name = op_name(node)
+        slope = node.args[1] if name == "leaky_relu" and len(node.args) > 1 else 0.01
+        if name in ("relu", "relu_") or (name in ("leaky_relu", "leaky_relu_") and slope != 1):
+            pending_free = True  # positively homogeneous: a diagonal on each activation region
             previous = node
             continue
-        if node.op != "call_module":
-            raise NotSupportedError(f"node {node.name!r} ({node.op} {getattr(node.target, '__name__', node.target)}) "
-                                    f"is not supported by count_conservation_laws; supported layers: {supported}")
-        name, layer = node.target, modules[node.target]
-        if isinstance(layer, nn.Linear):
-            if id(layer.weight) in seen:
-                raise NotSupportedError(f"layer {name} ({layer}) reuses the weights of an earlier layer: shared (tied) "
-                                        "weights are not supported by count_conservation_laws")
-            seen.add(id(layer.weight))
-            if not layer.in_features or not layer.out_features:
-                raise NotSupportedError(f"layer {name} ({layer}) has no units (a zero-width layer): nothing to count")
-            if widths and layer.in_features != widths[-1]:
-                raise NotSupportedError(f"layer {name} ({layer}) takes {layer.in_features} inputs but the layer "
-                                        f"before gives {widths[-1]}")
-            if widths:
-                free.append(pending_free)
-            else:
-                widths.append(layer.in_features)
-            widths.append(layer.out_features)
-            bias.append(layer.bias is not None)
-            pending_free = False
-        elif isinstance(layer, nn.ReLU) or (isinstance(layer, nn.LeakyReLU) and layer.negative_slope != 1):
-            pending_free = True  # positively homogeneous: a diagonal on each activation region
-        elif not isinstance(layer, (nn.Identity, nn.LeakyReLU)):  # the identity (LeakyReLU with slope 1 included)
-            raise NotSupportedError(f"layer {name} ({type(layer).__name__}) is not supported by "
-                                    f"count_conservation_laws; supported layers: {supported}")
+        if name in ("leaky_relu", "leaky_relu_"):  # slope 1: the identity
+            previous = node
+            continue
+        weight = node.args[1] if name == "linear" and len(node.args) > 1 else None
+        target = getattr(weight, "target", None)
+        if name != "linear" or getattr(weight, "op", None) != "get_attr" or target not in layer_of:
+            stack = list((node.meta.get("nn_module_stack") or {}).values())
+            what = f"layer {stack[-1][0]} ({str(stack[-1][1]).rsplit('.', 1)[-1].rstrip(chr(39) + '>')})" if stack \
+                else f"node {node.name!r} ({name})"
+            raise NotSupportedError(f"{what} is not supported by count_conservation_laws; supported layers: "
+                                    f"{supported}")
+        layer = layer_of[target]
+        lname = target.rpartition(".")[0]
+        if id(params[target]) in seen:
+            raise NotSupportedError(f"layer {lname} ({layer}) reuses the weights of an earlier layer: shared (tied) "
+                                    "weights are not supported by count_conservation_laws")
+        seen.add(id(params[target]))
+        if not layer.in_features or not layer.out_features:
+            raise NotSupportedError(f"layer {lname} ({layer}) has no units (a zero-width layer): nothing to count")
+        if widths and layer.in_features != widths[-1]:
+            raise NotSupportedError(f"layer {lname} ({layer}) takes {layer.in_features} inputs but the layer "
+                                    f"before gives {widths[-1]}")
+        if widths:
+            free.append(pending_free)
+        else:
+            widths.append(layer.in_features)
+        widths.append(layer.out_features)
+        bias.append(layer.bias is not None)
+        pending_free = False
         previous = node
     if not widths:
         raise NotSupportedError(f"model has no Linear layer; supported layers: {supported}")

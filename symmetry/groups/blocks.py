@@ -11,6 +11,8 @@ unit u on one leg and e the leg's exponent:
   outgoing leg and conserves ‖I‖² (Kunin et al.'s scale law, as −‖I‖²).
 - [`LinearBlock`][]: I ↦ G I on the legs with e = +1, O ↦ G⁻ᵀ O on those with e = −1, G ∈ GL(C) (Eq. 17;
   per attention head Marcotte et al. Cor. 3.9 with O the paired key rows). Noether: Q = O Oᵀ − I Iᵀ (C × C).
+- [`RotationBlock`][]: one angle per pair of units (RoPE's rotated query–key pairs), the same rotation on the
+  incoming and outgoing rows; its quantity is identically 0 (it counts in the group's dimension, not in the laws).
 - [`TranslationBlock`][]: θ[:, k] ↦ θ[:, k] + t_k on every leg (the same shift for every unit; softmax and
   centring are blind to it). Laws: the column sums h_k = Σ_u θ_u,k (Marcotte et al. Prop. 3.11).
 
@@ -27,7 +29,7 @@ import torch
 
 Tensor = torch.Tensor
 
-__all__ = ["Leg", "Block", "ScalingBlock", "LinearBlock", "TranslationBlock"]
+__all__ = ["Leg", "Block", "ScalingBlock", "LinearBlock", "TranslationBlock", "RotationBlock"]
 
 
 @dataclass(frozen=True)
@@ -311,3 +313,70 @@ class TranslationBlock(Block):
 
     def balance(self, pa, pb):
         return torch.cat([leg.values(pa).new_zeros(leg.index.shape[1]) for leg in self.legs])
+
+
+@dataclass
+class RotationBlock(Block):
+    """SO(2) on pairs of units: rows (θ_a, θ_b) ↦ (cos φ θ_a − sin φ θ_b, sin φ θ_a + cos φ θ_b), one angle per
+    pair, on the incoming (e = +1) and outgoing (e = −1) legs alike (R⁻ᵀ = R). RoPE's rotated query–key pairs
+    (Su et al. 2021): a rotation of a pair commutes with the position's rotation, so the scores are kept. The
+    Noether quantity of an antisymmetric generator, Σ_legs e (θ_aᵀθ_b − θ_bᵀθ_a), is identically 0: the block adds
+    to the group's dimension and to no law."""
+
+    pairs: Tensor = field(default_factory=lambda: torch.zeros(0, 2, dtype=torch.long))  # (P, 2) unit pairs
+    kind: str = "rotation"
+
+    def element_shape(self):
+        return (int(self.pairs.shape[0]),)
+
+    def laws(self) -> int:
+        return 0
+
+    def exp(self, xi):
+        return xi  # the angles
+
+    def identity(self, dtype, device):
+        return self.algebra_zero(dtype, device)
+
+    def _rows(self, leg: Leg) -> tuple[Tensor, Tensor, Tensor]:
+        """Rows of the leg holding each pair's two units, and which pairs the leg has."""
+        where = {int(u): i for i, u in enumerate(leg.rows(self.units).tolist())}
+        have = [i for i, (a, b) in enumerate(self.pairs.tolist()) if a in where and b in where]
+        a = torch.tensor([where[int(self.pairs[i, 0])] for i in have], dtype=torch.long)
+        b = torch.tensor([where[int(self.pairs[i, 1])] for i in have], dtype=torch.long)
+        return a, b, torch.tensor(have, dtype=torch.long)
+
+    def act(self, p, element):
+        for leg in self.legs:
+            a, b, have = self._rows(leg)
+            values = leg.values(p)
+            phi = element[have.to(element.device)][:, None]
+            ra, rb = values[a], values[b]
+            moved = values.index_copy(0, a.to(values.device), torch.cos(phi) * ra - torch.sin(phi) * rb)
+            moved = moved.index_copy(0, b.to(values.device), torch.sin(phi) * ra + torch.cos(phi) * rb)
+            leg.write(p, moved)
+
+    def balance(self, pa, pb):
+        out = None
+        for leg in self.legs:
+            a, b, have = self._rows(leg)
+            va, vb = leg.values(pa), leg.values(pb)
+            term = -leg.exponent * ((va[a] * vb[b]).sum(1) - (va[b] * vb[a]).sum(1))
+            part = term.new_zeros(self.element_shape()).index_add(0, have.to(term.device), term)
+            out = part if out is None else out + part
+        assert out is not None
+        return out
+
+    def quantity(self, p):
+        return self.balance(p, p)  # identically 0
+
+    def magnitude(self, p):
+        out = None
+        for leg in self.legs:
+            a, b, have = self._rows(leg)
+            v = leg.values(p)
+            term = (v[a] ** 2).sum(1) + (v[b] ** 2).sum(1)
+            part = term.new_zeros(self.element_shape()).index_add(0, have.to(term.device), term)
+            out = part if out is None else out + part
+        assert out is not None
+        return out
