@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from .activations import ActivationLike, get_activation
-from .graph import Producer, SymmetryCheckError, Walker, trace, unwrap
+from .graph import Producer, Reader, SymmetryCheckError, Walker, trace, unwrap
 from .groups import NotSupportedError
 from .validation import cast_exactly
 from .groups.blocks import Block, Leg, LinearBlock, RotationBlock, ScalingBlock, TranslationBlock
@@ -515,7 +515,7 @@ def module_symmetries(model: nn.Module, example_input=None, loss: str | None = N
         raise ValueError(f"{type(model).__name__} cannot run on example_input {shapes[0] if len(shapes) == 1 else shapes}: "
                          f"{str(error).splitlines()[0]}; pass one batch the model takes") from None
     buffers = {n: b.clone() for n, b in gm.named_buffers()}
-    walker = Walker(gm, loss)
+    walker = Reader(gm, loss)
     with torch.no_grad(), torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         try:

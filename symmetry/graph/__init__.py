@@ -21,8 +21,9 @@ from .export import trace, unwrap
 from .registry import Args, register_rule
 from .state import PRef, Producer, Tag
 from .walk import Walker
+from .read import Reader
 
-__all__ = ["trace", "unwrap", "register_rule", "Args", "SymmetryCheckError", "Walker", "Producer", "Tag", "PRef"]
+__all__ = ["trace", "unwrap", "register_rule", "Args", "SymmetryCheckError", "Walker", "Reader", "Producer", "Tag", "PRef"]
 
 
 class SymmetryCheckError(RuntimeError):

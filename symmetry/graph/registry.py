@@ -41,11 +41,15 @@ def register_rule(op, rule: Rule, *, shift: bool = False) -> None:
     ``rule(walker, node, args, result)`` as described in this module. With ``shift=True`` the rule is the op's
     translation rule instead. Replaces any rule the op had.
 
-    Example: an activation that is positively homogeneous of degree 1 (a custom op ``mylib.prelu_fixed``)::
+    Example: an activation that is positively homogeneous of degree 1 (a custom op ``mylib.prelu_fixed``):
 
-        from symmetry.graph import register_rule
-        from symmetry.graph.rules.elementwise import homogeneous
-        register_rule(torch.ops.mylib.prelu_fixed, lambda w, n, a, r: homogeneous(w, a["input"], 1.0))
+    ```python
+    from symmetry.graph import register_rule
+    from symmetry.graph.rules.elementwise import homogeneous
+    register_rule(torch.ops.mylib.prelu_fixed, lambda w, n, a, r: homogeneous(w, a["input"], 1.0))
+    ```
+
+    A whole example that runs: [your own model](../your-own-model.md#teaching-the-reader-an-op).
     """
     if not callable(rule):
         raise TypeError(f"rule must be callable as rule(walker, node, args, result), got {type(rule).__name__}")

@@ -152,9 +152,6 @@ class Walker(fx.Interpreter):
         elif n.op == "get_attr" and str(n.target) not in self.params:
             self.const.add(n)
         self.ann[n] = self.annotate(n, result)
-        from .shifts import follow_shifts
-
-        self.shift[n] = follow_shifts(self, n, result)
         return result
 
     def annotate(self, n: fx.Node, result):
