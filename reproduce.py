@@ -490,6 +490,8 @@ def _main(args) -> int:
                                            # each figure's time: its own job plus its parts run apart (--jobs > 1)
                                            "figure_seconds": {r.name: {"seconds": round(r.seconds, 2), "parts": r.parts}
                                                               for r in runs},
+                                           # the run's wall time: its figures' jobs and the conservation check
+                                           "wall_seconds": round(time.perf_counter() - started, 2),
                                            "environment": environment(args.device)})
     Path(args.out, "claims.partial.json").unlink(missing_ok=True)  # a stopped run's, made stale by this one
     for r in failed:

@@ -161,9 +161,10 @@ def test_fig6_batch_keeps_each_activation_side_by_side(quick):
     """Both sweeps of one activation are contiguous in Fig. 6's batch, so TwoLayerGD takes its preallocated
     path (slices per activation, no gather per step: 5x fewer CPU-s than the interleaved batch), and each
     (design, activation) keeps its runs in sweep order."""
+    import torch
+
     from symmetry.dynamics import TwoLayerGD
     from symmetry.models import TwoLayerNet
-    import torch
 
     fig6 = load("Q_convergence_elementwise")
     cfg = fig6.Settings()
