@@ -8,8 +8,8 @@ the claim, whether it holds, what was measured, and the criterion it was held to
 Then the two related papers: Gluch & Urbanke (noether_dynamics) and Marcotte et al. (conservation_laws).
 Each figure's time is in the figure table, written from figures/claims.json (``figure_seconds``).
 Usage: python reproduce.py [--device cpu|cuda] [--seed 0] [--out figures] [--quick] [--only NAME ...] [--data PATH]
-       [--jobs N (default: cores; figures, and the parts of Fig. 3, noether_dynamics and conservation_modern,
-       in parallel worker processes)] [--scheduler ADDRESS (a Dask cluster's workers instead)] [--threads 1]
+       [--jobs N (default: cores; figures, and the parts of Fig. 3, noether_dynamics, conservation_under_optimizers
+       and conservation_modern, in parallel worker processes)] [--scheduler ADDRESS (a Dask cluster's workers instead)] [--threads 1]
 """
 from __future__ import annotations
 
