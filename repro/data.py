@@ -76,7 +76,13 @@ def extract_archive(archive: str | Path, into: str | Path | None = None) -> Path
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
-        os.replace(tmp, target)  # atomic: a half-extracted tree is never seen as done
+        try:
+            os.replace(tmp, target)  # atomic: a half-extracted tree is never seen as done
+        except OSError:
+            shutil.rmtree(tmp, ignore_errors=True)
+            if not target.is_dir():
+                raise
+            # another process (a parallel job of reproduce.py) extracted the same archive first: its tree is used
     roots = [p for p in target.rglob("train") if (p.parent / "test").is_dir()]
     if not roots:
         raise FileNotFoundError(f"{archive} holds no train/ and test/ folders")

@@ -44,6 +44,29 @@ def test_archive_is_extracted_once(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cifar10-jpeg.tar.gz", "src", "work"]  # nothing beside it
 
 
+def test_archive_extracted_meanwhile_by_another_process_is_used(tmp_path, monkeypatch):
+    """Two parallel jobs extract one archive: the one that finishes second finds the tree there (its rename onto a
+    non-empty folder fails), uses it and leaves no partial extraction behind."""
+    write_tree(tmp_path / "src" / "cifar10-jpeg", per_class=(2, 1))
+    archive = tmp_path / "cifar10-jpeg.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(tmp_path / "src" / "cifar10-jpeg", arcname="cifar10-jpeg")
+    import shutil
+
+    import repro.data as D
+
+    extractall = tarfile.TarFile.extractall
+
+    def the_other_job_first(self, path, *args, **kwargs):  # the other job's tree lands while this one extracts
+        extractall(self, path, *args, **kwargs)
+        shutil.copytree(path, tmp_path / "work" / "cifar10-jpeg-extracted")
+
+    monkeypatch.setattr(tarfile.TarFile, "extractall", the_other_job_first)
+    root = D.extract_archive(archive, tmp_path / "work")
+    assert root == tmp_path / "work" / "cifar10-jpeg-extracted" / "cifar10-jpeg"
+    assert sorted(p.name for p in (tmp_path / "work").iterdir()) == ["cifar10-jpeg-extracted"]
+
+
 def test_missing_data_says_where_it_looked(tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         load_cifar10(tmp_path / "nowhere")
