@@ -75,13 +75,16 @@ def along_orbit(U: torch.Tensor, V: torch.Tensor, activation: str, c: float,
 
 
 def starting_points(cfg: Settings, activations) -> list[dict]:
-    """The runs of one step budget: the init-scale sweep (the same draw times each std), then the
-    fixed-loss sweep (the std-``orbit_init_std`` init moved along the orbit by each c in range)."""
+    """The runs of one step budget, per activation: its init-scale sweep (the same draw times each std),
+    then its fixed-loss sweep (the std-``orbit_init_std`` init moved along the orbit by each c in range).
+    One activation's runs sit side by side in the batch, so the fused stepper takes each activation's
+    block as a slice (preallocated buffers) instead of gathering the batch every step."""
     U0, V0 = S.gaussian_init(cfg.m, cfg.h, cfg.n, std=1.0, seed=cfg.seed, dtype=torch.float64)
-    runs = [{"activation": a, "design": "init_scale", "init_std": s, "orbit_scale": None, "U": s * U0, "V": s * V0}
-            for a in activations for s in cfg.init_stds]
     U, V = cfg.orbit_init_std * U0, cfg.orbit_init_std * V0
+    runs = []
     for a in activations:
+        runs += [{"activation": a, "design": "init_scale", "init_std": s, "orbit_scale": None, "U": s * U0,
+                  "V": s * V0} for s in cfg.init_stds]
         F = U @ S.get_activation(a)(V.mT)
         for c in cfg.orbit_scales:
             moved = along_orbit(U, V, a, c, cfg.orbit_range_margin)

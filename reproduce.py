@@ -13,8 +13,8 @@ writes figures/NAME.{pdf,png,json}; the table at the end collects each script's 
 the claim, whether it holds, what was measured, and the criterion it was held to. At the end it prints its own
 wall time in all.
 Usage: python reproduce.py [--device cpu|cuda] [--seed 0] [--out figures] [--quick] [--only NAME ...] [--data PATH]
-       [--jobs N (default: cores; figures, and the parts of Fig. 3, noether_dynamics and conservation_modern,
-       in parallel worker processes)] [--scheduler ADDRESS (a Dask cluster's workers instead)] [--threads 1]
+       [--jobs N (default: cores; figures, and the parts of Fig. 3, noether_dynamics, conservation_under_optimizers
+       and conservation_modern, in parallel worker processes)] [--scheduler ADDRESS (a Dask cluster's workers instead)] [--threads 1]
 """
 from __future__ import annotations
 
@@ -345,9 +345,10 @@ def _run_workers(names: list[str], argv: list[str], jobs: int, threads: int, log
 def kept_from_before(out: Path, ran: list[str], quick: bool) -> dict:
     """What the last run on ``out`` recorded for the figures this run did not make (``--only``), so that its
     ``claims.json`` never loses them: their claim rows (made anew from their NAME.json there, as ``--report``
-    does; a figure whose JSON is gone is dropped), their recorded failures and their job times. Nothing is kept
+    does; a figure whose JSON is gone is dropped), their recorded failures and job times, and the last full run's wall
+    time. Nothing is kept
     from a run of the other form (--quick against full settings) or from an unreadable claims.json."""
-    kept: dict = {"figures": [], "claims": {}, "failed": [], "figure_seconds": {}}
+    kept: dict = {"figures": [], "claims": {}, "failed": [], "figure_seconds": {}, "wall_seconds": None}
     try:
         old = json.loads((out / "claims.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -356,6 +357,7 @@ def kept_from_before(out: Path, ran: list[str], quick: bool) -> dict:
         return kept
     failed = {f.get("figure"): f for f in old.get("failed") or [] if isinstance(f, dict)}
     seconds = old.get("figure_seconds") or {}
+    kept["wall_seconds"] = old.get("wall_seconds")
     for name in old.get("figures") or []:
         if name not in FIGURES or name in ran:
             continue
@@ -563,6 +565,10 @@ def _main(args) -> int:
                                            "figure_seconds": {**kept["figure_seconds"],
                                                               **{r.name: {"seconds": round(r.seconds, 2),
                                                                           "parts": r.parts} for r in runs}},
+                                           # the run's wall time: its figures' jobs and the conservation check (a run
+                                           # of --only some figures keeps the last full run's)
+                                           "wall_seconds": (kept["wall_seconds"] if args.only
+                                                            else round(time.perf_counter() - started, 2)),
                                            "environment": environment(args.device)})
     Path(args.out, "claims.partial.json").unlink(missing_ok=True)  # a stopped run's, made stale by this one
     for r in failed:

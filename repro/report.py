@@ -50,30 +50,32 @@ def _what_it_shows(root: Path, name: str) -> str:
     return doc.splitlines()[0].strip() if doc else name
 
 
-def _seconds(root: Path, name: str, claims: dict) -> tuple[float, str]:
-    """A figure's time and where it comes from: its job in the run that wrote ``claims.json`` (the parts of a
-    split figure included), else the ``wall_time_s`` of its own JSON (a run of the script alone)."""
+def _job_seconds(name: str, claims: dict) -> tuple[float | None, int]:
+    """A figure's job time in the reproduce.py run that wrote ``claims.json`` (its parts' jobs included) and its
+    number of parts; None where that run did not time it (a record marked ``from`` came from elsewhere)."""
     record = (claims.get("figure_seconds") or {}).get(name)
-    if record and "from" not in record:
-        parts = record.get("parts") or {}
-        return float(record["seconds"]), f"reproduce.py job{f', {len(parts)} parts' if parts else ''}"
-    return float(_json(root, f"figures/{name}.json")["wall_time_s"]), "its own run"
+    if not record or "from" in record:
+        return None, 0
+    return float(record["seconds"]), len(record.get("parts") or {})
 
 
 def figure_table(root: Path) -> str:
-    """Script, what it shows, and one time column (Eq.-free: a table of the figures that exist)."""
+    """Script, what it shows, and its time: one kind of time per column. The reproduce.py job (the main job that
+    wrote figures/claims.json, a split figure's parts included), or, for what that run did not time (the notebooks),
+    the ``wall_time_s`` of its own run; the last row is that reproduce.py run's wall time, where it recorded one."""
     claims = _json(root, "figures/claims.json")
-    rows = ["| script | what it shows | time (2-core CPU) |", "|---|---|---:|"]
+    rows = ["| script | what it shows | reproduce.py job (s) | its own run (s) |", "|---|---|---:|---:|"]
     for name in (*SCRIPTS, *NOTEBOOKS):
         if not (root / "figures" / f"{name}.json").exists():
             continue
-        seconds, source = _seconds(root, name, claims)
+        seconds, parts = _job_seconds(name, claims)
+        job = "—" if seconds is None else f"{seconds:.0f}" + (f" ({parts} parts)" if parts else "")
+        own = f"{float(_json(root, f'figures/{name}.json')['wall_time_s']):.0f}" if seconds is None else "—"
         file = f"{name}.ipynb" if name in NOTEBOOKS else f"{name}.py"
-        rows.append(f"| `{file}` | {_cell(_what_it_shows(root, name))} | {seconds:.0f} s ({source}) |")
-    main_job = [_seconds(root, name, claims)[0] for name in SCRIPTS if (root / "figures" / f"{name}.json").exists()]
-    rows += ["", f"`reproduce.py`'s {len(main_job)} figures add up to {sum(main_job) / 60:.0f} minutes of job time "
-                 f"(a row marked *its own run* counts that run's wall time); it runs them in parallel worker processes "
-                 f"(`--jobs`, default: one per core) and prints its own wall time at the end."]
+        rows.append(f"| `{file}` | {_cell(_what_it_shows(root, name))} | {job} | {own} |")
+    wall = claims.get("wall_seconds")
+    rows.append(f"| **`reproduce.py`, wall** | the main job: every script (.py) above | "
+                f"**{'—' if wall is None else f'{float(wall):.0f}'}** | — |")
     return "\n".join(rows)
 
 
@@ -213,6 +215,12 @@ def optimizer_table(root: Path) -> str:
     ])
 
 
+#: bench_reproduce.py's wall-time rows: (label, key of a condition); a results file shows the rows it has
+WALL_ROWS = (("main job, reproduce.py wall", "wall_s"), ("paper figures (Figs. 3–9, G.1) alone, reproduce.py wall",
+                                                        "paper_wall_s"),
+             ("main paper, reproduce.py wall", "main_s"), ("everything, reproduce.py wall", "all_s"))
+
+
 def benchmark_table(results: dict) -> str:
     """bench_reproduce.py's results: quiet and busy job time per figure, and the reproduce.py wall times."""
     quiet, busy = results["quiet"], results["busy"]
@@ -220,11 +228,11 @@ def benchmark_table(results: dict) -> str:
     def cell(x: float | None) -> str:
         return "—" if x is None else f"{x:.1f}"
 
-    lines = ["| figure | quiet (s) | one core busy (s) | busy / quiet |", "|---|---:|---:|---:|"]
+    lines = ["| figure | quiet: job (s) | one core busy: job (s) | busy / quiet |", "|---|---:|---:|---:|"]
     for name, q in quiet["figures_s"].items():
         b = busy["figures_s"].get(name)
         lines.append(f"| `{name}` | {cell(q)} | {cell(b)} | {'—' if not q or b is None else f'{b / q:.2f}'} |")
-    for label, key in (("main paper, reproduce.py wall", "main_s"), ("everything, reproduce.py wall", "all_s")):
+    for label, key in WALL_ROWS:
         if quiet.get(key):
             lines.append(f"| **{label}** | **{quiet[key]:.1f}** | **{busy[key]:.1f}** | **{busy[key] / quiet[key]:.2f}** |")
     return "\n".join(lines)

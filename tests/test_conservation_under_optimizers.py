@@ -48,3 +48,26 @@ def test_quick_run(tmp_path):
     flipped = {x["claim"]: x for x in script.claims(doctored)}
     assert not flipped["CNN/CIFAR-10: O(η²) per step — the drift over 12 steps scales as η² (mini-batch SGD, batch 4)"]["holds"]
     assert not flipped[weight_decay]["holds"] and "cannot be told apart" in flipped[weight_decay]["measured"]
+
+
+def test_parts_cover_every_run_once_and_main_reads_them(tmp_path, monkeypatch):
+    """reproduce.py's jobs (PARTS: each model's optimizers in groups) split the runs without overlap, and main, run
+    after them on the same --out, trains nothing: it reads the parts' cache, in the optimizers' order."""
+    write_tree(tmp_path / "cifar", per_class=(4, 1))
+    script = load_script("conservation_under_optimizers")
+    cfg = script.quick(script.Settings())
+    groups = [list(script.optimizers(cfg))[k::script.GROUPS] for k in range(script.GROUPS)]
+    assert sorted(sum(groups, [])) == sorted(script.optimizers(cfg))
+    assert script.PARTS == tuple(f"{m}-{k + 1}" for m in cfg.models for k in range(script.GROUPS))
+    argv = ["--quick", "--out", str(tmp_path / "out"), "--data", str(tmp_path / "cifar"), "--threads", "1"]
+    for part in script.PARTS:
+        script.run_part(part, argv)
+    assert len(list((tmp_path / "out" / ".cache").glob("conservation_under_optimizers-*.pt"))) == len(script.PARTS)
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("main trained a run that its parts had cached")
+
+    monkeypatch.setattr(script, "train", no_training)
+    payload = script.main(argv)
+    for name in cfg.models:
+        assert list(payload["runs"][name]["by_optimizer"]) == list(script.optimizers(cfg))

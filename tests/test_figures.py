@@ -156,6 +156,32 @@ def test_fig6_orbit_move_keeps_the_function_and_moves_Q(activation):
         assert fig6.along_orbit(U, V, activation, 100.0, 1e-3) is None
 
 
+@pytest.mark.parametrize("quick", [True, False])
+def test_fig6_batch_keeps_each_activation_side_by_side(quick):
+    """Both sweeps of one activation are contiguous in Fig. 6's batch, so TwoLayerGD takes its preallocated
+    path (slices per activation, no gather per step: 5x fewer CPU-s than the interleaved batch), and each
+    (design, activation) keeps its runs in sweep order."""
+    import torch
+
+    from symmetry.dynamics import TwoLayerGD
+    from symmetry.models import TwoLayerNet
+
+    fig6 = load("Q_convergence_elementwise")
+    cfg = fig6.Settings()
+    cfg = fig6.quick(cfg) if quick else cfg
+    runs = fig6.starting_points(cfg, ("identity", "relu", "tanh"))
+    net = TwoLayerNet([r["activation"] for r in runs])
+    assert net.activation._slices is not None
+    U = torch.stack([r["U"] for r in runs]).float()
+    V = torch.stack([r["V"] for r in runs]).float()
+    stepper = TwoLayerGD(net, None, torch.zeros(cfg.m, cfg.n), 1e-3)
+    assert stepper._preallocated((U, V), 1e-3) is not None
+    for design, key, values in (("init_scale", "init_std", cfg.init_stds), ("fixed_loss", "orbit_scale", None)):
+        for a in ("identity", "relu", "tanh"):
+            got = [r[key] for r in runs if r["design"] == design and r["activation"] == a]
+            assert got == (list(values) if values else sorted(got))
+
+
 def test_train_two_layer_budgets_takes_its_starts_and_checks_them():
     """starts replaces the scaled draw: given the draw itself it changes nothing; a wrong shape is named."""
     import torch

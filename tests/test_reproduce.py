@@ -480,8 +480,9 @@ def test_issue38_case6_only_keeps_what_the_other_figures_recorded(tmp_path, monk
     assert second["figure_seconds"]["Q_sharpness_1d"] == first["figure_seconds"]["Q_sharpness_1d"]
     assert set(second["figure_seconds"]) == {"Q_sharpness_1d", "Q_distribution"}
     # --report reads the kept job time, not the figure's own wall time
-    seconds, source = report._seconds(tmp_path, "Q_sharpness_1d", second)
-    assert source.startswith("reproduce.py job") and seconds == first["figure_seconds"]["Q_sharpness_1d"]["seconds"]
+    seconds, parts = report._job_seconds("Q_sharpness_1d", second)
+    assert parts == 0 and seconds == first["figure_seconds"]["Q_sharpness_1d"]["seconds"]
+    assert first["wall_seconds"] is None and second["wall_seconds"] is None  # --only runs time no main job
     assert reproduce.report_claims(tmp_path)["figure_seconds"] == second["figure_seconds"]
     # a figure whose JSON is gone is not claimed any more; a full-settings run keeps nothing of a --quick one
     (out / "Q_sharpness_1d.json").unlink()
@@ -708,3 +709,11 @@ def test_issue38_case8_the_scheduler_help_says_one_job_per_worker_process(capsys
     text = " ".join(capsys.readouterr().out.split())
     assert "one at a time per worker process" in text and "--nthreads 1" in text
     assert "as many at once as they have threads" not in text
+
+
+def test_only_keeps_the_last_full_runs_wall_time(tmp_path):
+    """A run of --only some figures times no main job: the wall time the last full run recorded stays."""
+    reproduce = load("reproduce")
+    (tmp_path / "claims.json").write_text(json.dumps({"quick": False, "figures": [], "wall_seconds": 512.5}))
+    assert reproduce.kept_from_before(tmp_path, ["Q_distribution"], quick=False)["wall_seconds"] == 512.5
+    assert reproduce.kept_from_before(tmp_path, ["Q_distribution"], quick=True)["wall_seconds"] is None

@@ -114,3 +114,39 @@ def test_two_runs_are_compared_apart_from_the_clock(tmp_path):
     moved = compare_runs.compare(tmp_path / "a", tmp_path / "c")
     assert moved["verdicts_differing"] == 1 and moved["figure_json_differences_apart_from_the_clock"]["fig"] == [
         "/runs/x: 0.5 vs 0.7"]
+
+
+def test_figure_table_has_one_kind_of_time_per_column_and_the_total(tmp_path):
+    """Issue 37: a script's reproduce.py job time and its own run's time never share a column; the last row is the
+    wall time of the reproduce.py run that wrote claims.json (— where it recorded none)."""
+    shutil.copytree(ROOT / "figures", tmp_path / "figures", ignore=shutil.ignore_patterns("*.pdf", "*.png", ".*"))
+    for name in report.SCRIPTS + report.NOTEBOOKS:
+        for ext in ("py", "ipynb"):
+            if (ROOT / f"{name}.{ext}").exists():
+                shutil.copy(ROOT / f"{name}.{ext}", tmp_path / f"{name}.{ext}")
+    path = tmp_path / "figures" / "claims.json"
+    claims = json.loads(path.read_text(encoding="utf-8"))
+    claims["figure_seconds"] = {"Q_distribution": {"seconds": 7.4, "parts": None},
+                                "noether_dynamics": {"seconds": 91.0, "parts": {"a": 50.0, "b": 41.0}},
+                                "teleportation": {"seconds": 12.0, "parts": None, "from": "elsewhere"}}
+    claims.pop("wall_seconds", None)
+    path.write_text(json.dumps(claims), encoding="utf-8")
+    rows = {line.split(" | ")[0].strip("|` "): line.split(" | ")[2:] for line in report.figure_table(tmp_path).splitlines()[2:]}
+    assert rows["Q_distribution.py"] == ["7", "— |"]
+    assert rows["noether_dynamics.py"] == ["91 (2 parts)", "— |"]
+    own = json.loads((tmp_path / "figures" / "teleportation.json").read_text(encoding="utf-8"))["wall_time_s"]
+    assert rows["teleportation.py"] == ["—", f"{own:.0f} |"]  # timed elsewhere: its own run, not a job time
+    assert rows["**`reproduce.py`, wall**"] == ["**—**", "— |"]
+    claims["wall_seconds"] = 512.3
+    path.write_text(json.dumps(claims), encoding="utf-8")
+    assert report.figure_table(tmp_path).splitlines()[-1].split(" | ")[2] == "**512**"
+
+
+def test_benchmark_table_shows_the_main_jobs_wall():
+    """bench_reproduce's results of the main job: a row per figure's job, then the main job's and the paper's walls."""
+    condition = {"figures_s": {"Q_distribution": 8.0, "teleportation": 40.0}, "wall_s": 300.0, "paper_wall_s": 100.0}
+    busy = {"figures_s": {"Q_distribution": 12.0, "teleportation": 60.0}, "wall_s": 450.0, "paper_wall_s": 150.0}
+    lines = report.benchmark_table({"quiet": condition, "busy": busy}).splitlines()
+    assert lines[2] == "| `Q_distribution` | 8.0 | 12.0 | 1.50 |"
+    assert lines[4] == "| **main job, reproduce.py wall** | **300.0** | **450.0** | **1.50** |"
+    assert lines[5].startswith("| **paper figures (Figs. 3–9, G.1) alone, reproduce.py wall** | **100.0**")
