@@ -38,7 +38,7 @@ import math
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Collection, Mapping, Sequence
 
 import torch
 
@@ -56,7 +56,7 @@ GROUPS = PAPER_GROUPS
 __all__ = ["GROUPS", "GeneralLinear", "Group", "NeuronScaling", "NonlinearGL", "Objective", "Orthogonal",
            "PositiveScaling", "TeleportReport", "TeleportSchedule", "TeleportWarning", "TeleportingStepper",
            "condition_number", "conserved_target", "curvature_along", "grad_norm", "gradient_norm_squared",
-           "lambda_max", "make_group", "make_objective", "sharpness", "teleport_random", "teleport_to"]
+           "lambda_max", "make_group", "make_objective", "sharpness", "teleport_random", "teleport_to", "translation_keys"]
 
 
 class TeleportWarning(UserWarning):
@@ -67,10 +67,13 @@ class TeleportWarning(UserWarning):
 # Groups: any Symmetry of symmetry.groups; the paper's by name
 # ---------------------------------------------------------------------------------------
 
-def condition_number(element: Mapping[str, Tensor] | Sequence[Tensor]) -> float:
+def condition_number(element: Mapping[str, Tensor] | Sequence[Tensor], skip: Collection[str] = ()) -> float:
     """Largest condition number over the element's factors: ‖g‖‖g⁻¹‖ (2-norm) for a matrix,
-    max|c|/min|c| for a diagonal given as a vector. inf for a singular (or non-finite) element."""
-    parts = element.values() if isinstance(element, Mapping) else element
+    max|c|/min|c| for a diagonal given as a vector. inf for a singular (or non-finite) element.
+
+    ``skip``: keys of factors that are no linear map, left out: a translation's element is the shift t it
+    adds (θ ↦ θ + t, its identity t = 0), which cannot be singular or ill-conditioned ([`translation_keys`][])."""
+    parts = [g for k, g in element.items() if k not in skip] if isinstance(element, Mapping) else element
     worst = 1.0
     for g in parts:
         g = g.detach()
@@ -84,6 +87,12 @@ def condition_number(element: Mapping[str, Tensor] | Sequence[Tensor]) -> float:
             c = float(a.max() / a.min()) if float(a.min()) > 0 else math.inf
         worst = max(worst, c)
     return worst
+
+
+def translation_keys(symmetry) -> tuple[str, ...]:
+    """The keys of a symmetry's translation factors (blocks of kind "translation", e.g. a cross-entropy head's
+    shift): their elements are shifts, not scales, and [`condition_number`][] leaves them out."""
+    return tuple(b.name for b in getattr(symmetry, "blocks", ()) or () if getattr(b, "kind", None) == "translation")
 
 
 #: what teleport calls on a symmetry (the rest of the protocol it does not need)
@@ -237,6 +246,7 @@ class TeleportReport:
     holdout_loss_after: float | None = None
     holdout_relative_loss_change: float | None = None
     kind: str = "ascent"  # "ascent" (teleport_to) or "random" (teleport_random)
+    notes: list[str] = field(default_factory=list)  # what the teleport left out and why (translations, frozen)
 
     @property
     def improved(self) -> bool:
@@ -315,6 +325,11 @@ class _Problem:
     rtol: float
     atol: float
     approximate: bool
+    additive: tuple[str, ...] = ()  # translation factors: shifts, left out of the condition number
+    notes: list[str] = field(default_factory=list)
+
+    def condition(self, element: Element) -> float:
+        return condition_number(element, self.additive)
 
     def loss(self, p: Params) -> Tensor:
         return self.loss_on(p, self.X, self.Y)
@@ -372,8 +387,11 @@ def _problem(model, params, data, group, loss_fn, loss_rtol, loss_atol, approxim
         loss0 = float(loss_on(base, X, Y))
     if not math.isfinite(loss0):
         raise ValueError(f"the loss at params is {loss0}: teleport needs a finite loss")
+    additive = translation_keys(sym)
+    notes = [f"the condition number is taken over the scaling and GL factors only: the translation block(s) "
+             f"{list(additive)} act by adding a shift (never singular or ill-conditioned)"] if additive else []
     pb = _Problem(sym, list(sym.algebra_zero()), loss_on, X, Y, base, tuple(params), names, loss0, rtol, atol,
-                  approximate and bool(getattr(sym, "data_dependent", False)))
+                  approximate and bool(getattr(sym, "data_dependent", False)), additive, notes)
     if check_symmetry and not pb.approximate:
         gen = torch.Generator().manual_seed(seed + 7919)
         probe = tuple(1e-2 * torch.randn(z.shape, generator=gen, dtype=z.dtype).to(z.device)
@@ -398,7 +416,7 @@ def _finish(pb: _Problem, xi: Leaves, identity: bool, on_loss_change: str, max_c
         element_cond, new = 1.0, pb.base
     else:
         element = pb.element(xi)
-        element_cond = condition_number(element)
+        element_cond = pb.condition(element)
         if not element_cond <= max_condition:
             raise ValueError(f"the teleport's group element is singular or ill-conditioned (condition number "
                              f"{element_cond:.3g} > max_condition={max_condition:g}); lower lr or steps, set "
@@ -426,7 +444,7 @@ def _finish(pb: _Problem, xi: Leaves, identity: bool, on_loss_change: str, max_c
                 "holdout_relative_loss_change": abs(after - before) / max(abs(before), pb.atol)}
     report = TeleportReport(pb.name, loss_before=pb.loss0, loss_after=loss1, relative_loss_change=rel,
                             condition_number=element_cond, xi_norm=0.0 if identity else _norm(xi),
-                            approximate=pb.approximate, **held, **fields)
+                            approximate=pb.approximate, notes=list(pb.notes), **held, **fields)
     if pb.names is not None:
         with torch.no_grad():
             for p, q in zip(pb.params, new):
@@ -520,7 +538,7 @@ def teleport_to(model, params, data: tuple, group: str | Group | Symmetry, objec
         """Why an iterate is refused before its objective is computed (None: accepted), and its g·θ."""
         element = pb.element(candidate)
         if on_loss_change == "stop":
-            cond = condition_number(element)
+            cond = pb.condition(element)
             if not cond <= max_condition:
                 return f"condition number {cond:.3g} > max_condition={max_condition:g}", None
         if (on_loss_change != "stop" or pb.approximate) and trust_region is None:

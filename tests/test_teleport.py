@@ -447,3 +447,29 @@ def test_module_symmetries_of_the_modules_helper(layers):
                            loss_fn=torch.nn.functional.mse_loss, lr=0.05, steps=5)
     assert abs(torch.nn.functional.mse_loss(net(X), Y).item() - before) <= 1e-9 * before
     assert report.objective_after > report.objective_before
+
+
+def test_translation_blocks_teleport():
+    """A cross-entropy head's translation is a shift (its identity is t = 0): the condition number is taken of the
+    scaling/GL factors only. Before, the identity had condition ∞ and the 3-6-4 MLP came back unchanged."""
+    import torch.nn.functional as F
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(3, 6), torch.nn.ReLU(), torch.nn.Linear(6, 4)).double()
+    X, Y = torch.randn(20, 3, dtype=D), torch.randint(0, 4, (20,))
+    start = {k: v.clone() for k, v in net.state_dict().items()}
+    results = {}
+    for loss in (None, "cross_entropy"):
+        net.load_state_dict(start)
+        sym = S.module_symmetries(net, X, loss=loss)
+        _, results[loss] = T.teleport_to(net, None, (X, Y), sym, "grad_norm", loss_fn=F.cross_entropy, lr=0.1, steps=5)
+    plain, shifted = results[None], results["cross_entropy"]
+    assert "2:translation" in S.module_symmetries(net, X, loss="cross_entropy").keys()
+    assert shifted.stopped is None and shifted.ascent_steps == 5
+    assert shifted.objective_after > shifted.objective_before * 1.005
+    # the shift leaves the softmax's gradient alone: the same ascent as without the translation block
+    assert shifted.objective_after == pytest.approx(plain.objective_after, rel=1e-10)
+    assert math.isfinite(shifted.condition_number) and shifted.condition_number == pytest.approx(plain.condition_number)
+    assert any("translation" in note and "2:translation" in note for note in shifted.notes)
+    assert not plain.notes
+    assert T.condition_number({"a": torch.tensor([1.0, 2.0]), "t": torch.zeros(3)}, skip=("t",)) == 2.0
