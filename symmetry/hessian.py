@@ -4,6 +4,8 @@
 The full matrix comes from ``torch.func.hessian`` (forward-over-reverse); models too large
 for it use Hessian-vector products (reverse-over-reverse: one gradient graph kept, each product
 one backward pass through it) and Lanczos with full reorthogonalisation for the top k.
+Every loss is evaluated with ``scaled_dot_product_attention`` on its math backend
+(``torch.nn.attention.sdpa_kernel(SDPBackend.MATH)``): torch's fused attention kernels have no second derivative.
 [`hessian_top_k`][] takes a module, a loss and data (one batch, or batches summed exactly), and optionally a
 symmetry ([`symmetry.groups.Symmetry`][]): its orbit's tangents ([`orbit_tangents`][]) are flat at a minimum
 (Cor. 11: the orbit of a minimum lies in the minimum; Eq. 20–22 give its dimension) and are deflated.
@@ -15,6 +17,7 @@ from typing import Callable, Iterable, NamedTuple, Sequence
 
 import torch
 
+from ._tools import math_attention
 from .models import flatten, jvp, quiet_forward_mode, unflatten
 from .validation import check_choice, check_data, check_params
 
@@ -25,7 +28,8 @@ LossFn = Callable[[Params], Tensor]
 
 def _flat_loss(loss_fn: LossFn, params: Params) -> Callable[[Tensor], Tensor]:
     def f(vector: Tensor) -> Tensor:
-        value = loss_fn(unflatten(vector, params))
+        with math_attention():  # second derivatives: attention on its math backend
+            value = loss_fn(unflatten(vector, params))
         if value.ndim != 0:
             raise ValueError(f"loss_fn must return a scalar, got shape {tuple(value.shape)} "
                              f"(a batched loss? take one configuration)")
@@ -251,7 +255,8 @@ def module_hessian_vector_product(model: torch.nn.Module, loss: Callable[[Tensor
     buffers = dict(model.named_buffers())
 
     def forward(X: Tensor) -> Tensor:  # the model's own parameters (for autograd), copies of its buffers
-        return torch.func.functional_call(model, {**everything, **{n: b.clone() for n, b in buffers.items()}}, (X,))
+        with math_attention():  # the graph is differentiated twice: attention on its math backend
+            return torch.func.functional_call(model, {**everything, **{n: b.clone() for n, b in buffers.items()}}, (X,))
 
     def weighted_gradient(X: Tensor, Y: Tensor, weight: float) -> Tensor:
         with torch.enable_grad():

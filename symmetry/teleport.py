@@ -42,6 +42,7 @@ from typing import Any, Callable, Collection, Mapping, Sequence
 
 import torch
 
+from ._tools import math_attention
 from .groups import Element, NotSupportedError, Params, Symmetry
 from .groups.paper import (PAPER_GROUPS, GeneralLinear, Group, NeuronScaling, NonlinearGL, Orthogonal,
                            PositiveScaling, make_group)
@@ -300,10 +301,12 @@ def _norm(tensors: Sequence[Tensor]) -> float:
 
 
 def _with_grad(function):
-    """Run with autograd on, even when called inside a ``torch.no_grad`` training loop."""
+    """Run with autograd on, even when called inside a ``torch.no_grad`` training loop, and attention on its math
+    backend (``symmetry._tools.math_attention``): the objectives differentiate a gradient, which torch's fused
+    attention kernels cannot."""
     @functools.wraps(function)
     def wrapped(*args, **kwargs):
-        with torch.enable_grad():
+        with torch.enable_grad(), math_attention():
             return function(*args, **kwargs)
 
     return wrapped
@@ -504,6 +507,10 @@ def teleport_to(model, params, data: tuple, group: str | Group | Symmetry, objec
     counts them); ``raise`` raises a ValueError if the chosen point breaks them; ``warn`` applies it with
     a [`TeleportWarning`][]. The input is never modified when a check fails. Returns (new parameters,
     [`TeleportReport`][]).
+
+    The whole teleport runs with ``scaled_dot_product_attention`` on its math backend
+    (``torch.nn.attention.sdpa_kernel(SDPBackend.MATH)``): the objective's gradient in ξ differentiates a gradient,
+    and torch's fused attention kernels (CPU flash, CUDA flash / memory-efficient) have no second derivative.
     """
     start = time.perf_counter()
     check_choice("on_loss_change", on_loss_change, ("stop", "raise", "warn"))

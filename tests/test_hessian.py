@@ -224,3 +224,34 @@ def test_a_paper_group_deflates_the_hessian_of_a_tuple_model():
     bottom = S.top_hessian_eigenvalues(loss, (U, V), k=1, which="SA", symmetry=group)
     assert float(bottom[0]) == pytest.approx(float(eigs[n_zero]), rel=1e-8)  # the smallest nonzero one
     assert abs(float(S.top_hessian_eigenvalues(loss, (U, V), k=1, which="SA")[0])) < 1e-9 * float(eigs[-1])
+
+
+def test_hessian_top_k_on_the_gpt_with_attention_on_cpu():
+    """nets.GPT calls scaled_dot_product_attention (no double backward in torch's fused CPU kernel): the Hessian
+    is taken on the math backend and equals the dense Hessian's top eigenvalues (before: "derivative for ...
+    not implemented")."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    from symmetry.nets import GPT
+
+    torch.manual_seed(0)
+    model = GPT(8, dim=4, heads=2, hidden=4, layers=1).double()
+    g = torch.Generator().manual_seed(1)
+    x, y = torch.randint(0, 8, (2, 5), generator=g), torch.randint(0, 8, (2, 5), generator=g)
+
+    def ce(out, target):
+        return torch.nn.functional.cross_entropy(out.reshape(-1, out.shape[-1]), target.reshape(-1))
+
+    top = S.hessian_top_k(model, ce, (x, y), k=2, tol=1e-12)
+    names = [n for n, _ in model.named_parameters()]
+    shapes = [p.shape for p in model.parameters()]
+    theta = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+
+    def loss(t):
+        parts = [c.reshape(s) for c, s in zip(torch.split(t, [s.numel() for s in shapes]), shapes)]
+        return ce(torch.func.functional_call(model, dict(zip(names, parts)), (x,)), y)
+
+    with sdpa_kernel(SDPBackend.MATH):
+        dense = torch.autograd.functional.hessian(loss, theta)
+    want = torch.linalg.eigvalsh(0.5 * (dense + dense.mT)).flip(0)[:2]
+    torch.testing.assert_close(top.values, want, rtol=1e-9, atol=0)

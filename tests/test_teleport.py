@@ -473,3 +473,23 @@ def test_translation_blocks_teleport():
     assert any("translation" in note and "2:translation" in note for note in shifted.notes)
     assert not plain.notes
     assert T.condition_number({"a": torch.tensor([1.0, 2.0]), "t": torch.zeros(3)}, skip=("t",)) == 2.0
+
+
+def test_teleport_on_the_gpt_with_attention_on_cpu():
+    """nets.GPT calls scaled_dot_product_attention, whose fused CPU kernel has no double backward; teleport runs
+    its objective on the math backend (before: "derivative for ... not implemented")."""
+    import torch.nn.functional as F
+    from symmetry.nets import GPT
+
+    torch.manual_seed(0)
+    model = GPT(8, dim=4, heads=2, hidden=4, layers=1).double()
+    x, y = torch.randint(0, 8, (2, 5), generator=gen(1)), torch.randint(0, 8, (2, 5), generator=gen(2))
+
+    def ce(out, target):
+        return F.cross_entropy(out.reshape(-1, out.shape[-1]), target.reshape(-1))
+
+    sym = S.module_symmetries(model, x, loss="cross_entropy")
+    before = float(ce(model(x), y))
+    _, report = T.teleport_to(model, None, (x, y), sym, "grad_norm", loss_fn=ce, lr=0.05, steps=3)
+    assert report.objective_after > report.objective_before and report.stopped is None
+    assert abs(float(ce(model(x), y)) - before) <= 1e-9 * before
