@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from .groups import Symmetry
+from ._tools import without_frozen
 from .modules import module_symmetries
 
 Tensor = torch.Tensor
@@ -60,6 +61,10 @@ class ConservationMonitor:
     every ``every``-th step, on the CPU. ``drift()``: the relative drift |Q(t) − Q(t₀)| / m(t₀) against the first
     record t₀, m the size of Q's terms (the symmetry's ``magnitudes``; without them |Q(t₀)|, a matrix's norm);
     where m(t₀) = 0 (an all-zero block) the drift is the absolute change, never NaN.
+
+    Frozen parameters (``requires_grad=False``) never move: the blocks that act on one are no symmetry of the
+    training that happens and are not watched (``note`` and ``symmetries.describe()`` say which), the rule of
+    teleport and the Hessian too.
     """
 
     def __init__(self, model: nn.Module | None = None, example_input=None, loss: str | None = None, every: int = 1,
@@ -73,6 +78,10 @@ class ConservationMonitor:
         elif not isinstance(symmetries, Symmetry):
             raise TypeError(f"symmetries must follow symmetry.groups.Symmetry (keys, quantities, describe, ...); got "
                             f"{type(symmetries).__name__}")
+        #: what the monitor left out of the symmetry and why (frozen parameters), or None
+        self.note: str | None = None
+        if model is not None:
+            symmetries, self.note = without_frozen(symmetries, unwrap(model))
         self.model = model
         self.every = every
         self.symmetries = symmetries

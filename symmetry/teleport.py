@@ -42,7 +42,7 @@ from typing import Any, Callable, Collection, Mapping, Sequence
 
 import torch
 
-from ._tools import math_attention
+from ._tools import math_attention, without_frozen
 from .groups import Element, NotSupportedError, Params, Symmetry
 from .groups.paper import (PAPER_GROUPS, GeneralLinear, Group, NeuronScaling, NonlinearGL, Orthogonal,
                            PositiveScaling, make_group)
@@ -263,19 +263,31 @@ def _default_tolerances(dtype: torch.dtype) -> tuple[float, float]:
 
 
 def _module_problem(model, params, loss_fn):
-    names = [n for n, _ in model.named_parameters()]
-    current = tuple(p for _, p in model.named_parameters())
+    """(trainable parameters, loss, their names, the frozen ones): a frozen parameter (requires_grad=False) is
+    held fixed, neither moved nor differentiated (symmetry._tools.without_frozen)."""
+    named = list(model.named_parameters())
+    everything = [n for n, _ in named]
+    names = [n for n, p in named if p.requires_grad]
+    if not names:
+        raise ValueError("the model has no trainable parameters (requires_grad=True): nothing to teleport")
     if params is None:
-        params = current
+        given = dict(named)
     elif isinstance(params, Mapping):
-        params = tuple(params[n] for n in names)
+        given = {n: params[n] for n in everything}
+    else:
+        params = tuple(params)
+        if len(params) not in (len(everything), len(names)):
+            raise ValueError(f"params has {len(params)} tensors; the model has {len(everything)} parameters "
+                             f"({len(names)} trainable): pass them in named_parameters() order, or a dict")
+        given = dict(zip(everything if len(params) == len(everything) else names, params))
+    fixed = {n: given.get(n, p).detach() for n, p in named if not p.requires_grad}
     if loss_fn is None:
         raise ValueError("an nn.Module needs loss_fn(output, target), e.g. torch.nn.functional.mse_loss")
 
     def loss_on(p, X, Y):
-        return loss_fn(torch.func.functional_call(model, dict(zip(names, p)), (X,)), Y)
+        return loss_fn(torch.func.functional_call(model, {**fixed, **dict(zip(names, p))}, (X,)), Y)
 
-    return tuple(params), loss_on, names
+    return tuple(given[n] for n in names), loss_on, names, fixed
 
 
 def _symmetry(model, params: Params, group, X, approximate: bool):
@@ -323,12 +335,14 @@ class _Problem:
     Y: Any
     base: Params
     params: Params  # the caller's tensors (a module's live parameters)
-    names: list[str] | None
+    names: list[str] | None  # a module's trainable parameters, in its order
     loss0: float
     rtol: float
     atol: float
     approximate: bool
     additive: tuple[str, ...] = ()  # translation factors: shifts, left out of the condition number
+    fixed: dict[str, Tensor] = field(default_factory=dict)  # a module's frozen parameters, held as they are
+    order: list[str] = field(default_factory=list)  # all of a module's parameters, in its order
     notes: list[str] = field(default_factory=list)
 
     def condition(self, element: Element) -> float:
@@ -352,7 +366,7 @@ class _Problem:
         """g·θ through the symmetry's act_params: a tuple, or a module's named dict in ``names`` order."""
         if self.names is None:
             return tuple(self.sym.act_params(params, element, check=False))
-        out = self.sym.act_params(dict(zip(self.names, params)), element, check=False)
+        out = self.sym.act_params({**self.fixed, **dict(zip(self.names, params))}, element, check=False)
         return tuple(out[n] for n in self.names)
 
     def act(self, xi: Leaves) -> Params:
@@ -369,9 +383,9 @@ def _problem(model, params, data, group, loss_fn, loss_rtol, loss_atol, approxim
     if not isinstance(approximate, bool):
         raise ValueError(f"approximate={approximate!r} must be True or False")
     X, Y = data
-    names = None
+    names, fixed = None, {}
     if isinstance(model, torch.nn.Module):
-        params, loss_on, names = _module_problem(model, params, loss_fn)
+        params, loss_on, names, fixed = _module_problem(model, params, loss_fn)
     else:
         params = check_tensors("params", tuple(params))  # a group acts on floating-point parameters
 
@@ -382,6 +396,9 @@ def _problem(model, params, data, group, loss_fn, loss_rtol, loss_atol, approxim
             return value
     check_finite("params", params)
     sym = _symmetry(model, tuple(params), group, X, approximate)
+    frozen_note = None
+    if isinstance(model, torch.nn.Module):
+        sym, frozen_note = without_frozen(sym, model)
     rtol, atol = _default_tolerances(params[0].dtype)
     rtol = rtol if loss_rtol is None else loss_rtol
     atol = atol if loss_atol is None else loss_atol
@@ -393,8 +410,11 @@ def _problem(model, params, data, group, loss_fn, loss_rtol, loss_atol, approxim
     additive = translation_keys(sym)
     notes = [f"the condition number is taken over the scaling and GL factors only: the translation block(s) "
              f"{list(additive)} act by adding a shift (never singular or ill-conditioned)"] if additive else []
+    if frozen_note:
+        notes.append(frozen_note + "; the objective differentiates the trainable parameters only")
     pb = _Problem(sym, list(sym.algebra_zero()), loss_on, X, Y, base, tuple(params), names, loss0, rtol, atol,
-                  approximate and bool(getattr(sym, "data_dependent", False)), additive, notes)
+                  approximate and bool(getattr(sym, "data_dependent", False)), additive, fixed,
+                  [n for n, _ in model.named_parameters()] if names is not None else [], notes)
     if check_symmetry and not pb.approximate:
         gen = torch.Generator().manual_seed(seed + 7919)
         probe = tuple(1e-2 * torch.randn(z.shape, generator=gen, dtype=z.dtype).to(z.device)
@@ -452,7 +472,8 @@ def _finish(pb: _Problem, xi: Leaves, identity: bool, on_loss_change: str, max_c
         with torch.no_grad():
             for p, q in zip(pb.params, new):
                 p.copy_(q)
-        return dict(zip(pb.names, new)), report
+        moved = {**pb.fixed, **dict(zip(pb.names, new))}
+        return {n: moved[n] for n in pb.order}, report
     return new, report
 
 

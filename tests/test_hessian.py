@@ -196,12 +196,32 @@ def test_orbit_tangents_are_flat_at_a_minimum_and_deflated(relu):
     assert float((T.mT @ torch.cat([top.vectors, bottom.vectors], 1)).abs().max()) < 1e-10
 
 
-def test_a_symmetry_moving_frozen_parameters_is_refused():
-    net, data = interpolating_net(False)
+def test_frozen_parameters_leave_their_blocks_out_of_the_deflation():
+    """A frozen weight is no variable of the Hessian: the blocks moving it are left out (.notes says so), the same
+    rule as the monitor and teleport (before: the whole symmetry was refused); a symmetry given as a bare Symmetry
+    (no blocks to drop) that moves a frozen parameter is refused by name."""
+    import dataclasses
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(3, 6), torch.nn.ReLU(), torch.nn.Linear(6, 4), torch.nn.ReLU(),
+                              torch.nn.Linear(4, 2)).double()
+    g = torch.Generator().manual_seed(1)
+    data = (torch.randn(16, 3, generator=g, dtype=DTYPE), torch.randn(16, 2, generator=g, dtype=DTYPE))
+    mse = torch.nn.functional.mse_loss
     sym = S.module_symmetries(net)
     net[0].weight.requires_grad_(False)
-    with pytest.raises(ValueError, match="not trainable"):
-        S.hessian_top_k(net, torch.nn.functional.mse_loss, data, k=2, symmetry=sym)
+    got = S.hessian_top_k(net, mse, data, k=3, tol=1e-12, symmetry=sym)
+    by_hand = dataclasses.replace(sym, blocks=tuple(b for b in sym.blocks if b.name != "0"))
+    want = S.hessian_top_k(net, mse, data, k=3, tol=1e-12, symmetry=by_hand)
+    torch.testing.assert_close(got.values, want.values, rtol=1e-12, atol=0)
+    assert any("frozen" in n and "0.weight" in n and "['0']" in n for n in got.notes)
+    assert want.notes == ("frozen parameters ['0.weight'] (requires_grad=False): no block acts on them",)
+
+    class Bare:  # the Symmetry protocol only: nothing to drop
+        algebra_zero, exp, act_params = sym.algebra_zero, sym.exp, sym.act_params
+
+    with pytest.raises(S.NotSupportedError, match=r"moves the frozen parameters \['0.weight'\]"):
+        S.hessian_top_k(net, mse, data, k=2, symmetry=Bare())
     with pytest.raises(ValueError, match="deflate"):
         S.lanczos(lambda v: v, 5, 2, deflate=torch.zeros(4, 1, dtype=DTYPE))
 

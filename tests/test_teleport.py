@@ -493,3 +493,27 @@ def test_teleport_on_the_gpt_with_attention_on_cpu():
     _, report = T.teleport_to(model, None, (x, y), sym, "grad_norm", loss_fn=ce, lr=0.05, steps=3)
     assert report.objective_after > report.objective_before and report.stopped is None
     assert abs(float(ce(model(x), y)) - before) <= 1e-9 * before
+
+
+def test_frozen_parameters_are_held_and_not_differentiated():
+    """A frozen weight (requires_grad=False) never moves: teleport leaves it exactly as it is, drops the block
+    acting on it (the report's notes say so) and maximises ‖∇L‖² over the trainable parameters. Before: it
+    rewrote the frozen weight and counted its gradient in J."""
+    import torch.nn.functional as F
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(3, 6), torch.nn.ReLU(), torch.nn.Linear(6, 4), torch.nn.ReLU(),
+                              torch.nn.Linear(4, 2)).double()
+    net[0].weight.requires_grad_(False)
+    X, Y = torch.randn(16, 3, dtype=D, generator=gen(1)), torch.randn(16, 2, dtype=D, generator=gen(2))
+    frozen = net[0].weight.detach().clone()
+    new, report = T.teleport_to(net, None, (X, Y), S.module_symmetries(net, X), "grad_norm", loss_fn=F.mse_loss,
+                                lr=0.1, steps=5)
+    assert torch.equal(net[0].weight, frozen) and torch.equal(new["0.weight"], frozen)
+    assert list(new) == [n for n, _ in net.named_parameters()]
+    assert report.objective_after > report.objective_before
+    assert any("frozen" in note and "0.weight" in note and "['0']" in note for note in report.notes)
+    loss = F.mse_loss(net(X), Y)
+    trainable = [p for p in net.parameters() if p.requires_grad]
+    grads = torch.autograd.grad(loss, trainable)
+    assert report.objective_after == pytest.approx(float(sum((g * g).sum() for g in grads)), rel=1e-10)
