@@ -49,3 +49,107 @@ def test_frozen_parameters_leave_their_blocks_out():
     model, x, y = frozen_mlp()
     full = S.module_symmetries(model, x)  # the reader alone keeps block '0' (or leaves it out itself)
     assert S.ConservationMonitor(model, symmetries=full).symmetries.keys() == ["2"]
+
+
+def _models():
+    """(name, model, example input, loss): a CNN with BatchNorm and a skip, the GPT (attention heads: GL blocks), an MLP
+    with a GL block (two Linears in a row) and a cross-entropy head (translation), all float64."""
+    from symmetry.nets import GPT
+
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(1)
+
+    class Skip(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv1, self.bn1 = nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8)
+            self.conv2, self.bn2 = nn.Conv2d(8, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8)
+            self.conv3 = nn.Conv2d(8, 6, 3, padding=1)
+            self.head = nn.Linear(6, 4)
+
+        def forward(self, x):
+            h = torch.relu(self.bn1(self.conv1(x)))
+            h = h + torch.relu(self.bn2(self.conv2(h)))
+            return self.head(torch.relu(self.conv3(h)).mean((2, 3)))
+
+    mlp = nn.Sequential(nn.Linear(5, 7), nn.ReLU(), nn.Linear(7, 6), nn.Linear(6, 4), nn.ReLU(), nn.Linear(4, 3))
+    return [("cnn", Skip().double(), torch.randn(4, 3, 6, 6, generator=g, dtype=D), "cross_entropy"),
+            ("gpt", GPT(16, dim=8, heads=2, hidden=12, layers=2).double(), torch.randint(0, 16, (2, 5), generator=g),
+             "cross_entropy"),
+            ("mlp", mlp.double(), torch.randn(9, 5, generator=g, dtype=D), "cross_entropy")]
+
+
+@pytest.mark.parametrize("case", range(3), ids=["cnn", "gpt", "mlp"])
+def test_the_fused_record_equals_the_blocks_quantities(case):
+    """record is one grouped pass over the parameters (symmetry._fused, no per-block loop); every quantity it
+    keeps equals the block's own quantity (ModuleSymmetries.quantities) to round-off, after training steps and
+    after the parameters' storage was swapped (model.double() again: rebuilt, never stale)."""
+    name, model, x, loss = _models()[case]
+    monitor = S.ConservationMonitor(model, x, loss)
+    assert monitor._fused is not None and not monitor._fused.plain[1:]  # at most the translation block plain
+    kinds = {b.kind for b in monitor.symmetries.blocks}
+    assert "scaling" in kinds and (name == "cnn" or "GL" in kinds) and "translation" in kinds
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    for step in range(3):
+        if step:
+            opt.zero_grad()
+            out = model(x)
+            out.reshape(-1, out.shape[-1]).logsumexp(1).mean().backward()
+            opt.step()
+        if step == 2:  # the same Parameter objects with new storage (as .to() gives): the record follows it
+            with torch.no_grad():
+                for p in model.parameters():
+                    p.data = p.data * 1.1
+        monitor.record(step)
+        want = monitor.symmetries.quantities(model)
+        got = {k: v[-1] for k, v in monitor.history.items()}
+        assert list(got) == list(want)
+        for k in want:
+            assert got[k].shape == want[k].shape, k
+            torch.testing.assert_close(got[k], want[k].detach(), rtol=1e-12, atol=1e-14 * float(want[k].detach().abs().max()))
+    assert monitor._fused is not None  # rebuilt on the new storage
+    assert len(monitor.steps) == 3 and float(max(float(d[-1].max()) for d in monitor.drift(None).values())) > 0
+
+
+def test_read_options_are_those_of_module_symmetries():
+    """Every keyword option of module_symmetries (leaves=, check=, seed=, …) reaches the read; an unknown one and
+    options beside symmetries= are refused by name."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Sequential(nn.Linear(4, 4), nn.ReLU()), nn.Linear(4, 2)).double()
+    x = torch.randn(5, 3, dtype=D)
+    monitor = S.ConservationMonitor(model, x, leaves=("2",))
+    assert monitor.symmetries.keys() == S.module_symmetries(model, x, leaves=("2",)).keys() == []
+    assert S.ConservationMonitor(model, x).symmetries.keys() == ["0", "2.0"]
+    assert S.ConservationMonitor(model, x, check=False, seed=3).symmetries.keys() == ["0", "2.0"]
+    with pytest.raises(TypeError, match=r"unknown option\(s\) \['leafs'\].*leaves"):
+        S.ConservationMonitor(model, x, leafs=("2",))
+    with pytest.raises(ValueError, match=r"\['example_input', 'leaves'\] are for reading"):
+        S.ConservationMonitor(model, x, symmetries=S.module_symmetries(model, x), leaves=("2",))
+
+
+@pytest.mark.parametrize("change", ["eval", "swap", "freeze"])
+def test_a_model_changed_after_the_read_warns_once(change):
+    """Read in train mode and trained in eval mode, a ReLU swapped for a Tanh, a weight frozen after the read: the
+    blocks may no longer be symmetries; record warns once, naming what changed (before: nothing)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 6), nn.BatchNorm1d(6), nn.ReLU(), nn.Linear(6, 2)).double()
+    x = torch.randn(8, 3, dtype=D)
+    monitor = S.ConservationMonitor(model, x)
+    import warnings as w
+
+    with w.catch_warnings():
+        w.simplefilter("error")
+        monitor.record(0)  # unchanged: silent
+    if change == "eval":
+        model.eval()
+    elif change == "swap":
+        model[2] = nn.Tanh()
+    else:
+        model[3].weight.requires_grad_(False)
+    with pytest.warns(S.monitor.ModelChangedWarning) as caught:
+        monitor.record(1)
+        monitor.record(2)
+    assert len(caught) == 1
+    text = str(caught[0].message)
+    assert {"eval": "read in train mode and is now in eval mode", "swap": "replaced, added or removed in ['Sequential']",
+            "freeze": "frozen or unfrozen"}[change] in text
