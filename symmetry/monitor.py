@@ -189,7 +189,6 @@ class ConservationMonitor:
         self._id = next(_MONITORS)
         self._gathers = 0
         self._fused: FusedQuantities | None = None
-        self._order: Tensor | None = None
         self._bindings: list[tuple[nn.Module, str, Tensor]] = []
         if model is not None and not _sharded(unwrap(model)):
             self._fuse(unwrap(model))
@@ -198,7 +197,7 @@ class ConservationMonitor:
     def _fuse(self, module: nn.Module) -> None:
         """Build the grouped computation of every block's quantity on the module's live parameters."""
         blocks = getattr(self.symmetries, "blocks", None)
-        if blocks is None or list(self.symmetries.keys()) != [b.name for b in blocks]:
+        if not blocks or list(self.symmetries.keys()) != [b.name for b in blocks]:
             return
         needed = {leg.param for b in blocks for leg in getattr(b, "legs", ())}
         owners = {}
@@ -218,15 +217,7 @@ class ConservationMonitor:
         fused = FusedQuantities(blocks, {n: getattr(o, a).detach() for n, (o, a) in owners.items()})
         self._fused = fused
         self._bindings = [(o, a, getattr(o, a)) for o, a in owners.values()]
-        where = {**fused.layout, **fused.plain_layout()}
-        # rows in the symmetry's key order (as the per-block path writes them): one gather of the fused result
-        self.layout, start, order = {}, 0, []
-        for k in self.symmetries.keys():
-            first, shape = where[k]
-            self.layout[k] = (start, shape)
-            start += math.prod(shape)
-            order.append(torch.arange(first, first + math.prod(shape)))
-        self._order = torch.cat(order).to(fused.out.device) if order else None
+        self.layout = {**fused.layout, **fused.plain_layout()}
 
     def _parameters(self, params):
         if params is not None:
@@ -280,7 +271,7 @@ class ConservationMonitor:
     def _quantities(self, params) -> Tensor:
         """Every quantity as one flat row (``layout``): fused on the module's live parameters, else per block."""
         if params is None and self._fused is not None and self._live():
-            return self._fused(self._order)
+            return self._fused()
         params = self._parameters(params)
         q = self.symmetries.quantities(params)
         if self.layout is None:
@@ -288,7 +279,9 @@ class ConservationMonitor:
             for k, v in q.items():
                 self.layout[k] = (start, tuple(v.shape))
                 start += v.numel()
-        return torch.cat([v.detach().reshape(-1) for v in q.values()]) if q else torch.zeros(0)
+        layout = self.layout
+        order = sorted(layout, key=lambda k: layout[k][0])  # the rows' layout (the fused path's, if it ran)
+        return torch.cat([q[k].detach().reshape(-1) for k in order]) if q else torch.zeros(0)
 
     def _live(self) -> bool:
         """The fused computation still reads the module's parameters; rebuilt once when they were swapped."""
@@ -336,7 +329,9 @@ class ConservationMonitor:
     def _slices(self, table: Tensor) -> dict[str, Tensor]:
         assert self.layout is not None
         lead = table.shape[:-1]
-        return {k: table[..., s:s + math.prod(shape)].reshape(*lead, *shape) for k, (s, shape) in self.layout.items()}
+        layout = self.layout
+        return {k: table[..., layout[k][0]:layout[k][0] + math.prod(layout[k][1])].reshape(*lead, *layout[k][1])
+                for k in self.symmetries.keys()}
 
     @property
     def history(self) -> dict[str, list[Tensor]]:

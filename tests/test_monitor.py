@@ -62,13 +62,14 @@ def _models():
     class Skip(nn.Module):
         def __init__(self):
             super().__init__()
-            self.conv1, self.bn1 = nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8)
+            self.conv0 = nn.Conv2d(3, 5, 3, padding=1)  # its channels' outgoing legs: conv1's input channels
+            self.conv1, self.bn1 = nn.Conv2d(5, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8)
             self.conv2, self.bn2 = nn.Conv2d(8, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8)
             self.conv3 = nn.Conv2d(8, 6, 3, padding=1)
             self.head = nn.Linear(6, 4)
 
         def forward(self, x):
-            h = torch.relu(self.bn1(self.conv1(x)))
+            h = torch.relu(self.bn1(self.conv1(torch.relu(self.conv0(x)))))
             h = h + torch.relu(self.bn2(self.conv2(h)))
             return self.head(torch.relu(self.conv3(h)).mean((2, 3)))
 
@@ -79,14 +80,23 @@ def _models():
             ("mlp", mlp.double(), torch.randn(9, 5, generator=g, dtype=D), "cross_entropy")]
 
 
+@pytest.mark.parametrize("norm", [False, True], ids=["squares", "row-norms"])
 @pytest.mark.parametrize("case", range(3), ids=["cnn", "gpt", "mlp"])
-def test_the_fused_record_equals_the_blocks_quantities(case):
+def test_the_fused_record_equals_the_blocks_quantities(case, norm, monkeypatch):
     """record is one grouped pass over the parameters (symmetry._fused, no per-block loop); every quantity it
     keeps equals the block's own quantity (ModuleSymmetries.quantities) to round-off, after training steps and
-    after the parameters' storage was swapped (model.double() again: rebuilt, never stale)."""
+    after the parameters' storage was swapped (as .to() does: rebuilt, never stale). ``norm``: every parameter
+    read by rows only goes through the fused vector_norm (the path of large ones)."""
+    from symmetry import _fused
+
+    if norm:
+        monkeypatch.setattr(_fused, "NORM", 0)
     name, model, x, loss = _models()[case]
     monitor = S.ConservationMonitor(model, x, loss)
-    assert monitor._fused is not None and not monitor._fused.plain[1:]  # at most the translation block plain
+    assert monitor._fused is not None and not monitor._fused.plain  # every block fused
+    kinds = {step[0] for step in monitor._fused.steps} | {step[0] for step in monitor._fused.gl_steps}
+    assert ("norm" in kinds) == (norm and name != "gpt") and "square" in kinds
+    assert ("sum2" in kinds) == (name == "cnn")  # a convolution's input channels: outer, then inner reduction
     kinds = {b.kind for b in monitor.symmetries.blocks}
     assert "scaling" in kinds and (name == "cnn" or "GL" in kinds) and "translation" in kinds
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
