@@ -91,10 +91,16 @@ class _Layout:
         named = list(model.named_modules())
         self.names = [n or type(model).__name__ for n, _ in named]
         self.modules = [m for _, m in named]
-        self.children = [tuple(m._modules.values()) for m in self.modules]
+        self.children = [list(m._modules.values()) for m in self.modules]
         self.modes = [m.training for m in self.modules]
         self.params = list(model.parameters())
         self.trains = [p.requires_grad for p in self.params]
+
+    def same(self) -> bool:
+        """Nothing changed (the check at every record: list comparisons, identity first, in C)."""
+        return ([m.training for m in self.modules] == self.modes
+                and [list(m._modules.values()) for m in self.modules] == self.children
+                and [p.requires_grad for p in self.params] == self.trains)
 
     def changes(self) -> list[str]:
         out = []
@@ -189,7 +195,9 @@ class ConservationMonitor:
         self._id = next(_MONITORS)
         self._gathers = 0
         self._fused: FusedQuantities | None = None
-        self._bindings: list[tuple[nn.Module, str, Tensor]] = []
+        self._slots: list[tuple[dict, str]] = []
+        self._bound: list[Tensor] = []
+        self._pointers: list[int] = []
         if model is not None and not _sharded(unwrap(model)):
             self._fuse(unwrap(model))
 
@@ -216,7 +224,9 @@ class ConservationMonitor:
             return  # the plain path raises these at each record, by name
         fused = FusedQuantities(blocks, {n: getattr(o, a).detach() for n, (o, a) in owners.items()})
         self._fused = fused
-        self._bindings = [(o, a, getattr(o, a)) for o, a in owners.values()]
+        self._slots = [(o._parameters, a) for o, a in owners.values()]  # where each parameter is held
+        self._bound = [getattr(o, a) for o, a in owners.values()]
+        self._pointers = [p.data_ptr() for p in self._bound]
         self.layout = {**fused.layout, **fused.plain_layout()}
 
     def _parameters(self, params):
@@ -258,7 +268,7 @@ class ConservationMonitor:
                 for k, v in self.symmetries.quantities(params).items()}
 
     def _check_model(self) -> None:
-        if self._layout is None or self._warned:
+        if self._layout is None or self._warned or self._layout.same():
             return
         changes = self._layout.changes()
         if changes:
@@ -286,16 +296,13 @@ class ConservationMonitor:
     def _live(self) -> bool:
         """The fused computation still reads the module's parameters; rebuilt once when they were swapped."""
         assert self._fused is not None
-        if all(o._parameters.get(a) is p for o, a, p in self._bindings) and \
-                all(p.data_ptr() == self._fused.pointers[n] for n, p in zip(self._fused.pointers, self._bound())):
+        if all(map(operator.is_, [d.get(a) for d, a in self._slots], self._bound)) and \
+                [p.data_ptr() for p in self._bound] == self._pointers:
             return True
         self._fused = None  # the layout (the symmetry's keys and shapes) stays
         assert self.model is not None
         self._fuse(unwrap(self.model))
         return self._fused is not None
-
-    def _bound(self) -> list[Tensor]:
-        return [p for _, _, p in self._bindings]
 
     def record(self, step: int | None = None, params=None) -> bool:
         """Record the quantities now (at ``step``, default: a running count); returns whether it recorded.
