@@ -179,26 +179,28 @@ class FusedQuantities:
                 r_start[param, r] = base
                 view = self.scratch.as_strided(list(r.sizes), list(r.strides), r.offset)
                 outer, inner = r.split()
-                pending.append(("reduce", view, outer, inner, base, list(r.sizes[:r.nrow])))
+                pending.append(("reduce", view, outer, inner, base, list(r.sizes[:r.nrow]), param))
         self.R = torch.empty(r_size, dtype=dtype, device=device)
         norm_rows = []
+        by_param: dict[str, list[tuple]] = {}  # each parameter's steps, run together (it is read once, in cache)
         for step in pending:
             kind = step[0]
             if kind == "square":
-                self.steps.append(("square", self.params[step[1]], step[2]))
+                by_param.setdefault(step[1], []).append(("square", self.params[step[1]], step[2]))
             elif kind in ("mul", "norm"):
                 _, param, r, base = step
                 flat = self.params[param].reshape(-1)
                 view = flat.as_strided(list(r.sizes), list(r.strides), flat.storage_offset() + r.offset)
                 out = self.R[base:base + r.rows].view(r.sizes[:r.nrow])
                 if kind == "mul":
-                    self.steps.append(("mul", view, out))
+                    by_param.setdefault(param, []).append(("mul", view, out))
                 else:
-                    self.steps.append(("norm", view, list(range(r.nrow, len(r.sizes))), out))
+                    by_param.setdefault(param, []).append(("norm", view, list(range(r.nrow, len(r.sizes))), out))
                     norm_rows.append(self.R[base:base + r.rows])
             else:
-                _, view, outer, inner, base, shape = step
-                self.steps.append(_reduce(view, outer, inner, self.R[base:base + math.prod(shape)].view(shape)))
+                _, view, outer, inner, base, shape, param = step
+                by_param.setdefault(param, []).append(
+                    _reduce(view, outer, inner, self.R[base:base + math.prod(shape)].view(shape)))
         self.norm_rows = norm_rows
         if contributions:
             src = torch.cat([torch.arange(r_start[param, r], r_start[param, r] + r.rows)
@@ -208,7 +210,7 @@ class FusedQuantities:
             self.weights = torch.cat([torch.full((r.rows,), w, dtype=torch.float64) for _, r, _, w in contributions]
                                      ).to(dtype=dtype, device=device)
         # --- GL: batched views of the live parameters, concatenated per (C, K), one bmm each -------------------
-        tables: dict[int, list[tuple[Tensor, int]]] = {}  # C → [(table (count, C, K) or strided view, count)]
+        tables: dict[int, list[tuple[Tensor, int, str]]] = {}  # C → [(strided view (count, C, …), count, param)]
         rows_of: dict[int, list[tuple[int, float]]] = {}  # C → [(block #, sign)] in the order of the tables' rows
         for (param, sizes, strides, nrow, C), legs in gl_legs.items():
             flat = self.params[param].reshape(-1)
@@ -217,44 +219,50 @@ class FusedQuantities:
                 rows_of.setdefault(C, []).extend((blk, sign) for _, blk, sign in legs[at:at + count])
                 at += count
                 view = flat.as_strided([count, *sizes], [stride, *strides], flat.storage_offset() + offset)
-                tables.setdefault(C, []).append((view, count))
-        self.gl_steps: list[tuple] = []
+                tables.setdefault(C, []).append((view, count, param))
         self.gl_sums: list[tuple] = []
         for C, group in tables.items():
-            total = sum(count for _, count in group)
+            total = sum(count for _, count, _ in group)
             grams = torch.empty(total, C, C, dtype=dtype, device=device)
             at = 0
-            for v, count in group:  # one bmm per parameter's run of heads, on the live parameter (no copy)
+            for v, count, param in group:  # one bmm per parameter's run of heads, on the live parameter (no copy)
                 try:
                     table = v.view(count, C, -1)
-                    self.gl_steps.append(("view", table, table.mT, grams[at:at + count]))
+                    by_param.setdefault(param, []).append(("bmm", table, table.mT, grams[at:at + count]))
                 except RuntimeError:  # a table that is no (count, C, K) view: reshaped (copied) at each record
-                    self.gl_steps.append(("copy", v, count, C, grams[at:at + count]))
+                    by_param.setdefault(param, []).append(("bmm-copy", v, count, C, grams[at:at + count]))
                 at += count
             index = torch.tensor([blk for blk, _ in rows_of[C]], dtype=torch.long, device=device)
             signs = torch.tensor([sg for _, sg in rows_of[C]], dtype=dtype, device=device).reshape(-1, 1, 1)
             n = len(gl_blocks[C])
             self.gl_sums.append((grams, signs, index, self.out[gl_start[C]:gl_start[C] + n * C * C].view(n, C, C)))
         # --- translations: column sums of each leg on the live parameter ------------------------------------
-        self.t_steps: list[tuple] = []
         for param, r, at in translation_out:
             flat = self.params[param].reshape(-1)
             view = flat.as_strided(list(r.sizes), list(r.strides), flat.storage_offset() + r.offset)
             out = self.out[at:at + math.prod(r.sizes[r.nrow:])].view(r.sizes[r.nrow:])
-            self.t_steps.append(("sum", view, list(range(r.nrow)), out) if r.nrow else ("copy", view, out))
+            by_param.setdefault(param, []).append(("sum", view, list(range(r.nrow)), out) if r.nrow
+                                                  else ("copy", view, out))
+        self.steps = [step for name in self.params if name in by_param for step in by_param[name]]
 
     def __call__(self) -> Tensor:
         """All quantities as one new flat tensor (``layout``: block → (start, shape)); no per-block loop."""
-        for step in self.steps:
+        for step in self.steps:  # parameter by parameter: squares, row sums, Gram matrices, column sums
             kind = step[0]
             if kind == "square" or kind == "mul":
                 torch.mul(step[1], step[1], out=step[2])
             elif kind == "sum":
                 torch.sum(step[1], step[2], out=step[3])
+            elif kind == "bmm":
+                torch.bmm(step[1], step[2], out=step[3])
             elif kind == "sum2":
                 torch.sum(step[1].sum(step[2]), step[3], out=step[4])
             elif kind == "norm":
                 torch.linalg.vector_norm(step[1], dim=step[2], out=step[3])
+            elif kind == "bmm-copy":
+                _, view, count, C, grams = step
+                table = view.reshape(count, C, -1)
+                torch.bmm(table, table.mT, out=grams)
             else:
                 step[2].copy_(step[1])
         if self.norm_rows:
@@ -264,22 +272,10 @@ class FusedQuantities:
             scaled = self.out[:self.n_classes]
             scaled.zero_()
             scaled.index_add_(0, self.targets, values)
-        for step in self.gl_steps:
-            if step[0] == "view":
-                torch.bmm(step[1], step[2], out=step[3])
-            else:
-                _, view, count, C, grams = step
-                table = view.reshape(count, C, -1)
-                torch.bmm(table, table.mT, out=grams)
         for grams, signs, index, target in self.gl_sums:
             grams.mul_(signs)
             target.zero_()
             target.index_add_(0, index, grams)
-        for step in self.t_steps:
-            if step[0] == "sum":
-                torch.sum(step[1], step[2], out=step[3])
-            else:
-                step[2].copy_(step[1])
         if not self.plain:
             return self.out.clone()
         return torch.cat([self.out] + [b.quantity(self.params).reshape(-1) for b in self.plain])

@@ -95,11 +95,15 @@ class _Layout:
         self.modes = [m.training for m in self.modules]
         self.params = list(model.parameters())
         self.trains = [p.requires_grad for p in self.params]
+        self.containers = [m._modules for m in self.modules if m._modules]  # the dicts a layer swap changes
+        self.contents = [list(d.values()) for d in self.containers]
+        self.leaves = [m._modules for m in self.modules if not m._modules]
 
     def same(self) -> bool:
         """Nothing changed (the check at every record: list comparisons, identity first, in C)."""
         return ([m.training for m in self.modules] == self.modes
-                and [list(m._modules.values()) for m in self.modules] == self.children
+                and [list(d.values()) for d in self.containers] == self.contents
+                and not any(self.leaves)
                 and [p.requires_grad for p in self.params] == self.trains)
 
     def changes(self) -> list[str]:

@@ -94,9 +94,10 @@ def test_the_fused_record_equals_the_blocks_quantities(case, norm, monkeypatch):
     name, model, x, loss = _models()[case]
     monitor = S.ConservationMonitor(model, x, loss)
     assert monitor._fused is not None and not monitor._fused.plain  # every block fused
-    kinds = {step[0] for step in monitor._fused.steps} | {step[0] for step in monitor._fused.gl_steps}
+    kinds = {step[0] for step in monitor._fused.steps}
     assert ("norm" in kinds) == (norm and name != "gpt") and "square" in kinds
     assert ("sum2" in kinds) == (name == "cnn")  # a convolution's input channels: outer, then inner reduction
+    assert ("bmm" in kinds) == (name != "cnn")  # attention heads, two Linears in a row: GL blocks
     kinds = {b.kind for b in monitor.symmetries.blocks}
     assert "scaling" in kinds and (name == "cnn" or "GL" in kinds) and "translation" in kinds
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
