@@ -213,7 +213,8 @@ class ConservationMonitor:
             return
         needed = {leg.param for b in blocks for leg in getattr(b, "legs", ())}
         owners = {}
-        for name in needed:
+        position = {n: i for i, (n, _) in enumerate(module.named_parameters())}
+        for name in sorted(needed, key=lambda n: (position.get(n, len(position)), n)):  # the model's order
             owner_name, _, attr = name.rpartition(".")
             try:
                 owner = module.get_submodule(owner_name) if owner_name else module

@@ -164,3 +164,26 @@ def test_a_model_changed_after_the_read_warns_once(change):
     text = str(caught[0].message)
     assert {"eval": "read in train mode and is now in eval mode", "swap": "replaced, added or removed in ['Sequential']",
             "freeze": "frozen or unfrozen"}[change] in text
+
+
+def monitor_table(payload: dict) -> str:
+    """The table docs/performance.md shows, from benchmarks/results/bench_monitor.json."""
+    lines = ["| model | blocks | training step | record | read floor | record / floor | computation | checks |"
+             " record / step |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for name, r in payload["models"].items():
+        lines.append(f"| {name} | {r['blocks']} | {1e3 * r['train_step_median_s']:.1f} ms | "
+                     f"{1e3 * r['record_median_s']:.2f} ms | {1e3 * r['read_floor_median_s']:.2f} ms | "
+                     f"{r['record_over_read_floor']:.2f} | {1e3 * r['compute_median_s']:.2f} ms | "
+                     f"{1e3 * r['checks_median_s']:.3f} ms | {100 * r['record_over_train_step']:.2f} % |")
+    return "\n".join(lines)
+
+
+def test_the_performance_page_shows_the_committed_monitor_benchmark():
+    """docs/performance.md's monitor table is benchmarks/results/bench_monitor.json, number for number."""
+    import json
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    payload = json.loads((root / "benchmarks" / "results" / "bench_monitor.json").read_text())
+    assert {"resnet18", "gpt"} <= set(payload["models"]) and "record_over_read_floor" in payload["models"]["gpt"]
+    assert monitor_table(payload) in (root / "docs" / "performance.md").read_text()
