@@ -153,13 +153,24 @@ class FusedQuantities:
 
         pending: list[tuple] = []  # (kind, ..., R base, shape) resolved once R exists
         singles: list[str] = []
+        entrywise: list[Tensor] = []  # parameters read entry by entry (a norm's weight): squared together into R
+        for param, mine in reductions.items():
+            p = self.params[param]
+            flat = p.reshape(-1)
+            if all(not r.split()[0] and not r.split()[1] for r in mine):
+                for r in mine:  # every row a single entry: squared straight into R
+                    view = flat.as_strided(list(r.sizes), list(r.strides), flat.storage_offset() + r.offset)
+                    if view.is_contiguous():
+                        r_start[param, r] = place(r)
+                        entrywise.append(view.view(-1))
         for param, mine in reductions.items():
             p = self.params[param]
             if all(not r.split()[0] and not r.split()[1] for r in mine):
-                for r in mine:  # every row a single entry: squared straight into R
-                    base = place(r)
-                    r_start[param, r] = base
-                    pending.append(("mul", param, r, base))
+                for r in mine:
+                    if (param, r) not in r_start:  # a strided pattern: one multiplication of its own
+                        base = place(r)
+                        r_start[param, r] = base
+                        pending.append(("mul", param, r, base))
             elif p.numel() > NORM and all(not r.split()[0] for r in mine):
                 for r in mine:  # rows outside, columns inside: ‖row‖ by one fused pass, squared after
                     base = place(r)
@@ -205,10 +216,14 @@ class FusedQuantities:
         if contributions:
             src = torch.cat([torch.arange(r_start[param, r], r_start[param, r] + r.rows)
                              for param, r, _, _ in contributions])
+            targets = torch.cat([t for _, _, t, _ in contributions])
+            weights = torch.cat([torch.full((r.rows,), w, dtype=torch.float64) for _, r, _, w in contributions])
+            order = torch.argsort(src, stable=True)
+            if torch.equal(src[order], torch.arange(r_size)):  # each row of R used once: R's order, no gather
+                src, targets, weights = src[order], targets[order], weights[order]
             self.gather = None if torch.equal(src, torch.arange(r_size)) else src.to(device)
-            self.targets = torch.cat([t for _, _, t, _ in contributions]).to(device)
-            self.weights = torch.cat([torch.full((r.rows,), w, dtype=torch.float64) for _, r, _, w in contributions]
-                                     ).to(dtype=dtype, device=device)
+            self.targets = targets.to(device)
+            self.weights = weights.to(dtype=dtype, device=device)
         # --- GL: batched views of the live parameters, concatenated per (C, K), one bmm each -------------------
         tables: dict[int, list[tuple[Tensor, int, str]]] = {}  # C → [(strided view (count, C, …), count, param)]
         rows_of: dict[int, list[tuple[int, float]]] = {}  # C → [(block #, sign)] in the order of the tables' rows
@@ -244,6 +259,8 @@ class FusedQuantities:
             by_param.setdefault(param, []).append(("sum", view, list(range(r.nrow)), out) if r.nrow
                                                   else ("copy", view, out))
         self.steps = [step for name in self.params if name in by_param for step in by_param[name]]
+        if entrywise:  # one multiplication for all of them, one copy into the start of R
+            self.steps.insert(0, ("entrywise", entrywise, self.R[:sum(t.numel() for t in entrywise)]))
 
     def __call__(self) -> Tensor:
         """All quantities as one new flat tensor (``layout``: block → (start, shape)); no per-block loop."""
@@ -259,6 +276,8 @@ class FusedQuantities:
                 torch.sum(step[1].sum(step[2]), step[3], out=step[4])
             elif kind == "norm":
                 torch.linalg.vector_norm(step[1], dim=step[2], out=step[3])
+            elif kind == "entrywise":
+                torch.cat(torch._foreach_mul(step[1], step[1]), out=step[2])
             elif kind == "bmm-copy":
                 _, view, count, C, grams = step
                 table = view.reshape(count, C, -1)
