@@ -187,3 +187,32 @@ def test_the_performance_page_shows_the_committed_monitor_benchmark():
     payload = json.loads((root / "benchmarks" / "results" / "bench_monitor.json").read_text())
     assert {"resnet18", "gpt"} <= set(payload["models"]) and "record_over_read_floor" in payload["models"]["gpt"]
     assert monitor_table(payload) in (root / "docs" / "performance.md").read_text()
+
+
+def test_a_block_without_a_strided_pattern_is_computed_by_its_own_quantity():
+    """A leg whose entries are no strided pattern (rows listed out of order) cannot be a view: that block alone
+    goes through its own quantity, beside the fused ones, and the record is still the blocks' quantities."""
+    import dataclasses
+
+    from symmetry.groups.blocks import Leg
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 6), nn.ReLU(), nn.Linear(6, 4), nn.ReLU(), nn.Linear(4, 2)).double()
+    x = torch.randn(8, 3, dtype=D)
+    sym = S.module_symmetries(model, x)
+    first = sym.blocks[0]
+    order = torch.tensor([3, 0, 5, 1, 4, 2])
+    legs = tuple(Leg(leg.param, leg.index[order], leg.exponent, None) for leg in first.legs)
+    scrambled = dataclasses.replace(sym, blocks=(dataclasses.replace(first, legs=legs), *sym.blocks[1:]))
+    monitor = S.ConservationMonitor(model, symmetries=scrambled)
+    assert [b.name for b in monitor._fused.plain] == [first.name]
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    for step in range(2):
+        if step:
+            opt.zero_grad()
+            model(x).pow(2).mean().backward()
+            opt.step()
+        monitor.record(step)
+    want = scrambled.quantities(model)
+    for k, v in monitor.history.items():
+        torch.testing.assert_close(v[-1], want[k].detach(), rtol=1e-12, atol=0)
