@@ -26,6 +26,8 @@ from typing import Any, Mapping
 
 import torch
 
+from .groups.blocks import _strided_plan
+
 Tensor = torch.Tensor
 
 __all__ = ["FusedQuantities"]
@@ -35,11 +37,9 @@ NORM = 1 << 16
 
 
 def _plan(leg) -> tuple[int, list[int], list[int], int] | None:
-    try:
-        from .groups.blocks import _strided_plan
-    except ImportError:  # pragma: no cover - a reader without strided legs: the blocks' own quantity
-        return None
-    return _strided_plan(leg.index)
+    """The leg's table as a strided pattern (offset, sizes, strides, row dimensions), or None."""
+    index = getattr(leg, "index", None)
+    return _strided_plan(index) if isinstance(index, Tensor) else None
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,12 @@ import contextlib
 import dataclasses
 from typing import Any, Iterator
 
+import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+from .groups import NotSupportedError
+from .models import jvp, quiet_forward_mode
+
 __all__ = ["frozen_parameters", "math_attention", "moved_parameters", "without_frozen"]
 
 
@@ -17,8 +23,6 @@ def math_attention() -> Iterator[None]:
     derivative only: no double backward and no forward-mode rule, which a Hessian, a teleport objective (a
     gradient of ‖∇L‖²) and the law count's nested derivatives need. The math backend computes the same function
     (to round-off) with every derivative torch has for its parts."""
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-
     with sdpa_kernel(SDPBackend.MATH):
         yield
 
@@ -66,8 +70,6 @@ def without_frozen(symmetry, model) -> tuple[Any, str | None]:
     moved = moved_parameters(symmetry, {n: p.detach() for n, p in model.named_parameters()})
     touched = [n for n in frozen if n in moved]
     if touched:
-        from .groups import NotSupportedError
-
         raise NotSupportedError(f"symmetry ({type(symmetry).__name__}) moves the frozen parameters {touched} "
                                 "(requires_grad=False), which never move in training: pass a symmetry that leaves "
                                 "them alone (module_symmetries(model) drops its blocks on them), or unfreeze them")
@@ -77,10 +79,6 @@ def without_frozen(symmetry, model) -> tuple[Any, str | None]:
 def moved_parameters(symmetry, params: dict) -> list[str]:
     """The names in ``params`` that the symmetry's orbit moves: the infinitesimal action (Eq. 9) along one random
     direction ξ of the algebra is nonzero on them (a random ξ moves, almost surely, whatever some ξ moves)."""
-    import torch
-
-    from .models import jvp, quiet_forward_mode
-
     zero = symmetry.algebra_zero()
     keys = list(zero)
     gen = torch.Generator().manual_seed(0)

@@ -71,7 +71,7 @@ def _sharded(model: nn.Module) -> bool:
 def _unsharded(model: nn.Module) -> Iterator[None]:
     """Every FSDP2 (``fully_shard``) submodule's full parameters in place for the block (a collective on entry:
     every rank must enter), its shards back after."""
-    from torch.distributed.fsdp import FSDPModule
+    from torch.distributed.fsdp import FSDPModule  # torch.distributed is absent from some builds of torch
 
     sharded = [m for m in model.modules() if isinstance(m, FSDPModule)]
     for m in sharded:
@@ -246,7 +246,7 @@ class ConservationMonitor:
     def _all_ranks_record(self) -> None:
         """Before gathering a sharded model's parameters: wait (through the process group's store, which is no
         collective) until every rank has called record as often, and fail with one line if one does not."""
-        import torch.distributed as dist
+        import torch.distributed as dist  # absent from some builds of torch
 
         if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
             return

@@ -167,14 +167,14 @@ def test_a_model_changed_after_the_read_warns_once(change):
 
 
 def monitor_table(payload: dict) -> str:
-    """The table docs/performance.md shows, from benchmarks/results/bench_monitor.json."""
-    lines = ["| model | blocks | training step | record | read floor | record / floor | computation | checks |"
-             " record / step |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    """The table docs/performance.md shows, from benchmarks/results/bench_monitor.json (seconds and ratios as the
+    JSON has them, to 3 significant digits: tests/test_readme_numbers.py finds each in the JSON)."""
+    lines = ["| model | blocks | training step (s) | record (s) | read floor (s) | record / floor | computation (s) |"
+             " checks (s) | record / step |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for name, r in payload["models"].items():
-        lines.append(f"| {name} | {r['blocks']} | {1e3 * r['train_step_median_s']:.1f} ms | "
-                     f"{1e3 * r['record_median_s']:.2f} ms | {1e3 * r['read_floor_median_s']:.2f} ms | "
-                     f"{r['record_over_read_floor']:.2f} | {1e3 * r['compute_median_s']:.2f} ms | "
-                     f"{1e3 * r['checks_median_s']:.3f} ms | {100 * r['record_over_train_step']:.2f} % |")
+        lines.append(f"| {name} | {r['blocks']} | {r['train_step_median_s']:.3g} | {r['record_median_s']:.3g} | "
+                     f"{r['read_floor_median_s']:.3g} | {r['record_over_read_floor']:.2f} | {r['compute_median_s']:.3g} | "
+                     f"{r['checks_median_s']:.3g} | {r['record_over_train_step']:.3g} |")
     return "\n".join(lines)
 
 

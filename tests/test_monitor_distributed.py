@@ -56,8 +56,9 @@ def worker(rank: int, world: int, init: str, mode: str, out: str) -> None:
             from torch.distributed.fsdp import fully_shard
 
             fully_shard(model, mesh=init_device_mesh("cpu", (world,)))
-            monitor = S.ConservationMonitor(model, symmetries=sym, timeout=1.0)
-            monitor.record(0)  # every rank: fine
+            monitor = S.ConservationMonitor(model, symmetries=sym)
+            monitor.record(0)  # every rank: fine (the default timeout leaves a slow rank time to arrive)
+            monitor.timeout = 1.0
             if rank == 0:  # the usual logging pattern, wrong on a sharded model: one line, before any collective
                 try:
                     monitor.record(1)
