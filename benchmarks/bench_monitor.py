@@ -6,8 +6,12 @@ Three models, float32, a plain torch.optim.SGD loop, one intra-op thread (the sa
 - ``resnet18``: torchvision's, 10 classes, batch 32 of 3×32×32 (CIFAR-sized), cross-entropy, BatchNorm in training;
 - ``gpt``: ``symmetry.nets.GPT``, 6 layers, width 128, 4 heads, SwiGLU hidden 344, vocabulary 256,
   batch 8 × 128 tokens, next-token cross-entropy.
-Reports the median time of one record() and of one training step without it (medians over steps and 3 seeds).
-Goal (issue 21): record under 1 % of a step on resnet18 and the GPT. Runtime: about 4 min on 2 CPU cores.
+Reports the median time of one record() and of one training step without it (medians over steps and 3 seeds),
+and beside them, in the same loop (after each record), the read floor: one pass that squares and sums every
+parameter, the least a record of quadratic quantities reads. Goals: record under 1 % of a step on resnet18 and the
+GPT (issue 21), record at most 1.5 × the floor (issue 37: the record is one fused pass, ``symmetry._fused``).
+The record's parts: the fused computation alone and the checks around it (the model's layout, the parameters'
+storage), timed after the loop. Runtime: about 4 min on 2 CPU cores.
 Usage: python benchmarks/bench_monitor.py [--steps 20] [--models mlp resnet18 gpt] [--out benchmarks/results]
 """
 from __future__ import annotations
@@ -56,36 +60,64 @@ def measure(name: str, steps: int, seed: int) -> dict:
         nn.functional.cross_entropy(out.reshape(-1, out.shape[-1]), y.reshape(-1)).backward()
         opt.step()
 
-    return {**time_record(monitor, train_step, steps), "monitor_setup_s": setup,
-            "blocks": len(monitor.symmetries.blocks), "read_floor_median_s": read_floor(model, steps)}
+    timed = time_record(monitor, train_step, steps, floor_of=model)
+    parts = record_parts(monitor, steps)
+    return {**timed, **parts, "monitor_setup_s": setup, "blocks": len(monitor.symmetries.blocks),
+            "fused": monitor._fused is not None}
 
 
-def read_floor(model: nn.Module, repeats: int) -> float:
-    """Median seconds of one pass that squares and sums every parameter: the least a record of quadratic
-    quantities does (it reads every covered weight), whatever the bookkeeping around it."""
-    times = []
+def read_floor(model: nn.Module) -> float:
+    """Seconds of one pass that squares and sums every parameter: the least a record of quadratic quantities does
+    (it reads every covered weight), whatever the bookkeeping around it."""
+    with torch.no_grad():
+        start = time.perf_counter()
+        total = sum(float(p.square().sum()) for p in model.parameters())
+        seconds = time.perf_counter() - start
+    assert total > 0
+    return seconds
+
+
+def record_parts(monitor, repeats: int) -> dict:
+    """Median seconds of the record's fused computation alone and of its checks (the model's layout and the
+    parameters' storage), ``repeats`` times each, interleaved."""
+    fused, checks = [], []
     with torch.no_grad():
         for _ in range(repeats):
             start = time.perf_counter()
-            total = sum(float(p.square().sum()) for p in model.parameters())
-            times.append(time.perf_counter() - start)
-    assert total > 0
-    return statistics.median(times[2:])
+            monitor._quantities(None)
+            middle = time.perf_counter()
+            monitor._layout.same()
+            if monitor._fused is not None:
+                monitor._live()
+            checks.append(time.perf_counter() - middle)
+            fused.append(middle - start)
+    return {"compute_median_s": statistics.median(fused[2:]), "checks_median_s": statistics.median(checks[2:])}
 
 
-def time_record(monitor, train_step, steps: int) -> dict:
+def time_record(monitor, train_step, steps: int, floor_of: nn.Module | None = None) -> dict:
     """Median seconds of ``train_step(step)`` and of the ``monitor.record(step)`` after it, over ``steps``
-    steps, the first two left out (warm-up); bench_modern times its models with this too."""
-    record, train = [], []
+    steps, the first two left out (warm-up); with ``floor_of``, also the read floor of that model beside each record
+    (side by side: the same load on the machine), after it at even steps and before it at odd ones (each reads the
+    weights right after the training step half of the time). bench_modern times its models with this too."""
+    record, train, floor = [], [], []
     for step in range(steps):
         start = time.perf_counter()
         train_step(step)
         middle = time.perf_counter()
-        monitor.record(step)
-        end = time.perf_counter()
         train.append(middle - start)
-        record.append(end - middle)
-    return {"record_median_s": statistics.median(record[2:]), "train_step_median_s": statistics.median(train[2:])}
+        first = floor_of is not None and step % 2  # the floor first at odd steps: each runs first (after the step,
+        if first:                                  # its caches cold) half of the time
+            floor.append(read_floor(floor_of))
+        start = time.perf_counter()
+        monitor.record(step)
+        record.append(time.perf_counter() - start)
+        if floor_of is not None and not first:
+            floor.append(read_floor(floor_of))
+    out = {"record_median_s": statistics.median(record[2:]), "train_step_median_s": statistics.median(train[2:])}
+    if floor_of is not None:
+        out["read_floor_median_s"] = statistics.median(floor[2:])
+        out["record_over_read_floor"] = out["record_median_s"] / out["read_floor_median_s"]
+    return out
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -105,8 +137,9 @@ def main(argv: list[str] | None = None) -> dict:
             print(f"{name}: record {1e3 * r['record_median_s']:.2f} ms per step; training step "
                   f"{1e3 * r['train_step_median_s']:.1f} ms ({100 * r['record_over_train_step']:.2f}%); "
                   f"{r['blocks']} blocks, monitor set up in {r['monitor_setup_s']:.2f} s; one pass over the "
-                  f"parameters {1e3 * r['read_floor_median_s']:.2f} ms ({100 * r['read_floor_over_train_step']:.2f}%)",
-                  flush=True)
+                  f"parameters {1e3 * r['read_floor_median_s']:.2f} ms ({100 * r['read_floor_over_train_step']:.2f}%); "
+                  f"record / floor {r['record_over_read_floor']:.2f} (computation {1e3 * r['compute_median_s']:.2f} ms, "
+                  f"checks {1e3 * r['checks_median_s']:.3f} ms)", flush=True)
     payload = {"benchmark": "bench_monitor", "steps": args.steps, "threads": 1, "models": results,
                "environment": E.environment()}
     E.write_json(f"{args.out}/bench_monitor.json", payload)

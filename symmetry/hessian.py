@@ -4,6 +4,8 @@
 The full matrix comes from ``torch.func.hessian`` (forward-over-reverse); models too large
 for it use Hessian-vector products (reverse-over-reverse: one gradient graph kept, each product
 one backward pass through it) and Lanczos with full reorthogonalisation for the top k.
+Every loss is evaluated with ``scaled_dot_product_attention`` on its math backend
+(``torch.nn.attention.sdpa_kernel(SDPBackend.MATH)``): torch's fused attention kernels have no second derivative.
 [`hessian_top_k`][] takes a module, a loss and data (one batch, or batches summed exactly), and optionally a
 symmetry ([`symmetry.groups.Symmetry`][]): its orbit's tangents ([`orbit_tangents`][]) are flat at a minimum
 (Cor. 11: the orbit of a minimum lies in the minimum; Eq. 20–22 give its dimension) and are deflated.
@@ -15,6 +17,7 @@ from typing import Callable, Iterable, NamedTuple, Sequence
 
 import torch
 
+from ._tools import math_attention, without_frozen
 from .models import flatten, jvp, quiet_forward_mode, unflatten
 from .types import LossFn, Params
 from .validation import check_choice, check_data, check_params
@@ -24,7 +27,8 @@ Tensor = torch.Tensor
 
 def _flat_loss(loss_fn: LossFn, params: Params) -> Callable[[Tensor], Tensor]:
     def f(vector: Tensor) -> Tensor:
-        value = loss_fn(unflatten(vector, params))
+        with math_attention():  # second derivatives: attention on its math backend
+            value = loss_fn(unflatten(vector, params))
         if value.ndim != 0:
             raise ValueError(f"loss_fn must return a scalar, got shape {tuple(value.shape)} "
                              f"(a batched loss? take one configuration)")
@@ -93,6 +97,7 @@ class Eigenpairs(NamedTuple):
     values: Tensor  # (k,)
     vectors: Tensor  # (D, k)
     iterations: int  # Hessian-vector products used
+    notes: tuple[str, ...] = ()  # what hessian_top_k left out of the symmetry and why (frozen parameters)
 
 
 def lanczos(matvec: Callable[[Tensor], Tensor], D: int, k: int = 6, which: str = "LA", tol: float = 0.0,
@@ -250,7 +255,8 @@ def module_hessian_vector_product(model: torch.nn.Module, loss: Callable[[Tensor
     buffers = dict(model.named_buffers())
 
     def forward(X: Tensor) -> Tensor:  # the model's own parameters (for autograd), copies of its buffers
-        return torch.func.functional_call(model, {**everything, **{n: b.clone() for n, b in buffers.items()}}, (X,))
+        with math_attention():  # the graph is differentiated twice: attention on its math backend
+            return torch.func.functional_call(model, {**everything, **{n: b.clone() for n, b in buffers.items()}}, (X,))
 
     def weighted_gradient(X: Tensor, Y: Tensor, weight: float) -> Tensor:
         with torch.enable_grad():
@@ -330,22 +336,25 @@ def hessian_top_k(model: torch.nn.Module, loss: Callable[[Tensor, Tensor], Tenso
     complement. At a minimum the orbit lies in the minimum (Cor. 11), so H t = 0 for every tangent t and the
     complement is invariant: the result is then exactly the Hessian's eigenpairs with the symmetry's flat
     directions taken out (e.g. ``which="SA"``: the flattest directions no symmetry explains). Away from a
-    critical point H t ≠ 0 in general, and the result is the compressed operator's. A symmetry that moves a
-    parameter that is not trainable is refused (its tangents are no directions of the trainable Hessian).
+    critical point H t ≠ 0 in general, and the result is the compressed operator's. Frozen parameters
+    (``requires_grad=False``) are no variables of this Hessian: the symmetry's blocks that move one are left out
+    (``.notes`` says which), the rule of the monitor and teleport too; any other symmetry that moves one is refused.
     """
     hvp, names = module_hessian_vector_product(model, loss, data, batch_weight)
     params = [p for p in model.parameters() if p.requires_grad]
     D = sum(p.numel() for p in params)
-    deflate = None
+    deflate, note = None, None
     if symmetry is not None:
+        missing = [m for m in ("algebra_zero", "exp", "act_params") if not callable(getattr(symmetry, m, None))]
+        if missing:
+            raise TypeError(f"symmetry must follow symmetry.groups.Symmetry; {type(symmetry).__name__} lacks {missing}")
+        symmetry, note = without_frozen(symmetry, model)
         deflate = _trainable_tangents(model, symmetry, names)
-    return lanczos(hvp, D, k, which, tol, seed, max_iter, params[0].dtype, params[0].device, deflate)
+    result = lanczos(hvp, D, k, which, tol, seed, max_iter, params[0].dtype, params[0].device, deflate)
+    return result._replace(notes=(note,)) if note else result
 
 
 def _trainable_tangents(model: torch.nn.Module, symmetry, names: list[str]) -> Tensor:
-    missing = [m for m in ("algebra_zero", "exp", "act_params") if not callable(getattr(symmetry, m, None))]
-    if missing:
-        raise TypeError(f"symmetry must follow symmetry.groups.Symmetry; {type(symmetry).__name__} lacks {missing}")
     everything = {n: p.detach() for n, p in model.named_parameters()}
     T = orbit_tangents(symmetry, everything)
     start, rows, frozen = 0, [], []

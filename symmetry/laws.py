@@ -30,6 +30,7 @@ from itertools import combinations_with_replacement
 import torch
 
 from ._optional import require
+from ._tools import math_attention
 from .activations import ActivationLike, get_activation
 from .conserved import conserved_Q, homogeneous_imbalance, imbalance_matrix, layer_imbalances
 from .models import quiet_forward_mode, torch_threads
@@ -284,6 +285,8 @@ def output_fields(model, example_input, loss: str | None = None) -> VectorFields
     A law of every loss on these inputs is orthogonal to all of them (and their brackets), so ALGO 2 on this family
     counts the laws of the module on ``example_input``; enough inputs make it the laws of the architecture. The
     count takes nested forward-mode derivatives: an operation torch has no forward-mode rule for is refused there.
+    The model runs with ``scaled_dot_product_attention`` on its math backend (``sdpa_kernel(SDPBackend.MATH)``):
+    torch's fused attention kernels have neither second derivatives nor forward-mode rules.
     """
     from torch import nn
 
@@ -299,7 +302,8 @@ def output_fields(model, example_input, loss: str | None = None) -> VectorFields
 
     def f(theta: Tensor) -> Tensor:
         params = {n: t.reshape(s) for n, t, s in zip(names, torch.split(theta, sizes), shapes)}
-        out = torch.func.functional_call(model, params, inputs)
+        with math_attention():  # nested derivatives: attention on its math backend
+            out = torch.func.functional_call(model, params, inputs)
         if loss == "cross_entropy":
             out = torch.log_softmax(out, dim=-1)
         return out.reshape(-1)

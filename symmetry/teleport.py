@@ -38,10 +38,11 @@ import math
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Collection, Mapping, Sequence
 
 import torch
 
+from ._tools import math_attention, without_frozen
 from .groups import Element, NotSupportedError, Params, Symmetry
 from .groups.paper import (PAPER_GROUPS, GeneralLinear, Group, NeuronScaling, NonlinearGL, Orthogonal,
                            PositiveScaling, make_group)
@@ -56,7 +57,7 @@ GROUPS = PAPER_GROUPS
 __all__ = ["GROUPS", "GeneralLinear", "Group", "NeuronScaling", "NonlinearGL", "Objective", "Orthogonal",
            "PositiveScaling", "TeleportReport", "TeleportSchedule", "TeleportWarning", "TeleportingStepper",
            "condition_number", "conserved_target", "curvature_along", "grad_norm", "gradient_norm_squared",
-           "lambda_max", "make_group", "make_objective", "sharpness", "teleport_random", "teleport_to"]
+           "lambda_max", "make_group", "make_objective", "sharpness", "teleport_random", "teleport_to", "translation_keys", "shift_and_rotation_keys"]
 
 
 class TeleportWarning(UserWarning):
@@ -67,10 +68,14 @@ class TeleportWarning(UserWarning):
 # Groups: any Symmetry of symmetry.groups; the paper's by name
 # ---------------------------------------------------------------------------------------
 
-def condition_number(element: Mapping[str, Tensor] | Sequence[Tensor]) -> float:
+def condition_number(element: Mapping[str, Tensor] | Sequence[Tensor], skip: Collection[str] = ()) -> float:
     """Largest condition number over the element's factors: ‖g‖‖g⁻¹‖ (2-norm) for a matrix,
-    max|c|/min|c| for a diagonal given as a vector. inf for a singular (or non-finite) element."""
-    parts = element.values() if isinstance(element, Mapping) else element
+    max|c|/min|c| for a diagonal given as a vector. inf for a singular (or non-finite) element.
+
+    ``skip``: keys of factors that are no scaling, left out: a translation's element is the shift t it adds
+    (θ ↦ θ + t, its identity t = 0), a rotation's its angles (an orthogonal map); neither can be singular or
+    ill-conditioned ([`shift_and_rotation_keys`][])."""
+    parts = [g for k, g in element.items() if k not in skip] if isinstance(element, Mapping) else element
     worst = 1.0
     for g in parts:
         g = g.detach()
@@ -84,6 +89,20 @@ def condition_number(element: Mapping[str, Tensor] | Sequence[Tensor]) -> float:
             c = float(a.max() / a.min()) if float(a.min()) > 0 else math.inf
         worst = max(worst, c)
     return worst
+
+
+def translation_keys(symmetry) -> tuple[str, ...]:
+    """The keys of a symmetry's translation factors (blocks of kind "translation", e.g. a cross-entropy head's
+    shift): their elements are shifts, not scales, and [`condition_number`][] leaves them out."""
+    return tuple(b.name for b in getattr(symmetry, "blocks", ()) or () if getattr(b, "kind", None) == "translation")
+
+
+def shift_and_rotation_keys(symmetry) -> tuple[str, ...]:
+    """The keys of a symmetry's factors that are no scaling: translations (a shift, identity t = 0) and RoPE's
+    pair rotations (angles of an orthogonal map, identity 0). Neither can be singular or ill-conditioned, so
+    [`condition_number`][] leaves them out."""
+    kinds = ("translation", "rotation")
+    return tuple(b.name for b in getattr(symmetry, "blocks", ()) or () if getattr(b, "kind", None) in kinds)
 
 
 #: what teleport calls on a symmetry (the rest of the protocol it does not need)
@@ -237,6 +256,7 @@ class TeleportReport:
     holdout_loss_after: float | None = None
     holdout_relative_loss_change: float | None = None
     kind: str = "ascent"  # "ascent" (teleport_to) or "random" (teleport_random)
+    notes: list[str] = field(default_factory=list)  # what the teleport left out and why (translations, frozen)
 
     @property
     def improved(self) -> bool:
@@ -252,19 +272,31 @@ def _default_tolerances(dtype: torch.dtype) -> tuple[float, float]:
 
 
 def _module_problem(model, params, loss_fn):
-    names = [n for n, _ in model.named_parameters()]
-    current = tuple(p for _, p in model.named_parameters())
+    """(trainable parameters, loss, their names, the frozen ones): a frozen parameter (requires_grad=False) is
+    held fixed, neither moved nor differentiated (symmetry._tools.without_frozen)."""
+    named = list(model.named_parameters())
+    everything = [n for n, _ in named]
+    names = [n for n, p in named if p.requires_grad]
+    if not names:
+        raise ValueError("the model has no trainable parameters (requires_grad=True): nothing to teleport")
     if params is None:
-        params = current
+        given = dict(named)
     elif isinstance(params, Mapping):
-        params = tuple(params[n] for n in names)
+        given = {n: params[n] for n in everything}
+    else:
+        params = tuple(params)
+        if len(params) not in (len(everything), len(names)):
+            raise ValueError(f"params has {len(params)} tensors; the model has {len(everything)} parameters "
+                             f"({len(names)} trainable): pass them in named_parameters() order, or a dict")
+        given = dict(zip(everything if len(params) == len(everything) else names, params))
+    fixed = {n: given.get(n, p).detach() for n, p in named if not p.requires_grad}
     if loss_fn is None:
         raise ValueError("an nn.Module needs loss_fn(output, target), e.g. torch.nn.functional.mse_loss")
 
     def loss_on(p, X, Y):
-        return loss_fn(torch.func.functional_call(model, dict(zip(names, p)), (X,)), Y)
+        return loss_fn(torch.func.functional_call(model, {**fixed, **dict(zip(names, p))}, (X,)), Y)
 
-    return tuple(params), loss_on, names
+    return tuple(given[n] for n in names), loss_on, names, fixed
 
 
 def _symmetry(model, params: Params, group, X, approximate: bool):
@@ -290,10 +322,12 @@ def _norm(tensors: Sequence[Tensor]) -> float:
 
 
 def _with_grad(function):
-    """Run with autograd on, even when called inside a ``torch.no_grad`` training loop."""
+    """Run with autograd on, even when called inside a ``torch.no_grad`` training loop, and attention on its math
+    backend (``symmetry._tools.math_attention``): the objectives differentiate a gradient, which torch's fused
+    attention kernels cannot."""
     @functools.wraps(function)
     def wrapped(*args, **kwargs):
-        with torch.enable_grad():
+        with torch.enable_grad(), math_attention():
             return function(*args, **kwargs)
 
     return wrapped
@@ -310,11 +344,18 @@ class _Problem:
     Y: Any
     base: Params
     params: Params  # the caller's tensors (a module's live parameters)
-    names: list[str] | None
+    names: list[str] | None  # a module's trainable parameters, in its order
     loss0: float
     rtol: float
     atol: float
     approximate: bool
+    additive: tuple[str, ...] = ()  # translation factors: shifts, left out of the condition number
+    fixed: dict[str, Tensor] = field(default_factory=dict)  # a module's frozen parameters, held as they are
+    order: list[str] = field(default_factory=list)  # all of a module's parameters, in its order
+    notes: list[str] = field(default_factory=list)
+
+    def condition(self, element: Element) -> float:
+        return condition_number(element, self.additive)
 
     def loss(self, p: Params) -> Tensor:
         return self.loss_on(p, self.X, self.Y)
@@ -334,7 +375,7 @@ class _Problem:
         """g·θ through the symmetry's act_params: a tuple, or a module's named dict in ``names`` order."""
         if self.names is None:
             return tuple(self.sym.act_params(params, element, check=False))
-        out = self.sym.act_params(dict(zip(self.names, params)), element, check=False)
+        out = self.sym.act_params({**self.fixed, **dict(zip(self.names, params))}, element, check=False)
         return tuple(out[n] for n in self.names)
 
     def act(self, xi: Leaves) -> Params:
@@ -351,9 +392,9 @@ def _problem(model, params, data, group, loss_fn, loss_rtol, loss_atol, approxim
     if not isinstance(approximate, bool):
         raise ValueError(f"approximate={approximate!r} must be True or False")
     X, Y = data
-    names = None
+    names, fixed = None, {}
     if isinstance(model, torch.nn.Module):
-        params, loss_on, names = _module_problem(model, params, loss_fn)
+        params, loss_on, names, fixed = _module_problem(model, params, loss_fn)
     else:
         params = check_tensors("params", tuple(params))  # a group acts on floating-point parameters
 
@@ -364,6 +405,9 @@ def _problem(model, params, data, group, loss_fn, loss_rtol, loss_atol, approxim
             return value
     check_finite("params", params)
     sym = _symmetry(model, tuple(params), group, X, approximate)
+    frozen_note = None
+    if isinstance(model, torch.nn.Module):
+        sym, frozen_note = without_frozen(sym, model)
     rtol, atol = _default_tolerances(params[0].dtype)
     rtol = rtol if loss_rtol is None else loss_rtol
     atol = atol if loss_atol is None else loss_atol
@@ -372,8 +416,15 @@ def _problem(model, params, data, group, loss_fn, loss_rtol, loss_atol, approxim
         loss0 = float(loss_on(base, X, Y))
     if not math.isfinite(loss0):
         raise ValueError(f"the loss at params is {loss0}: teleport needs a finite loss")
+    additive = shift_and_rotation_keys(sym)
+    notes = [f"the condition number is taken over the scaling and GL factors only: the translation and rotation "
+             f"block(s) {list(additive)} act by a shift or an orthogonal map (never singular or ill-conditioned)"
+             ] if additive else []
+    if frozen_note:
+        notes.append(frozen_note + "; the objective differentiates the trainable parameters only")
     pb = _Problem(sym, list(sym.algebra_zero()), loss_on, X, Y, base, tuple(params), names, loss0, rtol, atol,
-                  approximate and bool(getattr(sym, "data_dependent", False)))
+                  approximate and bool(getattr(sym, "data_dependent", False)), additive, fixed,
+                  [n for n, _ in model.named_parameters()] if names is not None else [], notes)
     if check_symmetry and not pb.approximate:
         gen = torch.Generator().manual_seed(seed + 7919)
         probe = tuple(1e-2 * torch.randn(z.shape, generator=gen, dtype=z.dtype).to(z.device)
@@ -398,7 +449,7 @@ def _finish(pb: _Problem, xi: Leaves, identity: bool, on_loss_change: str, max_c
         element_cond, new = 1.0, pb.base
     else:
         element = pb.element(xi)
-        element_cond = condition_number(element)
+        element_cond = pb.condition(element)
         if not element_cond <= max_condition:
             raise ValueError(f"the teleport's group element is singular or ill-conditioned (condition number "
                              f"{element_cond:.3g} > max_condition={max_condition:g}); lower lr or steps, set "
@@ -426,12 +477,13 @@ def _finish(pb: _Problem, xi: Leaves, identity: bool, on_loss_change: str, max_c
                 "holdout_relative_loss_change": abs(after - before) / max(abs(before), pb.atol)}
     report = TeleportReport(pb.name, loss_before=pb.loss0, loss_after=loss1, relative_loss_change=rel,
                             condition_number=element_cond, xi_norm=0.0 if identity else _norm(xi),
-                            approximate=pb.approximate, **held, **fields)
+                            approximate=pb.approximate, notes=list(pb.notes), **held, **fields)
     if pb.names is not None:
         with torch.no_grad():
             for p, q in zip(pb.params, new):
                 p.copy_(q)
-        return dict(zip(pb.names, new)), report
+        moved = {**pb.fixed, **dict(zip(pb.names, new))}
+        return {n: moved[n] for n in pb.order}, report
     return new, report
 
 
@@ -486,6 +538,10 @@ def teleport_to(model, params, data: tuple, group: str | Group | Symmetry, objec
     counts them); ``raise`` raises a ValueError if the chosen point breaks them; ``warn`` applies it with
     a [`TeleportWarning`][]. The input is never modified when a check fails. Returns (new parameters,
     [`TeleportReport`][]).
+
+    The whole teleport runs with ``scaled_dot_product_attention`` on its math backend
+    (``torch.nn.attention.sdpa_kernel(SDPBackend.MATH)``): the objective's gradient in ξ differentiates a gradient,
+    and torch's fused attention kernels (CPU flash, CUDA flash / memory-efficient) have no second derivative.
     """
     start = time.perf_counter()
     check_choice("on_loss_change", on_loss_change, ("stop", "raise", "warn"))
@@ -520,7 +576,7 @@ def teleport_to(model, params, data: tuple, group: str | Group | Symmetry, objec
         """Why an iterate is refused before its objective is computed (None: accepted), and its g·θ."""
         element = pb.element(candidate)
         if on_loss_change == "stop":
-            cond = condition_number(element)
+            cond = pb.condition(element)
             if not cond <= max_condition:
                 return f"condition number {cond:.3g} > max_condition={max_condition:g}", None
         if (on_loss_change != "stop" or pb.approximate) and trust_region is None:

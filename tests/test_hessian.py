@@ -196,12 +196,32 @@ def test_orbit_tangents_are_flat_at_a_minimum_and_deflated(relu):
     assert float((T.mT @ torch.cat([top.vectors, bottom.vectors], 1)).abs().max()) < 1e-10
 
 
-def test_a_symmetry_moving_frozen_parameters_is_refused():
-    net, data = interpolating_net(False)
+def test_frozen_parameters_leave_their_blocks_out_of_the_deflation():
+    """A frozen weight is no variable of the Hessian: the blocks moving it are left out (.notes says so), the same
+    rule as the monitor and teleport (before: the whole symmetry was refused); a symmetry given as a bare Symmetry
+    (no blocks to drop) that moves a frozen parameter is refused by name."""
+    import dataclasses
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(3, 6), torch.nn.ReLU(), torch.nn.Linear(6, 4), torch.nn.ReLU(),
+                              torch.nn.Linear(4, 2)).double()
+    g = torch.Generator().manual_seed(1)
+    data = (torch.randn(16, 3, generator=g, dtype=DTYPE), torch.randn(16, 2, generator=g, dtype=DTYPE))
+    mse = torch.nn.functional.mse_loss
     sym = S.module_symmetries(net)
     net[0].weight.requires_grad_(False)
-    with pytest.raises(ValueError, match="not trainable"):
-        S.hessian_top_k(net, torch.nn.functional.mse_loss, data, k=2, symmetry=sym)
+    got = S.hessian_top_k(net, mse, data, k=3, tol=1e-12, symmetry=sym)
+    by_hand = dataclasses.replace(sym, blocks=tuple(b for b in sym.blocks if b.name != "0"))
+    want = S.hessian_top_k(net, mse, data, k=3, tol=1e-12, symmetry=by_hand)
+    torch.testing.assert_close(got.values, want.values, rtol=1e-12, atol=0)
+    assert any("frozen" in n and "0.weight" in n and "['0']" in n for n in got.notes)
+    assert want.notes == ("frozen parameters ['0.weight'] (requires_grad=False): no block acts on them",)
+
+    class Bare:  # the Symmetry protocol only: nothing to drop
+        algebra_zero, exp, act_params = sym.algebra_zero, sym.exp, sym.act_params
+
+    with pytest.raises(S.NotSupportedError, match=r"moves the frozen parameters \['0.weight'\]"):
+        S.hessian_top_k(net, mse, data, k=2, symmetry=Bare())
     with pytest.raises(ValueError, match="deflate"):
         S.lanczos(lambda v: v, 5, 2, deflate=torch.zeros(4, 1, dtype=DTYPE))
 
@@ -224,3 +244,34 @@ def test_a_paper_group_deflates_the_hessian_of_a_tuple_model():
     bottom = S.top_hessian_eigenvalues(loss, (U, V), k=1, which="SA", symmetry=group)
     assert float(bottom[0]) == pytest.approx(float(eigs[n_zero]), rel=1e-8)  # the smallest nonzero one
     assert abs(float(S.top_hessian_eigenvalues(loss, (U, V), k=1, which="SA")[0])) < 1e-9 * float(eigs[-1])
+
+
+def test_hessian_top_k_on_the_gpt_with_attention_on_cpu():
+    """nets.GPT calls scaled_dot_product_attention (no double backward in torch's fused CPU kernel): the Hessian
+    is taken on the math backend and equals the dense Hessian's top eigenvalues (before: "derivative for ...
+    not implemented")."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    from symmetry.nets import GPT
+
+    torch.manual_seed(0)
+    model = GPT(8, dim=4, heads=2, hidden=4, layers=1).double()
+    g = torch.Generator().manual_seed(1)
+    x, y = torch.randint(0, 8, (2, 5), generator=g), torch.randint(0, 8, (2, 5), generator=g)
+
+    def ce(out, target):
+        return torch.nn.functional.cross_entropy(out.reshape(-1, out.shape[-1]), target.reshape(-1))
+
+    top = S.hessian_top_k(model, ce, (x, y), k=2, tol=1e-12)
+    names = [n for n, _ in model.named_parameters()]
+    shapes = [p.shape for p in model.parameters()]
+    theta = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+
+    def loss(t):
+        parts = [c.reshape(s) for c, s in zip(torch.split(t, [s.numel() for s in shapes]), shapes)]
+        return ce(torch.func.functional_call(model, dict(zip(names, parts)), (x,)), y)
+
+    with sdpa_kernel(SDPBackend.MATH):
+        dense = torch.autograd.functional.hessian(loss, theta)
+    want = torch.linalg.eigvalsh(0.5 * (dense + dense.mT)).flip(0)[:2]
+    torch.testing.assert_close(top.values, want, rtol=1e-9, atol=0)

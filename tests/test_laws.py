@@ -393,3 +393,30 @@ def test_a_modules_symmetry_is_compared_with_its_count(relu):
         L.count_conservation_laws(net, symmetry=Overclaiming())
     with pytest.raises(S.groups.NotSupportedError, match="flat vector"):
         L.count_conservation_laws(L.linear_net((3, 2, 4)), symmetry=sym)
+
+
+def test_output_fields_and_the_law_count_of_a_gpt_block_with_attention_on_cpu():
+    """nets.GPTBlock calls scaled_dot_product_attention, whose fused CPU kernel has neither a second derivative
+    nor a forward-mode rule: output_fields runs the block on the math backend, so the count runs (before:
+    NotImplementedError "forward AD ... _scaled_dot_product_flash_attention_for_cpu"), every field is orthogonal
+    to the gradients of the block's conserved quantities, and those are no more than the count."""
+    from symmetry.nets import GPTBlock
+
+    torch.manual_seed(0)
+    block = GPTBlock(4, 2, 2, rope=False).double()
+    x = torch.randn(1, 3, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    fields = L.output_fields(block, x)
+    count = L.count_conservation_laws(fields, points=1)
+    sym = S.module_symmetries(block, x)
+    params = {n: p.detach() for n, p in block.named_parameters()}
+    found = L.symmetry_law_count(sym, params)
+    assert 0 < found <= count
+    theta = torch.cat([p.reshape(-1) for p in params.values()])
+    sizes, shapes = [p.numel() for p in params.values()], [p.shape for p in params.values()]
+
+    def quantities(t):
+        parts = {n: c.reshape(s) for n, c, s in zip(params, torch.split(t, sizes), shapes)}
+        return torch.cat([q.reshape(-1) for q in sym.quantities(parts).values()])
+
+    F, J = fields.fields(theta), torch.func.jacrev(quantities)(theta)
+    assert float((F @ J.mT).abs().max()) <= 1e-12 * float(F.abs().max()) * float(J.abs().max())

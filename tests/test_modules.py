@@ -280,7 +280,8 @@ def test_monitor_in_a_plain_loop(optimizer):
     for k in stacked:
         assert stacked[k].shape == (4, 4)
         for i, step in enumerate(monitor.steps):
-            assert torch.equal(stacked[k][i], expected[step][k])
+            # the record is one fused pass (symmetry._fused): the blocks' own quantities to round-off
+            assert torch.allclose(stacked[k][i], expected[step][k], rtol=1e-13, atol=0)
     drift = monitor.drift()
     for k, d in drift.items():
         assert d.shape == (4,) and float(d[0]) == 0.0

@@ -51,6 +51,22 @@ def worker(rank: int, world: int, init: str, mode: str, out: str) -> None:
         sym = S.module_symmetries(model, x)  # on the whole model, before it is wrapped or sharded
         if mode == "ddp":
             wrapped = nn.parallel.DistributedDataParallel(model)
+        elif mode == "one-rank":
+            from torch.distributed.device_mesh import init_device_mesh
+            from torch.distributed.fsdp import fully_shard
+
+            fully_shard(model, mesh=init_device_mesh("cpu", (world,)))
+            monitor = S.ConservationMonitor(model, symmetries=sym)
+            monitor.record(0)  # every rank: fine (the default timeout leaves a slow rank time to arrive)
+            monitor.timeout = 1.0
+            if rank == 0:  # the usual logging pattern, wrong on a sharded model: one line, before any collective
+                try:
+                    monitor.record(1)
+                except RuntimeError as error:
+                    with open(out, "w") as f:
+                        f.write(str(error))
+            dist.barrier()  # both ranks still agree on the collectives: nothing was started by the refused record
+            return
         else:
             from torch.distributed.device_mesh import init_device_mesh
             from torch.distributed.fsdp import fully_shard
@@ -58,7 +74,12 @@ def worker(rank: int, world: int, init: str, mode: str, out: str) -> None:
             fully_shard(model, mesh=init_device_mesh("cpu", (world,)))
             wrapped = model
         half = slice(rank * 4, (rank + 1) * 4)
-        history = train(wrapped, S.ConservationMonitor(wrapped, symmetries=sym), x[half], y[half])
+        if mode == "fsdp-read":  # the monitor reads the sharded model itself: the read gathers its parameters
+            monitor = S.ConservationMonitor(wrapped, x)
+            assert monitor.symmetries.keys() == sym.keys()
+        else:
+            monitor = S.ConservationMonitor(wrapped, symmetries=sym)
+        history = train(wrapped, monitor, x[half], y[half])
         if mode == "fsdp":  # the parameters really are shards: each rank holds part of every weight
             assert any(type(p).__name__ == "DTensor" for p in model.parameters())
         if rank == 0:
@@ -67,11 +88,11 @@ def worker(rank: int, world: int, init: str, mode: str, out: str) -> None:
         dist.destroy_process_group()
 
 
-@pytest.mark.parametrize("mode", ["ddp", "fsdp"])
+@pytest.mark.parametrize("mode", ["ddp", "fsdp", "fsdp-read"])
 def test_monitor_on_two_processes_equals_one(mode, tmp_path):
     if not dist.is_available():
         pytest.skip("torch.distributed is not available in this build")
-    if mode == "fsdp":
+    if mode.startswith("fsdp"):
         pytest.importorskip("torch.distributed.fsdp", reason="FSDP2 (fully_shard) needs torch ≥ 2.6")
     init = f"file://{tempfile.mktemp(dir=tmp_path)}"
     out = str(tmp_path / "history.pt")
@@ -82,3 +103,16 @@ def test_monitor_on_two_processes_equals_one(mode, tmp_path):
     for k in want:
         assert float((want[k][-1] - want[k][0]).abs().max()) > 1e-8, k  # the quantities moved (finite lr)
         assert torch.allclose(got[k], want[k], rtol=0, atol=1e-12), k
+
+
+def test_a_record_on_one_rank_of_a_sharded_model_fails_in_one_line(tmp_path):
+    """Recording on rank 0 only (the usual logging pattern) on an FSDP model: a record gathers the parameters, a
+    collective; the monitor waits for the other ranks through the store (no collective) and fails with one line
+    naming what to do, and the ranks' collectives stay matched (before: a gloo collective mismatch aborted the job)."""
+    init = f"file://{tempfile.mktemp(dir=tmp_path)}"
+    out = str(tmp_path / "error.txt")
+    os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
+    mp.spawn(worker, args=(2, init, "one-rank", out), nprocs=2, join=True)
+    message = open(out).read()
+    assert "\n" not in message and "1 of the 2 ranks did not call it within timeout=1 s" in message
+    assert "call record on every rank" in message

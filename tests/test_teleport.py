@@ -450,3 +450,95 @@ def test_module_symmetries_of_the_modules_helper(layers):
                            loss_fn=torch.nn.functional.mse_loss, lr=0.05, steps=5)
     assert abs(torch.nn.functional.mse_loss(net(X), Y).item() - before) <= 1e-9 * before
     assert report.objective_after > report.objective_before
+
+
+def test_translation_blocks_teleport():
+    """A cross-entropy head's translation is a shift (its identity is t = 0): the condition number is taken of the
+    scaling/GL factors only. Before, the identity had condition ∞ and the 3-6-4 MLP came back unchanged."""
+    import torch.nn.functional as F
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(3, 6), torch.nn.ReLU(), torch.nn.Linear(6, 4)).double()
+    X, Y = torch.randn(20, 3, dtype=D), torch.randint(0, 4, (20,))
+    start = {k: v.clone() for k, v in net.state_dict().items()}
+    results = {}
+    for loss in (None, "cross_entropy"):
+        net.load_state_dict(start)
+        sym = S.module_symmetries(net, X, loss=loss)
+        _, results[loss] = T.teleport_to(net, None, (X, Y), sym, "grad_norm", loss_fn=F.cross_entropy, lr=0.1, steps=5)
+    plain, shifted = results[None], results["cross_entropy"]
+    assert "2:translation" in S.module_symmetries(net, X, loss="cross_entropy").keys()
+    assert shifted.stopped is None and shifted.ascent_steps == 5
+    assert shifted.objective_after > shifted.objective_before * 1.005
+    # the shift leaves the softmax's gradient alone: the same ascent as without the translation block
+    assert shifted.objective_after == pytest.approx(plain.objective_after, rel=1e-10)
+    assert math.isfinite(shifted.condition_number) and shifted.condition_number == pytest.approx(plain.condition_number)
+    assert any("translation" in note and "2:translation" in note for note in shifted.notes)
+    assert not plain.notes
+    assert T.condition_number({"a": torch.tensor([1.0, 2.0]), "t": torch.zeros(3)}, skip=("t",)) == 2.0
+
+
+def test_teleport_on_the_gpt_with_attention_on_cpu():
+    """nets.GPT calls scaled_dot_product_attention, whose fused CPU kernel has no double backward; teleport runs
+    its objective on the math backend (before: "derivative for ... not implemented")."""
+    import torch.nn.functional as F
+    from symmetry.nets import GPT
+
+    torch.manual_seed(0)
+    model = GPT(8, dim=4, heads=2, hidden=4, layers=1).double()
+    x, y = torch.randint(0, 8, (2, 5), generator=gen(1)), torch.randint(0, 8, (2, 5), generator=gen(2))
+
+    def ce(out, target):
+        return F.cross_entropy(out.reshape(-1, out.shape[-1]), target.reshape(-1))
+
+    sym = S.module_symmetries(model, x, loss="cross_entropy")
+    before = float(ce(model(x), y))
+    _, report = T.teleport_to(model, None, (x, y), sym, "grad_norm", loss_fn=ce, lr=0.05, steps=3)
+    assert report.objective_after > report.objective_before and report.stopped is None
+    assert abs(float(ce(model(x), y)) - before) <= 1e-9 * before
+
+
+def test_frozen_parameters_are_held_and_not_differentiated():
+    """A frozen weight (requires_grad=False) never moves: teleport leaves it exactly as it is, drops the block
+    acting on it (the report's notes say so) and maximises ‖∇L‖² over the trainable parameters. Before: it
+    rewrote the frozen weight and counted its gradient in J."""
+    import torch.nn.functional as F
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(3, 6), torch.nn.ReLU(), torch.nn.Linear(6, 4), torch.nn.ReLU(),
+                              torch.nn.Linear(4, 2)).double()
+    net[0].weight.requires_grad_(False)
+    X, Y = torch.randn(16, 3, dtype=D, generator=gen(1)), torch.randn(16, 2, dtype=D, generator=gen(2))
+    frozen = net[0].weight.detach().clone()
+    new, report = T.teleport_to(net, None, (X, Y), S.module_symmetries(net, X), "grad_norm", loss_fn=F.mse_loss,
+                                lr=0.1, steps=5)
+    assert torch.equal(net[0].weight, frozen) and torch.equal(new["0.weight"], frozen)
+    assert list(new) == [n for n, _ in net.named_parameters()]
+    assert report.objective_after > report.objective_before
+    assert any("frozen" in note and "0.weight" in note and "['0']" in note for note in report.notes)
+    loss = F.mse_loss(net(X), Y)
+    trainable = [p for p in net.parameters() if p.requires_grad]
+    grads = torch.autograd.grad(loss, trainable)
+    assert report.objective_after == pytest.approx(float(sum((g * g).sum() for g in grads)), rel=1e-10)
+
+
+def test_teleport_moves_a_model_with_rope_rotations():
+    """RoPE's pair rotations (elements: angles, identity 0) are orthogonal maps, never ill-conditioned: teleport
+    leaves them out of the condition number as it does translations. Before: condition number inf at the identity,
+    the parameters returned unchanged."""
+    import torch.nn.functional as F
+    from symmetry.nets import GPT
+
+    torch.manual_seed(0)
+    model = GPT(8, dim=8, heads=2, hidden=4, layers=1).double()
+    x, y = torch.randint(0, 8, (2, 5), generator=gen(1)), torch.randint(0, 8, (2, 5), generator=gen(2))
+
+    def ce(out, target):
+        return F.cross_entropy(out.reshape(-1, out.shape[-1]), target.reshape(-1))
+
+    sym = S.module_symmetries(model, x, loss="cross_entropy")
+    rotations = [b.name for b in sym.blocks if b.kind == "rotation"]
+    assert rotations and set(rotations) <= set(T.shift_and_rotation_keys(sym))
+    _, report = T.teleport_to(model, None, (x, y), sym, "grad_norm", loss_fn=ce, lr=0.05, steps=3)
+    assert report.stopped is None and report.objective_after > report.objective_before
+    assert any("rotation" in note for note in report.notes)
