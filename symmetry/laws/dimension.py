@@ -29,10 +29,10 @@ from itertools import combinations_with_replacement
 
 import torch
 
-from ._optional import require
-from .activations import ActivationLike, get_activation
-from .conserved import conserved_Q, homogeneous_imbalance, imbalance_matrix, layer_imbalances
-from .models import quiet_forward_mode, torch_threads
+from .._optional import require
+from ..activations import ActivationLike, get_activation
+from ..conserved import conserved_Q, homogeneous_imbalance, imbalance_matrix, layer_imbalances
+from ..models import quiet_forward_mode, torch_threads
 
 Tensor = torch.Tensor
 Field = Callable[[Tensor], Tensor]
@@ -614,7 +614,7 @@ def count_conservation_laws(model: Factorization | VectorFields | torch.nn.Modul
     no group gives (Marcotte et al. count them all).
     """
     if symmetry is not None and not isinstance(model, torch.nn.Module):
-        from .groups import NotSupportedError
+        from ..groups import NotSupportedError
 
         raise NotSupportedError(f"symmetry= is compared with the count of a torch.nn.Module (its named parameters); "
                                 f"model is a {type(model).__name__}, whose θ is a flat vector no symmetry acts on")
@@ -949,9 +949,9 @@ def _module_chain(model) -> _Chain:
     connection, a reshape, another op) is refused by name."""
     from torch import nn
 
-    from .graph import trace, unwrap
-    from .graph.walk import op_name
-    from .groups import NotSupportedError
+    from ..graph import trace, unwrap
+    from ..graph.walk import op_name
+    from ..groups import NotSupportedError
 
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
