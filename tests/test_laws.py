@@ -1,4 +1,4 @@
-"""Counting and finding conservation laws (Marcotte et al.; symmetry/laws.py, conservation_laws.py).
+"""Counting and finding conservation laws (Marcotte et al.; symmetry/laws/, conservation_laws.py).
 
 Every count is checked against an independent number: a closed form (D − 1, r, r(r+1)/2),
 the rank of the gradients of the known laws, or the number of hidden neurons.
@@ -306,9 +306,9 @@ def _reset_peak() -> float:
 def test_refusal_above_max_memory_is_clear_and_comes_before_any_allocation(monkeypatch):
     def must_not_run(*args, **kwargs):
         raise AssertionError("the count started although it should have been refused")
-    monkeypatch.setattr(L, "_pinched_rank", must_not_run)
-    monkeypatch.setattr(L, "_module_fields", must_not_run)
-    monkeypatch.setattr(L, "vector_fields", must_not_run)
+    monkeypatch.setattr(L.dimension, "_pinched_rank", must_not_run)
+    monkeypatch.setattr(L.dimension, "_module_fields", must_not_run)
+    monkeypatch.setattr(L.dimension, "vector_fields", must_not_run)
     small = mlp((3, 4, 2))
     estimate = L.memory_estimate(small)
     with pytest.raises(MemoryError, match=r"needs an estimated .* GB .*above max_memory = 1e-06 GB"):
