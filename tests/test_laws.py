@@ -420,3 +420,19 @@ def test_output_fields_and_the_law_count_of_a_gpt_block_with_attention_on_cpu():
 
     F, J = fields.fields(theta), torch.func.jacrev(quantities)(theta)
     assert float((F @ J.mT).abs().max()) <= 1e-12 * float(F.abs().max()) * float(J.abs().max())
+
+
+@pytest.mark.parametrize("parametrization", ["weight_norm", "orthogonal"])
+def test_a_parametrised_layer_is_refused_not_counted_as_the_plain_model(parametrization):
+    """After ``parametrizations.weight_norm`` or ``orthogonal`` the trained tensors are the parametrisation's, not
+    the layer's weight: the count refuses by name (the op that builds the weight) instead of counting the plain
+    chain's laws (before: the plain model's count)."""
+    from torch import nn
+    from torch.nn.utils import parametrizations
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2)).double()
+    getattr(parametrizations, parametrization)(net[0])
+    op = {"weight_norm": "_weight_norm", "orthogonal": "tril"}[parametrization]
+    with pytest.raises(S.NotSupportedError, match=op):
+        S.count_conservation_laws(net)

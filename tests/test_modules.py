@@ -397,3 +397,19 @@ def test_docs_resnet18_describe_is_what_the_code_prints():
     assert re.sub(number, "#", printed.getvalue()) == re.sub(number, "#", shown)
     for got, want in zip(re.findall(number, printed.getvalue()), re.findall(number, shown), strict=True):
         assert abs(float(got) - float(want)) <= 0.1 * abs(float(want)), (got, want)
+
+
+@pytest.mark.parametrize("parametrization", ["weight_norm", "orthogonal"])
+def test_a_parametrised_layer_gets_no_block_and_the_reason_is_named(parametrization):
+    """A layer under ``parametrizations.weight_norm``/``orthogonal`` trains the parametrisation's tensors: no block
+    is claimed on them, and the coverage says why for each (the op without a rule, or a weight that is not a
+    parameter)."""
+    from torch.nn.utils import parametrizations
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2)).double()
+    getattr(parametrizations, parametrization)(net[0])
+    sym = S.module_symmetries(net, torch.randn(6, 3, dtype=torch.float64))
+    originals = [name for name in sym.coverage if ".parametrizations.weight.original" in name]
+    assert sym.keys() == [] and originals
+    assert all(sym.coverage[name] and sym.coverage[name][0].startswith("none") for name in originals)
