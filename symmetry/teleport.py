@@ -57,7 +57,7 @@ GROUPS = PAPER_GROUPS
 __all__ = ["GROUPS", "GeneralLinear", "Group", "NeuronScaling", "NonlinearGL", "Objective", "Orthogonal",
            "PositiveScaling", "TeleportReport", "TeleportSchedule", "TeleportWarning", "TeleportingStepper",
            "condition_number", "conserved_target", "curvature_along", "grad_norm", "gradient_norm_squared",
-           "lambda_max", "make_group", "make_objective", "sharpness", "teleport_random", "teleport_to", "translation_keys", "shift_and_rotation_keys"]
+           "lambda_max", "make_group", "make_objective", "sharpness", "teleport_random", "teleport_to", "shift_and_rotation_keys"]
 
 
 class TeleportWarning(UserWarning):
@@ -89,12 +89,6 @@ def condition_number(element: Mapping[str, Tensor] | Sequence[Tensor], skip: Col
             c = float(a.max() / a.min()) if float(a.min()) > 0 else math.inf
         worst = max(worst, c)
     return worst
-
-
-def translation_keys(symmetry) -> tuple[str, ...]:
-    """The keys of a symmetry's translation factors (blocks of kind "translation", e.g. a cross-entropy head's
-    shift): their elements are shifts, not scales, and [`condition_number`][] leaves them out."""
-    return tuple(b.name for b in getattr(symmetry, "blocks", ()) or () if getattr(b, "kind", None) == "translation")
 
 
 def shift_and_rotation_keys(symmetry) -> tuple[str, ...]:

@@ -478,19 +478,26 @@ def test_translation_blocks_teleport():
     assert T.condition_number({"a": torch.tensor([1.0, 2.0]), "t": torch.zeros(3)}, skip=("t",)) == 2.0
 
 
-def test_teleport_on_the_gpt_with_attention_on_cpu():
-    """nets.GPT calls scaled_dot_product_attention, whose fused CPU kernel has no double backward; teleport runs
-    its objective on the math backend (before: "derivative for ... not implemented")."""
+def gpt_problem(dim: int):
+    """A one-layer nets.GPT (attention through scaled_dot_product_attention, RoPE), tokens, targets and its
+    cross-entropy over every position."""
     import torch.nn.functional as F
     from symmetry.nets import GPT
 
     torch.manual_seed(0)
-    model = GPT(8, dim=4, heads=2, hidden=4, layers=1).double()
+    model = GPT(8, dim=dim, heads=2, hidden=4, layers=1).double()
     x, y = torch.randint(0, 8, (2, 5), generator=gen(1)), torch.randint(0, 8, (2, 5), generator=gen(2))
 
     def ce(out, target):
         return F.cross_entropy(out.reshape(-1, out.shape[-1]), target.reshape(-1))
 
+    return model, x, y, ce
+
+
+def test_teleport_on_the_gpt_with_attention_on_cpu():
+    """nets.GPT calls scaled_dot_product_attention, whose fused CPU kernel has no double backward; teleport runs
+    its objective on the math backend (before: "derivative for ... not implemented")."""
+    model, x, y, ce = gpt_problem(dim=4)
     sym = S.module_symmetries(model, x, loss="cross_entropy")
     before = float(ce(model(x), y))
     _, report = T.teleport_to(model, None, (x, y), sym, "grad_norm", loss_fn=ce, lr=0.05, steps=3)
@@ -526,16 +533,7 @@ def test_teleport_moves_a_model_with_rope_rotations():
     """RoPE's pair rotations (elements: angles, identity 0) are orthogonal maps, never ill-conditioned: teleport
     leaves them out of the condition number as it does translations. Before: condition number inf at the identity,
     the parameters returned unchanged."""
-    import torch.nn.functional as F
-    from symmetry.nets import GPT
-
-    torch.manual_seed(0)
-    model = GPT(8, dim=8, heads=2, hidden=4, layers=1).double()
-    x, y = torch.randint(0, 8, (2, 5), generator=gen(1)), torch.randint(0, 8, (2, 5), generator=gen(2))
-
-    def ce(out, target):
-        return F.cross_entropy(out.reshape(-1, out.shape[-1]), target.reshape(-1))
-
+    model, x, y, ce = gpt_problem(dim=8)
     sym = S.module_symmetries(model, x, loss="cross_entropy")
     rotations = [b.name for b in sym.blocks if b.kind == "rotation"]
     assert rotations and set(rotations) <= set(T.shift_and_rotation_keys(sym))
