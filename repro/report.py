@@ -222,19 +222,29 @@ WALL_ROWS = (("main job, reproduce.py wall", "wall_s"), ("paper figures (Figs. 3
 
 
 def benchmark_table(results: dict) -> str:
-    """bench_reproduce.py's results: quiet and busy job time per figure, and the reproduce.py wall times."""
-    quiet, busy = results["quiet"], results["busy"]
+    """bench_reproduce.py's results: quiet and busy job time per figure, and the reproduce.py wall times.
+
+    A condition the run left out (``--conditions``) shows "not measured" in its column."""
+    quiet, busy = results["quiet"] or {}, results["busy"] or {}
 
     def cell(x: float | None) -> str:
         return "—" if x is None else f"{x:.1f}"
 
+    def ratio(q: float | None, b: float | None) -> str:
+        return "—" if not q or b is None else f"{b / q:.2f}"
+
+    missing = [name for name, c in (("quiet", results["quiet"]), ("one core busy", results["busy"])) if c is None]
     lines = ["| figure | quiet: job (s) | one core busy: job (s) | busy / quiet |", "|---|---:|---:|---:|"]
-    for name, q in quiet["figures_s"].items():
-        b = busy["figures_s"].get(name)
-        lines.append(f"| `{name}` | {cell(q)} | {cell(b)} | {'—' if not q or b is None else f'{b / q:.2f}'} |")
+    names = (quiet or busy).get("figures_s", {})
+    for name in names:
+        q, b = quiet.get("figures_s", {}).get(name), busy.get("figures_s", {}).get(name)
+        lines.append(f"| `{name}` | {cell(q)} | {cell(b)} | {ratio(q, b)} |")
     for label, key in WALL_ROWS:
-        if quiet.get(key):
-            lines.append(f"| **{label}** | **{quiet[key]:.1f}** | **{busy[key]:.1f}** | **{busy[key] / quiet[key]:.2f}** |")
+        q, b = quiet.get(key), busy.get(key)
+        if q or b:
+            lines.append(f"| **{label}** | **{cell(q)}** | **{cell(b)}** | **{ratio(q, b)}** |")
+    if missing:
+        lines += ["", f"Not measured in this run: {' and '.join(missing)} (`--conditions`)."]
     return "\n".join(lines)
 
 

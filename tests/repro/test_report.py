@@ -150,3 +150,12 @@ def test_benchmark_table_shows_the_main_jobs_wall():
     assert lines[2] == "| `Q_distribution` | 8.0 | 12.0 | 1.50 |"
     assert lines[4] == "| **main job, reproduce.py wall** | **300.0** | **450.0** | **1.50** |"
     assert lines[5].startswith("| **paper figures (Figs. 3–9, G.1) alone, reproduce.py wall** | **100.0**")
+
+
+def test_benchmark_table_marks_a_condition_left_out():
+    """A run with --conditions quiet: the busy column reads "—" and a line names what was not measured."""
+    condition = {"figures_s": {"Q_distribution": 8.0}, "wall_s": 300.0, "paper_wall_s": 100.0}
+    lines = report.benchmark_table({"quiet": condition, "busy": None}).splitlines()
+    assert lines[2] == "| `Q_distribution` | 8.0 | — | — |"
+    assert lines[3] == "| **main job, reproduce.py wall** | **300.0** | **—** | **—** |"
+    assert lines[-1] == "Not measured in this run: one core busy (`--conditions`)."
