@@ -13,7 +13,10 @@ same η, and the full model at smaller η over the first flow time (where its vi
 separate the step size from the instability of the spectral manifold in the full model.
 GD on the full model and on the decoupled modes runs in the compiled steps (symmetry.dynamics.compiled, numba) where
 they apply, else the torch step; μ = 0.01 is sensitive to round-off (one ulp at init moves its parameters by 13% within 1000
-steps), so its numbers differ between the two steps in the last digits that the claims do not read.
+steps), so its numbers differ between the two steps in the last digits that the claims do not read. They differ between CPUs
+too: the SVD of Y (MKL's LAPACK, which picks its code path by the CPU's instruction set) moves by an ulp, and μ = 0.01's
+float64 run then reaches the threshold at another record (4000 vs 5000 steps), with other floors and violation counts,
+the verdicts unchanged; MKL_CBWR=COMPATIBLE (MKL's reproducible path) gives the same bits across CPUs.
 """
 from __future__ import annotations
 
