@@ -637,11 +637,12 @@ def _band(ax, runs: list, key: str, arm: str, label: str, band: bool = True, ord
 
 
 def _loss_axis(ax):
-    """Log y only where the curves span more than a decade; plain numbers on the ticks either way (no "× 10⁰")."""
+    """Log y only where the curves span more than 30× (below that a log axis had one labelled tick); plain numbers on
+    the ticks either way (no "× 10⁰")."""
     from matplotlib.ticker import NullFormatter, ScalarFormatter
 
     low, high = ax.get_ylim()
-    if high > 10 * low:
+    if high > 30 * low:
         ax.set_yscale("log")
         ax.yaxis.set_major_formatter(ScalarFormatter())
         ax.yaxis.set_minor_formatter(NullFormatter())
