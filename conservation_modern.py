@@ -824,9 +824,12 @@ def claims(payload: dict) -> list[dict]:
 
 
 # ------------------------------------------------------------------------------------------------ figure
+ROUND_OFF = 1e-13  # the figure draws a relative error at or below this on one floor line (float64 round-off)
+
+
 def plot(results: dict, summary: dict, cfg: Settings):
     plt = E.pyplot()
-    fig, axes = plt.subplots(2, 3, figsize=(17, 10))
+    fig, axes = plt.subplots(2, 3, figsize=(19, 10))
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for ax, name in zip(axes[0][:2], ("resnet", "resnet_bn")):
         if name not in summary:
@@ -846,18 +849,27 @@ def plot(results: dict, summary: dict, cfg: Settings):
                title=f"{TITLES[name]}\nfirst residual block, mean of {cfg.resnet_seeds} seeds")
         ax.legend(fontsize=7, ncol=2)
     ax = axes[0][2]
+    # colour: the model; marker: the law family (families of one model ran on top of one another in one colour)
+    families = list(dict.fromkeys(f for s in summary.values() for f in s["law_final_by_lr"] if "translation" not in f))
+    markers = dict(zip(families, "osv^DPX<>*hd"))
     for i, (name, s) in enumerate(summary.items()):
-        for j, (fam, ys) in enumerate(s["law_final_by_lr"].items()):
+        for fam, ys in s["law_final_by_lr"].items():
             if "translation" in fam:
                 continue
-            ax.plot(s["lrs"], ys, "o-", color=colors[i], alpha=0.8, label=name if j == 0 else None)
+            ax.plot(s["lrs"], ys, "-", marker=markers[fam], mfc="none", color=colors[i], alpha=0.8)
     lo = min(min(s["lrs"]) for s in summary.values())
     hi = max(max(s["lrs"]) for s in summary.values())
     floor = min(v[0] for s in summary.values() for f, v in s["law_final_by_lr"].items() if "translation" not in f)
-    ax.plot([lo, hi], [floor / 3, floor / 3 * (hi / lo) ** 2], "k:", label="slope 2")
+    ax.plot([lo, hi], [floor / 3, floor / 3 * (hi / lo) ** 2], "k:")
     ax.set(xscale="log", yscale="log", xlabel="SGD learning rate τ", ylabel="final relative error, each law family",
            title="error against τ at a fixed number of steps")
-    ax.legend(fontsize=7)
+    models = [plt.Line2D([], [], color=colors[i], label=name) for i, name in enumerate(summary)]
+    models.append(plt.Line2D([], [], color="k", ls=":", label="slope 2 (error ∝ τ²)"))
+    ax.add_artist(ax.legend(handles=models, fontsize=7, loc="upper left", title="model", title_fontsize=7))
+    kinds = [plt.Line2D([], [], color="grey", ls="none", marker=markers[f], mfc="none", label=f) for f in families]
+    kinds.append(plt.Line2D([], [], ls="none", label="(softmax head translation: round-off\nat every τ, not drawn)"))
+    ax.legend(handles=kinds, fontsize=6.5, loc="upper left", bbox_to_anchor=(1.02, 1.0), title="law family",
+              title_fontsize=7, frameon=False)
     for ax, name in zip(axes[1][:2], ("vit", "gpt")):
         if name not in summary:
             ax.set_visible(False)
@@ -866,18 +878,30 @@ def plot(results: dict, summary: dict, cfg: Settings):
         fams = list(next(iter(runs.values()))[0]["law_error"])
         ctrls = list(next(iter(runs.values()))[0]["control_error"])
         labels = fams + ctrls
-        for i, (label, o) in enumerate(runs.items()):
-            ys = [sum(run["law_error"][f][-1] for run in o) / len(o) for f in fams] + \
-                [sum(run["control_error"][c][-1] for run in o) / len(o) for c in ctrls]
+        means = {label: [sum(run["law_error"][f][-1] for run in o) / len(o) for f in fams]
+                 + [sum(run["control_error"][c][-1] for run in o) / len(o) for c in ctrls] for label, o in runs.items()}
+        # errors at float64 round-off are drawn on one floor line a decade below the smallest other error, not
+        # spread over the decades down to 1e-17
+        above = [y for ys in means.values() for y in ys if y > ROUND_OFF]
+        floor_at = 10.0 ** (math.floor(math.log10(min(above))) - 1) if above else ROUND_OFF
+        for i, (label, ys) in enumerate(means.items()):
             xs = [j + (i - 2) * 0.12 for j in range(len(labels))]
-            ax.scatter(xs, [max(y, 1e-17) for y in ys], color=colors[i], s=18, label=label)
+            ax.scatter([x for x, y in zip(xs, ys) if y > ROUND_OFF], [y for y in ys if y > ROUND_OFF], color=colors[i],
+                       s=18, label=label)
+            ax.scatter([x for x, y in zip(xs, ys) if y <= ROUND_OFF], [floor_at] * sum(y <= ROUND_OFF for y in ys),
+                       color=colors[i], s=22, marker="v")
+        if any(y <= ROUND_OFF for ys in means.values() for y in ys):
+            ax.axhline(floor_at, color="grey", lw=0.6, ls=":")
+            ax.text(0.99, floor_at * 1.6, f"▼ error ≤ {ROUND_OFF:g} (round-off)", fontsize=7, ha="right",
+                    transform=ax.get_yaxis_transform())
         ax.axvline(len(fams) - 0.5, color="grey", lw=0.8)
         ax.text(len(fams) - 0.45, 0.5, "controls →", fontsize=8, transform=ax.get_xaxis_transform())
         ax.set_xticks(range(len(labels)))
         ax.set_xticklabels(labels, rotation=30, ha="right", fontsize=7)
-        ax.set(yscale="log", ylabel=f"relative error after {cfg.steps} steps (1e-17: zero)",
+        ax.set(yscale="log", ylabel=f"relative error after {cfg.steps} steps", ylim=(floor_at / 3, None),
                title=f"{TITLES[name]}, mean of {cfg.seeds} seeds")
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=6.5, loc="lower right", bbox_to_anchor=(1.0, 0.12), title="optimiser",
+                  title_fontsize=6.5)
     ax = axes[1][2]
     names = [n for n in ("vit", "gpt") if n in summary]
     every = list(dict.fromkeys(f for n in names for f in summary[n]["decay"]))
@@ -887,16 +911,16 @@ def plot(results: dict, summary: dict, cfg: Settings):
         xs = [every.index(f) + i * 0.25 for f in fams]
         ax.scatter(xs, [dec[f]["change"] for f in fams], marker="^", color=colors[i], label=f"{name}: change")
         ax.scatter(xs, [max(dec[f]["pure_decay_error"], 1e-17) for f in fams], marker="s", facecolors="none",
-                   color=colors[i], label=f"{name}: error of e^(−2λt) / e^(−λt) alone")
+                   color=colors[i], label=f"{name}: error, e^(−2λt) alone")
         ax.scatter(xs, [max(dec[f]["prediction_error"], 1e-17) for f in fams], marker="o", color=colors[i],
-                   label=f"{name}: error with the finite-lr term")
+                   label=f"{name}: error, + finite-lr term")
     ax.set_xticks(range(len(every)))
     ax.set_xticklabels(every, rotation=30, ha="right", fontsize=7)
     ax.set(yscale="log", ylabel="relative (max over steps)",
            title=f"weight decay λ = {cfg.weight_decay:g}, lr {cfg.decay_lr:g}: measured against Thm 2.1")
     bottom, top = ax.get_ylim()
     ax.set_ylim(bottom, top * 1e3)  # room for the legend above the points
-    ax.legend(fontsize=7, loc="upper center", ncol=2)
+    ax.legend(fontsize=7, loc="upper right", ncol=2)
     fig.tight_layout()
     return fig
 

@@ -281,15 +281,19 @@ def plot_rotation(runs: dict, cfg: Settings):
         ax = fig.add_subplot(2, 3, j + 1, projection="3d")
         ax.plot_surface(P[..., 0].numpy(), P[..., 1].numpy(), P[..., 2].numpy(), alpha=0.15, color="tab:gray")
         w = r["w"].numpy()
-        ax.plot(w[:, 0], w[:, 1], w[:, 2], lw=0.8)
-        ax.scatter(*w[0], color="k", s=12)
+        ax.plot(w[:, 0], w[:, 1], w[:, 2], lw=0.8, label="trajectory w(t)")
+        ax.scatter(*w[0], color="k", s=12, label="start w₀")
+        ax.set(xlabel="w₁", ylabel="w₂", zlabel="w₃", xlim=(-1.5, 1.5), ylim=(-1.5, 1.5), zlim=(-1.5, 1.5),
+               xticks=[-1, 0, 1], yticks=[-1, 0, 1], zticks=[-1, 0, 1])
+        ax.set_box_aspect((1, 1, 1))  # equal scales: a circle in the plane is drawn as one
+        ax.legend(fontsize=7, loc="upper left")
         # one plane for the three: GF from rest has no angular momentum (it moves on the ray of w₀, which lies
         # in this plane), so "normal to w₀ × ẇ₀" would be undefined for it
         ax.set_title(f"{titles[dyn]}; grey: the plane of w₀ and ND's v₀", fontsize=9)
         ax2 = fig.add_subplot(2, 3, j + 4)
         ax2.plot(r["time"], r["loss"], lw=1)
-        ax2.set_xlabel("t")
-        ax2.set_ylabel("L(w)")
+        ax2.set_xlabel("time t (of the continuous dynamics)")
+        ax2.set_ylabel("loss L(w)")
         ax2.set_title(f"{titles[dyn]}: loss", fontsize=9)
     fig.suptitle("G&U Sec. 6.1 (Figs. 3–6): L(w) = ¼(‖w‖² − 1)², rotation-invariant", fontsize=10)
     fig.tight_layout()

@@ -610,16 +610,42 @@ COLORS = {"plain": "black", "null": "tab:gray", "reset": "tab:blue", "random": "
 STYLES = {"null": "--", "reset": "-.", "random": ":", REGRESSION_VARIANT: "--"}
 
 
-def _band(ax, runs: list, key: str, arm: str, label: str):
-    """Geometric mean over seeds (the losses span decades), band × / ÷ the geometric std."""
+MARKERS = {"plain": "o", "null": "s", "reset": "^", "random": "v", "teleport": "D", "lower": "<", "raise": ">",
+           REGRESSION_VARIANT: "x"}
+
+
+def _band(ax, runs: list, key: str, arm: str, label: str, band: bool = True, order: int | None = None,
+          log: bool = True):
+    """Geometric mean over seeds (the losses span decades), band × / ÷ the geometric std. ``order`` (the arm's place
+    among those drawn) puts hollow markers at staggered steps and the last value in the label, so arms that lie on
+    top of one another stay told apart; ``log=False`` leaves the y scale to the caller (_loss_axis)."""
     ok = [r for r in runs if "diverged" not in r]
     if not ok:
         return
     y = torch.log(torch.tensor([r[key] for r in ok], dtype=D))
     mean, std = y.mean(0), y.std(0) if len(ok) > 1 else torch.zeros_like(y[0])
     x = torch.tensor(ok[0]["steps"], dtype=D)
-    ax.semilogy(x, mean.exp(), color=COLORS[arm], ls=STYLES.get(arm, "-"), lw=1.2, label=label)
-    ax.fill_between(x, (mean - std).exp(), (mean + std).exp(), color=COLORS[arm], alpha=0.12)
+    style = {}
+    if order is not None:
+        every = max(1, len(x) // 6)
+        style = dict(marker=MARKERS.get(arm, "o"), mfc="none", ms=5, markevery=(order * every // len(ARMS), every))
+        label = f"{label}: {float(mean[-1].exp()):.4g} at the end"
+    (ax.semilogy if log else ax.plot)(x, mean.exp(), color=COLORS[arm], ls=STYLES.get(arm, "-"), lw=1.2, label=label,
+                                      **style)
+    if band:
+        ax.fill_between(x, (mean - std).exp(), (mean + std).exp(), color=COLORS[arm], alpha=0.12)
+
+
+def _loss_axis(ax):
+    """Log y only where the curves span more than 30× (below that a log axis had one labelled tick); plain numbers on
+    the ticks either way (no "× 10⁰")."""
+    from matplotlib.ticker import NullFormatter, ScalarFormatter
+
+    low, high = ax.get_ylim()
+    if high > 30 * low:
+        ax.set_yscale("log")
+        ax.yaxis.set_major_formatter(ScalarFormatter())
+        ax.yaxis.set_minor_formatter(NullFormatter())
 
 
 def plot(res: dict, cfg: Settings):
@@ -630,14 +656,19 @@ def plot(res: dict, cfg: Settings):
         r = res["mnist"][opt]
         for row, key, what in ((0, "train", "whole-training-set loss"), (1, "test", "test loss (held out)")):
             ax = axes[row, col]
-            for arm in ARMS:
-                _band(ax, r["arms"][arm], key, arm, ARM_LABELS[arm])
-            for s in r["teleport_steps"][:1]:
-                ax.axvline(s, color="tab:red", lw=0.6, alpha=0.5)
+            # the spread over seeds only for plain training and the teleport: the other arms' bands covered the
+            # differences between the arms' means
+            for k, arm in enumerate(ARMS):
+                _band(ax, r["arms"][arm], key, arm, ARM_LABELS[arm], band=arm in ("plain", "teleport"), order=k,
+                      log=False)
+            for k, s in enumerate(r["teleport_steps"]):
+                ax.axvline(s, color="tab:red", lw=0.6, alpha=0.5, label=None if k else "teleport step(s)")
             if row == 0:
                 ax.axhline(r["target_loss"], color="k", ls=":", lw=0.7)
-            ax.set(xlabel="step (mini-batches of 20)", ylabel=what, title=f"MNIST, {names[opt]}: {what}")
-            ax.legend(fontsize=7)
+            _loss_axis(ax)
+            ax.set(xlabel="step (mini-batches of 20)", ylabel=f"{what} (cross-entropy, nats)",
+                   title=f"MNIST, {names[opt]}: {what}")
+            ax.legend(fontsize=6.5, title="mean over seeds (bands ±1 std: plain, teleport)", title_fontsize=6.5)
     for col, opt in enumerate(("gd", "adagrad")):
         ax, r = axes[2, col], res["regression"][opt]
         for arm in r["arms"]:
@@ -649,12 +680,13 @@ def plot(res: dict, cfg: Settings):
         ax.set(xlabel="step", ylabel="training loss", title=f"NeurIPS 2022 regression, {opt.upper() if opt == 'gd' else 'AdaGrad'}")
         ax.legend(fontsize=7)
     ax, g = axes[2, 2], res["generalization"]
-    for arm in GEN_ARMS:
+    for k, arm in enumerate(GEN_ARMS):
         label = {"lower": "teleport to lower sharpness", "raise": "teleport to raise sharpness"}.get(arm, ARM_LABELS.get(arm, arm))
-        _band(ax, g["arms"][arm], "test", arm, label)
-    ax.set(xlabel="step", ylabel="test loss (held out)", title="generalisation: SGD, teleport at epoch "
-           f"{cfg.gen_teleport_epoch}")
-    ax.legend(fontsize=7)
+        _band(ax, g["arms"][arm], "test", arm, label, band=arm in ("plain", "lower", "raise"), order=k, log=False)
+    _loss_axis(ax)
+    ax.set(xlabel="step", ylabel="test loss (held out; cross-entropy, nats)", title="generalisation: SGD, teleport at "
+           f"epoch {cfg.gen_teleport_epoch}")
+    ax.legend(fontsize=6.5, title="mean over seeds (bands ±1 std)", title_fontsize=6.5)
     ax = axes[2, 3]
     for act, color in (("identity", "tab:blue"), ("tanh", "tab:orange")):
         r = res["two_layer"][act]["runs"][0]
@@ -684,6 +716,7 @@ def plot(res: dict, cfg: Settings):
         ax.scatter([x["sharpness_end"] for x in ok], [x["final_test"] for x in ok], color=COLORS.get(arm, "k"),
                    label=arm, s=18)
     c = g["correlation"]["sharpness_end"]
+    ax.ticklabel_format(axis="x", style="sci", scilimits=(0, 0))  # plain decimals ran into one another
     ax.set(xlabel="perturbed-loss sharpness at the end", ylabel="final test loss",
            title=f"sharpness vs test loss: Pearson r = {c['pearson_r']:.2f} (p = {c['pearson_p']:.2g})")
     ax.legend(fontsize=7)
