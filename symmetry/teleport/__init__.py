@@ -42,12 +42,12 @@ from typing import Any, Callable, Collection, Mapping, Sequence
 
 import torch
 
-from ._tools import math_attention, without_frozen
-from .groups import Element, NotSupportedError, Params, Symmetry
-from .groups.paper import (PAPER_GROUPS, GeneralLinear, Group, NeuronScaling, NonlinearGL, Orthogonal,
+from .._tools import math_attention, without_frozen
+from ..groups import Element, NotSupportedError, Params, Symmetry
+from ..groups.paper import (PAPER_GROUPS, GeneralLinear, Group, NeuronScaling, NonlinearGL, Orthogonal,
                            PositiveScaling, make_group)
-from .types import LossFn
-from .validation import check_choice, check_finite, check_tensors
+from ..types import LossFn
+from ..validation import check_choice, check_finite, check_tensors
 
 Tensor = torch.Tensor
 Leaves = tuple[Tensor, ...]  # Lie-algebra coordinates ξ as a tuple, in the order of the symmetry's keys
@@ -155,8 +155,8 @@ def curvature_along(loss_fn: LossFn, params: Params, directions: Sequence[Params
 def _top_eigenvector(loss_fn: LossFn, params: Params, seed: int = 0) -> Params:
     """The unit eigenvector of the Hessian's largest (algebraic) eigenvalue, shaped like ``params``
     ([`symmetry.hessian.top_hessian_eigenvalues`][]: Lanczos on Hessian-vector products)."""
-    from .hessian import top_hessian_eigenvalues
-    from .models import unflatten
+    from ..hessian import top_hessian_eigenvalues
+    from ..models import unflatten
 
     params = tuple(p.detach() for p in params)
     pairs = top_hessian_eigenvalues(loss_fn, params, k=1, seed=seed, return_eigenvectors=True)
@@ -165,7 +165,7 @@ def _top_eigenvector(loss_fn: LossFn, params: Params, seed: int = 0) -> Params:
 
 def lambda_max(loss_fn: LossFn, params: Params) -> float:
     """The Hessian's largest eigenvalue at ``params`` ([`symmetry.hessian.top_hessian_eigenvalues`][])."""
-    from .hessian import top_hessian_eigenvalues
+    from ..hessian import top_hessian_eigenvalues
 
     return float(top_hessian_eigenvalues(loss_fn, tuple(p.detach() for p in params), k=1)[0])
 
