@@ -32,40 +32,19 @@ Inside training: [`TeleportingStepper`][] wraps any stepper of the engine's prot
 the steps of a [`TeleportSchedule`][]; [`symmetry.dynamics.run`][] is the one loop that runs it.
 
 Modules, one idea each (every public name is re-exported here, as before the split): ``objectives``
-(Objective and the objectives, ``lambda_max``), ``problem`` (the symmetry bound to the model and batch,
-the loss and its tolerances), ``acceptance`` (the acceptance policy: condition number, loss change, trust
-region; the final check and the report's writing), ``ascent`` (the ascent with backtracking,
+(Objective and the objectives; ``lambda_max`` is [`symmetry.hessian.lambda_max`][]), ``problem`` (the symmetry bound to the model and batch,
+the loss and its tolerances), ``element`` (a group element's condition number), ``acceptance`` (the acceptance
+policy: condition number, loss change, trust region; the final check and the report's writing), ``ascent`` (the ascent with backtracking,
 ``teleport_to``), ``random_teleport`` (``teleport_random``), ``stepper`` (TeleportSchedule,
 TeleportingStepper), ``report`` (TeleportReport).
 """
-from ..groups.paper import (
-                         GeneralLinear,
-                         Group,
-                         NeuronScaling,
-                         NonlinearGL,
-                         Orthogonal,
-                         PositiveScaling,
-                         make_group,
-)
-from .acceptance import (
-                         AcceptancePolicy,
-                         TeleportWarning,
-                         condition_number,
-                         shift_and_rotation_keys,
-)
+from ..groups.paper import GeneralLinear, Group, NeuronScaling, NonlinearGL, Orthogonal, PositiveScaling, make_group
+from ..hessian import lambda_max
+from .acceptance import AcceptancePolicy, TeleportWarning
 from .ascent import Ascent, ascend, teleport_to
-from .objectives import (  # noqa: F401
-                         OBJECTIVES,
-                         Objective,
-                         _detached_leaves,
-                         conserved_target,
-                         curvature_along,
-                         grad_norm,
-                         gradient_norm_squared,
-                         lambda_max,
-                         make_objective,
-                         sharpness,
-)
+from .element import condition_number, shift_and_rotation_keys
+from .objectives import (OBJECTIVES, Objective, _detached_leaves, conserved_target, curvature_along,  # noqa: F401
+                         grad_norm, gradient_norm_squared, make_objective, sharpness)
 from .problem import GROUPS, TELEPORT_NEEDS
 from .random_teleport import teleport_random
 from .report import TeleportReport

@@ -14,7 +14,8 @@ from ..groups import Symmetry
 from ..groups.paper import Group
 from ..types import Params
 from ..validation import check_choice
-from .acceptance import AcceptancePolicy, _finish, _norm
+from .acceptance import AcceptancePolicy, _finish
+from .element import _norm
 from .objectives import Objective, _detached_leaves, make_objective
 from .problem import Leaves, Tensor, _check_positive, _Problem, _problem, _with_grad
 from .report import TeleportReport

@@ -8,13 +8,15 @@ from typing import Any, Callable, Sequence
 
 import torch
 
+from ..hessian import top_hessian_eigenvalues
+from ..models import unflatten
 from ..types import LossFn, Params
 from ..validation import check_choice
 
 Tensor = torch.Tensor
 
 __all__ = ["OBJECTIVES", "Objective", "conserved_target", "curvature_along", "grad_norm", "gradient_norm_squared",
-           "lambda_max", "make_objective", "sharpness"]
+           "make_objective", "sharpness"]
 
 
 @dataclass
@@ -65,19 +67,9 @@ def curvature_along(loss_fn: LossFn, params: Params, directions: Sequence[Params
 def _top_eigenvector(loss_fn: LossFn, params: Params, seed: int = 0) -> Params:
     """The unit eigenvector of the Hessian's largest (algebraic) eigenvalue, shaped like ``params``
     ([`symmetry.hessian.top_hessian_eigenvalues`][]: Lanczos on Hessian-vector products)."""
-    from ..hessian import top_hessian_eigenvalues
-    from ..models import unflatten
-
     params = tuple(p.detach() for p in params)
     pairs = top_hessian_eigenvalues(loss_fn, params, k=1, seed=seed, return_eigenvectors=True)
     return unflatten(pairs.vectors[:, 0], params)
-
-
-def lambda_max(loss_fn: LossFn, params: Params) -> float:
-    """The Hessian's largest eigenvalue at ``params`` ([`symmetry.hessian.top_hessian_eigenvalues`][])."""
-    from ..hessian import top_hessian_eigenvalues
-
-    return float(top_hessian_eigenvalues(loss_fn, tuple(p.detach() for p in params), k=1)[0])
 
 
 def sharpness(method: str = "lanczos", samples: int = 10, seed: int = 0) -> Objective:

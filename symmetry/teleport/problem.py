@@ -19,7 +19,7 @@ from ..errors import NotSupportedError
 from ..groups.paper import PAPER_GROUPS, Group, make_group
 from ..types import Element, Params
 from ..validation import check_finite, check_tensors
-from .acceptance import _norm, condition_number, shift_and_rotation_keys
+from .element import _norm, condition_number, shift_and_rotation_keys
 
 Tensor = torch.Tensor
 Leaves = tuple[Tensor, ...]  # Lie-algebra coordinates ξ as a tuple, in the order of the symmetry's keys

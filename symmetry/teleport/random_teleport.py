@@ -11,7 +11,8 @@ import torch
 from ..groups import Symmetry
 from ..groups.paper import Group
 from ..validation import check_choice
-from .acceptance import _finish, _norm
+from .acceptance import _finish
+from .element import _norm
 from .objectives import Objective, _detached_leaves, make_objective
 from .problem import _problem, _with_grad
 from .report import TeleportReport
