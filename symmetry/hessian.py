@@ -18,7 +18,7 @@ from typing import Callable, Iterable, NamedTuple, Sequence
 import torch
 
 from ._tools import math_attention, without_frozen
-from .models import flatten, jvp, quiet_forward_mode, unflatten
+from .tuples import flatten, jvp, quiet_forward_mode, unflatten
 from .types import LossFn, Params
 from .validation import check_choice, check_data, check_params
 

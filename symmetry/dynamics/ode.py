@@ -7,7 +7,7 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
-from ..models import flatten, unflatten
+from ..tuples import flatten, unflatten
 from ..types import Params
 from ..validation import (check_choice, check_count, check_data, check_number, check_params, check_times,
                           checked_by_caller)

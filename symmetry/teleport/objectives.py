@@ -9,7 +9,7 @@ from typing import Any, Callable, Sequence
 import torch
 
 from ..hessian import top_hessian_eigenvalues
-from ..models import unflatten
+from ..tuples import unflatten
 from ..types import LossFn, Params
 from ..validation import check_choice
 
