@@ -31,12 +31,12 @@ callable. [`teleport_random`][] applies a random element of a given size: the co
 Inside training: [`TeleportingStepper`][] wraps any stepper of the engine's protocol and teleports at
 the steps of a [`TeleportSchedule`][]; [`symmetry.dynamics.run`][] is the one loop that runs it.
 
-Modules, one idea each (every public name is re-exported here, as before the split): ``objectives``
-(Objective and the objectives; ``lambda_max`` is [`symmetry.hessian.lambda_max`][]), ``problem`` (the symmetry bound to the model and batch,
-the loss and its tolerances), ``element`` (a group element's condition number), ``acceptance`` (the acceptance
-policy: condition number, loss change, trust region; the final check and the report's writing), ``ascent`` (the ascent with backtracking,
-``teleport_to``), ``random_teleport`` (``teleport_random``), ``stepper`` (TeleportSchedule,
-TeleportingStepper), ``report`` (TeleportReport).
+Modules, one idea each (every public name is re-exported here, as before the split): ``objectives`` (Objective
+and the objectives; ``lambda_max`` is [`symmetry.hessian.lambda_max`][]), ``problem`` (the symmetry bound to
+the model and batch, the loss and its tolerances), ``element`` (a group element's condition number),
+``acceptance`` (the acceptance policy: condition number, loss change, trust region; the final check and the
+report), ``ascent`` (the ascent with backtracking, ``teleport_to``), ``random_teleport`` (``teleport_random``),
+``stepper`` (TeleportSchedule, TeleportingStepper), ``report`` (TeleportReport).
 """
 from ..groups.paper import GeneralLinear, Group, NeuronScaling, NonlinearGL, Orthogonal, PositiveScaling, make_group
 from ..hessian import lambda_max
@@ -50,7 +50,8 @@ from .random_teleport import teleport_random
 from .report import TeleportReport
 from .stepper import TeleportingStepper, TeleportSchedule
 
-__all__ = ["AcceptancePolicy", "Ascent", "GROUPS", "OBJECTIVES", "TELEPORT_NEEDS", "ascend", "GeneralLinear", "Group", "NeuronScaling", "NonlinearGL", "Objective", "Orthogonal",
-           "PositiveScaling", "TeleportReport", "TeleportSchedule", "TeleportWarning", "TeleportingStepper",
-           "condition_number", "conserved_target", "curvature_along", "grad_norm", "gradient_norm_squared",
-           "lambda_max", "make_group", "make_objective", "sharpness", "teleport_random", "teleport_to", "shift_and_rotation_keys"]
+__all__ = ["AcceptancePolicy", "Ascent", "GROUPS", "GeneralLinear", "Group", "NeuronScaling", "NonlinearGL",
+           "OBJECTIVES", "Objective", "Orthogonal", "PositiveScaling", "TELEPORT_NEEDS", "TeleportReport",
+           "TeleportSchedule", "TeleportWarning", "TeleportingStepper", "ascend", "condition_number",
+           "conserved_target", "curvature_along", "grad_norm", "gradient_norm_squared", "lambda_max", "make_group",
+           "make_objective", "sharpness", "shift_and_rotation_keys", "teleport_random", "teleport_to"]

@@ -1,11 +1,12 @@
 """The acceptance policy of a teleport: which group elements and ascent iterates are taken, which refused.
 
-An element g = exp(ξ) is refused when it is singular or ill-conditioned ([`condition_number`][symmetry.teleport.condition_number] above
-``max_condition``, [`symmetry.teleport.element`][]), when it changes the loss on the teleport batch by more than the tolerance (the group does
-not keep this loss here), or when it moves θ by more than ``trust_region`` of its norm; an ascent iterate also
-when its objective is not finite, does not improve (``backtrack``), or passes ``objective_limit`` or
-``max_ratio`` × J(θ). [`AcceptancePolicy`][] holds these criteria; ``_finish`` checks the chosen element
-once more, applies it and writes the [`TeleportReport`][symmetry.teleport.TeleportReport].
+An element g = exp(ξ) is refused when it is singular or ill-conditioned (its
+[`condition_number`][symmetry.teleport.condition_number] above ``max_condition``), when it changes the loss
+on the teleport batch by more than the tolerance (the group does not keep this loss here), or when it moves θ
+by more than ``trust_region`` of its norm; an ascent iterate also when its objective is not finite, does not
+improve (``backtrack``), or passes ``objective_limit`` or ``max_ratio`` × J(θ). [`AcceptancePolicy`][] holds
+these criteria; ``_finish`` checks the chosen element once more, applies it and writes the
+[`TeleportReport`][symmetry.teleport.TeleportReport].
 """
 from __future__ import annotations
 
