@@ -47,7 +47,8 @@ def run(cfg: Settings) -> list[dict]:
         # log-spaced: the flow moves fast early and crawls along the valley late
         times = torch.cat([torch.zeros(1), torch.logspace(-3, math.log10(cfg.flow_time), cfg.samples - 1)])
         half = S.TwoLayerNet("identity", reduction="half_sum")
-        flow = S.gradient_flow(half, params, None, Y, times, observables={"U": lambda p: p[0][0, 0], "V": lambda p: p[1][0, 0]})
+        flow = S.gradient_flow(half, params, None, Y, times, rtol=1e-10, max_evaluations=1_000_000,
+                               observables={"U": lambda p: p[0][0, 0], "V": lambda p: p[1][0, 0]})
         end = flow.params
         measured = S.hessian_eigenvalues(half.loss_function(None, Y), end)
         measured_sum = S.hessian_eigenvalues(S.TwoLayerNet("identity", reduction="sum").loss_function(None, Y), end)

@@ -71,7 +71,8 @@ def run(cfg: Settings) -> list[dict]:
             return float((Q - Q[0]).abs().max())
 
         horizon = cfg.steps * max(cfg.lrs)
-        flow = S.gradient_flow(net, params, None, Y, torch.linspace(0, horizon, 21), observables=observe)
+        flow = S.gradient_flow(net, params, None, Y, torch.linspace(0, horizon, 21), rtol=1e-10,
+                               max_evaluations=1_000_000, observables=observe)
         row = {"activation": activation, "Q0": float(S.conserved_Q(params, activation)),
                "gf_drift": drift(flow), "loss_start": float(flow.loss[0]), "loss_end": float(flow.loss[-1])}
         for lr in cfg.lrs:

@@ -513,10 +513,6 @@ def run_generalization(cfg: Settings, prob: dict) -> dict:
 
 # ----------------------------------------------------------------------------- (4) two-layer net, Figs. 6/9, App. G.1
 
-def lambda_max(model, data, params) -> float:
-    return T.lambda_max(model.loss_function(*data), params)
-
-
 def _gd_steps(model, start, Y, cfg: Settings, keep_end: bool = False) -> dict:
     """GD from ``start``, every step recorded: steps to the target loss (nan if never or diverged, censored at
     ``fig6_steps``), final loss, the curve every 10 steps (for the figure)."""
@@ -567,9 +563,10 @@ def run_two_layer(cfg: Settings) -> dict:
                 lr_s, steps_s = cfg.sharp_teleport
                 flat, rep = T.teleport_to(model, end, data, group, "sharpness", lr=lr_s, steps=steps_s)
                 other, other_rep = T.teleport_random(model, end, data, group, rep.xi_norm, seed=seed)
-                row["minimum_teleport"] = {"lambda_max_before": lambda_max(model, data, end),
-                                           "lambda_max_after": lambda_max(model, data, flat),
-                                           "lambda_max_random": lambda_max(model, data, other),
+                loss = model.loss_function(*data)
+                row["minimum_teleport"] = {"lambda_max_before": S.hessian.lambda_max(loss, end),
+                                           "lambda_max_after": S.hessian.lambda_max(loss, flat),
+                                           "lambda_max_random": S.hessian.lambda_max(loss, other),
                                            "Q_before": float(Q(end)), "Q_after": float(Q(flat)),
                                            "loss_before": rep.loss_before, "loss_after": rep.loss_after,
                                            "relative_loss_change": rep.relative_loss_change,
@@ -588,8 +585,10 @@ def run_valley(cfg: Settings) -> list[dict]:
         start = (torch.tensor([[u]], dtype=D), torch.tensor([[1 / u]], dtype=D))
         lr, steps = cfg.valley_teleport
         end, rep = T.teleport_to(net, start, data, "gl", "sharpness", lr=lr, steps=steps)
+        loss = net.loss_function(*data)
         rows.append({"Q_before": Q, "Q_after": float(end[0] ** 2 - end[1] ** 2),
-                     "lambda_max_before": lambda_max(net, data, start), "lambda_max_after": lambda_max(net, data, end),
+                     "lambda_max_before": S.hessian.lambda_max(loss, start),
+                     "lambda_max_after": S.hessian.lambda_max(loss, end),
                      "relative_loss_change": rep.relative_loss_change, "loss_after": rep.loss_after})
     return rows
 

@@ -26,7 +26,7 @@ import torch
 
 import symmetry as S
 from symmetry._optional import require
-from symmetry.models import computation_threads, torch_threads  # noqa: F401  (for the scripts: E.torch_threads)
+from symmetry.threads import computation_threads, torch_threads  # noqa: F401  (for the scripts: E.torch_threads)
 
 from .errors import DataError, DatasetUnavailable, SchedulerError
 from .training import DTYPES  # the training precisions, also for --dtype

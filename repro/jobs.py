@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from symmetry._optional import require
-from symmetry.models import torch_threads
+from symmetry.threads import torch_threads
 
 from . import experiment as E
 from .errors import SchedulerError

@@ -10,7 +10,7 @@ import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from .groups import NotSupportedError
-from .models import jvp, quiet_forward_mode
+from .tuples import jvp, quiet_forward_mode
 
 __all__ = ["frozen_parameters", "math_attention", "moved_parameters", "without_frozen"]
 

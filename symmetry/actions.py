@@ -16,7 +16,7 @@ import torch
 
 from .activations import ActivationLike, get_activation
 from .errors import RankDeficiencyWarning
-from .models import jvp
+from .tuples import jvp
 from .types import Params
 from .validation import check_alike, check_choice, check_finite_tensor, check_group_element, check_params, check_square
 

@@ -4,6 +4,12 @@ Convention: the elementwise Q carries the ½ of Eq. 48, Q = ½Tr[UᵀU] − Σ_{
 with A(x) = ∫₀ˣ σ/σ'. The reference code plots Tr[UᵀU] − Tr[VᵀV] (linear) and
 Tr[UᵀU] − Σ cosh²(V) (tanh), i.e. 2Q + const: equally conserved, twice as large.
 All functions accept leading batch dimensions on U and V.
+
+One sign for every quadratic quantity: outer layer minus inner, as Eq. 45 and 48 (Q = ½Tr[UᵀU − VVᵀ]) and
+Example 9 (diag[αUᵀU − VVᵀ]) write it. One name per quantity; the others are aliases of the same sign:
+[`balance_matrix`][] (the matrix W_{i+1}ᵀW_{i+1} − W_iW_iᵀ of a linear MLP; alias [`layer_imbalances`][],
+Example 7's name; two-layer case [`imbalance_matrix`][], UᵀU − VᵀV), [`neuron_balance`][] (per neuron;
+two-layer case [`homogeneous_imbalance`][]), [`layer_balance`][] (per layer, its trace form).
 """
 from __future__ import annotations
 
@@ -94,10 +100,11 @@ def neuron_balance(a: Params, b: Params | None = None, alpha: float | Sequence[f
 
 
 def layer_imbalances(weights: Sequence[Tensor]) -> list[Tensor]:
-    """W_i W_iᵀ − W_{i+1}ᵀ W_{i+1} (n_i × n_i) for each hidden layer of a linear MLP (Example 7): an alias of
-    [`balance_matrix`][] with the opposite sign ("inner minus outer", as Example 7 writes it), exactly its negative."""
-    weights = check_params("weights", weights)
-    return [-B for B in balance_matrix(weights)]
+    """An alias of [`balance_matrix`][] (same sign): W_{i+1}ᵀW_{i+1} − W_iW_iᵀ (n_i × n_i) for each hidden
+    layer of a linear MLP (W_1, …, W_L), conserved by GF (Example 7). Example 7 writes the negative,
+    W_iW_iᵀ − W_{i+1}ᵀW_{i+1}; the library keeps one sign for every quadratic quantity, outer layer minus
+    inner, as Eq. 45 and 48 (Q = ½Tr[UᵀU − VVᵀ]) and Example 9 write it (equally conserved)."""
+    return balance_matrix(check_params("weights", weights))
 
 
 def conserved_Q_M(params: Params, M_theta: Params) -> Tensor:
@@ -184,8 +191,8 @@ def layer_balance(a: Params, b: Params | None = None, alpha: float | list = 1.0)
 def balance_matrix(a: Params, b: Params | None = None) -> list[Tensor]:
     """b_{i+1}ᵀ a_{i+1} − a_i b_iᵀ (n_i × n_i) for each hidden layer i of a linear MLP (G&U Eq. 39–43).
 
-    With b = a = θ: the balance matrix W_{i+1}ᵀW_{i+1} − W_iW_iᵀ, conserved by GF (Eq. 42; minus
-    [`layer_imbalances`][]). With (θ̇, θ): W_{i+1}ᵀẆ_{i+1} − Ẇ_iW_iᵀ, which GF keeps at 0 and whose
+    With b = a = θ: the balance matrix W_{i+1}ᵀW_{i+1} − W_iW_iᵀ, conserved by GF (Eq. 42; Example 7's
+    imbalance with the library's one sign, outer minus inner; [`layer_imbalances`][] is its alias). With (θ̇, θ): W_{i+1}ᵀẆ_{i+1} − Ẇ_iW_iᵀ, which GF keeps at 0 and whose
     derivative under ND is the kinetic matrix (θ̇, θ̇) = Ẇ_{i+1}ᵀẆ_{i+1} − Ẇ_iẆ_iᵀ (Eq. 41, 43).
     """
     a, b = _pair(a, b)

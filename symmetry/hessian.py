@@ -3,7 +3,7 @@
 ``loss_fn`` maps a parameter tuple to a scalar, e.g. ``model.loss_function(X, Y)``.
 The full matrix comes from ``torch.func.hessian`` (forward-over-reverse); models too large
 for it use Hessian-vector products (reverse-over-reverse: one gradient graph kept, each product
-one backward pass through it) and Lanczos with full reorthogonalisation for the top k.
+one backward pass through it) and Lanczos with full reorthogonalisation for the top k ([`lambda_max`][]: k = 1).
 Every loss is evaluated with ``scaled_dot_product_attention`` on its math backend
 (``torch.nn.attention.sdpa_kernel(SDPBackend.MATH)``): torch's fused attention kernels have no second derivative.
 [`hessian_top_k`][] takes a module, a loss and data (one batch, or batches summed exactly), and optionally a
@@ -18,7 +18,7 @@ from typing import Callable, Iterable, NamedTuple, Sequence
 import torch
 
 from ._tools import math_attention, without_frozen
-from .models import flatten, jvp, quiet_forward_mode, unflatten
+from .tuples import flatten, jvp, quiet_forward_mode, unflatten
 from .types import LossFn, Params
 from .validation import check_choice, check_data, check_params
 
@@ -212,6 +212,13 @@ def top_hessian_eigenvalues(loss_fn: LossFn, params: Params, k: int = 6, which: 
     result = lanczos(hessian_vector_product(loss_fn, params), D, k, which, tol, seed, max_iter,
                      params[0].dtype, params[0].device, deflate)
     return result if return_eigenvectors else result.values
+
+
+def lambda_max(loss_fn: LossFn, params: Params, seed: int = 0) -> float:
+    """λ_max, the Hessian's largest (algebraic) eigenvalue at ``params``: [`top_hessian_eigenvalues`][] with
+    k = 1 (Lanczos from the start vector of ``seed``), the parameters detached first. The one λ_max of the
+    library: ``symmetry.teleport.lambda_max`` and the figure scripts call this."""
+    return float(top_hessian_eigenvalues(loss_fn, tuple(p.detach() for p in params), k=1, seed=seed)[0])
 
 
 Batch = tuple[Tensor, Tensor]

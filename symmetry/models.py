@@ -11,13 +11,13 @@ The paper's appendix writes V ∈ R^{h×n}; its group actions V ↦ gV read V �
 """
 from __future__ import annotations
 
-import contextlib
-import warnings
 from typing import Callable
 
 import torch
 
 from .activations import Activation, ActivationLike, get_activation, inverse_square, radial_rescaling, swish
+from .threads import computation_threads, torch_threads  # noqa: F401  (as before: symmetry.models.torch_threads)
+from .tuples import flatten, jvp, quiet_forward_mode, unflatten  # noqa: F401  (as before: symmetry.models.flatten)
 from .types import Params
 from .validation import check_choice, check_number
 
@@ -40,69 +40,11 @@ def squared_error(F: Tensor, Y: Tensor, reduction: str) -> Tensor:
     return total if reduction == "sum" else 0.5 * total
 
 
-def _residual_scale(reduction: str, F: Tensor) -> float:
-    """d(loss)/dF = scale · (F − Y)."""
+def residual_scale(reduction: str, F: Tensor) -> float:
+    """The scale c of d(loss)/dF = c · (F − Y) for the squared error of ``reduction`` (a key of ``REDUCTIONS``):
+    2/(m·k) for the mean over F's m·k entries, 2 for the sum, 1 for half the sum."""
     scale = REDUCTIONS[reduction]
     return 2.0 / (F.shape[-2] * F.shape[-1]) if scale is None else scale
-
-
-def flatten(params: Params) -> Tensor:
-    """Concatenate a parameter tuple into one vector."""
-    return torch.cat([p.reshape(-1) for p in params])
-
-
-def unflatten(vector: Tensor, like: Params) -> Params:
-    """Inverse of [`flatten`][]: split a vector into tensors shaped like ``like``."""
-    sizes = [p.numel() for p in like]
-    if vector.numel() != sum(sizes):
-        raise ValueError(f"vector has {vector.numel()} entries but the parameters need {sum(sizes)}")
-    out, start = [], 0
-    for p, size in zip(like, sizes):  # slices, not torch.split: this runs in every ODE evaluation
-        out.append(vector[start:start + size].reshape(p.shape))
-        start += size
-    return tuple(out)
-
-
-
-@contextlib.contextmanager
-def quiet_forward_mode():
-    """Silence the FutureWarning that torch's own forward-mode decompositions print on first use."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*torch.jit.script.*", category=FutureWarning)
-        yield
-
-
-_threads_state: dict[str, int] = {"depth": 0, "computed_with": 0}  # the outermost torch_threads count (0: none yet)
-
-
-@contextlib.contextmanager
-def torch_threads(n: int):
-    """Run with ``n`` intra-op threads and restore the previous count after: small problems are
-    overhead-bound, and when another process holds the second core, a second thread mostly
-    waits (tiny ops measured 60× slower). The outermost count is remembered for
-    [`computation_threads`][] (a result's JSON is written after the computation's context ends)."""
-    before = torch.get_num_threads()
-    if _threads_state["depth"] == 0:
-        _threads_state["computed_with"] = n
-    _threads_state["depth"] += 1
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        _threads_state["depth"] -= 1
-        torch.set_num_threads(before)
-
-
-def computation_threads() -> int:
-    """The intra-op threads of the last computation run under [`torch_threads`][] (its outermost count), or the
-    current count if none was."""
-    return _threads_state["computed_with"] or torch.get_num_threads()
-
-
-def jvp(f, primals: tuple, tangents: tuple):
-    """``torch.func.jvp`` under [`quiet_forward_mode`][]."""
-    with quiet_forward_mode():
-        return torch.func.jvp(f, primals, tangents)
 
 
 class Model:
@@ -204,7 +146,7 @@ class TwoLayerNet(Model):
         F = U @ S  # (..., m, k)
         loss = self._loss_of_output(F, Y)
         R = F - Y
-        G = _residual_scale(self.reduction, F) * R
+        G = residual_scale(self.reduction, F) * R
         grad_U = G @ S.mT  # (..., m, h)
         grad_Z = (U.mT @ G) * self.activation.dsigma(Z)  # (..., h, k)
         grad_V = grad_Z.mT if X is None else X @ grad_Z.mT  # (..., n, h)
@@ -252,7 +194,7 @@ class TwoLayerRadialNet(Model):
         S = Z * inv_r2
         F = U @ S
         loss = self._loss_of_output(F, Y)
-        G = _residual_scale(self.reduction, F) * (F - Y)
+        G = residual_scale(self.reduction, F) * (F - Y)
         grad_S = U.mT @ G  # (..., h, k)
         grad_Z = grad_S * inv_r2 - 2 * Z * inv_r2 ** 2 * (Z * grad_S).sum(dim=dim, keepdim=True)
         grad_V = grad_Z.mT if X is None else X @ grad_Z.mT

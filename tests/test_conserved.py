@@ -126,8 +126,8 @@ def test_example9_deep_net_neuron_balances(name, alpha):
     wrong = dQ_dt(lambda p: balances(p, alpha + 1), model, Ws, X, Y)
     assert float(wrong.abs().max()) > 1e-3
     assert float(right.abs().max()) < 1e-12 * float(wrong.abs().max())
-    if alpha == 1.0:  # α = 1: the diagonal of Example 7's W_i W_iᵀ − W_{i+1}ᵀW_{i+1}, up to sign
-        torch.testing.assert_close(-balances(Ws), torch.cat([torch.diagonal(Q) for Q in S.layer_imbalances(Ws)]))
+    if alpha == 1.0:  # α = 1: the diagonal of Example 7's imbalance W_{i+1}ᵀW_{i+1} − W_i W_iᵀ (one sign)
+        torch.testing.assert_close(balances(Ws), torch.cat([torch.diagonal(Q) for Q in S.layer_imbalances(Ws)]))
 
 
 def test_prop15_radial_lambda_conserved():

@@ -121,7 +121,7 @@ def test_the_quantities_are_the_papers():
     assert torch.allclose(group.quantities(params)["hidden 1"], S.radial_lambda(params), rtol=1e-14)
     group, _, params, *_ = bound("gl/MLP linear")
     mats = group.quantities(params)
-    assert all(torch.allclose(mats[f"hidden {i + 1}"], -M, rtol=1e-14)
+    assert all(torch.allclose(mats[f"hidden {i + 1}"], M, rtol=1e-14)
                for i, M in enumerate(S.layer_imbalances(params)))
 
 

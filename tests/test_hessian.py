@@ -275,3 +275,14 @@ def test_hessian_top_k_on_the_gpt_with_attention_on_cpu():
         dense = torch.autograd.functional.hessian(loss, theta)
     want = torch.linalg.eigvalsh(0.5 * (dense + dense.mT)).flip(0)[:2]
     torch.testing.assert_close(top.values, want, rtol=1e-9, atol=0)
+
+
+def test_lambda_max_is_the_largest_eigenvalue_of_the_exact_hessian_and_teleports_is_the_same_function():
+    from symmetry import teleport as T
+    from symmetry.hessian import lambda_max
+
+    params, X, Y = two_layer_problem(3, 4, 5, seed=3)
+    loss = S.TwoLayerNet("tanh").loss_function(X, Y)
+    exact = float(S.hessian_eigenvalues(loss, params)[-1])  # eigvalsh of the dense Hessian: the oracle
+    assert lambda_max(loss, params) == pytest.approx(exact, rel=1e-10)
+    assert T.lambda_max is lambda_max

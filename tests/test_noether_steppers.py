@@ -99,7 +99,7 @@ def test_quantity_functions_agree_with_the_main_papers():
     U, V = randn(3, 4), randn(5, 4, seed=1)
     weights = (V.mT, U)  # W_1 = Vᵀ, W_2 = U
     torch.testing.assert_close(C.layer_balance(weights, alpha=2.0)[..., 0], C.homogeneous_imbalance((U, V), 2.0).sum(-1))
-    torch.testing.assert_close(C.balance_matrix(weights)[0], -C.layer_imbalances(weights)[0])
+    torch.testing.assert_close(C.balance_matrix(weights)[0], C.layer_imbalances(weights)[0])
     torch.testing.assert_close(C.balance_matrix(weights)[0], C.imbalance_matrix((U, V)))
     assert C.nd_balance_bound(2.0, 3.0, alpha=2.0) == 2 * 2 * 2.0 * 9
 

@@ -658,51 +658,6 @@ def test_issue38_case7_the_only_worker_killed_ends_the_run_with_the_finished_fig
     assert err.count("no workers left") == 1 and "figure_hangs_on" in err
 
 
-def test_issue38_case8_workers_with_two_threads_are_refused_with_one_line(tmp_path):
-    distributed = pytest.importorskip("distributed")
-    from repro import jobs as J
-
-    with distributed.LocalCluster(n_workers=1, threads_per_worker=2, processes=False, dashboard_address=None) as cluster:
-        with pytest.raises(J.SchedulerError, match=r"runs 2 threads.*--nthreads 1"):
-            J.dask_executor(cluster.scheduler_address)
-
-
-FIGURE_TALKS = '''
-import sys, time
-
-def main(argv):
-    for i in range(5):
-        print(f"{argv[0]} line {i}", flush=True)
-        time.sleep(0.05)
-    return {"who": argv[0]}
-'''
-
-
-def test_issue38_case8_jobs_in_one_process_run_one_at_a_time(tmp_path, monkeypatch):
-    """Two threads of one worker process given a figure job each: each log holds its own figure's lines only
-    (before: the two redirections of stdout mixed them, and one wrote to a closed file)."""
-    import threading
-
-    from repro import jobs as J
-
-    (tmp_path / "figure_talks.py").write_text(FIGURE_TALKS)
-    monkeypatch.syspath_prepend(str(tmp_path))
-    results = {}
-
-    def job(who):
-        results[who] = J.figure_job("figure_talks", None, [who], 1, str(tmp_path / f"{who}.log"))
-
-    threads = [threading.Thread(target=job, args=(who,)) for who in ("first", "second")]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
-    for who in ("first", "second"):
-        assert results[who][0] == "ok", results[who]
-        lines = (tmp_path / f"{who}.log").read_text().splitlines()
-        assert lines == [f"{who} line {i}" for i in range(5)]
-
-
 def test_issue38_case8_the_scheduler_help_says_one_job_per_worker_process(capsys):
     with pytest.raises(SystemExit):
         load("reproduce").main(["--help"])

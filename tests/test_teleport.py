@@ -1,4 +1,4 @@
-"""Teleportation (symmetry/teleport.py): loss kept, objective improved, the paper's geometric facts, training, errors."""
+"""Teleportation (symmetry/teleport/): loss kept, objective improved, the paper's geometric facts, training, errors."""
 import math
 
 import pytest

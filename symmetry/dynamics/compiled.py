@@ -28,7 +28,7 @@ import torch
 
 from ..activations import inverse_square
 from ..errors import DivergenceError
-from ..models import SpectralModes, TwoLayerRadialNet, _residual_scale
+from ..models import SpectralModes, TwoLayerRadialNet, residual_scale
 from .loop import run
 from .state import State, bind_in_place, require_rest, start_state
 
@@ -212,7 +212,7 @@ def _radial(model, params: tuple[Tensor, ...], X: Tensor | None, Y: Tensor, lr) 
     U_np, V_np = U.numpy(), V.numpy()  # views: the kernel writes into the tensors
     dtype = U_np.dtype.type
     Y_np = np.ascontiguousarray(Y.detach().numpy(), dtype=U_np.dtype)
-    scale = _residual_scale(model.reduction, torch.empty(U.shape[-2], V.shape[-2]))
+    scale = residual_scale(model.reduction, torch.empty(U.shape[-2], V.shape[-2]))
     return CompiledSteps(_radial_kernel(), (U_np, V_np, Y_np, _learning_rates(lr, U.shape[0], U_np.dtype)),
                          (dtype(scale), dtype(1)))
 

@@ -5,7 +5,7 @@ from typing import Callable
 
 import torch
 
-from ..models import TwoLayerNet, _residual_scale
+from ..models import TwoLayerNet, residual_scale
 from ..types import Params
 from ..validation import check_params
 from .state import GradFn, State, bind_in_place, check_lr, like_params, per_config, require_rest, start_state, step_clock
@@ -79,7 +79,7 @@ class TwoLayerGD:
             R = (U @ S).sub_(Y)
             grad_U, grad_Z = R @ S.mT, U.mT @ R
         grad_Z.mul_(D)  # ∂L/∂Z up to the residual scale, taken before U changes
-        scale = _residual_scale(self.model.reduction, R)
+        scale = residual_scale(self.model.reduction, R)
         _descend(U, grad_U, lr, scale)
         _descend(V, grad_Z.mT if X is None else X @ grad_Z.mT, lr, scale)
 
@@ -102,7 +102,7 @@ class TwoLayerGD:
         parts = [(a.into, Z[start:stop], S[start:stop], D[start:stop]) for start, stop, a in pieces]
         S_T, R_T, D_T = S.mT, R.mT, D.mT
         Y = Y.expand_as(R) if Y.ndim == 2 else Y
-        scale = _residual_scale(self.model.reduction, R)
+        scale = residual_scale(self.model.reduction, R)
         per_config = isinstance(lr, Tensor)
         c = -scale * lr if per_config else -scale * float(lr)
 

@@ -7,7 +7,7 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
-from ..models import flatten, unflatten
+from ..tuples import flatten, unflatten
 from ..types import Params
 from ..validation import (check_choice, check_count, check_data, check_number, check_params, check_times,
                           checked_by_caller)
@@ -31,12 +31,16 @@ def friction(dynamics: str, t: float) -> float:
     return 3.0 / t
 
 
+#: the one set of defaults of the ODE integrator, [`integrate`][] and its gradient-flow name [`gradient_flow`][]
+RTOL, ATOL, MAX_EVALUATIONS, STALL_EVALUATIONS = 1e-12, 1e-12, 200_000, 5_000
+
+
 def integrate(model, params: Params, X: Tensor | None, Y: Tensor | None, times: Sequence[float] | Tensor,
               dynamics: str = "gf", *, lr: float = 1.0, velocity: Params | None = None, t0: float = 0.0,
               integrands: Mapping[str, Integrand] | None = None, observables: Mapping[str, Observable] | None = None,
-              labels: Sequence[str] | None = None, rtol: float = 1e-12, atol: float = 1e-12, method: str = "DOP853",
-              first_step: float | None = None, max_evaluations: int = 200_000,
-              stall_evaluations: int = 5_000) -> Trajectory:
+              labels: Sequence[str] | None = None, rtol: float = RTOL, atol: float = ATOL, method: str = "DOP853",
+              first_step: float | None = None, max_evaluations: int = MAX_EVALUATIONS,
+              stall_evaluations: int = STALL_EVALUATIONS) -> Trajectory:
     """GF, ND or NAGF from θ(t0) = ``params``, θ̇(t0) = ``velocity`` (default 0), recorded at ``times``.
 
     - ``"gf"``   gradient flow θ̇ = −η∇L (Eq. 23; G&U Eq. 27): ``lr`` = η rescales time, so GF time t
@@ -168,15 +172,14 @@ def integrate(model, params: Params, X: Tensor | None, Y: Tensor | None, times: 
 
 
 def gradient_flow(model, params: Params, X: Tensor | None, Y: Tensor, times: Sequence[float] | Tensor, *,
-                  lr: float = 1.0, rtol: float = 1e-10, atol: float = 1e-12, method: str = "DOP853",
+                  lr: float = 1.0, rtol: float = RTOL, atol: float = ATOL, method: str = "DOP853",
                   observables: Mapping[str, Observable] | None = None,
-                  labels: Sequence[str] | None = None, max_evaluations: int = 1_000_000,
-                  stall_evaluations: int = 5_000) -> Trajectory:
-    """Gradient flow θ̇ = −η∇L(θ) (Eq. 23) from t = 0, recorded at ``times``, in float64:
-    [`integrate`][symmetry.dynamics.integrate] with ``dynamics="gf"`` and defaults of its own (a looser ``rtol``
-    and a larger ``max_evaluations`` than ``integrate``'s, see the signatures). Both sets stay because committed
-    figures were made with each (``Q_sharpness_1d.py`` and ``reproduce.py`` through this function,
-    ``noether_dynamics.py`` through ``integrate``); the same tolerances passed to either give the same numbers."""
+                  labels: Sequence[str] | None = None, max_evaluations: int = MAX_EVALUATIONS,
+                  stall_evaluations: int = STALL_EVALUATIONS) -> Trajectory:
+    """Gradient flow θ̇ = −η∇L(θ) (Eq. 23) from t = 0, recorded at ``times``, in float64: a thin name of
+    [`integrate`][symmetry.dynamics.integrate] with ``dynamics="gf"``, with the same defaults (``RTOL``,
+    ``ATOL``, ``MAX_EVALUATIONS``, ``STALL_EVALUATIONS``). A figure made at other tolerances passes them
+    (``Q_sharpness_1d.py`` and ``reproduce.py``: ``rtol=1e-10, max_evaluations=1_000_000``)."""
     return integrate(model, params, X, Y, times, "gf", lr=lr, rtol=rtol, atol=atol, method=method,
                      stall_evaluations=stall_evaluations,
                      observables=observables, labels=labels, max_evaluations=max_evaluations)

@@ -8,7 +8,8 @@ from dataclasses import dataclass
 
 import torch
 
-from ..models import quiet_forward_mode, torch_threads
+from ..threads import torch_threads
+from ..tuples import quiet_forward_mode
 from .chain import _OVERSAMPLE, _module_chain
 from .factorisations import Factorization
 from .fields import Field, VectorFields, vector_fields

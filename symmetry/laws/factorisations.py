@@ -86,7 +86,7 @@ def linear_net(widths: Sequence[int]) -> Factorization:
         return P.reshape(-1)
 
     def known(theta: Tensor) -> Tensor:
-        # with W_i = U_iᵀ these are the multilayer imbalances W_iW_iᵀ − W_(i+1)ᵀW_(i+1) (Example 7)
+        # with W_i = U_iᵀ these are the multilayer imbalances W_(i+1)ᵀW_(i+1) − W_iW_iᵀ (Example 7, the library's sign)
         return torch.cat([_upper_triangle(M) for M in layer_imbalances([U.T for U in fact.split(theta)])])
 
     fact = Factorization(phi, shapes, tuple(f"U{i + 1}" for i in range(len(shapes))),

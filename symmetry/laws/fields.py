@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 
 from .._tools import math_attention
-from ..models import quiet_forward_mode
+from ..tuples import quiet_forward_mode
 from .factorisations import Factorization
 
 Tensor = torch.Tensor

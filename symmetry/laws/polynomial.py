@@ -12,7 +12,8 @@ from itertools import combinations_with_replacement
 import torch
 
 from .._optional import require
-from ..models import quiet_forward_mode, torch_threads
+from ..threads import torch_threads
+from ..tuples import quiet_forward_mode
 from .factorisations import Factorization
 from .fields import VectorFields, vector_fields
 from .rank import independent_rows

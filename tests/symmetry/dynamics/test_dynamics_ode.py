@@ -89,3 +89,12 @@ def test_the_integrator_damps_by_friction(monkeypatch):
     monkeypatch.setattr(ode, "friction", lambda dynamics, t: 0.0)
     undamped = run("nagf")
     assert torch.equal(undamped.observables["U"], nd.observables["U"]) and torch.equal(undamped.loss, nd.loss)
+
+
+def test_gradient_flow_has_the_defaults_of_integrate():
+    import inspect
+
+    flow, engine = (inspect.signature(f).parameters for f in (S.gradient_flow, S.integrate))
+    shared = [name for name in flow if name in engine and flow[name].default is not inspect.Parameter.empty]
+    assert {"rtol", "atol", "max_evaluations", "stall_evaluations", "method", "lr"} <= set(shared)
+    assert {n: flow[n].default for n in shared} == {n: engine[n].default for n in shared}
