@@ -145,8 +145,9 @@ def _strided_plan(index: Tensor) -> tuple[int, list[int], list[int], int] | None
     sizes, strides = rows[0] + cols[0], rows[1] + cols[1]
     if any(st < 0 for st in strides):
         return None
-    base = torch.arange(int(table.max()) + 1, dtype=table.dtype)
-    rebuilt = base.as_strided(sizes, strides, offset).reshape(table.shape)
+    # rows and columns are verified progressions: the view is flat[offset + r_i + c_k], which is the table iff
+    # table[i, k] = table[i, 0] + table[0, k] − offset everywhere (one pass, no arange of the parameter's size)
+    rebuilt = table[:, :1] + (table[:1] - offset)
     return (offset, sizes, strides, len(rows[0])) if torch.equal(rebuilt, table) else None
 
 
