@@ -117,7 +117,7 @@ def summary(record: dict) -> str:
     if floors:
         text += (f"; the recording by torch.export alone takes {floors[0]:.1f}–{floors[-1]:.1f}× "
                  f"(median {statistics.median(floors):.1f}×)")
-    return text + "."
+    return text + "." + (f" Load: {record['load']}." if record.get("load") else "")
 
 
 def write_docs(record: dict, page: Path) -> None:
