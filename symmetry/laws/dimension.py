@@ -13,6 +13,7 @@ from .chain import _OVERSAMPLE, _module_chain
 from .factorisations import Factorization
 from .fields import Field, VectorFields, vector_fields
 from .memory import DEFAULT_MAX_MEMORY, _check_memory, _estimate_chain, memory_estimate
+from .module_fields import module_law_dimension
 from .pinch import _module_fields, _pinched_rank
 from .rank import RANK_RTOL, _Span, symmetry_law_count
 
@@ -255,7 +256,6 @@ def _any_module_dimension(model, example_input, loss, **options) -> LieAlgebraDi
     """A chain of Linear layers and ReLUs by its path factorisation (every input); any other module by the
     gradient fields of its outputs on ``example_input`` (Marcotte et al.), refused by name without one."""
     from ..groups import NotSupportedError
-    from .module_fields import module_law_dimension
 
     try:
         chain_error = None
@@ -273,7 +273,7 @@ def _any_module_dimension(model, example_input, loss, **options) -> LieAlgebraDi
         raise NotSupportedError(f"{why}. Pass example_input= (one batch the model takes) to count it from the "
                                 "gradients of its outputs on that batch (Marcotte et al.: D − dim of the Lie algebra "
                                 "they generate)") from None
-    return module_law_dimension(model, example_input, loss, **options)
+    return module_law_dimension(model, example_input, loss, lambda fields: lie_algebra_dimension(fields, **options))
 
 
 def _module_dimension(model, points: int, seed: int, rtol: float, max_level: int, max_memory: float,

@@ -10,9 +10,11 @@ refused naming both counts (pass a larger batch). Chains of ``Linear`` layers an
 input by the path factorisation instead ([`symmetry.laws.chain`][]); this route is used where that one refuses."""
 from __future__ import annotations
 
+from typing import Any, Callable
+
 import torch
 
-from .fields import output_fields
+from .fields import VectorFields, output_fields
 
 Tensor = torch.Tensor
 
@@ -35,17 +37,16 @@ def _halves(example_input) -> tuple[tuple, tuple, int]:
     return half, inputs, n
 
 
-def module_law_dimension(model, example_input, loss: str | None, **options):
-    """ALGO 2 on the output fields of ``model`` on ``example_input`` (``options``: those of
-    ``lie_algebra_dimension``), after the same count on the first half of the batch agreed with it.
+def module_law_dimension(model, example_input, loss: str | None, count: Callable[[VectorFields], Any]):
+    """ALGO 2 (``count``: [`lie_algebra_dimension`][symmetry.laws.dimension.lie_algebra_dimension] with its
+    options) on the output fields of ``model`` on ``example_input``, after the same count on the first half of the
+    batch agreed with it.
 
-    Returns the [`LieAlgebraDimension`][symmetry.laws.dimension.LieAlgebraDimension] of the whole batch. Raises
-    ValueError when the two counts differ (the batch has not saturated W_φ: the number would depend on it)."""
-    from .dimension import lie_algebra_dimension
-
+    Returns ``count``'s result for the whole batch. Raises ValueError when the two counts differ (the batch has not
+    saturated W_φ: the number would depend on it)."""
     half, whole, n = _halves(example_input)
-    found = lie_algebra_dimension(output_fields(model, whole, loss), **options)
-    fewer = lie_algebra_dimension(output_fields(model, half, loss), **options)
+    found = count(output_fields(model, whole, loss))
+    fewer = count(output_fields(model, half, loss))
     if fewer.laws != found.laws:
         raise ValueError(f"the law count of {type(model).__name__} depends on the batch: {fewer.laws} laws on the "
                          f"first {n // 2} samples of example_input, {found.laws} on all {n}; pass a larger batch (the count is exact once more samples add "
