@@ -436,3 +436,51 @@ def test_a_parametrised_layer_is_refused_not_counted_as_the_plain_model(parametr
     op = {"weight_norm": "_weight_norm", "orthogonal": "tril"}[parametrization]
     with pytest.raises(S.NotSupportedError, match=op):
         S.count_conservation_laws(net)
+
+
+# --- the law count of a module that is not a chain (issue 33 item 2) --------------------------------------------
+
+class _Branches(torch.nn.Module):
+    """x + B A x (+ E C x): a residual two-layer linear block, with a second parallel branch when ``h2``."""
+
+    def __init__(self, d: int, h1: int, h2: int = 0):
+        super().__init__()
+        self.a, self.b = torch.nn.Linear(d, h1, bias=False), torch.nn.Linear(h1, d, bias=False)
+        self.c = torch.nn.Linear(d, h2, bias=False) if h2 else None
+        self.e = torch.nn.Linear(h2, d, bias=False) if h2 else None
+
+    def forward(self, x):
+        y = x + self.b(self.a(x))
+        return y + self.e(self.c(x)) if self.c is not None and self.e is not None else y
+
+
+@pytest.mark.parametrize("h1,h2", [(2, 0), (2, 1)])
+def test_a_residual_and_a_branched_block_are_counted_from_their_output_fields(h1, h2):
+    """φ(θ) = B A (+ E C): the identity adds a constant, two parallel branches are one two-layer linear net of width
+    h = h1 + h2 (GL(h) mixes the branches). Marcotte et al.: UᵀU − VᵀV, h(h+1)/2 laws for h ≤ d; the oracle is that
+    number by hand and the chain route on the chain of that width. The symmetry read from the graph (GL(h1) ×
+    GL(h2)) gives fewer with two branches, and is accepted: laws no block explains. Before: refused (not a chain)."""
+    torch.manual_seed(0)
+    d, h = 4, h1 + h2
+    model = _Branches(d, h1, h2).double()
+    x = torch.randn(8, d, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    chain = torch.nn.Sequential(torch.nn.Linear(d, h, bias=False), torch.nn.Linear(h, d, bias=False)).double()
+    count = L.count_conservation_laws(model, example_input=x, points=1)
+    assert count == h * (h + 1) // 2 == L.count_conservation_laws(chain, points=1)
+    sym = S.module_symmetries(model, x)
+    assert sym.law_count() == h1 * (h1 + 1) // 2 + h2 * (h2 + 1) // 2
+    assert L.count_conservation_laws(model, example_input=x, symmetry=sym, points=1) == count
+
+
+def test_a_module_that_is_not_a_chain_is_refused_by_name_without_an_input_or_with_too_few():
+    model = _Branches(4, 2).double()
+    with pytest.raises(S.NotSupportedError, match=r"skip connection.*Pass example_input="):
+        L.count_conservation_laws(model)
+    with pytest.raises(ValueError, match="at least 2 samples"):
+        L.count_conservation_laws(model, example_input=torch.randn(1, 4, dtype=torch.float64))
+    with pytest.raises(ValueError, match=r"depends on the batch: \d+ laws on the first 1 samples"):
+        L.count_conservation_laws(model, example_input=torch.randn(2, 4, dtype=torch.float64), points=1)
+    with pytest.raises(ValueError, match="loss='mse' is not allowed"):
+        L.count_conservation_laws(model, example_input=torch.randn(4, 4, dtype=torch.float64), loss="mse")
+    with pytest.raises(ValueError, match="example_input and loss are for a torch.nn.Module"):
+        L.count_conservation_laws(L.linear_net((3, 2, 4)), example_input=torch.zeros(2, 3))

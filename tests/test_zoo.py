@@ -247,7 +247,7 @@ def test_docs_zoo_table_is_the_committed_benchmark():
     spec.loader.exec_module(bench)
     record = json.loads((ROOT / "benchmarks" / "results" / "bench_zoo.json").read_text())
     page = (ROOT / "docs" / "zoo.md").read_text(encoding="utf-8")
-    assert f"{bench.BEGIN}\n{bench.table(record)}\n{bench.END}" in page
+    assert f"{bench.BEGIN}\n{bench.table(record)}\n\n{bench.summary(record)}\n{bench.END}" in page
     for row in record["rows"]:
         assert row["status"] == "accepted" and row["check_error"] < 1e-9, row
 

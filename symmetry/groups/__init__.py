@@ -8,7 +8,7 @@ Every symmetry in the library follows [`Symmetry`][]; [`symmetry.teleport.telepo
   (Example 2, Eq. 17), positive scaling of homogeneous activations (Example 3), the data-dependent GL of
   Prop. 8, O(h) and the per-neuron scaling of the radial nets (Example 5, Prop. 14).
 - [`symmetry.groups.blocks`][]: the blocks found in a user's module ([`symmetry.module_symmetries`][] returns
-  their product, a [`symmetry.modules.ModuleSymmetries`][]): per-unit rescaling (``ScalingBlock``, Example 3
+  their product, a [`symmetry.groups.product.ModuleSymmetries`][]): per-unit rescaling (``ScalingBlock``, Example 3
   with biases; SwiGLU's up/down pair, RoPE's frequency pairs, BatchNorm's and LayerNorm's scale invariance as
   degree-0 rescalings), GL between linear maps and per attention head (``LinearBlock``, Eq. 17 and Marcotte et
   al. Cor. 3.9), and translations (``TranslationBlock``: the softmax head, the MoE gate, LayerNorm's centring,

@@ -27,6 +27,7 @@ The modules, one idea each (every name is re-exported here):
 - [`polynomial`][symmetry.laws.polynomial]
 - [`architectures`][symmetry.laws.architectures]
 - [`chain`][symmetry.laws.chain]
+- [`module_fields`][symmetry.laws.module_fields]
 - [`memory`][symmetry.laws.memory]
 - [`pinch`][symmetry.laws.pinch]
 """

@@ -14,6 +14,7 @@ from .chain import _OVERSAMPLE, _module_chain
 from .factorisations import Factorization
 from .fields import Field, VectorFields, vector_fields
 from .memory import DEFAULT_MAX_MEMORY, _check_memory, _estimate_chain, memory_estimate
+from .module_fields import module_law_dimension
 from .pinch import _module_fields, _pinched_rank
 from .rank import RANK_RTOL, _Span, symmetry_law_count
 
@@ -155,8 +156,8 @@ def _dimension_at(vf: VectorFields, theta: Tensor, rtol: float, max_level: int,
 
 def lie_algebra_dimension(model: Factorization | VectorFields | torch.nn.Module, theta: Tensor | None = None, *,
                           points: int = 2, seed: int = 0, rtol: float = RANK_RTOL, max_level: int = 50,
-                          random_combinations: bool = True,
-                          max_memory: float = DEFAULT_MAX_MEMORY) -> LieAlgebraDimension:
+                          random_combinations: bool = True, max_memory: float = DEFAULT_MAX_MEMORY,
+                          example_input=None, loss: str | None = None) -> LieAlgebraDimension:
     """ALGO 2: dim Lie(W_φ)(θ) at ``points`` random points (or at θ, then random ones), and D − dim.
 
     Ranks are taken in float64 on unit-normalised vectors: a bracket counts as a new
@@ -172,6 +173,11 @@ def lie_algebra_dimension(model: Factorization | VectorFields | torch.nn.Module,
     (``_module_dimension``), at ``points`` random generic θ; ``theta`` must then be None.
     Before anything is allocated, [`memory_estimate`][] is compared with ``max_memory``
     (bytes) and a larger problem is refused with a MemoryError giving both.
+
+    Any other module (a residual block, attention: not a chain) is counted from the gradients of its outputs on
+    ``example_input`` (one batch; ``loss``: None, or "cross_entropy" for the log-softmax of the output), the
+    count checked to be the same on half of the batch ([`symmetry.laws.module_fields`][]); without
+    ``example_input`` it is refused by name.
     """
     if not isinstance(points, int) or points < 1:
         raise ValueError(f"points must be a positive integer, got {points!r}")
@@ -181,7 +187,11 @@ def lie_algebra_dimension(model: Factorization | VectorFields | torch.nn.Module,
         if theta is not None:
             raise ValueError("theta must be None for a torch.nn.Module: the count is taken at random generic "
                              "parameters (it is a property of the architecture)")
-        return _module_dimension(model, points, seed, rtol, max_level, max_memory, random_combinations)
+        return _any_module_dimension(model, example_input, loss, points=points, seed=seed, rtol=rtol,
+                                     max_level=max_level, random_combinations=random_combinations,
+                                     max_memory=max_memory)
+    if example_input is not None or loss is not None:
+        raise ValueError(f"example_input and loss are for a torch.nn.Module; model is a {type(model).__name__}")
     if isinstance(model, (Factorization, VectorFields)):
         _check_memory(memory_estimate(model), max_memory, model.description)
     start = time.perf_counter()
@@ -222,6 +232,10 @@ def count_conservation_laws(model: Factorization | VectorFields | torch.nn.Modul
     refused (RuntimeError), one that gives fewer leaves laws no symmetry of it explains. A Symmetry is not
     counted in place of the model: the count is a property of the model's φ, and takes every law, also those
     no group gives (Marcotte et al. count them all).
+
+    ``example_input``, ``loss``: a module that is not a chain of Linear layers and ReLUs (a residual block,
+    attention) is counted from the gradients of its outputs on ``example_input`` (the log-softmax's for
+    ``loss="cross_entropy"``), see [`lie_algebra_dimension`][].
     """
     if symmetry is not None and not isinstance(model, torch.nn.Module):
         from ..groups import NotSupportedError
@@ -237,6 +251,30 @@ def count_conservation_laws(model: Factorization | VectorFields | torch.nn.Modul
                                f"conservation laws of {type(model).__name__}: they are not all conserved "
                                "(the symmetry was not found in this model, or it is misread)")
     return laws
+
+
+def _any_module_dimension(model, example_input, loss, **options) -> LieAlgebraDimension:
+    """A chain of Linear layers and ReLUs by its path factorisation (every input); any other module by the
+    gradient fields of its outputs on ``example_input`` (Marcotte et al.), refused by name without one."""
+    from ..groups import NotSupportedError
+
+    try:
+        chain_error = None
+        _module_chain(model)
+    except NotSupportedError as error:
+        chain_error = error
+    if loss not in (None, "cross_entropy"):
+        raise ValueError(f"loss={loss!r} is not allowed; choose None or 'cross_entropy'")
+    if chain_error is None and loss is None:  # the chain's outputs over every input
+        names = ("points", "seed", "rtol", "max_level", "max_memory", "random_combinations")
+        return _module_dimension(model, *(options[k] for k in names))
+    if example_input is None:
+        why = str(chain_error).rstrip(".") if chain_error is not None else \
+            "loss='cross_entropy' counts the laws of the log-softmax of the outputs, read on inputs"
+        raise NotSupportedError(f"{why}. Pass example_input= (one batch the model takes) to count it from the "
+                                "gradients of its outputs on that batch (Marcotte et al.: D − dim of the Lie algebra "
+                                "they generate)") from None
+    return module_law_dimension(model, example_input, loss, lambda fields: lie_algebra_dimension(fields, **options))
 
 
 def _module_dimension(model, points: int, seed: int, rtol: float, max_level: int, max_memory: float,

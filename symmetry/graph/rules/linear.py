@@ -139,6 +139,22 @@ def contract(w: Walker, n, A: dict[int, Tag], B: dict[int, Tag], vx, vy, result)
     return out
 
 
+def _unit_rows(index: Tensor, channel: Tensor, groups: int) -> tuple[Tensor, Tensor | None]:
+    """A convolution weight's outgoing rows per unit of its input: ``channel[c]`` is the unit of input channel c
+    (−1: none); row u concatenates, over the channels c of unit u in ascending order, the filters' entries that
+    read c (its group's output channels × the kernel). None where the units appear unequally often."""
+    C_out, per_group = index.shape[0], index.shape[1]
+    valid = torch.nonzero(channel >= 0).flatten()
+    units, counts = channel[valid].unique(return_counts=True)
+    if not units.numel() or bool((counts != counts[0]).any()):
+        return units, None
+    order = valid[torch.sort(channel[valid], stable=True).indices]  # channels by unit, ascending within a unit
+    g, local = order // per_group, order % per_group
+    table = index.reshape(groups, C_out // groups, per_group, -1)
+    parts = table[g, :, local]  # (channels, out per group, kernel)
+    return units, parts.reshape(units.numel(), -1)
+
+
 @on(aten.conv1d, aten.conv2d, aten.conv3d, aten.convolution, getattr(aten, "_convolution", None))
 def conv_rule(w: Walker, n, a: Args, result):
     if a.value("transposed"):
@@ -164,18 +180,11 @@ def conv_rule(w: Walker, n, a: Args, result):
             p.break_(f"its units vary over the positions that {what} slides over")
             continue
         channel = per_channel[:, 0]
-        units = channel[channel >= 0].unique()
-        rows = []
-        for u in units.tolist():
-            parts = []
-            for c in torch.nonzero(channel == u).flatten().tolist():
-                g, local = divmod(c, per_group)
-                parts.append(W.index[g * out_per_group:(g + 1) * out_per_group, local].reshape(-1))
-            rows.append(torch.cat(parts))
-        if len({r.numel() for r in rows}) != 1:
+        units, rows = _unit_rows(W.index, channel, groups)
+        if rows is None:
             p.break_(f"its units appear a different number of times in the input of {what}")
             continue
-        p.outgoing.append(Leg(W.param, torch.stack(rows), -tag.degree, units=units))
+        p.outgoing.append(Leg(W.param, rows, -tag.degree, units=units))
         p.consumers.append(what)
         p.site(w.site_key(), [channel[g * per_group:(g + 1) * per_group] for g in range(groups)])
     legs = [Leg(W.param, W.index.reshape(C_out, -1), 1.0)]
