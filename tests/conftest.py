@@ -21,21 +21,30 @@ ROOT = Path(__file__).resolve().parents[1]
 torch.set_num_threads(1)
 
 
-# The slowest files first, by their seconds in one worker (`pytest --durations=0`, summed per file, on the
-# 2-core CPU): pytest-xdist's --dist loadfile hands whole files to the workers in collection order
-# (--no-loadscope-reorder in pyproject.toml), so the long files start first and the short ones fill the gaps at
-# the end (longest-first scheduling). In alphabetical order the last long file started late and one worker
-# finished ~25 s after the other. Files not named keep their order, after these.
-SLOW_FILES = ("test_noether_script.py",  # 43 s
-              "test_noether.py",  # 41 s
-              "test_figures.py",  # 36 s
-              "test_reproduce.py",  # 29 s
-              "test_notebooks.py",  # 25 s
-              "test_robustness.py",  # 24 s
-              "test_laws.py",  # 20 s
-              "test_conserved.py",  # 18 s
-              "test_teleport.py",  # 13 s
-              "test_noether_steppers.py")  # 8 s
+# The slowest files first, by their seconds in the default run (`pytest --durations=0`, summed per file; tests
+# marked slow left out, as pyproject.toml's addopts does): pytest-xdist's --dist loadfile hands whole files to the
+# workers in collection order (--no-loadscope-reorder in pyproject.toml), so the long files start first and the
+# short ones fill the gaps at the end (longest-first scheduling). In alphabetical order the last long file started
+# late and one worker finished ~25 s after the other. Files not named keep their order, after these. Seconds
+# measured with two workers beside other work (load average ~5), so about 4× a quiet machine's.
+SLOW_FILES = ("test_conserved.py",  # 80 s
+              "test_graph.py",  # 66 s
+              "test_robustness.py",  # 66 s
+              "test_zoo.py",  # 63 s
+              "test_script_output.py",  # 60 s
+              "test_packaging.py",  # 48 s
+              "test_modules.py",  # 48 s
+              "test_figures.py",  # 47 s
+              "test_laws.py",  # 43 s
+              "test_reproduce.py",  # 42 s
+              "test_noether_script.py",  # 38 s
+              "test_noether.py",  # 34 s
+              "test_noether_steppers.py",  # 32 s
+              "test_doc_examples.py",  # 32 s
+              "test_data.py",  # 25 s
+              "test_teleportation_claims.py",  # 24 s
+              "test_docs_build.py",  # 23 s
+              "test_report.py")  # 21 s
 
 
 def pytest_collection_modifyitems(items):

@@ -17,6 +17,7 @@ def quick_run(tmp_path_factory):
     return script, payload, tmp
 
 
+@pytest.mark.slow  # reads the --quick figure run (four models trained; quick_run): pytest -m slow
 def test_quick_run_writes_its_files_and_claim_rows(quick_run):
     script, payload, tmp = quick_run
     for ext in ("pdf", "png", "json"):
@@ -34,6 +35,7 @@ def test_quick_run_writes_its_files_and_claim_rows(quick_run):
     assert payload["runs"]["gpt"]["corpus"]["characters"] == 5000 and len(payload["runs"]["gpt"]["corpus"]["sha256"]) == 64
 
 
+@pytest.mark.slow  # reads the --quick figure run (four models trained; quick_run): pytest -m slow
 def test_every_model_tracks_the_papers_laws_and_controls(quick_run):
     _, payload, _ = quick_run
     fams = {n: set(r["families"]) for n, r in payload["runs"].items()}
@@ -46,6 +48,7 @@ def test_every_model_tracks_the_papers_laws_and_controls(quick_run):
             "balance across the skip (Thm 4.7)"} == controls
 
 
+@pytest.mark.slow  # reads the --quick figure run (four models trained; quick_run): pytest -m slow
 def test_the_measurements_are_second_and_first_order_as_the_theory_says(quick_run):
     """Independent of the claim rows: plain SGD leaves a translation law unchanged to round-off, changes a quadratic
     law (never exactly zero), and moves the controls by far more than the laws at the smallest lr."""
@@ -76,6 +79,7 @@ def test_full_and_quick_together_are_refused(tmp_path):
         script.main(["--quick", "--full", "--out", str(tmp_path)])
 
 
+@pytest.mark.slow  # reads the --quick figure run (four models trained; quick_run): pytest -m slow
 def test_its_jobs_are_the_models_and_seeds_and_main_reads_them_back(quick_run, tmp_path):
     """reproduce.py's workers run one job per model and seed (and BatchNorm's ε check); main then computes nothing
     again: the same runs, from the cached jobs."""
@@ -114,6 +118,7 @@ def test_issue38_case2_its_jobs_are_keyed_by_the_datas_content_not_its_path(tmp_
     assert keys[2]["data_sha256"] is None
 
 
+@pytest.mark.slow  # reads the --quick figure run (four models trained; quick_run): pytest -m slow
 def test_issue38_case2_the_json_records_the_datas_content_hash(quick_run):
     from repro.data import load_cifar10
 

@@ -1,10 +1,13 @@
 """conservation_under_optimizers.py --quick on a tiny generated CIFAR-10 ImageFolder: files, exact identities, claims."""
 import json
 
+import pytest
+
 from conftest import load_script
 from conftest import write_tree
 
 
+@pytest.mark.slow  # a --quick figure run (CNN and MLP on CIFAR-10): pytest -m slow
 def test_quick_run(tmp_path):
     write_tree(tmp_path / "cifar", per_class=(4, 1))
     script = load_script("conservation_under_optimizers")
@@ -50,6 +53,7 @@ def test_quick_run(tmp_path):
     assert not flipped[weight_decay]["holds"] and "cannot be told apart" in flipped[weight_decay]["measured"]
 
 
+@pytest.mark.slow  # a --quick figure run (CNN and MLP on CIFAR-10): pytest -m slow
 def test_parts_cover_every_run_once_and_main_reads_them(tmp_path, monkeypatch):
     """reproduce.py's jobs (PARTS: each model's optimizers in groups) split the runs without overlap, and main, run
     after them on the same --out, trains nothing: it reads the parts' cache, in the optimizers' order."""

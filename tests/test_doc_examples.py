@@ -97,6 +97,7 @@ def test_the_pages_have_examples_and_markers_are_known():
     assert sum(e.marker is not None and e.marker.startswith("skip") for e in EXAMPLES) <= 2, "few skips"
 
 
+@pytest.mark.slow  # a fresh interpreter per block, some tracing resnet18: pytest -m slow (the check's own controls below run by default)
 @pytest.mark.parametrize("example", EXAMPLES, ids=str)
 def test_each_example_runs_on_its_own_and_prints_what_the_page_shows(example, tmp_path):
     if example.marker and example.marker.startswith("skip"):

@@ -78,6 +78,7 @@ def test_the_notation_hook_leaves_code_alone():
     assert notation.render_notation(untouched) == untouched
 
 
+@pytest.mark.slow  # two strict builds of the site each: pytest -m slow (the build itself is checked above)
 @pytest.mark.parametrize("broken, named", [
     ("[a page that does not exist](no-such-page.md)", "no-such-page.md"),
     ("[`a function that does not exist`][symmetry.no_such_function]", "symmetry.no_such_function"),

@@ -541,6 +541,7 @@ def test_gpt_style_model_every_parameter_accounted_for():
     assert isinstance(kinds["head:translation"], TranslationBlock)
 
 
+@pytest.mark.slow  # a full-size resnet18 traced and run along the flow: pytest -m slow
 def test_resnet18_described_and_its_laws_conserved_along_the_flow():
     torchvision = pytest.importorskip("torchvision")
     torch.manual_seed(0)
@@ -634,6 +635,7 @@ def random_graphs(draw):
     return layers, first, T, chain, seed
 
 
+@pytest.mark.slow  # 120 random graphs, each traced, checked and stepped: pytest -m slow
 @settings(max_examples=120, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
 @given(random_graphs())
 def test_random_graphs_blocks_keep_the_output_and_obey_the_step_identity(case):
@@ -730,7 +732,12 @@ def count_cases():
 DISAGREE = {"layernorm_torch": (9, 5)}
 
 
-@pytest.mark.parametrize("name,factory", count_cases(), ids=[c[0] for c in count_cases()])
+# ALGO 2 on the two LayerNorm nets and RoPE attention (the most brackets) is slow: pytest -m slow
+SLOW_COUNTS = {"layernorm_torch", "layernorm_by_hand", "attention_rope"}
+
+
+@pytest.mark.parametrize("name,factory", [pytest.param(*c, marks=pytest.mark.slow if c[0] in SLOW_COUNTS else (),
+                                                       id=c[0]) for c in count_cases()])
 def test_law_count_per_block_matches_algo_2(name, factory):
     model, x, loss = build(factory)
     sym = S.module_symmetries(model, x, loss)

@@ -15,6 +15,8 @@ from torch import nn
 import symmetry as S
 
 STEPS, LR = 4, 0.1
+# each test starts two processes (torch.distributed, gloo): CI's separate slow step runs them (pytest -m slow)
+pytestmark = pytest.mark.slow
 
 
 def model_and_data():

@@ -12,6 +12,8 @@ from conftest import ROOT
 from repro import experiment as E
 
 CLASSES = [f"class{i}" for i in range(10)]
+# each test starts a Jupyter kernel and runs a notebook: CI's separate slow step runs them (pytest -m slow)
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(autouse=True)

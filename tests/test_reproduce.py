@@ -149,6 +149,7 @@ def main(argv):
 '''
 
 
+@pytest.mark.slow  # worker processes or a Dask cluster started and stopped: pytest -m slow
 def test_a_worker_that_dies_fails_only_its_own_figure(tmp_path, monkeypatch, capsys):
     """A dead worker breaks the whole local pool; the jobs in flight with it run again one at a time, so only the
     job that kills its worker fails."""
@@ -198,6 +199,7 @@ def test_the_figures_run_on_a_dask_cluster_of_two_workers(tmp_path, monkeypatch)
     assert again.error is None and (tmp_path / "w.txt").read_text() == "written"
 
 
+@pytest.mark.slow  # worker processes or a Dask cluster started and stopped: pytest -m slow
 def test_a_scheduler_that_does_not_answer_is_one_line(tmp_path):
     import subprocess
     import sys
@@ -427,6 +429,7 @@ def test_offline_without_data_says_to_pass_data(tmp_path, monkeypatch):
     assert told.endswith(f"or put one of them in {tmp_path / 'data'}")
 
 
+@pytest.mark.slow  # worker processes or a Dask cluster started and stopped: pytest -m slow
 def test_second_pass_case7_a_figure_done_while_the_check_ran_is_kept_when_the_run_is_stopped(tmp_path, monkeypatch):
     import time
 
@@ -460,6 +463,7 @@ def _fake_check_rows():
              "gd_drift_lr0.1": 1e-2, "gd_drift_lr0.01": 1e-3} for a in ("identity", "relu", "tanh", "sigmoid")]
 
 
+@pytest.mark.slow  # worker processes or a Dask cluster started and stopped: pytest -m slow
 def test_issue38_case6_only_keeps_what_the_other_figures_recorded(tmp_path, monkeypatch):
     """`--only Q_distribution` after a run of two figures: claims.json keeps Q_sharpness_1d's rows and job time
     (before: rewritten to Q_distribution's alone), and --report's time column still reads its job time."""
@@ -542,6 +546,7 @@ def scheduler():
         yield cluster.scheduler_address
 
 
+@pytest.mark.slow  # worker processes or a Dask cluster started and stopped: pytest -m slow
 def test_issue38_case1_a_worker_runs_the_figure_script_as_it_is_now(tmp_path, monkeypatch):
     """The script edited between two runs on one cluster: the second run gives the edited script's number (before:
     the worker kept the module it imported first, 8.2121 under the new code's hash). A worker whose package is older
@@ -576,6 +581,7 @@ def test_issue38_case1_a_worker_runs_the_figure_script_as_it_is_now(tmp_path, mo
     assert status == "error" and message.startswith("StaleCodeError") and "restart the workers" in message
 
 
+@pytest.mark.slow  # worker processes or a Dask cluster started and stopped: pytest -m slow
 def test_issue38_case5_the_figure_files_come_back_to_the_clients_out(tmp_path, monkeypatch, scheduler):
     """A worker started in another folder, writing where the client cannot see: the figure files are written under
     the client's --out (before: only in the worker's folder)."""
@@ -599,6 +605,7 @@ def test_issue38_case5_the_figure_files_come_back_to_the_clients_out(tmp_path, m
     assert (tmp_path / "client-out" / "figure_writes.json").read_text() == '{"made": "on the worker"}'
 
 
+@pytest.mark.slow  # worker processes or a Dask cluster started and stopped: pytest -m slow
 def test_issue38_case5_reproduce_gives_a_cluster_absolute_paths(tmp_path, monkeypatch, scheduler):
     """reproduce.py --out relative, its worker started in another folder: the figure is under the client's folder."""
     reproduce = load("reproduce")
@@ -617,6 +624,7 @@ def test_issue38_case5_reproduce_gives_a_cluster_absolute_paths(tmp_path, monkey
     assert not (tmp_path / "elsewhere" / "rel").exists()
 
 
+@pytest.mark.slow  # worker processes or a Dask cluster started and stopped: pytest -m slow
 def test_issue38_case7_the_only_worker_killed_ends_the_run_with_the_finished_figures(tmp_path, monkeypatch, capsys,
                                                                                     scheduler):
     """kill -9 of the only worker during a job: the run ends (before: it waited for ever) with one line, the

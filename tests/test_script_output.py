@@ -80,7 +80,13 @@ def test_reproduce_docstring_lists_the_figures_it_runs():
     assert names == list(reproduce.FIGURES), names
 
 
-@pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: p.name)
+# A fresh interpreter per script, importing torch and what the script needs: the two that import the least run by
+# default, every script under pytest -m slow.
+FAST_SCRIPTS = {"reproduce.py", "teleportation.py"}
+
+
+@pytest.mark.parametrize("script", [pytest.param(p, marks=() if p.name in FAST_SCRIPTS else pytest.mark.slow, id=p.name)
+                                    for p in SCRIPTS])
 def test_each_script_starts_under_odd_environments(script, tmp_path):
     run = _run([script, "--help"], tmp_path, ODD, optimize=True)
     assert run.returncode == 0 and "usage:" in run.stdout and not run.stderr, run.stderr[-2000:]

@@ -353,6 +353,7 @@ def test_stop_refuses_iterates_that_break_the_loss():
     assert report.condition_number <= 1e8
 
 
+@pytest.mark.slow  # two --quick figure runs (seeds 0 and 7): pytest -m slow
 def test_teleportation_figure_quick(tmp_path):
     from conftest import load_script
 

@@ -46,7 +46,11 @@ ZOO = ["hf/llama", "hf/qwen2", "hf/gpt2", "hf/opt", "hf/bert", "hf/distilbert", 
        "timm/resnet18", "timm/deit_tiny_patch16_224", "timm/convnext_atto"]
 
 
-@pytest.mark.parametrize("name", ZOO)
+# the largest exports (tens of thousands of nodes or parameters in the millions): pytest -m slow
+SLOW_ZOO = {"torchvision/densenet121", "torchvision/googlenet", "torchvision/inception_v3", "timm/resnet18"}
+
+
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow if n in SLOW_ZOO else ()) for n in ZOO])
 def test_zoo_model_accepted_every_block_checked_and_the_group_keeps_the_output(name):
     """transformers 5 / timm / torchvision models built from tiny configs: read (fx refused every Hugging Face
     model and DenseNet/MobileNetV2/GoogLeNet/Inception v3), every block checked by module_symmetries, and a random
@@ -262,7 +266,8 @@ def test_a_model_whose_output_is_zero_is_said_unchecked_not_checked_vacuously():
     assert sym.tolerance is None
 
 
-@pytest.mark.parametrize("name", ["torchvision/shufflenet_v2_x0_5", "timm/mixer_s16_224"])
+@pytest.mark.parametrize("name", ["torchvision/shufflenet_v2_x0_5",
+                                  pytest.param("timm/mixer_s16_224", marks=pytest.mark.slow)])  # 224² tokens: slow
 def test_more_of_the_zoo(name):
     """ShuffleNet's channel shuffle (a view of a transposed value), MLP-Mixer's token mixing."""
     model, x = zoo_models.MODELS[name]()
