@@ -38,6 +38,7 @@ def test_kmnist_offline_is_a_clear_error_and_falls_back_only_when_allowed(offlin
         load_image_dataset("kmnist", root=tmp_path, allow_fallback="cifar")
 
 
+@pytest.mark.slow  # the figure's --quick run (every ODE of the drift table, the MLPs, the rotation): pytest -m slow
 def test_script_quick(tmp_path):
     """noether_dynamics.py --quick: files, JSON, every conserved claim of the table holds in its ODE column."""
     module = load_script("noether_dynamics")

@@ -92,6 +92,7 @@ def test_each_script_starts_under_odd_environments(script, tmp_path):
     assert run.returncode == 0 and "usage:" in run.stdout and not run.stderr, run.stderr[-2000:]
 
 
+@pytest.mark.slow  # a second --quick run of Fig. 4/5 in a fresh interpreter (the one above runs by default): pytest -m slow
 def test_a_figure_is_made_under_odd_environments(tmp_path):
     run = _run([ROOT / "Q_distribution.py", "--quick", "--out", tmp_path / "out"], tmp_path, ODD, optimize=True)
     assert run.returncode == 0 and (tmp_path / "out" / "Q_distribution.png").is_file(), run.stderr[-2000:]
