@@ -21,30 +21,28 @@ ROOT = Path(__file__).resolve().parents[1]
 torch.set_num_threads(1)
 
 
-# The slowest files first, by their seconds in the default run (`pytest --durations=0`, summed per file; tests
+# The slowest files first, by their seconds in the default run (`pytest --durations=0`, summed per file; the tests
 # marked slow left out, as pyproject.toml's addopts does): pytest-xdist's --dist loadfile hands whole files to the
 # workers in collection order (--no-loadscope-reorder in pyproject.toml), so the long files start first and the
 # short ones fill the gaps at the end (longest-first scheduling). In alphabetical order the last long file started
 # late and one worker finished ~25 s after the other. Files not named keep their order, after these. Seconds
-# measured with two workers beside other work (load average ~5), so about 4× a quiet machine's.
-SLOW_FILES = ("test_conserved.py",  # 80 s
-              "test_graph.py",  # 66 s
-              "test_robustness.py",  # 66 s
-              "test_zoo.py",  # 63 s
-              "test_script_output.py",  # 60 s
-              "test_packaging.py",  # 48 s
-              "test_modules.py",  # 48 s
-              "test_figures.py",  # 47 s
-              "test_laws.py",  # 43 s
-              "test_reproduce.py",  # 42 s
-              "test_noether_script.py",  # 38 s
-              "test_noether.py",  # 34 s
-              "test_noether_steppers.py",  # 32 s
-              "test_doc_examples.py",  # 32 s
-              "test_data.py",  # 25 s
-              "test_teleportation_claims.py",  # 24 s
-              "test_docs_build.py",  # 23 s
-              "test_report.py")  # 21 s
+# measured with two workers beside other work (load average ~9), so about 4× a quiet machine's.
+SLOW_FILES = ("test_robustness.py",  # 212 s
+              "test_figures.py",  # 147 s
+              "test_laws.py",  # 111 s
+              "test_graph.py",  # 87 s
+              "test_zoo.py",  # 79 s
+              "test_conserved.py",  # 79 s
+              "test_reproduce.py",  # 74 s
+              "test_script_output.py",  # 55 s
+              "test_noether.py",  # 55 s
+              "test_modules.py",  # 32 s
+              "test_packaging.py",  # 26 s
+              "test_doc_examples.py",  # 14 s
+              "test_noether_steppers.py",  # 12 s
+              "test_docs_build.py",  # 12 s
+              "test_data.py",  # 10 s
+              "test_teleportation_claims.py")  # 9 s
 
 
 def pytest_collection_modifyitems(items):
