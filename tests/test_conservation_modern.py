@@ -97,7 +97,7 @@ def test_its_jobs_are_the_models_and_seeds_and_main_reads_them_back(quick_run, t
         script.run_part("gpt-seed9", argv)
 
 
-def test_issue38_case2_its_jobs_are_keyed_by_the_datas_content_not_its_path(tmp_path, monkeypatch):
+def test_its_jobs_are_keyed_by_the_datas_content_not_its_path(tmp_path, monkeypatch):
     """The small data set at --data DIR, then the full one put at the same DIR: a new cache key (before: the key held
     the path, and the rerun resumed the small set's numbers); the figure's JSON records the content's hash."""
     import shutil
@@ -119,7 +119,7 @@ def test_issue38_case2_its_jobs_are_keyed_by_the_datas_content_not_its_path(tmp_
 
 
 @pytest.mark.slow  # reads the --quick figure run (four models trained; quick_run): pytest -m slow
-def test_issue38_case2_the_json_records_the_datas_content_hash(quick_run):
+def test_the_json_records_the_datas_content_hash(quick_run):
     from repro.data import load_cifar10
 
     script, payload, tmp = quick_run

@@ -16,7 +16,7 @@ def test_quick_run(tmp_path):
         assert (tmp_path / f"conservation_under_optimizers.{ext}").stat().st_size > 0
     on_disk = json.loads((tmp_path / "conservation_under_optimizers.json").read_text())
     assert on_disk["settings"]["quick"] is True
-    # issue 38: the JSON records the content of the CIFAR-10 it read, not only the --data path
+    # the JSON records the content of the CIFAR-10 it read, not only the --data path
     from repro.data import load_cifar10
 
     assert on_disk["runs"]["cnn"]["data_sha256"] == load_cifar10(tmp_path / "cifar")["sha256"]

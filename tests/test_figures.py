@@ -188,7 +188,7 @@ def test_fig7_radial(tmp_path):
         assert v["total_bound_violations"] == 0
         for x in v["per_Q0"]:
             assert {"Q0", "steps_to_1e-6", "steps_to_relative_1e-6", "bound_violations", "max_off_manifold"} <= set(x)
-        # issue 16.2: never-converged runs cannot make the convergence claim hold
+        # never-converged runs cannot make the convergence claim hold
         assert not v["smaller_Q0_converges_faster"] or v["all_converged"]
     assert r["decoupled_modes_float64"]["total_bound_violations"] == 0
     assert [x["lr"] for x in r["smaller_lr_float64"]["per_lr"]] == [2e-3, 2e-4]

@@ -462,7 +462,7 @@ def test_rope_the_rotated_pair_law_holds_a_mixed_pair_drifts():
     sym = S.module_symmetries(model, x)
     (qk,) = [b for b in sym.blocks if "q.weight" in b.parameters() and not isinstance(b, RotationBlock)]
     assert isinstance(qk, ScalingBlock) and qk.n_classes == H * h // 2  # one scale per rotated pair
-    # and one rotation per pair (issue 33): in the group's dimension, no law (its quantity is identically 0)
+    # and one rotation per pair: in the group's dimension, no law (its quantity is identically 0)
     (rotation,) = [b for b in sym.blocks if isinstance(b, RotationBlock)]
     assert rotation.element_shape() == (H * h // 2,) and rotation.laws() == 0
     params = {k: v.detach() for k, v in model.named_parameters()}

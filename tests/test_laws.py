@@ -438,7 +438,7 @@ def test_a_parametrised_layer_is_refused_not_counted_as_the_plain_model(parametr
         S.count_conservation_laws(net)
 
 
-# --- the law count of a module that is not a chain (issue 33 item 2) --------------------------------------------
+# --- the law count of a module that is not a chain --------------------------------------------------------
 
 class _Branches(torch.nn.Module):
     """x + B A x (+ E C x): a residual two-layer linear block, with a second parallel branch when ``h2``."""

@@ -92,7 +92,7 @@ def test_fig7_convergence_claim_needs_converged_runs():
                    "mu": 0.01, "flow_time_window": 0.002, "per_lr": [{"lr": 1e-5, "bound_violations": 0,
                                                                        "lambda_drift": 0.0}]}}
     row = next(r for r in fig7.claims(payload) if r["claim"].startswith("Fig. 7"))
-    # issue 35: a run that never converges is censored at the horizon, slower than the runs that do, not dropped
+    # a run that never converges is censored at the horizon, slower than the runs that do, not dropped
     assert row["holds"] is True and "≥ 10000 (censored)" in row["measured"]
     payload["per_dtype"]["float32"] = never  # no pair can be ordered: nothing shown
     assert next(r for r in fig7.claims(payload) if r["claim"].startswith("Fig. 7"))["holds"] is False
@@ -264,7 +264,7 @@ def test_jobs_and_threads_must_be_positive(capsys):
         assert f"argument {flag}: '0' is not a positive integer" in capsys.readouterr().err
 
 
-def test_round_two_case1_a_figure_named_twice_runs_once_and_an_empty_only_is_refused(demo, monkeypatch, capsys,
+def test_a_figure_named_twice_runs_once_and_an_empty_only_is_refused(demo, monkeypatch, capsys,
                                                                                      tmp_path):
     import pytest
 
@@ -293,7 +293,7 @@ def main(argv):
 '''
 
 
-def test_round_two_case7_a_stopped_run_keeps_the_claims_of_the_figures_that_finished(demo, tmp_path, monkeypatch,
+def test_a_stopped_run_keeps_the_claims_of_the_figures_that_finished(demo, tmp_path, monkeypatch,
                                                                                     capsys):
     import json
 
@@ -430,7 +430,7 @@ def test_offline_without_data_says_to_pass_data(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow  # worker processes or a Dask cluster started and stopped: pytest -m slow
-def test_second_pass_case7_a_figure_done_while_the_check_ran_is_kept_when_the_run_is_stopped(tmp_path, monkeypatch):
+def test_a_figure_done_while_the_check_ran_is_kept_when_the_run_is_stopped(tmp_path, monkeypatch):
     import time
 
     import pytest
@@ -456,7 +456,7 @@ def test_second_pass_case7_a_figure_done_while_the_check_ran_is_kept_when_the_ru
     assert stop.value.finished[0].payload["value"].tolist() == [1.0, 1.0]
 
 
-# ---------------------------------------------------------------- issue 38: --only merges by figure
+# ---------------------------------------------------------------- --only merges by figure
 def _fake_check_rows():
     """Rows of the conservation check's shape (its four activations), for main runs that test something else."""
     return [{"activation": a, "Q0": 1.0, "gf_drift": 1e-9, "loss_start": 1.0, "loss_end": 0.5,
@@ -464,7 +464,7 @@ def _fake_check_rows():
 
 
 @pytest.mark.slow  # worker processes or a Dask cluster started and stopped: pytest -m slow
-def test_issue38_case6_only_keeps_what_the_other_figures_recorded(tmp_path, monkeypatch):
+def test_only_keeps_what_the_other_figures_recorded(tmp_path, monkeypatch):
     """`--only Q_distribution` after a run of two figures: claims.json keeps Q_sharpness_1d's rows and job time
     (before: rewritten to Q_distribution's alone), and --report's time column still reads its job time."""
     from repro import report
@@ -494,7 +494,7 @@ def test_issue38_case6_only_keeps_what_the_other_figures_recorded(tmp_path, monk
     assert json.loads((out / "claims.json").read_text(encoding="utf-8"))["figures"] == ["Q_distribution"]
 
 
-# ---------------------------------------------------------------- issue 38: Dask workers (stale code, files, loss)
+# ---------------------------------------------------------------- Dask workers (stale code, files, loss)
 FIGURE_VERSION = '''
 def main(argv):
     return {"lambda_max": 8.2121}
@@ -547,7 +547,7 @@ def scheduler():
 
 
 @pytest.mark.slow  # worker processes or a Dask cluster started and stopped: pytest -m slow
-def test_issue38_case1_a_worker_runs_the_figure_script_as_it_is_now(tmp_path, monkeypatch):
+def test_a_worker_runs_the_figure_script_as_it_is_now(tmp_path, monkeypatch):
     """The script edited between two runs on one cluster: the second run gives the edited script's number (before:
     the worker kept the module it imported first, 8.2121 under the new code's hash). A worker whose package is older
     than the files on disk is restarted by the client, and a job on one refuses."""
@@ -582,7 +582,7 @@ def test_issue38_case1_a_worker_runs_the_figure_script_as_it_is_now(tmp_path, mo
 
 
 @pytest.mark.slow  # worker processes or a Dask cluster started and stopped: pytest -m slow
-def test_issue38_case5_the_figure_files_come_back_to_the_clients_out(tmp_path, monkeypatch, scheduler):
+def test_the_figure_files_come_back_to_the_clients_out(tmp_path, monkeypatch, scheduler):
     """A worker started in another folder, writing where the client cannot see: the figure files are written under
     the client's --out (before: only in the worker's folder)."""
     from repro import jobs as J
@@ -606,7 +606,7 @@ def test_issue38_case5_the_figure_files_come_back_to_the_clients_out(tmp_path, m
 
 
 @pytest.mark.slow  # worker processes or a Dask cluster started and stopped: pytest -m slow
-def test_issue38_case5_reproduce_gives_a_cluster_absolute_paths(tmp_path, monkeypatch, scheduler):
+def test_reproduce_gives_a_cluster_absolute_paths(tmp_path, monkeypatch, scheduler):
     """reproduce.py --out relative, its worker started in another folder: the figure is under the client's folder."""
     reproduce = load("reproduce")
     monkeypatch.setattr(reproduce, "run", lambda cfg: _fake_check_rows())
@@ -625,7 +625,7 @@ def test_issue38_case5_reproduce_gives_a_cluster_absolute_paths(tmp_path, monkey
 
 
 @pytest.mark.slow  # worker processes or a Dask cluster started and stopped: pytest -m slow
-def test_issue38_case7_the_only_worker_killed_ends_the_run_with_the_finished_figures(tmp_path, monkeypatch, capsys,
+def test_the_only_worker_killed_ends_the_run_with_the_finished_figures(tmp_path, monkeypatch, capsys,
                                                                                     scheduler):
     """kill -9 of the only worker during a job: the run ends (before: it waited for ever) with one line, the
     figure finished before it kept and the one in flight failed."""
@@ -666,7 +666,7 @@ def test_issue38_case7_the_only_worker_killed_ends_the_run_with_the_finished_fig
     assert err.count("no workers left") == 1 and "figure_hangs_on" in err
 
 
-def test_issue38_case8_the_scheduler_help_says_one_job_per_worker_process(capsys):
+def test_the_scheduler_help_says_one_job_per_worker_process(capsys):
     with pytest.raises(SystemExit):
         load("reproduce").main(["--help"])
     text = " ".join(capsys.readouterr().out.split())

@@ -373,7 +373,7 @@ def test_teleportation_figure_quick(tmp_path):
     row = by_claim["teleportation speeds up regression/adagrad against the controls of its protocol (NeurIPS 2022)"]
     assert "teleport vs null" in row["measured"] and "teleport vs reset" not in row["measured"]  # NeurIPS: state kept
     assert by_claim["1-D valley (App. G.1): teleporting to minimum sharpness lands at Q = 0, λ_max = √(0+4) = 2"]["holds"]
-    # round two, case 3: --seed reaches the repeated runs (their seeds are offsets added to it)
+    # --seed reaches the repeated runs (their seeds are offsets added to it)
     other = script.main(["--quick", "--out", str(tmp_path / "seed7"), "--seed", "7"])
 
     def losses(p):  # every number of the regression runs but their timings

@@ -1,4 +1,4 @@
-"""teleportation.py's claim rows (issue 35): each paper's protocol, statistics that count failures, controls of
+"""teleportation.py's claim rows: each paper's protocol, statistics that count failures, controls of
 the same family, the gap, distinct-run correlations with the paper's sign, criteria that can fail. Each changed
 row is flipped by a perturbation of the committed JSON's data, so it can both hold and fail."""
 import copy

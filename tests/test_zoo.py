@@ -1,5 +1,6 @@
-"""The models researchers use, read through torch.export (issue 33) and a user's model done carelessly (issue 38,
-items 13, 15, 16). Tiny configurations, random weights, float64, no downloads (benchmarks/zoo_models.py).
+"""The models researchers use, read through torch.export, and a user's model done carelessly (tied weights,
+half precision, meta, compiled and wrapped models). Tiny configurations, random weights, float64, no downloads
+(benchmarks/zoo_models.py).
 
 Oracle independent of the reader: the model's own output under a random element of the whole group found (every
 block at once, drawn here, applied with ``act_params``) equals the output without it; the quantities are those
@@ -84,7 +85,7 @@ def test_llama_gqa_reads_and_the_readme_example_runs_on_it():
     assert sym.law_count() > 0 and _keeps_output(model, x, sym, "cross_entropy") < 1e-9
 
 
-# ------------------------------------------------------------------------------------ a careless user (issue 38)
+# ------------------------------------------------------------------------------------ a careless user
 class TiedAutoencoder(nn.Module):
     def __init__(self, bias: bool):
         super().__init__()

@@ -94,7 +94,7 @@ def test_a_symlink_loop_is_named(tmp_path):
         load_cifar10(tmp_path / "a", download=False)
 
 
-# ---------------------------------------------------------------- issue 38: data keyed by content, refused by name
+# ---------------------------------------------------------------- data keyed by content, refused by name
 def _archive(src, path, mode="w:gz"):
     path.parent.mkdir(parents=True, exist_ok=True)
     with tarfile.open(path, mode) as tar:
@@ -102,7 +102,7 @@ def _archive(src, path, mode="w:gz"):
     return path
 
 
-def test_issue38_case3_two_archives_of_one_name_are_two_extractions(tmp_path):
+def test_two_archives_of_one_name_are_two_extractions(tmp_path):
     """a/cifar10.tar.gz and b/cifar10.tar.gz: b's images (before: a's extraction was reused by name)."""
     write_tree(tmp_path / "src-a", per_class=(1, 1))
     write_tree(tmp_path / "src-b", per_class=(3, 1), seed=1)
@@ -112,7 +112,7 @@ def test_issue38_case3_two_archives_of_one_name_are_two_extractions(tmp_path):
     assert b["sha256"] == load_cifar10(tmp_path / "src-b")["sha256"]  # the content's hash, whatever its form
 
 
-def test_issue38_case2_the_content_hash_follows_the_images_not_the_path(tmp_path):
+def test_the_content_hash_follows_the_images_not_the_path(tmp_path):
     import shutil
 
     write_tree(tmp_path / "cifar", per_class=(1, 1))
@@ -123,7 +123,7 @@ def test_issue38_case2_the_content_hash_follows_the_images_not_the_path(tmp_path
     assert load_cifar10(tmp_path / "cifar", cache=False)["sha256"] == load_cifar10(tmp_path / "cifar")["sha256"]
 
 
-def test_issue38_case4_a_plain_tar_named_tar_gz_or_a_cut_one_is_refused_by_name(tmp_path):
+def test_a_plain_tar_named_tar_gz_or_a_cut_one_is_refused_by_name(tmp_path):
     from repro.data import DataError
 
     write_tree(tmp_path / "src", per_class=(4, 2))
@@ -154,7 +154,7 @@ def _extract_at_once(archive, work, barrier, queue):
         queue.put(f"{type(error).__name__}: {error}")
 
 
-def test_issue38_case9_two_processes_extract_the_same_archive_at_once(tmp_path):
+def test_two_processes_extract_the_same_archive_at_once(tmp_path):
     """First use of one archive from two processes: both load it (before: OSError [Errno 39] Directory not empty
     in one, and orphan extraction folders left)."""
     import multiprocessing
@@ -174,7 +174,7 @@ def test_issue38_case9_two_processes_extract_the_same_archive_at_once(tmp_path):
     assert [p.name for p in (tmp_path / "work").iterdir()] == [next((tmp_path / "work").glob("cifar10-*-extracted")).name]
 
 
-def test_issue38_case10_a_class_without_training_images_is_refused_with_its_name(tmp_path):
+def test_a_class_without_training_images_is_refused_with_its_name(tmp_path):
     from repro.data import DataError
 
     write_tree(tmp_path / "cifar", per_class=(2, 1))
@@ -184,7 +184,7 @@ def test_issue38_case10_a_class_without_training_images_is_refused_with_its_name
         load_cifar10(tmp_path / "cifar")
 
 
-def test_issue38_case10_a_corrupt_torchvision_folder_names_its_files(tmp_path):
+def test_a_corrupt_torchvision_folder_names_its_files(tmp_path):
     """A cifar-10-batches-py folder with a file missing and one changed: one line naming both (before:
     torchvision's "Dataset not found or corrupted. You can use download=True" traceback)."""
     from repro.data import DataError

@@ -27,7 +27,7 @@ def test_the_code_hash_covers_the_calling_script(tmp_path):
     assert E.code_hash(script) != before
 
 
-def test_issue38_case1_a_process_running_older_code_stores_no_cache_entry(tmp_path, monkeypatch, capsys):
+def test_a_process_running_older_code_stores_no_cache_entry(tmp_path, monkeypatch, capsys):
     """A long-lived process (a notebook, a Dask worker) that imported the package before its source changed: its
     result is not stored under the new code's key (before: it was, and a later run resumed it)."""
     calls = []

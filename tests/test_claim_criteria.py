@@ -1,8 +1,8 @@
-"""The claim rows issue 35 changed outside teleportation: the modern-architecture figure (τ² where error/η² is flat,
+"""Claim rows whose criterion tests what the paper states, outside teleportation: the modern-architecture figure (τ² where error/η² is flat,
 laws against the control of their own family, Thm 4.7 by the rank test, Adam and weight decay with the optimizer
 figure's criteria, BatchNorm's sphere law at ε → 0), Fig. 6's init-scale rows (p ≈ 2/n!, |Q₀| with the initial
 error), Fig. 7 (censored runs, precision floors, the cause of Prop. 16's violations), the optimizer figure's
-saturated drift. Each changed row is flipped by a perturbation of its committed JSON's numbers."""
+saturated drift. Each row is flipped by a perturbation of its committed JSON's numbers."""
 import copy
 import json
 
