@@ -74,6 +74,10 @@ def figure_table(root: Path) -> str:
         file = f"{name}.ipynb" if name in NOTEBOOKS else f"{name}.py"
         rows.append(f"| `{file}` | {_cell(_what_it_shows(root, name))} | {job} | {own} |")
     wall = claims.get("wall_seconds")
+    bench = root / "benchmarks" / "results" / "bench_reproduce.json"
+    if wall is None and bench.exists():  # claims.json made before runs of every figure recorded their wall
+        quiet = json.loads(bench.read_text(encoding="utf-8")).get("quiet") or {}
+        wall = quiet.get("wall_s") if quiet.get("ok") else None
     rows.append(f"| **`reproduce.py`, wall** | the main job: every script (.py) above | "
                 f"**{'—' if wall is None else f'{float(wall):.0f}'}** | — |")
     return "\n".join(rows)

@@ -680,3 +680,11 @@ def test_only_keeps_the_last_full_runs_wall_time(tmp_path):
     (tmp_path / "claims.json").write_text(json.dumps({"quick": False, "figures": [], "wall_seconds": 512.5}))
     assert reproduce.kept_from_before(tmp_path, ["Q_distribution"], quick=False)["wall_seconds"] == 512.5
     assert reproduce.kept_from_before(tmp_path, ["Q_distribution"], quick=True)["wall_seconds"] is None
+
+
+def test_only_every_figure_is_the_main_job():
+    """`--only` naming every figure (as bench_reproduce passes it) is the main job, whose wall time is recorded."""
+    reproduce = load("reproduce")
+    assert reproduce.is_main_job(list(reproduce.FIGURES))
+    assert reproduce.is_main_job(list(reversed(reproduce.FIGURES)))
+    assert not reproduce.is_main_job(["Q_distribution"])
