@@ -12,7 +12,7 @@ count. The fields are functions of the flat parameter vector θ; a bracket
 brackets are nested forward-mode derivatives.
 
 A ``torch.nn.Module`` (Linear, ReLU, LeakyReLU, Identity) is counted in its path
-factorisation without listing the paths (``_module_dimension``), and every count first
+factorisation without listing the paths (``_chain_dimension``), and every count first
 compares [`memory_estimate`][] with ``max_memory``.
 
 Conventions: a [`Factorization`][] holds φ (flat θ of size D ↦ flat outputs of size N),

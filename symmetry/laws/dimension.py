@@ -170,7 +170,7 @@ def lie_algebra_dimension(model: Factorization | VectorFields | torch.nn.Module,
 
     A ``torch.nn.Module`` (Linear, ReLU, LeakyReLU, Identity in nested ``nn.Sequential``,
     biases included) is counted in its path factorisation without listing the paths
-    (``_module_dimension``), at ``points`` random generic θ; ``theta`` must then be None.
+    (``_chain_dimension``), at ``points`` random generic θ; ``theta`` must then be None.
     Before anything is allocated, [`memory_estimate`][] is compared with ``max_memory``
     (bytes) and a larger problem is refused with a MemoryError giving both.
 
@@ -258,16 +258,15 @@ def _any_module_dimension(model, example_input, loss, **options) -> LieAlgebraDi
     gradient fields of its outputs on ``example_input`` (Marcotte et al.), refused by name without one."""
     from ..groups import NotSupportedError
 
-    try:
-        chain_error = None
-        _module_chain(model)
-    except NotSupportedError as error:
-        chain_error = error
     if loss not in (None, "cross_entropy"):
         raise ValueError(f"loss={loss!r} is not allowed; choose None or 'cross_entropy'")
-    if chain_error is None and loss is None:  # the chain's outputs over every input
+    try:
+        chain, chain_error = _module_chain(model), None  # the module read once, here
+    except NotSupportedError as error:
+        chain, chain_error = None, error
+    if chain is not None and loss is None:  # the chain's outputs over every input
         names = ("points", "seed", "rtol", "max_level", "max_memory", "random_combinations")
-        return _module_dimension(model, *(options[k] for k in names))
+        return _chain_dimension(chain, *(options[k] for k in names))
     if example_input is None:
         why = str(chain_error).rstrip(".") if chain_error is not None else \
             "loss='cross_entropy' counts the laws of the log-softmax of the outputs, read on inputs"
@@ -277,9 +276,10 @@ def _any_module_dimension(model, example_input, loss, **options) -> LieAlgebraDi
     return module_law_dimension(model, example_input, loss, lambda fields: lie_algebra_dimension(fields, **options))
 
 
-def _module_dimension(model, points: int, seed: int, rtol: float, max_level: int, max_memory: float,
-                      random_combinations: bool, pinch: int | None = None) -> LieAlgebraDimension:
-    """ALGO 2 for a module, in the path factorisation φ (one output per path), never listing paths.
+def _chain_dimension(chain, points: int, seed: int, rtol: float, max_level: int, max_memory: float,
+                     random_combinations: bool, pinch: int | None = None) -> LieAlgebraDimension:
+    """ALGO 2 for a module read as a chain (``_module_chain``), in the path factorisation φ (one output per
+    path), never listing paths.
 
     ⟨c, φ(θ)⟩ for a cotangent c of product form (one factor per layer) is the net on one
     activation region with the diagonal masks of c, so the fields ∂φᵀc are gradients of masked
@@ -289,7 +289,6 @@ def _module_dimension(model, points: int, seed: int, rtol: float, max_level: int
     gradients (they are laws: checked orthogonal to the fields); when the two meet, that is
     dim Lie, with no bracket needed. An identity between two Linear layers (GL symmetry) needs
     brackets: the dense ALGO 2 runs on D masked-net fields then. ``pinch`` forces the layer."""
-    chain = _module_chain(model)
     estimate = _estimate_chain(chain)
     _check_memory(estimate, max_memory, chain.description)
     start = time.perf_counter()
