@@ -81,16 +81,25 @@ class Leg:
             out = (va * vb).sum(dims)
         return out.reshape(self.index.shape[0])
 
+    def _copy_and_view(self, t: Tensor) -> tuple[Tensor, Tensor] | None:
+        """A flat copy of ``t`` and the leg's strided view into that copy (to write through), or None where the leg
+        has no strided pattern."""
+        if self._view(t) is None:
+            return None
+        out = t.reshape(-1).clone()
+        view = self._view(out)
+        assert view is not None  # the same plan on a tensor of the same shape
+        return out, view
+
     def scale_rows(self, p: dict[str, Tensor], factor: Tensor) -> None:
         """``p[param]`` replaced by a new tensor whose leg row u is multiplied by ``factor[u]`` (differentiable):
         in place on a copy's strided view, without gathering the leg out and writing it back."""
         t = p[self.param]
-        if self._view(t) is None:
+        copied = self._copy_and_view(t)
+        if copied is None:
             self.write(p, self.values(p) * factor[:, None])
             return
-        out = t.reshape(-1).clone()
-        view = self._view(out)
-        assert view is not None
+        out, view = copied
         rows = self.__dict__["_plan"][3]
         view.mul_(factor.to(out.dtype).reshape(tuple(view.shape[:rows]) + (1,) * (view.ndim - rows)))
         p[self.param] = out.reshape(t.shape)
@@ -100,14 +109,12 @@ class Leg:
         a copy into the strided view where the leg has one (an index_put over a gathered index costs ~10× more
         on a convolution's weight), else an index_put."""
         t = p[self.param]
-        flat = t.reshape(-1)
-        if self._view(t) is not None:
-            out = flat.clone()
-            view = self._view(out)
-            assert view is not None  # the same plan on a tensor of the same shape
+        copied = self._copy_and_view(t)
+        if copied is not None:
+            out, view = copied
             view.copy_(values.reshape(view.shape))
         else:
-            out = flat.index_put((self.index.to(t.device).reshape(-1),), values.reshape(-1))
+            out = t.reshape(-1).index_put((self.index.to(t.device).reshape(-1),), values.reshape(-1))
         p[self.param] = out.reshape(t.shape)
 
 
